@@ -1,0 +1,19 @@
+"""The one in-memory shape every training format is turned into: a chat example."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Example:
+    """One training example as OpenAI-style chat messages.
+
+    `messages` are dicts with `role`, `content` and an optional `weight` (0 or 1; 0 means an assistant turn
+    is context only, not learned). `line` is the 1-based line (or record) in the source file, for errors.
+    """
+
+    messages: list[dict]
+    line: int = 0
+    source: str = ""
+    meta: dict = field(default_factory=dict)
