@@ -1,0 +1,26 @@
+"""LoRA (with DoRA and rsLoRA options) through PEFT; saved as a PEFT adapter any PEFT user can load."""
+
+from peft import LoraConfig, get_peft_model
+
+from .base import Method, register
+
+
+class LoRA(Method):
+    name = "lora"
+    default_lr = 2e-4
+    summary = "low-rank updates to frozen linear layers; small artefact, near full-tuning quality"
+
+    def prepare(self, model, config):
+        lora_config = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.dropout,
+            target_modules=config.target_modules or "all-linear",
+            use_dora=config.dora,
+            use_rslora=config.rslora,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora_config)
+
+
+register(LoRA())

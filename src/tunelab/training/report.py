@@ -1,0 +1,107 @@
+"""What a run leaves for people: metrics.jsonl, TensorBoard events, loss.png and a model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Appends records to metrics.jsonl and mirrors numbers to TensorBoard."""
+
+    def __init__(self, out: Path, resume_step: int | None = None):
+        self.path = out / METRICS_FILE
+        if resume_step is not None:
+            self._drop_after(resume_step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step hides events a killed run wrote after the checkpoint it resumes from.
+        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
+
+    def _drop_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, record: dict, prefix: str = "train") -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record.get("step", 0)
+        for key, value in record.items():
+            if key != "step" and isinstance(value, int | float):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def read_metrics(out: Path) -> list[dict]:
+    path = Path(out) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def plot_loss(out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(out)
+    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
+    val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval"]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="val loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per target token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(out) / "loss.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_model_card(folder: Path, out: Path, config: dict, summary: dict, base_name: str) -> None:
+    """README.md in `folder` for a model that will live at `out`."""
+    method = config["method"]
+    loading = (
+        f"```python\nfrom peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained('{out}')\n```"
+        if method != "full"
+        else f"```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained('{out}')\n```"
+    )
+    chat_args = f"--model {out}" if method == "full" else f"--model {config['model']} --adapter {out}"
+    hyper = "\n".join(f"| {k} | {v} |" for k, v in config.items() if k not in ("out", "resume", "overwrite"))
+    results = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, dict | list))
+    text = f"""---
+library_name: {"peft" if method != "full" else "transformers"}
+base_model: {base_name}
+tags: [tunelab, {method}]
+---
+# {Path(out).name}
+
+Fine-tuned from **{base_name}** with tunelab, method **{method}**, on `{config["data"]}`.
+
+## Use
+{loading}
+
+Or: `tunelab chat {chat_args}`
+
+## Results
+| metric | value |
+|---|---|
+{results}
+
+## Hyper-parameters
+| key | value |
+|---|---|
+{hyper}
+"""
+    (Path(folder) / "README.md").write_text(text)

@@ -1,0 +1,39 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny import make_model_dir, make_tokenizer  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_model_dir(request, tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def copy_task_rows(n: int) -> list[dict]:
+    """A learnable toy task: repeat the user's word."""
+    words = ["alice", "bob", "paris", "london", "tokyo", "great", "bad", "film"]
+    return [
+        {"messages": [{"role": "user", "content": f"say {words[i % 8]}"}, {"role": "assistant", "content": words[i % 8]}]}
+        for i in range(n)
+    ]
