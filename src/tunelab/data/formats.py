@@ -1,0 +1,335 @@
+"""Read training files (chat, prompt/completion, Alpaca, classification, plain text) into `Example`s.
+
+Reading is split in three steps that the validator and the splitter reuse:
+`read_records` parses the container (JSONL, JSON array or CSV) keeping line numbers, `check_record` lists
+every problem in one record for a given format, and `to_example` turns a clean record into chat messages.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DataError, Issue
+from .examples import Example
+
+FORMATS = ("chat", "prompt-completion", "alpaca", "classification", "text")
+ROLES = ("system", "user", "assistant")
+MESSAGE_KEYS = {"role", "content", "weight", "name"}
+
+
+@dataclass
+class Record:
+    """One record as read from the file, before any format is applied."""
+
+    line: int  # 1-based file line (JSONL, CSV) or record index (JSON array)
+    data: object  # the parsed JSON value or CSV row as a dict; None when `error` is set
+    raw: str  # the record's text, for copying it unchanged into a split
+    error: Issue | None = None
+
+
+@dataclass
+class RecordFile:
+    path: Path
+    kind: str  # "jsonl", "json" (an array) or "csv"
+    records: list[Record]
+    header: list[str] | None = None  # CSV only
+
+
+def read_records(path: str | Path) -> RecordFile:
+    """Parse a JSONL, JSON-array or CSV file into records; unparseable lines become records with `error`."""
+    path = Path(path)
+    text = _read_text(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv(path, text)
+    # A `.json` file holding one object per line is a common mistake; read it as the JSONL it is.
+    if suffix == ".json" and text.lstrip().startswith("["):
+        return _read_json_array(path, text)
+    return _read_jsonl(path, text)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        # utf-8-sig: spreadsheet exports often start with a byte-order mark that would corrupt the first key.
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (bad byte at offset {e.start})", path=str(path)) from None
+    except OSError as e:
+        raise DataError(f"cannot read file: {e.strerror}", path=str(path)) from None
+
+
+def _read_jsonl(path: Path, text: str) -> RecordFile:
+    records = []
+    # Split on "\n" only: str.splitlines() also breaks on U+2028 and friends, which JSON allows unescaped.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        try:
+            records.append(Record(number, json.loads(line), line))
+        except json.JSONDecodeError as e:
+            issue = Issue(number, "invalid_json", f"not valid JSON ({e.msg}, column {e.colno})")
+            records.append(Record(number, None, line, issue))
+    return RecordFile(path, "jsonl", records)
+
+
+def _read_json_array(path: Path, text: str) -> RecordFile:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        # One syntax error spoils the whole array, so report where in the file it is.
+        message = f"not valid JSON ({e.msg}, line {e.lineno} column {e.colno} of the file)"
+        issue = Issue(e.lineno, "invalid_json", message)
+        return RecordFile(path, "json", [Record(e.lineno, None, "", issue)])
+    records = [
+        Record(index, item, json.dumps(item, ensure_ascii=False)) for index, item in enumerate(items, start=1)
+    ]
+    return RecordFile(path, "json", records)
+
+
+def _read_csv(path: Path, text: str) -> RecordFile:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        records = []
+        end = reader.line_num
+        for row in reader:
+            # A quoted field may span lines; a record's line is where it starts.
+            start, end = end + 1, reader.line_num
+            if not row:
+                continue
+            raw = io.StringIO()
+            csv.writer(raw, lineterminator="").writerow(row)
+            if len(row) != len(header):
+                text = f"row has {len(row)} fields but the header has {len(header)}"
+                issue = Issue(start, "data_type", text)
+                records.append(Record(start, None, raw.getvalue(), issue))
+            else:
+                records.append(Record(start, dict(zip(header, row, strict=True)), raw.getvalue()))
+    except csv.Error as e:
+        raise DataError(f"not valid CSV: {e}", path=str(path), line=reader.line_num) from None
+    return RecordFile(path, "csv", records, header)
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess the format from the file extension and the keys of the first record."""
+    if Path(path).suffix.lower() == ".txt":
+        return "text"  # without parsing a possibly large corpus as JSON lines
+    return guess_format(read_records(path))
+
+
+def guess_format(records: RecordFile) -> str:
+    if records.path.suffix.lower() == ".txt":
+        return "text"
+    if records.kind == "csv":
+        return _format_from_keys(records.header or [], records, 1)
+    for record in records.records:
+        if isinstance(record.data, dict):
+            return _format_from_keys(record.data, records, record.line)
+    # Nothing readable to go on: chat is the default, and its errors then say what is wrong with each line.
+    return "chat"
+
+
+def _format_from_keys(keys, records: RecordFile, line: int) -> str:
+    keys = set(keys)
+    if "messages" in keys:
+        return "chat"
+    if {"prompt", "completion"} <= keys:
+        return "prompt-completion"
+    if {"instruction", "output"} <= keys:
+        return "alpaca"
+    if {"text", "label"} <= keys:
+        return "classification"
+    raise DataError(
+        f"cannot tell the format from the keys {sorted(keys)}; expected 'messages', 'prompt'+'completion', "
+        f"'instruction'+'output' or 'text'+'label' (or pass format= one of {', '.join(FORMATS)})",
+        path=str(records.path),
+        line=line,
+    )
+
+
+def check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise DataError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+
+
+def check_record(data: object, format: str, line: int) -> list[Issue]:
+    """Every problem in one record read as `format`; an empty list means `to_example` will succeed."""
+    if not isinstance(data, dict):
+        return [Issue(line, "data_type", f"expected a JSON object, got {_type_name(data)}")]
+    if format == "chat":
+        return _check_chat(data, line)
+    if format == "prompt-completion":
+        return _check_fields(data, line, ["prompt", "completion"])
+    if format == "alpaca":
+        return _check_fields(data, line, ["instruction", "output"], optional=["input"])
+    if format == "classification":
+        return _check_fields(data, line, ["text"]) + _check_label(data, line)
+    raise DataError(f"records cannot be read as {format!r}")
+
+
+def _check_chat(data: dict, line: int) -> list[Issue]:
+    messages = data.get("messages")
+    if "messages" not in data:
+        return [Issue(line, "missing_messages_list", "no 'messages' list in the record", "messages")]
+    if not isinstance(messages, list):
+        text = f"'messages' must be a list, got {_type_name(messages)}"
+        return [Issue(line, "data_type", text, "messages")]
+    if not messages:
+        return [Issue(line, "missing_messages_list", "'messages' is an empty list", "messages")]
+    issues = []
+    for i, message in enumerate(messages):
+        issues += _check_message(message, f"messages[{i}]", line)
+    # Only judge the conversation as a whole once each message is well formed, to avoid knock-on reports.
+    if issues:
+        return issues
+    assistant = [m for m in messages if m["role"] == "assistant"]
+    if not assistant:
+        text = "'messages' has no assistant message to learn from"
+        return [Issue(line, "example_missing_assistant_message", text, "messages")]
+    if all(m.get("weight", 1) == 0 for m in assistant):
+        text = "every assistant message in 'messages' has weight 0"
+        return [Issue(line, "no_trainable_tokens", text, "messages")]
+    return []
+
+
+def _check_message(message: object, where: str, line: int) -> list[Issue]:
+    if not isinstance(message, dict):
+        return [Issue(line, "data_type", f"{where} must be an object, got {_type_name(message)}", where)]
+    issues = []
+    missing = [key for key in ("role", "content") if key not in message]
+    if missing:
+        text = f"{where} has no {' or '.join(repr(k) for k in missing)}"
+        issues.append(Issue(line, "message_missing_key", text, f"{where}.{missing[0]}"))
+    unknown = sorted(set(message) - MESSAGE_KEYS)
+    if unknown:
+        text = f"{where} has unrecognised key(s) {unknown}; allowed: role, content, weight, name"
+        issues.append(Issue(line, "message_unrecognized_key", text, f"{where}.{unknown[0]}"))
+    role = message.get("role")
+    if "role" in message and role not in ROLES:
+        text = f"{where}.role is {role!r}; expected system, user or assistant"
+        issues.append(Issue(line, "unrecognized_role", text, f"{where}.role"))
+    if "content" in message:
+        problem = _content_problem(message["content"])
+        if problem:
+            issues.append(Issue(line, "missing_content", f"{where}.content {problem}", f"{where}.content"))
+    if "weight" in message:
+        if role != "assistant":
+            text = f"{where} has 'weight', which is only allowed on assistant messages"
+            issues.append(Issue(line, "message_unrecognized_key", text, f"{where}.weight"))
+        elif isinstance(message["weight"], bool) or message["weight"] not in (0, 1):
+            text = f"{where}.weight must be 0 or 1, got {message['weight']!r}"
+            issues.append(Issue(line, "data_type", text, f"{where}.weight"))
+    return issues
+
+
+def _check_fields(data: dict, line: int, required: list[str], optional: tuple | list = ()) -> list[Issue]:
+    issues = []
+    for name in required:
+        value = data.get(name)
+        problem = _content_problem(value)
+        if problem:
+            code = "missing_content" if value is None or isinstance(value, str) else "data_type"
+            issues.append(Issue(line, code, f"'{name}' {problem}", name))
+    for name in optional:
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            issues.append(
+                Issue(line, "data_type", f"'{name}' must be a string, got {_type_name(value)}", name)
+            )
+    return issues
+
+
+def _check_label(data: dict, line: int) -> list[Issue]:
+    label = data.get("label")
+    if label is None or label == "":
+        return [Issue(line, "missing_content", "'label' is missing or empty", "label")]
+    # bool is an int subclass, but true/false labels are almost always a mistaken export.
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        return [
+            Issue(line, "data_type", f"'label' must be a string or integer, got {_type_name(label)}", "label")
+        ]
+    return []
+
+
+def _content_problem(value: object) -> str | None:
+    if value is None:
+        return "is missing"
+    if not isinstance(value, str):
+        return f"must be a string, got {_type_name(value)}"
+    if not value.strip():
+        return "is empty"
+    return None
+
+
+def _type_name(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def to_example(data: dict, format: str, line: int, source: str = "") -> Example:
+    """Turn a record that passed `check_record` into chat messages; unused keys are kept in `meta`."""
+    if format == "chat":
+        messages = [dict(m) for m in data["messages"]]
+        used = {"messages"}
+    elif format == "prompt-completion":
+        messages = _pair(data["prompt"], data["completion"])
+        used = {"prompt", "completion"}
+    elif format == "alpaca":
+        prompt = data["instruction"]
+        if (data.get("input") or "").strip():
+            prompt += "\n\n" + data["input"]
+        messages = _pair(prompt, data["output"])
+        used = {"instruction", "input", "output"}
+    else:  # classification; the raw label stays in meta for evaluation
+        messages = _pair(data["text"], str(data["label"]))
+        used = {"text"}
+    meta = {key: value for key, value in data.items() if key not in used}
+    return Example(messages=messages, line=line, source=source, meta=meta)
+
+
+def _pair(user: str, assistant: str) -> list[dict]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+def load_examples(path: str | Path, format: str | None = None) -> list[Example]:
+    """Read a training file into examples, raising `DataError` at the first bad record."""
+    records = read_records(path)
+    format = format or guess_format(records)
+    check_format(format)
+    if format == "text":
+        raise DataError(
+            "plain text is for continued pre-training; read it with load_documents()", path=str(path)
+        )
+    examples = []
+    for record in records.records:
+        issues = [record.error] if record.error else check_record(record.data, format, record.line)
+        if issues:
+            raise DataError.from_issue(issues[0], str(path))
+        examples.append(to_example(record.data, format, record.line, str(path)))
+    if not examples:
+        raise DataError("the file holds no examples", path=str(path), code="empty_file")
+    return examples
+
+
+def load_documents(path: str | Path) -> list[str]:
+    """Read a plain-text corpus into documents separated by blank lines.
+
+    When the file has runs of two or more blank lines anywhere, only those separate documents, so single
+    blank lines stay as paragraph breaks inside a document (medquad's medical_corpus.txt is laid out so).
+    """
+    text = _read_text(Path(path)).replace("\r\n", "\n")
+    if re.search(r"\n[ \t]*\n[ \t]*\n", text):
+        separator = r"\n[ \t]*\n(?:[ \t]*\n)+"
+    else:
+        separator = r"\n[ \t]*\n"
+    documents = [doc.strip() for doc in re.split(separator, text)]
+    documents = [doc for doc in documents if doc]
+    if not documents:
+        raise DataError("the file holds no text", path=str(path), code="empty_file")
+    return documents

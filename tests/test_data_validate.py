@@ -1,0 +1,199 @@
+"""The validator: every problem class with its line, file-level checks, token stats and the printed report."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tunelab.data import validate_file
+from tunelab.data.validate import count_tokens, format_report, print_report
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# One line of tests/fixtures/bad_chat.jsonl per problem class (line 2 is blank and must be skipped).
+BAD_LINES = {
+    3: "invalid_json",
+    4: "data_type",
+    5: "missing_messages_list",
+    6: "message_missing_key",
+    7: "message_unrecognized_key",
+    8: "unrecognized_role",
+    9: "missing_content",
+    10: "example_missing_assistant_message",
+    11: "too_long",
+    12: "duplicate_example",
+    13: "no_trainable_tokens",
+}
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer():
+    """One token per whitespace-separated word; the template adds 3 per message (start, role, end)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "<|im_start|>": 1, "<|im_end|>": 2, "user": 3, "assistant": 4}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|>\n{% endfor %}"
+    )
+    return tokenizer
+
+
+def chat(user: str, assistant: str, **extra) -> dict:
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}],
+        **extra,
+    }
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_bad_fixture_reports_each_class_on_its_line(word_tokenizer):
+    report = validate_file(FIXTURES / "bad_chat.jsonl", tokenizer=word_tokenizer)
+    per_line = {issue.line: issue.code for issue in report.issues if issue.line is not None}
+    assert per_line == BAD_LINES
+    assert len([i for i in report.issues if i.line is not None]) == len(BAD_LINES)  # one issue per bad line
+    assert [(i.line, i.code) for i in report.issues if i.line is None] == [(None, "too_few_examples")]
+    assert (report.num_examples, report.num_valid) == (12, 3)  # valid: line 1, too long 11, duplicate 12
+    assert not report.ok
+    duplicate = next(i for i in report.issues if i.code == "duplicate_example")
+    assert "line 1" in duplicate.message
+
+
+def test_bad_fixture_without_tokenizer_skips_only_too_long():
+    report = validate_file(FIXTURES / "bad_chat.jsonl")
+    codes = {issue.code for issue in report.issues}
+    assert codes == (set(BAD_LINES.values()) - {"too_long"}) | {"too_few_examples"}
+    assert report.token_counts == [] and report.total_tokens is None
+    assert report.length_histogram() == []
+
+
+def test_good_fixture_is_ok(word_tokenizer):
+    report = validate_file(FIXTURES / "good_chat.jsonl", tokenizer=word_tokenizer)
+    assert report.ok, report.issues
+    assert report.num_examples == report.num_valid == 12
+    assert len(report.token_counts) == 12
+    assert report.min_tokens <= report.mean_tokens <= report.max_tokens
+    assert report.total_tokens == sum(report.token_counts)
+    assert sum(count for _, _, count in report.length_histogram()) == 12
+
+
+def test_count_tokens_uses_the_chat_template_and_falls_back_without_one(word_tokenizer):
+    messages = [{"role": "user", "content": "one two three"}, {"role": "assistant", "content": "four"}]
+    assert count_tokens(word_tokenizer, messages) == 3 + 3 + 3 + 1
+    plain = word_tokenizer.__class__(tokenizer_object=word_tokenizer.backend_tokenizer, unk_token="[UNK]")
+    assert not plain.chat_template
+    assert count_tokens(plain, messages) == 4
+
+
+def test_too_long_is_strictly_above_max_length(tmp_path, word_tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [chat("a b c", "d")])  # 3 + 3 + 3 + 1 = 10 tokens
+    assert validate_file(path, word_tokenizer, max_length=10, min_examples=1).ok
+    report = validate_file(path, word_tokenizer, max_length=9, min_examples=1)
+    assert [(i.line, i.code) for i in report.issues] == [(1, "too_long")]
+    assert "10 tokens" in report.issues[0].message
+
+
+def test_every_problem_in_a_line_is_reported(tmp_path):
+    message = {"role": "narrator", "content": "", "extra": 1}
+    path = write_jsonl(tmp_path / "d.jsonl", [chat("q", "a"), {"messages": [message, {"role": "assistant"}]}])
+    report = validate_file(path, min_examples=1)
+    assert sorted((i.line, i.code, i.field) for i in report.issues) == [
+        (2, "message_missing_key", "messages[1].content"),
+        (2, "message_unrecognized_key", "messages[0].extra"),
+        (2, "missing_content", "messages[0].content"),
+        (2, "unrecognized_role", "messages[0].role"),
+    ]
+
+
+def test_weight_rules(tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": "q", "weight": 1}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 2}]},
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a", "weight": 0},
+                {"role": "user", "content": "q2"},
+                {"role": "assistant", "content": "a2", "weight": 1},
+            ]
+        },
+    ]
+    report = validate_file(write_jsonl(tmp_path / "d.jsonl", rows), min_examples=1)
+    assert [(i.line, i.code) for i in report.issues] == [(1, "message_unrecognized_key"), (2, "data_type")]
+
+
+@pytest.mark.parametrize("content", ["", "\n   \n\n"])
+def test_empty_file(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    report = validate_file(path)
+    assert [(i.line, i.code) for i in report.issues] == [(None, "empty_file")]
+
+
+def test_min_examples(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [chat(f"q{i}", "a") for i in range(5)])
+    assert validate_file(path, min_examples=5).ok
+    assert [i.code for i in validate_file(path, min_examples=6).issues] == ["too_few_examples"]
+
+
+def test_non_chat_formats_name_the_field(tmp_path):
+    alpaca = write_jsonl(
+        tmp_path / "alpaca.jsonl",
+        [
+            {"instruction": "i", "output": "o"},
+            {"instruction": "i2", "output": ""},
+            {"instruction": 5, "output": "o"},
+        ],
+    )
+    report = validate_file(alpaca, min_examples=1)
+    assert [(i.line, i.code, i.field) for i in report.issues] == [
+        (2, "missing_content", "output"),
+        (3, "data_type", "instruction"),
+    ]
+    csv_path = tmp_path / "cls.csv"
+    csv_path.write_text("text,label\ngood,1\n,0\nbad,\nextra,1,2\n")
+    report = validate_file(csv_path, min_examples=1)
+    assert [(i.line, i.code, i.field) for i in report.issues] == [
+        (3, "missing_content", "text"),
+        (4, "missing_content", "label"),
+        (5, "data_type", None),
+    ]
+
+
+def test_unknown_keys_are_judged_as_chat(tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}])
+    report = validate_file(path, min_examples=1)
+    assert report.format == "chat"
+    assert [(i.line, i.code) for i in report.issues] == [
+        (1, "missing_messages_list"),
+        (None, "too_few_examples"),
+    ]
+
+
+def test_printed_report_lists_issues_and_summary(word_tokenizer):
+    report = validate_file(FIXTURES / "bad_chat.jsonl", tokenizer=word_tokenizer)
+    text = format_report(report)
+    for line, code in BAD_LINES.items():
+        assert re.search(rf"│\s+{line} │ {code}\s", text), (line, code)
+    assert "['metadata']" in text  # user text is shown literally, not parsed as rich markup
+    assert "Examples: 12, valid: 3" in text
+    assert "> max_length" in text
+    assert "FAILED: 12 issue(s)" in text
+
+
+def test_print_report_ok_on_console(word_tokenizer):
+    console = Console(record=True, width=100)
+    print_report(validate_file(FIXTURES / "good_chat.jsonl", tokenizer=word_tokenizer), console)
+    text = console.export_text()
+    assert "OK: no issues found" in text
+    assert "│" not in text  # no issues table for a clean file
+    assert "Tokens:" in text and "#" in text
