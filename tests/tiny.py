@@ -62,6 +62,7 @@ def make_model_dir(folder: Path, arch: str = "llama") -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        initializer_range=0.3,  # frozen embeddings this large leave LoRA room to move the logits
     )
     torch.manual_seed(0)
     if arch == "llama":

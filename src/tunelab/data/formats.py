@@ -297,8 +297,15 @@ def _pair(user: str, assistant: str) -> list[dict]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
-def load_examples(path: str | Path, format: str | None = None) -> list[Example]:
-    """Read a training file into examples, raising `DataError` at the first bad record."""
+# Problems that stop an example from being trained on but not from being used as a prompt.
+TRAINING_ONLY = {"example_missing_assistant_message", "no_trainable_tokens"}
+
+
+def load_examples(path: str | Path, format: str | None = None, for_training: bool = True) -> list[Example]:
+    """Read a data file into examples, raising `DataError` at the first bad record.
+
+    With `for_training=False` (prompts for generation) an example needs no assistant turn.
+    """
     records = read_records(path)
     format = format or guess_format(records)
     check_format(format)
@@ -309,6 +316,8 @@ def load_examples(path: str | Path, format: str | None = None) -> list[Example]:
     examples = []
     for record in records.records:
         issues = [record.error] if record.error else check_record(record.data, format, record.line)
+        if not for_training:
+            issues = [issue for issue in issues if issue.code not in TRAINING_ONLY]
         if issues:
             raise DataError.from_issue(issues[0], str(path))
         examples.append(to_example(record.data, format, record.line, str(path)))

