@@ -207,3 +207,18 @@ def test_example_configs_parse():
     assert configs
     for path in configs:
         TrainConfig.from_sources(path)
+
+
+def test_sparse_logits_loss_equals_transformers_loss(tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.data.batching import count_label_tokens
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    items = [
+        encode_chat(Example([{"role": "user", "content": u}, {"role": "assistant", "content": a}]), tiny_tokenizer, 64)
+        for u, a in [("say the quick brown fox", "fox"), ("x", "london tokyo great film")]
+    ]
+    batch = collate(items, tiny_tokenizer.pad_token_id)
+    ours = loop.causal_lm_loss(model, batch, count_label_tokens(batch["labels"]))
+    assert torch.allclose(ours, model(**batch).loss, atol=1e-5)

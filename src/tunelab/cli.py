@@ -171,7 +171,7 @@ def generate_cmd(
 @user_errors
 def demo(
     out: Annotated[str, typer.Option(help="folder for the demo data and adapter")] = "runs/demo",
-    steps: Annotated[int, typer.Option(help="LoRA optimizer steps")] = 60,
+    steps: Annotated[int, typer.Option(help="LoRA optimizer steps")] = 30,
 ):
     """Fine-tune the embedded model on a generated task and show before/after."""
     from .demo import run_demo

@@ -64,7 +64,7 @@ class DemoResult:
     adapter: Path
 
 
-def run_demo(out: str = "runs/demo", steps: int = 60, n_train: int = 400, n_test: int = 60, console=None) -> DemoResult:
+def run_demo(out: str = "runs/demo", steps: int = 30, n_train: int = 300, n_test: int = 50, console=None) -> DemoResult:
     console = console or Console()
     out_dir = Path(out)
     data_dir = out_dir / "data"
@@ -78,7 +78,7 @@ def run_demo(out: str = "runs/demo", steps: int = 60, n_train: int = 400, n_test
 
     console.rule("[bold]2. base model, held-out exact match")
     base, tokenizer = load_for_inference("default")
-    before_preds = generate(base, tokenizer, [e.messages for e in test_set], max_new_tokens=48)
+    before_preds = generate(base, tokenizer, [e.messages for e in test_set], max_new_tokens=40)
     before = exact_match(before_preds, test_set)
     console.print(f"Base model exact match: [bold]{before:.1%}[/]")
     del base
@@ -93,7 +93,7 @@ def run_demo(out: str = "runs/demo", steps: int = 60, n_train: int = 400, n_test
 
     console.rule("[bold]4. tuned model, held-out exact match")
     tuned, tokenizer = load_for_inference("default", str(adapter))
-    after_preds = generate(tuned, tokenizer, [e.messages for e in test_set], max_new_tokens=48)
+    after_preds = generate(tuned, tokenizer, [e.messages for e in test_set], max_new_tokens=40)
     after = exact_match(after_preds, test_set)
     show_results(console, test_set, before_preds, after_preds, before, after, adapter)
     return DemoResult(before, after, adapter)

@@ -1,0 +1,43 @@
+"""Batched generation with left padding gives what one-by-one generation gives; streaming matches too."""
+
+import json
+
+from conftest import write_jsonl
+from tunelab.inference import generate, generate_file, load_for_inference, stream_chat
+from tunelab.training import TrainConfig, train
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "say alice"}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say the quick brown fox please now"}],
+    [{"role": "user", "content": "x"}],
+]
+
+
+def test_batched_equals_one_by_one(tiny_llama_dir):
+    model, tokenizer = load_for_inference(str(tiny_llama_dir))
+    batched = generate(model, tokenizer, CONVERSATIONS, max_new_tokens=8, batch_size=3)
+    single = [generate(model, tokenizer, [c], max_new_tokens=8, batch_size=1)[0] for c in CONVERSATIONS]
+    assert batched == single
+    assert any(batched)
+
+
+def test_stream_matches_generate(tiny_llama_dir):
+    model, tokenizer = load_for_inference(str(tiny_llama_dir))
+    streamed = "".join(stream_chat(model, tokenizer, CONVERSATIONS[1], max_new_tokens=8)).strip()
+    assert streamed == generate(model, tokenizer, [CONVERSATIONS[1]], max_new_tokens=8)[0]
+
+
+def test_adapter_folder_alone_finds_its_base_and_answers_as_trained(tiny_llama_dir, tmp_path):
+    # one fixed answer: learnable by a LoRA on a tiny random model in a few dozen steps
+    rows = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": "paris london"}]}
+            for i in range(48)]
+    data = write_jsonl(tmp_path / "fixed.jsonl", rows)
+    out = tmp_path / "lora"
+    train(TrainConfig(model=str(tiny_llama_dir), data=str(data), out=str(out), max_steps=40, lr=3e-2, batch_size=8))
+    preds = tmp_path / "preds.jsonl"
+    model, tokenizer = load_for_inference(str(out))  # base read from adapter_config.json
+    generate_file(model, tokenizer, str(data), str(preds), max_new_tokens=4)
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 48 and rows[0]["reference"] == "paris london"
+    accuracy = sum(r["prediction"] == r["reference"] for r in rows) / len(rows)
+    assert accuracy >= 0.9

@@ -1,0 +1,46 @@
+"""Model specs resolve to the right loader; the embedded GGUF is cached as safetensors and loads fast."""
+
+import time
+
+import pytest
+import torch
+
+from tunelab.models import ModelLoadError, load_model, resolve
+
+
+def test_local_folder_loads_with_tokenizer_and_chat_template(tiny_model_dir):
+    model, tokenizer = load_model(str(tiny_model_dir))
+    assert model.config.num_hidden_layers == 2
+    assert tokenizer.chat_template and tokenizer.pad_token_id is not None
+
+
+def test_bad_specs_fail_clearly(tmp_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        resolve(str(tmp_path / "missing.gguf"))
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="not found"):
+        resolve("./no/such/folder")
+
+
+def test_hub_ids_are_passed_through_unchanged():
+    source = resolve("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert source.path == "HuggingFaceTB/SmolLM2-135M-Instruct" and source.gguf_file is None
+
+
+@pytest.mark.embedded
+def test_embedded_model_is_cached_and_matches_the_gguf():
+    from transformers import AutoModelForCausalLM
+
+    load_model("default")  # builds the cache if this machine has none yet
+    start = time.perf_counter()
+    model, tokenizer = load_model("default")
+    assert time.perf_counter() - start < 5, "the second load must come from the safetensors cache"
+    assert not getattr(model.config, "quantization_config", None)
+    assert "<|im_start|>" in tokenizer.chat_template
+
+    gguf = resolve("default").gguf_file
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, direct(ids).logits)
