@@ -1,6 +1,6 @@
 """Turn SST-2 rows (`text`, `label` 0/1) into chat JSONL: user = sentence, assistant = positive/negative.
 
-    python examples/sst2_to_chat.py ../shared/data/sst2/train.jsonl sst2_chat.jsonl --rows 200
+python examples/sst2_to_chat.py ../shared/data/sst2/train.jsonl sst2_chat.jsonl --rows 200
 """
 
 import argparse
@@ -14,7 +14,9 @@ def main() -> None:
     parser.add_argument("source")
     parser.add_argument("out")
     parser.add_argument("--rows", type=int, default=200)
-    parser.add_argument("--instruction", default="Is the sentiment of this movie review positive or negative?")
+    parser.add_argument(
+        "--instruction", default="Is the sentiment of this movie review positive or negative?"
+    )
     args = parser.parse_args()
     with open(args.source) as src, open(args.out, "w") as dst:
         for n, line in enumerate(src):

@@ -34,6 +34,11 @@ def copy_task_rows(n: int) -> list[dict]:
     """A learnable toy task: repeat the user's word."""
     words = ["alice", "bob", "paris", "london", "tokyo", "great", "bad", "film"]
     return [
-        {"messages": [{"role": "user", "content": f"say {words[i % 8]}"}, {"role": "assistant", "content": words[i % 8]}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"say {words[i % 8]}"},
+                {"role": "assistant", "content": words[i % 8]},
+            ]
+        }
         for i in range(n)
     ]

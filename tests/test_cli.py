@@ -27,7 +27,9 @@ def test_validate_exit_codes():
 
 
 def test_missing_file_is_a_clear_error_not_a_traceback(tmp_path):
-    result = invoke("train", "--model", "none-such-folder/", "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "o")
+    result = invoke(
+        "train", "--model", "none-such-folder/", "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "o"
+    )
     assert result.exit_code == 1
     assert "Traceback" not in result.output and "error" in result.output.lower()
 
@@ -37,7 +39,9 @@ def test_train_yaml_then_generate(tiny_llama_dir, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {tiny_llama_dir}\nlr: 0.01\nbatch_size: 4\n")
     out = tmp_path / "run"
-    result = invoke("train", "--config", config, "--data", data, "--out", out, "--max-steps", 6, "--save-every", 3)
+    result = invoke(
+        "train", "--config", config, "--data", data, "--out", out, "--max-steps", 6, "--save-every", 3
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "summary.json").read_text())
     assert saved["steps"] == 6
@@ -50,8 +54,19 @@ def test_train_yaml_then_generate(tiny_llama_dir, tmp_path):
     assert again.exit_code == 1 and "finished run" in again.output
 
     preds = tmp_path / "preds.jsonl"
-    result = invoke("generate", "--model", tiny_llama_dir, "--adapter", out, "--data", data, "--out", preds,
-                    "--max-new-tokens", 3)
+    result = invoke(
+        "generate",
+        "--model",
+        tiny_llama_dir,
+        "--adapter",
+        out,
+        "--data",
+        data,
+        "--out",
+        preds,
+        "--max-new-tokens",
+        3,
+    )
     assert result.exit_code == 0, result.output
     assert len(preds.read_text().splitlines()) == 32
 
@@ -71,11 +86,31 @@ def test_train_lora_on_sst2_with_the_embedded_model(tmp_path):
         pytest.skip("../shared/data/sst2 is not available")
     labels = {0: "negative", 1: "positive"}
     rows = [json.loads(line) for line in sst2.read_text().splitlines()[:24]]
-    data = write_jsonl(tmp_path / "sst2.jsonl", [
-        {"messages": [{"role": "user", "content": r["text"]}, {"role": "assistant", "content": labels[r["label"]]}]}
-        for r in rows
-    ])
-    result = invoke("train", "--model", "default", "--data", data, "--method", "lora", "--max-steps", 3, "--out", tmp_path / "a")
+    data = write_jsonl(
+        tmp_path / "sst2.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": r["text"]},
+                    {"role": "assistant", "content": labels[r["label"]]},
+                ]
+            }
+            for r in rows
+        ],
+    )
+    result = invoke(
+        "train",
+        "--model",
+        "default",
+        "--data",
+        data,
+        "--method",
+        "lora",
+        "--max-steps",
+        3,
+        "--out",
+        tmp_path / "a",
+    )
     assert result.exit_code == 0, result.output
 
     from peft import PeftModel

@@ -8,7 +8,10 @@ from tunelab.training import TrainConfig, train
 
 CONVERSATIONS = [
     [{"role": "user", "content": "say alice"}],
-    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say the quick brown fox please now"}],
+    [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "say the quick brown fox please now"},
+    ],
     [{"role": "user", "content": "x"}],
 ]
 
@@ -29,11 +32,22 @@ def test_stream_matches_generate(tiny_llama_dir):
 
 def test_adapter_folder_alone_finds_its_base_and_answers_as_trained(tiny_llama_dir, tmp_path):
     # one fixed answer: learnable by a LoRA on a tiny random model in a few dozen steps
-    rows = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": "paris london"}]}
-            for i in range(48)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"say {i}"},
+                {"role": "assistant", "content": "paris london"},
+            ]
+        }
+        for i in range(48)
+    ]
     data = write_jsonl(tmp_path / "fixed.jsonl", rows)
     out = tmp_path / "lora"
-    train(TrainConfig(model=str(tiny_llama_dir), data=str(data), out=str(out), max_steps=40, lr=3e-2, batch_size=8))
+    train(
+        TrainConfig(
+            model=str(tiny_llama_dir), data=str(data), out=str(out), max_steps=40, lr=3e-2, batch_size=8
+        )
+    )
     preds = tmp_path / "preds.jsonl"
     model, tokenizer = load_for_inference(str(out))  # base read from adapter_config.json
     generate_file(model, tokenizer, str(data), str(preds), max_new_tokens=4)

@@ -29,7 +29,9 @@ def labelled_text(tokenizer, encoded) -> str:
 
 
 def expected_text(example: Example, eot: str) -> str:
-    return "".join(m["content"] + eot for m in example.messages if m["role"] == "assistant" and m.get("weight", 1))
+    return "".join(
+        m["content"] + eot for m in example.messages if m["role"] == "assistant" and m.get("weight", 1)
+    )
 
 
 def check_labels(tokenizer, examples, eot):
@@ -71,7 +73,11 @@ def test_truncation_keeps_the_start(tiny_tokenizer):
 
 def test_padding_keeps_end_of_turn_label_when_pad_is_eos(tiny_tokenizer):
     assert tiny_tokenizer.pad_token_id == tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
-    short = encode_chat(Example([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "bob"}]), tiny_tokenizer, 512)
+    short = encode_chat(
+        Example([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "bob"}]),
+        tiny_tokenizer,
+        512,
+    )
     long = encode_chat(MULTI_TURN, tiny_tokenizer, 512)
     batch = collate([short, long], tiny_tokenizer.pad_token_id)
     n = len(short.input_ids)
@@ -85,7 +91,11 @@ def test_padding_keeps_end_of_turn_label_when_pad_is_eos(tiny_tokenizer):
 
 def test_left_padding_for_generation(tiny_tokenizer):
     a = encode_chat(MULTI_TURN, tiny_tokenizer, 512)
-    b = encode_chat(Example([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]), tiny_tokenizer, 512)
+    b = encode_chat(
+        Example([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]),
+        tiny_tokenizer,
+        512,
+    )
     batch = collate([a, b], 0, padding_side="left")
     assert batch["input_ids"][1, -len(b.input_ids) :].tolist() == b.input_ids
     assert batch["attention_mask"][1, : -len(b.input_ids)].sum() == 0
@@ -109,4 +119,3 @@ def test_length_grouping_cuts_padding():
     grouped = epoch_batches(lengths, 8, seed=0, epoch=0)
     plain = [list(range(i, i + 8)) for i in range(0, 400, 8)]
     assert waste(grouped) < 0.2 * waste(plain)
-

@@ -11,12 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import copy_task_rows, write_jsonl
+from tunelab.data import Example
 from tunelab.data.batching import collate
 from tunelab.data.tokenize import encode_chat
-from tunelab.data import Example
-from tunelab.training import ConfigError, TrainConfig, TrainingDiverged, train
+from tunelab.training import ConfigError, TrainConfig, TrainingDiverged, loop, train
 from tunelab.training import checkpoint as ckpt
-from tunelab.training import loop
 
 
 @pytest.fixture
@@ -25,12 +24,18 @@ def copy_data(tmp_path):
 
 
 def run(model_dir, data, out, **kw):
-    defaults = dict(model=str(model_dir), data=str(data), out=str(out), max_steps=30, lr=3e-2, batch_size=8, seed=0)
+    defaults = dict(
+        model=str(model_dir), data=str(data), out=str(out), max_steps=30, lr=3e-2, batch_size=8, seed=0
+    )
     return train(TrainConfig(**{**defaults, **kw}))
 
 
 def weights(folder: Path) -> dict:
-    files = ["adapter_model.safetensors"] if (folder / "adapter_model.safetensors").exists() else ["model.safetensors"]
+    files = (
+        ["adapter_model.safetensors"]
+        if (folder / "adapter_model.safetensors").exists()
+        else ["model.safetensors"]
+    )
     return load_file(folder / files[0])
 
 
@@ -41,11 +46,21 @@ def test_lora_trains_only_adapter_and_saves_a_peft_adapter(tiny_model_dir, copy_
     base_before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     result = run(tiny_model_dir, copy_data, tmp_path / "lora", val=str(copy_data), eval_every=10)
     out = result.out_dir
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "README.md",
-                 "metrics.jsonl", "loss.png", "summary.json", "tunelab.yaml"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer_config.json",
+        "README.md",
+        "metrics.jsonl",
+        "loss.png",
+        "summary.json",
+        "tunelab.yaml",
+    ):
         assert (out / name).exists(), name
     assert json.loads((out / "tokenizer_config.json").read_text()) or True
-    assert (out / "chat_template.jinja").exists() or "chat_template" in (out / "tokenizer_config.json").read_text()
+    assert (out / "chat_template.jinja").exists() or "chat_template" in (
+        out / "tokenizer_config.json"
+    ).read_text()
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["kind"] == "train"]
@@ -91,9 +106,16 @@ def test_grad_accumulation_normalises_by_tokens_across_micro_batches(tiny_llama_
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, get_scheduler
 
-    texts = [("say a", "alice"), ("say b", "bob bob bob bob"), ("say c", "paris"), ("x", "london tokyo great film")]
+    texts = [
+        ("say a", "alice"),
+        ("say b", "bob bob bob bob"),
+        ("say c", "paris"),
+        ("x", "london tokyo great film"),
+    ]
     items = [
-        encode_chat(Example([{"role": "user", "content": u}, {"role": "assistant", "content": a}]), tiny_tokenizer, 64)
+        encode_chat(
+            Example([{"role": "user", "content": u}, {"role": "assistant", "content": a}]), tiny_tokenizer, 64
+        )
         for u, a in texts
     ]
     pad = tiny_tokenizer.pad_token_id
@@ -104,7 +126,9 @@ def test_grad_accumulation_normalises_by_tokens_across_micro_batches(tiny_llama_
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         sched = get_scheduler("constant", opt)
         cfg = TrainConfig(max_grad_norm=0)
-        loss, _, _ = loop.train_step(model, [collate(g, pad) for g in groups], opt, sched, Accelerator(), cfg, "fp32")
+        loss, _, _ = loop.train_step(
+            model, [collate(g, pad) for g in groups], opt, sched, Accelerator(), cfg, "fp32"
+        )
         results.append((loss, model.state_dict()))
     (loss_a, sd_a), (loss_b, sd_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
@@ -122,7 +146,8 @@ def step(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_step(*a, **k)
 loop.train_step = step
-cfg = dict(model=sys.argv[2], data=sys.argv[3], out=sys.argv[4], max_steps=12, lr=5e-3, batch_size=4, save_every=4,
+cfg = dict(model=sys.argv[2], data=sys.argv[3], out=sys.argv[4], max_steps=12, lr=5e-3, batch_size=4,
+           save_every=4,
            resume=sys.argv[5] == "resume", dropout=0.1, seed=3)
 train(TrainConfig(**cfg))
 """
@@ -150,8 +175,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_llama_dir, copy_d
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff <= 1e-6
-    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
-             if json.loads(x)["kind"] == "train"]
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["kind"] == "train"
+    ]
     assert steps == list(range(1, 13)), "metrics after the checkpoint are replaced, not duplicated"
 
 
@@ -216,7 +244,9 @@ def test_sparse_logits_loss_equals_transformers_loss(tiny_model_dir, tiny_tokeni
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     items = [
-        encode_chat(Example([{"role": "user", "content": u}, {"role": "assistant", "content": a}]), tiny_tokenizer, 64)
+        encode_chat(
+            Example([{"role": "user", "content": u}, {"role": "assistant", "content": a}]), tiny_tokenizer, 64
+        )
         for u, a in [("say the quick brown fox", "fox"), ("x", "london tokyo great film")]
     ]
     batch = collate(items, tiny_tokenizer.pad_token_id)

@@ -15,7 +15,7 @@ CORPUS = [
     "the quick brown fox jumps over the lazy dog",
     "positive negative sentiment review movie film great bad awful wonderful",
     "name age city json extract alice bob paris london tokyo",
-    "0 1 2 3 4 5 6 7 8 9 { } \" : , . ! ? - ( )",
+    '0 1 2 3 4 5 6 7 8 9 { } " : , . ! ? - ( )',
     "system user assistant you are a tiny test model",
 ]
 

@@ -43,7 +43,14 @@ def user_errors(fn):
         _quiet_libraries()
         try:
             return fn(*args, **kwargs)
-        except (DataError, TemplateError, ModelLoadError, ConfigError, TrainingDiverged, FileNotFoundError) as err:
+        except (
+            DataError,
+            TemplateError,
+            ModelLoadError,
+            ConfigError,
+            TrainingDiverged,
+            FileNotFoundError,
+        ) as err:
             err_console.print(f"[bold red]error:[/] {err}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
@@ -53,7 +60,9 @@ def user_errors(fn):
     return wrapper
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'default' (embedded SmolLM2-135M), folder, .gguf or hub id")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="'default' (embedded SmolLM2-135M), folder, .gguf or hub id")
+]
 AdapterOpt = Annotated[str | None, typer.Option(help="adapter folder (LoRA, ...) to apply on the model")]
 
 
@@ -65,8 +74,12 @@ def train_cmd(
     model: Annotated[str | None, typer.Option("--model", "-m", help="base model (default: embedded)")] = None,
     val: Annotated[str | None, typer.Option(help="validation file")] = None,
     method: Annotated[str | None, typer.Option(help="lora or full")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML file with the same keys; flags override it")] = None,
-    format: Annotated[str | None, typer.Option(help="chat, prompt-completion, alpaca, classification")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file with the same keys; flags override it")
+    ] = None,
+    format: Annotated[
+        str | None, typer.Option(help="chat, prompt-completion, alpaca, classification")
+    ] = None,
     epochs: Annotated[float | None, typer.Option()] = None,
     max_steps: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
@@ -89,15 +102,21 @@ def train_cmd(
     patience: Annotated[int | None, typer.Option()] = None,
     save_every: Annotated[int | None, typer.Option()] = None,
     keep_checkpoints: Annotated[int | None, typer.Option()] = None,
-    resume: Annotated[bool | None, typer.Option("--resume", help="continue from the last checkpoint in --out")] = None,
-    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="replace a finished run in --out")] = None,
+    resume: Annotated[
+        bool | None, typer.Option("--resume", help="continue from the last checkpoint in --out")
+    ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="replace a finished run in --out")
+    ] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16")] = None,
     gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing")] = None,
 ):
     """Fine-tune a model on a data file."""
     from .training import ConfigError, TrainConfig, train
 
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "TrainConfig", "train", "ConfigError")}
+    overrides = {
+        k: v for k, v in locals().items() if k not in ("config", "TrainConfig", "train", "ConfigError")
+    }
     cfg = TrainConfig.from_sources(config, **overrides)
     if not cfg.data or not cfg.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
@@ -125,6 +144,8 @@ def chat(
             return
         messages.append({"role": "user", "content": text})
         reply = ""
+        if prompt is None:
+            console.print("[bold green]model>[/] ", end="")
         for piece in stream_chat(llm, tokenizer, messages, max_new_tokens, temperature):
             reply += piece
             console.print(piece, end="", highlight=False, markup=False)
@@ -145,7 +166,9 @@ def _ask() -> str | None:
 @app.command("generate")
 @user_errors
 def generate_cmd(
-    data: Annotated[str, typer.Option(help="examples to answer (their last assistant turn, if any, is the reference)")],
+    data: Annotated[
+        str, typer.Option(help="examples to answer (their last assistant turn, if any, is the reference)")
+    ],
     out: Annotated[str, typer.Option(help="predictions JSONL")],
     model: ModelOpt = "default",
     adapter: AdapterOpt = None,
@@ -161,8 +184,15 @@ def generate_cmd(
     llm, tokenizer = load_for_inference(model, adapter)
     with console.status("generating"):
         n = generate_file(
-            llm, tokenizer, data, out, format, batch_size=batch_size, max_new_tokens=max_new_tokens,
-            temperature=temperature, seed=seed,
+            llm,
+            tokenizer,
+            data,
+            out,
+            format,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
         )
     console.print(f"Wrote {n} predictions to {out}")
 
@@ -194,7 +224,9 @@ def methods():
 @user_errors
 def data_validate(
     file: Annotated[str, typer.Argument(help="training file")],
-    model: Annotated[str, typer.Option("--model", "-m", help="tokenizer for length checks; 'none' to skip")] = "default",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="tokenizer for length checks; 'none' to skip")
+    ] = "default",
     max_length: int = 1024,
     format: Annotated[str | None, typer.Option()] = None,
 ):
@@ -220,8 +252,11 @@ def data_split(
     """Split a data file into train/val/test deterministically."""
     from .data.split import split_file
 
-    result = split_file(file, val=val, test=test, seed=seed, out_dir=out)
-    console.print(result)
+    for name, path in split_file(file, val=val, test=test, seed=seed, out_dir=out).items():
+        rows = sum(1 for line in Path(path).read_text().splitlines() if line.strip()) - (
+            path.suffix == ".csv"
+        )
+        console.print(f"{name}: {path} ({rows} rows)")
 
 
 def main() -> None:  # pragma: no cover

@@ -20,9 +20,12 @@ from .inference import generate, load_for_inference
 from .training import TrainConfig, train
 
 SYSTEM = "Extract the person as JSON."
-NAMES = "Alice Bruno Chen Dana Emeka Farah Goran Hana Ivan Julia Kofi Lena Mateo Nadia Omar Priya Quinn Rosa Sven Tariq Uma Vera Wei Yara Zoltan".split()
-CITIES = "Paris Lagos Lima Oslo Seoul Cairo Quito Dublin Hanoi Austin Porto Nairobi Osaka Zurich Denver Krakow".split()
-JOBS = "teacher nurse pilot chef baker lawyer farmer dentist plumber painter architect journalist engineer librarian".split()
+NAMES = """Alice Bruno Chen Dana Emeka Farah Goran Hana Ivan Julia Kofi Lena Mateo Nadia Omar Priya Quinn Rosa
+Sven Tariq Uma Vera Wei Yara Zoltan""".split()
+CITIES = """Paris Lagos Lima Oslo Seoul Cairo Quito Dublin Hanoi Austin Porto Nairobi Osaka Zurich Denver
+Krakow""".split()
+JOBS = """teacher nurse pilot chef baker lawyer farmer dentist plumber painter architect journalist engineer
+librarian""".split()
 TEMPLATES = [
     "{name} is a {age}-year-old {job} who lives in {city}.",
     "Meet {name}, {age}, a {job} based in {city}.",
@@ -36,9 +39,16 @@ def make_examples(n: int, seed: int) -> list[Example]:
     rng = random.Random(seed)
     examples = []
     for i in range(n):
-        person = {"name": rng.choice(NAMES), "age": rng.randint(19, 88), "job": rng.choice(JOBS), "city": rng.choice(CITIES)}
+        person = {
+            "name": rng.choice(NAMES),
+            "age": rng.randint(19, 88),
+            "job": rng.choice(JOBS),
+            "city": rng.choice(CITIES),
+        }
         sentence = rng.choice(TEMPLATES).format(**person)
-        answer = json.dumps({"name": person["name"], "age": person["age"], "job": person["job"], "city": person["city"]})
+        answer = json.dumps(
+            {"name": person["name"], "age": person["age"], "job": person["job"], "city": person["city"]}
+        )
         messages = [
             {"role": "system", "content": SYSTEM},
             {"role": "user", "content": sentence},
@@ -64,7 +74,9 @@ class DemoResult:
     adapter: Path
 
 
-def run_demo(out: str = "runs/demo", steps: int = 30, n_train: int = 300, n_test: int = 50, console=None) -> DemoResult:
+def run_demo(
+    out: str = "runs/demo", steps: int = 30, n_train: int = 300, n_test: int = 50, console=None
+) -> DemoResult:
     console = console or Console()
     out_dir = Path(out)
     data_dir = out_dir / "data"
@@ -86,8 +98,14 @@ def run_demo(out: str = "runs/demo", steps: int = 30, n_train: int = 300, n_test
     console.rule("[bold]3. LoRA fine-tune")
     adapter = out_dir / "adapter"
     config = TrainConfig(
-        model="default", data=str(data_dir / "train.jsonl"), out=str(adapter), method="lora",
-        max_steps=steps, lr=1e-3, batch_size=8, overwrite=True,
+        model="default",
+        data=str(data_dir / "train.jsonl"),
+        out=str(adapter),
+        method="lora",
+        max_steps=steps,
+        lr=1e-3,
+        batch_size=8,
+        overwrite=True,
     )
     train(config, console=console)
 
@@ -106,5 +124,9 @@ def show_results(console, test_set, before_preds, after_preds, before, after, ad
     for example, b, a in list(zip(test_set, before_preds, after_preds, strict=True))[:3]:
         table.add_row(example.messages[1]["content"], b[:160], a, example.messages[2]["content"])
     console.print(table)
-    console.print(f"Held-out exact match: before [bold red]{before:.1%}[/] -> after [bold green]{after:.1%}[/]")
-    console.print(f"Adapter saved in {adapter}. Chat with it:\n  tunelab chat --model default --adapter {adapter}")
+    console.print(
+        f"Held-out exact match: before [bold red]{before:.1%}[/] -> after [bold green]{after:.1%}[/]"
+    )
+    console.print(
+        f"Adapter saved in {adapter}. Chat with it:\n  tunelab chat --model default --adapter {adapter}"
+    )

@@ -71,7 +71,9 @@ def generate(
     kwargs = _generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(
+            [prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+        )
         enc = enc.to(model.device)
         out = model.generate(**enc, **kwargs)
         new_tokens = out[:, enc["input_ids"].shape[1] :]
@@ -81,12 +83,19 @@ def generate(
 
 
 def stream_chat(
-    model, tokenizer, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+    model,
+    tokenizer,
+    messages: list[dict],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
 ) -> Iterator[str]:
     """Yield the reply piece by piece as it is generated."""
     from transformers import TextIteratorStreamer
 
-    text = tokenizer.apply_chat_template(prompt_messages(messages), tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        prompt_messages(messages), tokenize=False, add_generation_prompt=True
+    )
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = _generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
@@ -106,7 +115,11 @@ def generate_file(model, tokenizer, data: str, out: str, fmt: str | None = None,
     with open(out, "w") as f:
         for example, prediction in zip(examples, predictions, strict=True):
             last = example.messages[-1]
-            row = {"line": example.line, "messages": prompt_messages(example.messages), "prediction": prediction}
+            row = {
+                "line": example.line,
+                "messages": prompt_messages(example.messages),
+                "prediction": prediction,
+            }
             if last["role"] == "assistant":
                 row["reference"] = last["content"]
             f.write(json.dumps(row) + "\n")

@@ -69,7 +69,9 @@ def write_atomically(final: Path, write) -> None:
         tmp.rename(final)
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, trainer_state: dict, keep: int) -> Path:
+def save_checkpoint(
+    out: Path, step: int, model, optimizer, scheduler, trainer_state: dict, keep: int
+) -> Path:
     final = out / CHECKPOINTS / f"step-{step:07d}"
 
     def write(folder: Path) -> None:
@@ -99,5 +101,7 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
     load_trainable_state(model, load_file(folder / "trainable.safetensors"))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(folder / "rng.pt", weights_only=True), json.loads((folder / "rng.json").read_text()))
+    set_rng_state(
+        torch.load(folder / "rng.pt", weights_only=True), json.loads((folder / "rng.json").read_text())
+    )
     return json.loads((folder / STATE_FILE).read_text())

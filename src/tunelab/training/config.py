@@ -14,38 +14,58 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    model: str = field(default="default", metadata={"help": "'default' (embedded SmolLM2-135M), folder, .gguf or hub id"})
-    data: str = field(default="", metadata={"help": "training file (chat, prompt/completion, alpaca or classification)"})
+    model: str = field(
+        default="default", metadata={"help": "'default' (embedded SmolLM2-135M), folder, .gguf or hub id"}
+    )
+    data: str = field(
+        default="", metadata={"help": "training file (chat, prompt/completion, alpaca or classification)"}
+    )
     out: str = field(default="", metadata={"help": "output folder for the model, checkpoints and metrics"})
     val: str | None = field(default=None, metadata={"help": "validation file (same formats)"})
-    format: str | None = field(default=None, metadata={"help": "force the data format instead of detecting it"})
+    format: str | None = field(
+        default=None, metadata={"help": "force the data format instead of detecting it"}
+    )
     method: str = field(default="lora", metadata={"help": "tuning method (see `tunelab methods`)"})
-    epochs: float = field(default=3, metadata={"help": "passes over the data (ignored when max_steps is set)"})
+    epochs: float = field(
+        default=3, metadata={"help": "passes over the data (ignored when max_steps is set)"}
+    )
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps to run; overrides epochs"})
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: the method's)"})
     batch_size: int = field(default=8, metadata={"help": "examples per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_length: int = field(default=1024, metadata={"help": "tokens per example; longer ones are truncated"})
-    warmup: float = field(default=0.05, metadata={"help": "warmup: a fraction of the steps if < 1, else steps"})
+    warmup: float = field(
+        default=0.05, metadata={"help": "warmup: a fraction of the steps if < 1, else steps"}
+    )
     scheduler: str = field(default="cosine", metadata={"help": "cosine, linear or constant (after warmup)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
     dropout: float = field(default=0.05, metadata={"help": "dropout on the trained modules (LoRA dropout)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha"})
-    target_modules: list[str] | None = field(default=None, metadata={"help": "modules LoRA adapts (default all linear)"})
+    target_modules: list[str] | None = field(
+        default=None, metadata={"help": "modules LoRA adapts (default all linear)"}
+    )
     dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA)"})
     rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA scaling"})
     train_on_inputs: bool = field(default=False, metadata={"help": "also learn the prompt tokens"})
     seed: int = field(default=0, metadata={"help": "seed for data order, dropout and initialisation"})
-    eval_every: int | None = field(default=None, metadata={"help": "val loss every N steps (default: each epoch)"})
-    patience: int | None = field(default=None, metadata={"help": "stop after N evals without val improvement"})
+    eval_every: int | None = field(
+        default=None, metadata={"help": "val loss every N steps (default: each epoch)"}
+    )
+    patience: int | None = field(
+        default=None, metadata={"help": "stop after N evals without val improvement"}
+    )
     save_every: int | None = field(default=None, metadata={"help": "checkpoint every N steps"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in `out`"})
     overwrite: bool = field(default=False, metadata={"help": "replace a finished model already in `out`"})
-    precision: str = field(default="auto", metadata={"help": "auto, fp32 or bf16 (auto: bf16 only where native)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
+    precision: str = field(
+        default="auto", metadata={"help": "auto, fp32 or bf16 (auto: bf16 only where native)"}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "trade compute for activation memory"}
+    )
     log_every: int = field(default=1, metadata={"help": "write train metrics every N steps"})
 
     def __post_init__(self):
@@ -92,5 +112,7 @@ def load_yaml(path: str | Path) -> dict:
     values = {key.replace("-", "_"): value for key, value in loaded.items()}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+        )
     return values

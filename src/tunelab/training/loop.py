@@ -91,7 +91,9 @@ def check_out_dir(out: Path, config: TrainConfig) -> None:
     if (out / SUMMARY_FILE).exists():
         raise ConfigError(f"{out} already holds a finished run; choose another --out or pass --overwrite")
     if ckpt.list_checkpoints(out) and not config.resume:
-        raise ConfigError(f"{out} holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite")
+        raise ConfigError(
+            f"{out} holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite"
+        )
 
 
 def encode_file(path: str, tokenizer, config: TrainConfig) -> tuple[list[EncodedExample], dict]:
@@ -118,12 +120,17 @@ def causal_lm_loss(model, batch: dict, normaliser) -> torch.Tensor:
     ).logits  # (B, P, V)
     targets = labels[:, positions + 1]  # (B, P)
     loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
     )
     return loss / normaliser
 
 
-def evaluate_loss(model, items: list[EncodedExample], batch_size: int, pad_id: int, device, precision="fp32") -> float:
+def evaluate_loss(
+    model, items: list[EncodedExample], batch_size: int, pad_id: int, device, precision="fp32"
+) -> float:
     """Mean loss per target token over all items (not a mean of batch means)."""
     model.eval()
     total, count = 0.0, 0
@@ -148,7 +155,7 @@ def train(config: TrainConfig, console=None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     method = get_method(config.method)
     log = console.print if console else (lambda *a, **k: None)
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True enables DDP over gloo on CPUs
     precision = pick_precision(config.precision)
     main = accelerator.is_main_process
     set_seed(config.seed)
@@ -177,7 +184,8 @@ def train(config: TrainConfig, console=None) -> TrainResult:
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]  # biases and norms are not decayed
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
     )
     scheduler = get_scheduler(
         config.scheduler if config.scheduler != "constant" else "constant_with_warmup",
@@ -219,7 +227,10 @@ def train(config: TrainConfig, console=None) -> TrainResult:
             f"padding {pct:.1f}%, precision {precision}"
         )
         if data_stats["truncated"]:
-            log(f"[yellow]{data_stats['truncated']} examples were longer than max_length={config.max_length} and were truncated")
+            log(
+                f"[yellow]{data_stats['truncated']} examples were longer than max_length="
+                f"{config.max_length} and were truncated"
+            )
 
     def save_best() -> None:
         ckpt.write_atomically(
@@ -229,7 +240,9 @@ def train(config: TrainConfig, console=None) -> TrainResult:
 
     def run_eval() -> bool:
         """Evaluate; returns True when early stopping should end the run."""
-        val_loss = evaluate_loss(unwrapped, val_items, config.batch_size, pad_id, accelerator.device, precision)
+        val_loss = evaluate_loss(
+            unwrapped, val_items, config.batch_size, pad_id, accelerator.device, precision
+        )
         state.last_eval_step = state.step
         improved = state.best_val_loss is None or val_loss < state.best_val_loss
         if improved:
@@ -253,30 +266,46 @@ def train(config: TrainConfig, console=None) -> TrainResult:
             groups = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
             for group_index in range(state.group_in_epoch, len(groups)):
                 micro = [collate([train_items[i] for i in b], pad_id) for b in groups[group_index]]
-                loss, grad_norm, tokens = train_step(model, micro, optimizer, scheduler, accelerator, config, precision)
+                loss, grad_norm, tokens = train_step(
+                    model, micro, optimizer, scheduler, accelerator, config, precision
+                )
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     raise TrainingDiverged(
-                        f"loss became {loss} (grad norm {grad_norm}) at step {state.step + 1}; no model was saved. "
+                        f"loss became {loss} (grad norm {grad_norm}) at step {state.step + 1}; "
+                        "no model was saved. "
                         "Lower --lr, check the data, or keep --max-grad-norm on."
                     )
                 state.step += 1
                 state.last_loss = loss
                 state.group_in_epoch = group_index + 1
-                state.tokens_seen += tokens * world
+                state.tokens_seen += tokens
                 state.elapsed_s = time.perf_counter() - started
                 rate = state.tokens_seen / max(state.elapsed_s, 1e-9)
                 progress.update(state.step, loss, rate)
                 if main and state.step % config.log_every == 0:
-                    metrics.log({
-                        "kind": "train", "step": state.step, "epoch": state.epoch, "loss": loss,
-                        "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens_per_s": rate,
-                        "elapsed_s": state.elapsed_s,
-                    })
+                    metrics.log(
+                        {
+                            "kind": "train",
+                            "step": state.step,
+                            "epoch": state.epoch,
+                            "loss": loss,
+                            "lr": scheduler.get_last_lr()[0],
+                            "grad_norm": grad_norm,
+                            "tokens_per_s": rate,
+                            "elapsed_s": state.elapsed_s,
+                        }
+                    )
                 if val_items and config.eval_every and state.step % config.eval_every == 0:
                     state.stopped_early = run_eval()
                 if config.save_every and state.step % config.save_every == 0 and main:
                     ckpt.save_checkpoint(
-                        out, state.step, unwrapped, optimizer, scheduler, state.__dict__, config.keep_checkpoints
+                        out,
+                        state.step,
+                        unwrapped,
+                        optimizer,
+                        scheduler,
+                        state.__dict__,
+                        config.keep_checkpoints,
                     )
                 if state.step >= total_steps or state.stopped_early:
                     break
@@ -319,12 +348,15 @@ def train(config: TrainConfig, console=None) -> TrainResult:
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # written last: marks the run finished
     log(
         f"Saved {method.name} model to {out} ({summary['artifact_mb']} MB); "
-        f"{summary['wall_time_s']} s, {summary['tokens_per_s']} tokens/s, peak memory {summary['peak_memory_mb']} MB"
+        f"{summary['wall_time_s']} s, {summary['tokens_per_s']} tokens/s, "
+        f"peak memory {summary['peak_memory_mb']} MB"
     )
     return TrainResult(out, summary)
 
 
-def train_step(model, micro, optimizer, scheduler, accelerator, config, precision) -> tuple[float, float, int]:
+def train_step(
+    model, micro, optimizer, scheduler, accelerator, config, precision
+) -> tuple[float, float, int]:
     """One optimizer step over a group of micro-batches; the loss is a mean over all their target tokens."""
     n_targets = torch.tensor(sum(count_label_tokens(b["labels"]) for b in micro), device=accelerator.device)
     n_targets = accelerator.reduce(n_targets, "sum")
@@ -334,10 +366,15 @@ def train_step(model, micro, optimizer, scheduler, accelerator, config, precisio
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
         tokens += int(batch["attention_mask"].sum())
         sync = k == len(micro) - 1
-        with (nullcontext() if sync else accelerator.no_sync(model)), autocast(accelerator.device, precision):
+        with nullcontext() if sync else accelerator.no_sync(model), autocast(accelerator.device, precision):
             loss = causal_lm_loss(model, batch, n_targets) * world
         accelerator.backward(loss)
         total_loss += loss.item() / world
+    # Each rank holds its share of the mean; the logged loss and token count are the whole step's.
+    totals = accelerator.reduce(
+        torch.tensor([total_loss, tokens], dtype=torch.float64, device=accelerator.device), "sum"
+    )
+    total_loss, tokens = totals[0].item(), int(totals[1].item())
     if not math.isfinite(total_loss):
         return total_loss, float("nan"), tokens
     params = [p for p in model.parameters() if p.requires_grad]
@@ -357,10 +394,11 @@ def save_final(out: Path, model, tokenizer, method, config: TrainConfig, summary
     tokenizer.save_pretrained(tmp)
     (tmp / "tunelab.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     size_mb = round(sum(f.stat().st_size for f in tmp.iterdir()) / 2**20, 2)
-    write_model_card(tmp, out, config.to_dict(), {**summary, "artifact_mb": size_mb}, display_name(config.model))
+    write_model_card(
+        tmp, out, config.to_dict(), {**summary, "artifact_mb": size_mb}, display_name(config.model)
+    )
     for item in tmp.iterdir():
         item.replace(out / item.name)
     tmp.rmdir()
     plot_loss(out)
     return size_mb
-

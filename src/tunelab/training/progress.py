@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class TrainProgress:
@@ -21,7 +28,9 @@ class TrainProgress:
                 TimeRemainingColumn(),
                 console=console,
             )
-            self.task = self.progress.add_task("train", total=total_steps, completed=start_step, loss="-", rate="-")
+            self.task = self.progress.add_task(
+                "train", total=total_steps, completed=start_step, loss="-", rate="-"
+            )
 
     def __enter__(self):
         if self.progress:

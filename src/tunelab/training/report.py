@@ -23,7 +23,9 @@ class MetricsLog:
     def _drop_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        kept = [
+            line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= step
+        ]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, record: dict, prefix: str = "train") -> None:
@@ -72,11 +74,9 @@ def plot_loss(out: Path) -> Path | None:
 def write_model_card(folder: Path, out: Path, config: dict, summary: dict, base_name: str) -> None:
     """README.md in `folder` for a model that will live at `out`."""
     method = config["method"]
-    loading = (
-        f"```python\nfrom peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained('{out}')\n```"
-        if method != "full"
-        else f"```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained('{out}')\n```"
-    )
+    auto = "AutoModelForCausalLM" if method == "full" else "AutoPeftModelForCausalLM"
+    package = "transformers" if method == "full" else "peft"
+    loading = f"from {package} import {auto}\nmodel = {auto}.from_pretrained('{out}')"
     chat_args = f"--model {out}" if method == "full" else f"--model {config['model']} --adapter {out}"
     hyper = "\n".join(f"| {k} | {v} |" for k, v in config.items() if k not in ("out", "resume", "overwrite"))
     results = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, dict | list))
@@ -90,7 +90,9 @@ tags: [tunelab, {method}]
 Fine-tuned from **{base_name}** with tunelab, method **{method}**, on `{config["data"]}`.
 
 ## Use
+```python
 {loading}
+```
 
 Or: `tunelab chat {chat_args}`
 
