@@ -14,7 +14,7 @@ from conftest import copy_task_rows, write_jsonl
 from tunelab.data import Example
 from tunelab.data.batching import collate
 from tunelab.data.tokenize import encode_chat
-from tunelab.training import ConfigError, TrainConfig, TrainingDiverged, loop, train
+from tunelab.training import ConfigError, TrainConfig, TrainingDiverged, loop, steps, train
 from tunelab.training import checkpoint as ckpt
 
 
@@ -250,5 +250,5 @@ def test_sparse_logits_loss_equals_transformers_loss(tiny_model_dir, tiny_tokeni
         for u, a in [("say the quick brown fox", "fox"), ("x", "london tokyo great film")]
     ]
     batch = collate(items, tiny_tokenizer.pad_token_id)
-    ours = loop.causal_lm_loss(model, batch, count_label_tokens(batch["labels"]))
+    ours = steps.causal_lm_loss(model, batch, count_label_tokens(batch["labels"]))
     assert torch.allclose(ours, model(**batch).loss, atol=1e-5)

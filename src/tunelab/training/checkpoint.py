@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+WEIGHTS = "trainable.safetensors"
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -75,7 +76,7 @@ def save_checkpoint(
     final = out / CHECKPOINTS / f"step-{step:07d}"
 
     def write(folder: Path) -> None:
-        save_file(trainable_state(model), folder / "trainable.safetensors")
+        save_file(trainable_state(model), folder / WEIGHTS)
         # Optimizer and scheduler states are our own tensors and numbers; loaded back with weights_only.
         torch.save(optimizer.state_dict(), folder / "optimizer.pt")
         torch.save(scheduler.state_dict(), folder / "scheduler.pt")
@@ -98,7 +99,7 @@ def list_checkpoints(out: Path) -> list[Path]:
 
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
-    load_trainable_state(model, load_file(folder / "trainable.safetensors"))
+    load_trainable_state(model, load_file(folder / WEIGHTS))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     set_rng_state(

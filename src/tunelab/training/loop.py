@@ -1,8 +1,8 @@
 """The one training loop every method shares.
 
 It runs as a single process on a laptop and, unchanged, under `torchrun`/`accelerate launch` (DDP): the
-Accelerator places the model, wraps it for DDP and handles autocast; each rank takes its slice of batches
-and the token count that normalises the loss is summed over ranks and micro-batches.
+Accelerator places the model and wraps it for DDP; each rank takes its slice of batches and the token
+count that normalises the loss is summed over ranks and micro-batches (see steps.py).
 """
 
 from __future__ import annotations
@@ -12,26 +12,24 @@ import math
 import resource
 import shutil
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from ..data import load_examples
-from ..data.batching import collate, count_label_tokens, epoch_batches
-from ..data.tokenize import IGNORE_INDEX, EncodedExample, encode_examples
+from ..data.batching import collate, epoch_batches
+from ..data.tokenize import EncodedExample, encode_examples
 from ..methods import get_method
-from ..models import display_name, load_model
+from ..models import load_model
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
 from .progress import TrainProgress
-from .report import MetricsLog, plot_loss, write_model_card
+from .report import MetricsLog, save_final
+from .steps import evaluate_loss, pick_precision, train_step
 
 SUMMARY_FILE = "summary.json"
 
@@ -63,24 +61,9 @@ class TrainResult:
     summary: dict
 
 
-def pick_precision(choice: str) -> str:
-    """'bf16' (autocast) or 'fp32'. bf16 autocast only where the hardware does bf16 natively (CUDA with
-    bf16, or CPUs with AVX512-BF16/AMX): elsewhere it is emulated and about 10x slower than fp32."""
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "fp32"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    # Our own autocast rather than Accelerator(mixed_precision=...): accelerate keeps that setting in a
-    # process-wide singleton, so a second run with another precision in the same process would fail.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def train(config: TrainConfig, console=None) -> TrainResult:
+    """Train `config.method` on `config.data` and write the result to `config.out`."""
+    return Trainer(config, console).fit()
 
 
 def check_out_dir(out: Path, config: TrainConfig) -> None:
@@ -107,298 +90,214 @@ def padding_fraction(items: list[EncodedExample], batches: list[list[int]]) -> f
     return 1 - real / padded if padded else 0.0
 
 
-def causal_lm_loss(model, batch: dict, normaliser) -> torch.Tensor:
-    """Summed next-token loss over labelled positions, divided by `normaliser`.
+class Trainer:
+    """Sets a run up (model, method, data, optimizer), runs it, and writes its artefacts."""
 
-    Logits are computed only at positions that predict a label (`logits_to_keep`): the vocabulary
-    projection and softmax over 49k tokens at every prompt position would cost about a third of the step.
-    """
-    labels = batch["labels"]
-    positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,)
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions
-    ).logits  # (B, P, V)
-    targets = labels[:, positions + 1]  # (B, P)
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return loss / normaliser
+    def __init__(self, config: TrainConfig, console=None):
+        if not config.out:
+            raise ConfigError("out: an output folder is required")
+        self.config, self.out = config, Path(config.out)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: DDP over gloo on CPUs
+        self.main = self.accelerator.is_main_process
+        self.console = console if self.main else None
+        self.log = self.console.print if self.console else (lambda *a, **k: None)
+        if self.main:
+            check_out_dir(self.out, config)
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self.method = get_method(config.method)
+        self.precision = pick_precision(config.precision)
+        set_seed(config.seed)  # before the method wraps the model: adapter initialisation is seeded too
 
+        model, self.tokenizer = load_model(config.model, log=self.log)
+        model = self.method.prepare(model, config)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        self.train_items, self.data_stats = encode_file(config.data, self.tokenizer, config)
+        self.val_items = encode_file(config.val, self.tokenizer, config)[0] if config.val else []
+        if not self.train_items:
+            raise ConfigError(f"{config.data}: no example has tokens to learn (check the assistant turns)")
+        self.lengths = [len(item.input_ids) for item in self.train_items]
 
-def evaluate_loss(
-    model, items: list[EncodedExample], batch_size: int, pad_id: int, device, precision="fp32"
-) -> float:
-    """Mean loss per target token over all items (not a mean of batch means)."""
-    model.eval()
-    total, count = 0.0, 0
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            batch = collate([items[i] for i in order[start : start + batch_size]], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast(device, precision):
-                total += causal_lm_loss(model, batch, 1).item()
-            count += count_label_tokens(batch["labels"])
-    model.train()
-    return total / max(count, 1)
+        world = self.accelerator.num_processes
+        self.micro_per_epoch = len(epoch_batches(self.lengths, config.batch_size, config.seed, 0)) // world
+        self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / config.grad_accum))
+        self.total_steps = config.max_steps or math.ceil(self.steps_per_epoch * config.epochs)
+        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.total_params = sum(p.numel() for p in model.parameters())
+        optimizer, self.scheduler = self._optimizer(model)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+        self.state = TrainState()
 
-
-def train(config: TrainConfig, console=None) -> TrainResult:
-    """Train `config.method` on `config.data` and write the result to `config.out`."""
-    out = Path(config.out)
-    if not config.out:
-        raise ConfigError("out: an output folder is required")
-    check_out_dir(out, config)
-    out.mkdir(parents=True, exist_ok=True)
-    method = get_method(config.method)
-    log = console.print if console else (lambda *a, **k: None)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True enables DDP over gloo on CPUs
-    precision = pick_precision(config.precision)
-    main = accelerator.is_main_process
-    set_seed(config.seed)
-
-    model, tokenizer = load_model(config.model, log=log)
-    model = method.prepare(model, config)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    train_items, data_stats = encode_file(config.data, tokenizer, config)
-    val_items = encode_file(config.val, tokenizer, config)[0] if config.val else []
-    if not train_items:
-        raise ConfigError(f"{config.data}: no example has tokens to learn (check the assistant turns)")
-
-    lengths = [len(item.input_ids) for item in train_items]
-    world, rank = accelerator.num_processes, accelerator.process_index
-    micro_per_epoch = len(epoch_batches(lengths, config.batch_size, config.seed, 0)) // world
-    steps_per_epoch = max(1, math.ceil(micro_per_epoch / config.grad_accum))
-    total_steps = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
-    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
-    lr = config.lr or method.default_lr
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    trainable = sum(p.numel() for p in params)
-    total_params = sum(p.numel() for p in model.parameters())
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]  # biases and norms are not decayed
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-    )
-    scheduler = get_scheduler(
-        config.scheduler if config.scheduler != "constant" else "constant_with_warmup",
-        optimizer,
-        num_warmup_steps=warmup,
-        num_training_steps=total_steps,
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-
-    state = TrainState()
-    if config.resume and ckpt.list_checkpoints(out):
-        latest = ckpt.list_checkpoints(out)[-1]
-        state = TrainState(**ckpt.load_checkpoint(latest, unwrapped, optimizer, scheduler))
-        log(f"Resuming from {latest} (step {state.step})")
-    metrics = MetricsLog(out, resume_step=state.step if state.step else None) if main else None
-
-    pad_id = tokenizer.pad_token_id
-    pct = 100 * padding_fraction(train_items, epoch_batches(lengths, config.batch_size, config.seed, 0))
-    header = {
-        "kind": "run",
-        "step": state.step,
-        "method": method.name,
-        "trainable_params": trainable,
-        "total_params": total_params,
-        "trainable_pct": 100 * trainable / total_params,
-        "train_examples": len(train_items),
-        "val_examples": len(val_items),
-        "total_steps": total_steps,
-        "padding_pct": round(pct, 2),
-        "precision": precision,
-        **data_stats,
-    }
-    if main:
-        metrics.log(header, prefix="run")
-        log(
-            f"[bold]{method.name}[/]: {trainable:,} trainable of {total_params:,} parameters "
-            f"({header['trainable_pct']:.3f}%); {len(train_items)} examples, {total_steps} steps, "
-            f"padding {pct:.1f}%, precision {precision}"
+    def _optimizer(self, model):
+        config = self.config
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},  # biases and norms
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=config.lr or self.method.default_lr)
+        warmup = int(config.warmup * self.total_steps) if config.warmup < 1 else int(config.warmup)
+        name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
+        scheduler = get_scheduler(
+            name, optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps
         )
-        if data_stats["truncated"]:
-            log(
-                f"[yellow]{data_stats['truncated']} examples were longer than max_length="
-                f"{config.max_length} and were truncated"
+        return optimizer, scheduler
+
+    def fit(self) -> TrainResult:
+        config, state = self.config, self.state
+        checkpoints = ckpt.list_checkpoints(self.out)
+        if config.resume and checkpoints:
+            loaded = ckpt.load_checkpoint(checkpoints[-1], self.unwrapped, self.optimizer, self.scheduler)
+            state = self.state = TrainState(**loaded)
+            self.log(f"Resuming from {checkpoints[-1]} (step {state.step})")
+        self.metrics = MetricsLog(self.out, resume_step=state.step or None) if self.main else None
+        self._announce()
+        self.progress = TrainProgress(self.console, self.total_steps, state.step)
+        started = time.perf_counter() - state.elapsed_s
+        self.model.train()
+        with self.progress:
+            while state.step < self.total_steps and not state.stopped_early:
+                groups = self._epoch_groups(state.epoch)
+                for index in range(state.group_in_epoch, len(groups)):
+                    self._step(groups[index], started)
+                    state.group_in_epoch = index + 1
+                    self._after_step()
+                    if state.step >= self.total_steps or state.stopped_early:
+                        break
+                else:
+                    state.epoch, state.group_in_epoch = state.epoch + 1, 0
+                    if self.val_items and not config.eval_every:
+                        self._evaluate()
+            if self.val_items and state.last_eval_step != state.step:
+                self._evaluate()  # always end with a val loss for the final weights
+        return self._finish() if self.main else TrainResult(self.out, {})
+
+    def _epoch_groups(self, epoch: int) -> list[list[list[int]]]:
+        """This rank's micro-batches for an epoch, grouped into optimizer steps."""
+        config, world = self.config, self.accelerator.num_processes
+        batches = epoch_batches(self.lengths, config.batch_size, config.seed, epoch)
+        batches = batches[self.accelerator.process_index : self.micro_per_epoch * world : world]
+        return [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
+
+    def _step(self, group: list[list[int]], started: float) -> None:
+        state, pad_id = self.state, self.tokenizer.pad_token_id
+        micro = [collate([self.train_items[i] for i in batch], pad_id) for batch in group]
+        loss, grad_norm, tokens = train_step(
+            self.model, micro, self.optimizer, self.scheduler, self.accelerator, self.config, self.precision
+        )
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise TrainingDiverged(
+                f"loss became {loss} (grad norm {grad_norm}) at step {state.step + 1}; no model was saved. "
+                "Lower --lr, check the data, or keep --max-grad-norm on."
             )
+        state.step += 1
+        state.last_loss = loss
+        state.tokens_seen += tokens
+        state.elapsed_s = time.perf_counter() - started
+        rate = state.tokens_seen / max(state.elapsed_s, 1e-9)
+        self.progress.update(state.step, loss, rate)
+        if self.main and state.step % self.config.log_every == 0:
+            record = {"kind": "train", "step": state.step, "epoch": state.epoch, "loss": loss}
+            record |= {"lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+            record |= {"tokens_per_s": rate, "elapsed_s": state.elapsed_s}
+            self.metrics.log(record)
 
-    def save_best() -> None:
-        ckpt.write_atomically(
-            out / "best",
-            lambda folder: ckpt.save_file(ckpt.trainable_state(unwrapped), folder / "trainable.safetensors"),
-        )
+    def _after_step(self) -> None:
+        config, state = self.config, self.state
+        if self.val_items and config.eval_every and state.step % config.eval_every == 0:
+            self._evaluate()
+        if config.save_every and state.step % config.save_every == 0 and self.main:
+            ckpt.save_checkpoint(
+                self.out, state.step, self.unwrapped, self.optimizer, self.scheduler, asdict(state),
+                config.keep_checkpoints,
+            )  # fmt: skip
 
-    def run_eval() -> bool:
-        """Evaluate; returns True when early stopping should end the run."""
+    def _evaluate(self) -> None:
+        """Val loss; keeps the best weights and decides early stopping."""
+        state, config = self.state, self.config
         val_loss = evaluate_loss(
-            unwrapped, val_items, config.batch_size, pad_id, accelerator.device, precision
-        )
+            self.unwrapped, self.val_items, config.batch_size, self.tokenizer.pad_token_id,
+            self.accelerator.device, self.precision,
+        )  # fmt: skip
         state.last_eval_step = state.step
         improved = state.best_val_loss is None or val_loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
-            if main:
-                save_best()
+            if self.main:
+                weights = ckpt.trainable_state(self.unwrapped)
+                ckpt.write_atomically(self.out / "best", lambda f: ckpt.save_file(weights, f / ckpt.WEIGHTS))
         else:
             state.evals_without_improvement += 1
-        if main:
-            metrics.log({"kind": "eval", "step": state.step, "val_loss": val_loss}, prefix="eval")
-            progress.note(f"step {state.step}: val loss {val_loss:.4f}{' (best)' if improved else ''}")
-        return bool(config.patience and state.evals_without_improvement >= config.patience)
+        state.stopped_early = bool(config.patience and state.evals_without_improvement >= config.patience)
+        if self.main:
+            self.metrics.log({"kind": "eval", "step": state.step, "val_loss": val_loss}, prefix="eval")
+            self.progress.note(f"step {state.step}: val loss {val_loss:.4f}{' (best)' if improved else ''}")
 
-    progress = TrainProgress(console if main else None, total_steps, state.step)
-    started = time.perf_counter() - state.elapsed_s
-    model.train()
-    with progress:
-        while state.step < total_steps and not state.stopped_early:
-            batches = epoch_batches(lengths, config.batch_size, config.seed, state.epoch)
-            batches = batches[rank : micro_per_epoch * world : world]
-            groups = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
-            for group_index in range(state.group_in_epoch, len(groups)):
-                micro = [collate([train_items[i] for i in b], pad_id) for b in groups[group_index]]
-                loss, grad_norm, tokens = train_step(
-                    model, micro, optimizer, scheduler, accelerator, config, precision
-                )
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    raise TrainingDiverged(
-                        f"loss became {loss} (grad norm {grad_norm}) at step {state.step + 1}; "
-                        "no model was saved. "
-                        "Lower --lr, check the data, or keep --max-grad-norm on."
-                    )
-                state.step += 1
-                state.last_loss = loss
-                state.group_in_epoch = group_index + 1
-                state.tokens_seen += tokens
-                state.elapsed_s = time.perf_counter() - started
-                rate = state.tokens_seen / max(state.elapsed_s, 1e-9)
-                progress.update(state.step, loss, rate)
-                if main and state.step % config.log_every == 0:
-                    metrics.log(
-                        {
-                            "kind": "train",
-                            "step": state.step,
-                            "epoch": state.epoch,
-                            "loss": loss,
-                            "lr": scheduler.get_last_lr()[0],
-                            "grad_norm": grad_norm,
-                            "tokens_per_s": rate,
-                            "elapsed_s": state.elapsed_s,
-                        }
-                    )
-                if val_items and config.eval_every and state.step % config.eval_every == 0:
-                    state.stopped_early = run_eval()
-                if config.save_every and state.step % config.save_every == 0 and main:
-                    ckpt.save_checkpoint(
-                        out,
-                        state.step,
-                        unwrapped,
-                        optimizer,
-                        scheduler,
-                        state.__dict__,
-                        config.keep_checkpoints,
-                    )
-                if state.step >= total_steps or state.stopped_early:
-                    break
-            else:
-                state.epoch, state.group_in_epoch = state.epoch + 1, 0
-                if val_items and not config.eval_every:
-                    state.stopped_early = run_eval()
-        if val_items and state.last_eval_step != state.step:
-            run_eval()  # always end with a val loss for the final weights
+    def _announce(self) -> None:
+        first_epoch = epoch_batches(self.lengths, self.config.batch_size, self.config.seed, 0)
+        pct = 100 * padding_fraction(self.train_items, first_epoch)
+        self.header = {
+            "kind": "run", "step": self.state.step, "method": self.method.name,
+            "trainable_params": self.trainable, "total_params": self.total_params,
+            "trainable_pct": 100 * self.trainable / self.total_params,
+            "train_examples": len(self.train_items), "val_examples": len(self.val_items),
+            "total_steps": self.total_steps, "padding_pct": round(pct, 2), "precision": self.precision,
+            **self.data_stats,
+        }  # fmt: skip
+        if not self.main:
+            return
+        self.metrics.log(self.header, prefix="run")
+        self.log(
+            f"[bold]{self.method.name}[/]: {self.trainable:,} trainable of {self.total_params:,} "
+            f"parameters ({self.header['trainable_pct']:.3f}%); {len(self.train_items)} examples, "
+            f"{self.total_steps} steps, "
+            f"padding {pct:.1f}%, precision {self.precision}"
+        )
+        if self.data_stats["truncated"]:
+            self.log(
+                f"[yellow]{self.data_stats['truncated']} examples were longer than max_length="
+                f"{self.config.max_length} and were truncated"
+            )
 
-    if not main:
-        return TrainResult(out, {})
-    if state.best_step is not None and state.best_step != state.step:
-        log(f"Keeping the best weights: step {state.best_step} (val loss {state.best_val_loss:.4f})")
-        ckpt.load_trainable_state(unwrapped, ckpt.load_file(out / "best" / "trainable.safetensors"))
-    peak_mb = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if torch.cuda.is_available()
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    summary = {
-        "method": method.name,
-        "steps": state.step,
-        "epochs_completed": round(state.step / steps_per_epoch, 3),
-        "final_train_loss": state.last_loss,
-        "best_val_loss": state.best_val_loss,
-        "best_step": state.best_step,
-        "stopped_early": state.stopped_early,
-        "trainable_params": trainable,
-        "total_params": total_params,
-        "trainable_pct": round(100 * trainable / total_params, 4),
-        "wall_time_s": round(state.elapsed_s, 1),
-        "tokens_per_s": round(state.tokens_seen / max(state.elapsed_s, 1e-9), 1),
-        "peak_memory_mb": round(peak_mb, 1),
-        "padding_pct": round(pct, 2),
-    }
-    summary["artifact_mb"] = save_final(out, unwrapped, tokenizer, method, config, summary)
-    metrics.log({"kind": "summary", "step": state.step, **summary}, prefix="summary")
-    metrics.close()
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # written last: marks the run finished
-    log(
-        f"Saved {method.name} model to {out} ({summary['artifact_mb']} MB); "
-        f"{summary['wall_time_s']} s, {summary['tokens_per_s']} tokens/s, "
-        f"peak memory {summary['peak_memory_mb']} MB"
-    )
-    return TrainResult(out, summary)
+    def _finish(self) -> TrainResult:
+        state = self.state
+        if state.best_step is not None and state.best_step != state.step:
+            self.log(f"Keeping the best weights: step {state.best_step} (val loss {state.best_val_loss:.4f})")
+            ckpt.load_trainable_state(self.unwrapped, ckpt.load_file(self.out / "best" / ckpt.WEIGHTS))
+        summary = {
+            "method": self.method.name,
+            "steps": state.step,
+            "epochs_completed": round(state.step / self.steps_per_epoch, 3),
+            "final_train_loss": state.last_loss,
+            "best_val_loss": state.best_val_loss,
+            "best_step": state.best_step,
+            "stopped_early": state.stopped_early,
+            "trainable_params": self.trainable,
+            "total_params": self.total_params,
+            "trainable_pct": round(100 * self.trainable / self.total_params, 4),
+            "wall_time_s": round(state.elapsed_s, 1),
+            "tokens_per_s": round(state.tokens_seen / max(state.elapsed_s, 1e-9), 1),
+            "peak_memory_mb": round(peak_memory_mb(), 1),
+            "padding_pct": self.header["padding_pct"],
+        }
+        summary["artifact_mb"] = save_final(
+            self.out, self.unwrapped, self.tokenizer, self.method, self.config, summary
+        )
+        self.metrics.log({"kind": "summary", "step": state.step, **summary}, prefix="summary")
+        self.metrics.close()
+        (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # last: marks the run finished
+        self.log(
+            f"Saved {self.method.name} model to {self.out} ({summary['artifact_mb']} MB); "
+            f"{summary['wall_time_s']} s, {summary['tokens_per_s']} tokens/s, "
+            f"peak memory {summary['peak_memory_mb']} MB"
+        )
+        return TrainResult(self.out, summary)
 
 
-def train_step(
-    model, micro, optimizer, scheduler, accelerator, config, precision
-) -> tuple[float, float, int]:
-    """One optimizer step over a group of micro-batches; the loss is a mean over all their target tokens."""
-    n_targets = torch.tensor(sum(count_label_tokens(b["labels"]) for b in micro), device=accelerator.device)
-    n_targets = accelerator.reduce(n_targets, "sum")
-    world = accelerator.num_processes  # DDP averages gradients over ranks; the token mean wants their sum
-    total_loss, tokens = 0.0, 0
-    for k, batch in enumerate(micro):
-        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
-        tokens += int(batch["attention_mask"].sum())
-        sync = k == len(micro) - 1
-        with nullcontext() if sync else accelerator.no_sync(model), autocast(accelerator.device, precision):
-            loss = causal_lm_loss(model, batch, n_targets) * world
-        accelerator.backward(loss)
-        total_loss += loss.item() / world
-    # Each rank holds its share of the mean; the logged loss and token count are the whole step's.
-    totals = accelerator.reduce(
-        torch.tensor([total_loss, tokens], dtype=torch.float64, device=accelerator.device), "sum"
-    )
-    total_loss, tokens = totals[0].item(), int(totals[1].item())
-    if not math.isfinite(total_loss):
-        return total_loss, float("nan"), tokens
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total_loss, grad_norm, tokens
-
-
-def save_final(out: Path, model, tokenizer, method, config: TrainConfig, summary: dict) -> float:
-    """Write the artefact into a temporary folder, then move its files into `out`; returns its size in MB."""
-    tmp = out / ".tmp-final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    method.save(model, tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "tunelab.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    size_mb = round(sum(f.stat().st_size for f in tmp.iterdir()) / 2**20, 2)
-    write_model_card(
-        tmp, out, config.to_dict(), {**summary, "artifact_mb": size_mb}, display_name(config.model)
-    )
-    for item in tmp.iterdir():
-        item.replace(out / item.name)
-    tmp.rmdir()
-    plot_loss(out)
-    return size_mb
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -1,9 +1,12 @@
-"""What a run leaves for people: metrics.jsonl, TensorBoard events, loss.png and a model card."""
+"""What a run leaves behind: the artefact, metrics.jsonl, TensorBoard events, loss.png and a model card."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import yaml
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -107,3 +110,23 @@ Or: `tunelab chat {chat_args}`
 {hyper}
 """
     (Path(folder) / "README.md").write_text(text)
+
+
+def save_final(out: Path, model, tokenizer, method, config, summary: dict) -> float:
+    """Write the artefact into a temporary folder, then move its files into `out`; returns its size in MB."""
+    from ..models import display_name
+
+    tmp = out / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    method.save(model, tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "tunelab.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    size_mb = round(sum(f.stat().st_size for f in tmp.iterdir()) / 2**20, 2)
+    card_summary = {**summary, "artifact_mb": size_mb}
+    write_model_card(tmp, out, config.to_dict(), card_summary, display_name(config.model))
+    for item in tmp.iterdir():
+        item.replace(out / item.name)
+    tmp.rmdir()
+    plot_loss(out)
+    return size_mb
