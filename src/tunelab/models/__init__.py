@@ -3,7 +3,6 @@
 from .loading import (
     DEFAULT_MODEL,
     ModelLoadError,
-    display_name,
     load_model,
     load_tokenizer,
     materialize,
@@ -13,7 +12,6 @@ from .loading import (
 __all__ = [
     "DEFAULT_MODEL",
     "ModelLoadError",
-    "display_name",
     "load_model",
     "load_tokenizer",
     "materialize",

