@@ -35,22 +35,12 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .data.errors import DataError
-        from .data.tokenize import TemplateError
-        from .models import ModelLoadError
-        from .training import ConfigError, TrainingDiverged
+        from .errors import UserError
 
         _quiet_libraries()
         try:
             return fn(*args, **kwargs)
-        except (
-            DataError,
-            TemplateError,
-            ModelLoadError,
-            ConfigError,
-            TrainingDiverged,
-            FileNotFoundError,
-        ) as err:
+        except (UserError, FileNotFoundError) as err:
             err_console.print(f"[bold red]error:[/] {err}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A training file that cannot be read; the message names the file, line and field.
 
     `code` is one of the validation classes in `tunelab.data.validate` (for example `invalid_json`), so a

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UserError
 from .examples import Example
 
 IGNORE_INDEX = -100
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """The chat template changed a message so that its content cannot be found in the rendered text."""
 
 

@@ -1,12 +1,18 @@
-"""What a tuning method is: how it wraps the model, and how its result is saved.
+"""What a tuning method is: how it wraps the model, and how its result is saved and loaded again.
 
 The training loop is shared; a method only decides which parameters train (`prepare`) and what the
-artefact on disk looks like (`save`). Checkpoints hold exactly the parameters that require grad.
+artefact on disk looks like (`save`, `load`). Checkpoints hold exactly the parameters that require grad.
+
+Adding a method: write `methods/<name>.py` with a `Method` subclass, call `register(...)` at its bottom,
+import it in `methods/__init__.py`, add its row to the method table in tests/test_methods.py and a README
+section.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from ..errors import UserError
 
 
 class Method:
@@ -22,6 +28,12 @@ class Method:
         """Write the final artefact (weights and config) into `out_dir`."""
         model.save_pretrained(out_dir)
 
+    def load(self, base_model, folder: Path):
+        """Attach a saved artefact to a freshly loaded base model, for inference."""
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, str(folder))
+
 
 REGISTRY: dict[str, Method] = {}
 
@@ -33,5 +45,5 @@ def register(method: Method) -> Method:
 
 def get_method(name: str) -> Method:
     if name not in REGISTRY:
-        raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(sorted(REGISTRY))}")
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]

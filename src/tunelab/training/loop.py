@@ -23,6 +23,7 @@ from transformers import get_scheduler
 from ..data import load_examples
 from ..data.batching import collate, epoch_batches
 from ..data.tokenize import EncodedExample, encode_examples
+from ..errors import UserError
 from ..methods import get_method
 from ..models import load_model
 from . import checkpoint as ckpt
@@ -34,7 +35,7 @@ from .steps import evaluate_loss, pick_precision, train_step
 SUMMARY_FILE = "summary.json"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; no final model is written."""
 
 
@@ -97,6 +98,7 @@ class Trainer:
         if not config.out:
             raise ConfigError("out: an output folder is required")
         self.config, self.out = config, Path(config.out)
+        self.method = get_method(config.method)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: DDP over gloo on CPUs
         self.main = self.accelerator.is_main_process
         self.console = console if self.main else None
@@ -105,7 +107,6 @@ class Trainer:
             check_out_dir(self.out, config)
             self.out.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
-        self.method = get_method(config.method)
         self.precision = pick_precision(config.precision)
         set_seed(config.seed)  # before the method wraps the model: adapter initialisation is seeded too
 

@@ -42,7 +42,9 @@ def causal_lm_loss(model, batch: dict, normaliser) -> torch.Tensor:
     labels = batch["labels"]
     positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,)
     logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        logits_to_keep=positions + virtual_tokens(model),
     ).logits  # (B, P, V)
     targets = labels[:, positions + 1]  # (B, P)
     loss = F.cross_entropy(
@@ -52,6 +54,14 @@ def causal_lm_loss(model, batch: dict, normaliser) -> torch.Tensor:
         reduction="sum",
     )
     return loss / normaliser
+
+
+def virtual_tokens(model) -> int:
+    """Positions a soft prompt prepends to the sequence the model sees (PEFT prompt tuning), else 0."""
+    config = getattr(getattr(model, "module", model), "active_peft_config", None)  # DDP wraps in .module
+    if config is None or not config.is_prompt_learning or config.peft_type == "PREFIX_TUNING":
+        return 0
+    return config.num_virtual_tokens
 
 
 def train_step(
