@@ -12,9 +12,14 @@ from .tokenize import IGNORE_INDEX, EncodedExample
 GROUP_WINDOW = 50
 
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True):
-    """Indices of each batch for one epoch: shuffled, then sorted by length inside windows."""
-    order = list(range(len(lengths)))
+def epoch_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True, indices=None
+):
+    """Indices of each batch for one epoch: shuffled, then sorted by length inside windows.
+
+    `indices` picks (and may repeat) the items of this epoch; by default every item once.
+    """
+    order = list(range(len(lengths)) if indices is None else indices)
     if not shuffle:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng = random.Random(f"{seed}-{epoch}")

@@ -108,3 +108,15 @@ def encode_examples(examples: list[Example], tokenizer, max_length: int, train_o
             continue
         encoded.append(item)
     return encoded, {"examples": len(encoded), "dropped_no_labels": dropped, "truncated": truncated}
+
+
+def encode_documents(documents: list[str], tokenizer, block_size: int) -> list[EncodedExample]:
+    """Plain text for continued pre-training: documents joined with EOS and cut into full blocks.
+
+    Packing wastes no compute on padding; the tail shorter than a block is dropped.
+    """
+    stream: list[int] = []
+    for text in documents:
+        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    blocks = [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
+    return [EncodedExample(list(block), list(block)) for block in blocks]

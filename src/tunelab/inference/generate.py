@@ -9,24 +9,41 @@ from threading import Thread
 
 import torch
 
+from ..errors import UserError
+from ..methods import get_method
 from ..models import load_model
+
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def load_for_inference(model_spec: str, adapter: str | None = None):
     """(model, tokenizer) in eval mode. `model_spec` may itself be an adapter folder (its base is read from
     adapter_config.json); the adapter's own tokenizer files, when present, carry its chat template."""
-    from peft import PeftConfig, PeftModel
     from transformers import AutoTokenizer
 
-    if adapter is None and (Path(model_spec) / "adapter_config.json").is_file():
-        adapter, model_spec = model_spec, PeftConfig.from_pretrained(model_spec).base_model_name_or_path
+    if adapter is None and (Path(model_spec) / ADAPTER_CONFIG).is_file():
+        adapter, model_spec = model_spec, read_adapter_config(model_spec)["base_model_name_or_path"]
     model, tokenizer = load_model(model_spec)
     if adapter:
-        model = PeftModel.from_pretrained(model, adapter)
+        model = attach_adapter(model, adapter)
         if (Path(adapter) / "tokenizer_config.json").is_file():
             tokenizer = AutoTokenizer.from_pretrained(adapter)
     model.eval()
     return model, tokenizer
+
+
+def read_adapter_config(folder: str) -> dict:
+    path = Path(folder) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise UserError(f"{folder} is not an adapter folder: it has no {ADAPTER_CONFIG}")
+    return json.loads(path.read_text())
+
+
+def attach_adapter(model, folder: str):
+    """PEFT adapters load through PEFT; tunelab's own kinds (marked `tunelab_method`) through their method."""
+    config = read_adapter_config(folder)
+    method = get_method(config.get("tunelab_method", "lora"))
+    return method.load(model, Path(folder))
 
 
 def prompt_messages(messages: list[dict]) -> list[dict]:

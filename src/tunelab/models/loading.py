@@ -78,8 +78,11 @@ def resolve(spec: str) -> ModelSource:
 
 
 def _gguf_cache_dir(gguf_file: Path) -> Path:
-    stat = gguf_file.stat()
-    key = hashlib.sha256(f"{gguf_file}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    # Keyed by content (size and the first MiB: header and metadata), not by path, so every virtualenv
+    # holding the same wheel shares one cache.
+    with gguf_file.open("rb") as f:
+        head = f.read(2**20)
+    key = hashlib.sha256(head + str(gguf_file.stat().st_size).encode()).hexdigest()[:12]
     return cache_root() / "models" / f"{gguf_file.stem}-{key}"
 
 

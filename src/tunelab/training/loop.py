@@ -20,14 +20,15 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from ..data import load_examples
 from ..data.batching import collate, epoch_batches
-from ..data.tokenize import EncodedExample, encode_examples
+from ..data.mixture import epoch_indices, mixing_weights
+from ..data.tokenize import EncodedExample
 from ..errors import UserError
 from ..methods import get_method
 from ..models import load_model
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
+from .datasets import load_tasks
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
 from .steps import evaluate_loss, pick_precision, train_step
@@ -80,11 +81,6 @@ def check_out_dir(out: Path, config: TrainConfig) -> None:
         )
 
 
-def encode_file(path: str, tokenizer, config: TrainConfig) -> tuple[list[EncodedExample], dict]:
-    examples = load_examples(path, format=config.format)
-    return encode_examples(examples, tokenizer, config.max_length, config.train_on_inputs)
-
-
 def padding_fraction(items: list[EncodedExample], batches: list[list[int]]) -> float:
     real = sum(len(items[i].input_ids) for b in batches for i in b)
     padded = sum(len(b) * max(len(items[i].input_ids) for i in b) for b in batches)
@@ -115,14 +111,14 @@ class Trainer:
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
-        self.train_items, self.data_stats = encode_file(config.data, self.tokenizer, config)
-        self.val_items = encode_file(config.val, self.tokenizer, config)[0] if config.val else []
-        if not self.train_items:
-            raise ConfigError(f"{config.data}: no example has tokens to learn (check the assistant turns)")
+        self.tasks, self.val_sets, self.data_stats = load_tasks(config, self.tokenizer)
+        self.train_items = [item for task in self.tasks for item in task.train]
         self.lengths = [len(item.input_ids) for item in self.train_items]
+        self.task_sizes = [len(task.train) for task in self.tasks]
+        self.mix = mixing_weights(self.tasks, config.mix)
 
         world = self.accelerator.num_processes
-        self.micro_per_epoch = len(epoch_batches(self.lengths, config.batch_size, config.seed, 0)) // world
+        self.micro_per_epoch = len(self._epoch_batches(0)) // world
         self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / config.grad_accum))
         self.total_steps = config.max_steps or math.ceil(self.steps_per_epoch * config.epochs)
         self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -170,16 +166,20 @@ class Trainer:
                         break
                 else:
                     state.epoch, state.group_in_epoch = state.epoch + 1, 0
-                    if self.val_items and not config.eval_every:
+                    if self.val_sets and not config.eval_every:
                         self._evaluate()
-            if self.val_items and state.last_eval_step != state.step:
+            if self.val_sets and state.last_eval_step != state.step:
                 self._evaluate()  # always end with a val loss for the final weights
         return self._finish() if self.main else TrainResult(self.out, {})
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        indices = epoch_indices(self.task_sizes, self.mix, self.config.seed, epoch)
+        return epoch_batches(self.lengths, self.config.batch_size, self.config.seed, epoch, indices=indices)
 
     def _epoch_groups(self, epoch: int) -> list[list[list[int]]]:
         """This rank's micro-batches for an epoch, grouped into optimizer steps."""
         config, world = self.config, self.accelerator.num_processes
-        batches = epoch_batches(self.lengths, config.batch_size, config.seed, epoch)
+        batches = self._epoch_batches(epoch)
         batches = batches[self.accelerator.process_index : self.micro_per_epoch * world : world]
         return [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
 
@@ -208,7 +208,7 @@ class Trainer:
 
     def _after_step(self) -> None:
         config, state = self.config, self.state
-        if self.val_items and config.eval_every and state.step % config.eval_every == 0:
+        if self.val_sets and config.eval_every and state.step % config.eval_every == 0:
             self._evaluate()
         if config.save_every and state.step % config.save_every == 0 and self.main:
             ckpt.save_checkpoint(
@@ -217,12 +217,17 @@ class Trainer:
             )  # fmt: skip
 
     def _evaluate(self) -> None:
-        """Val loss; keeps the best weights and decides early stopping."""
+        """Val loss (overall and per task); keeps the best weights and decides early stopping."""
         state, config = self.state, self.config
-        val_loss = evaluate_loss(
-            self.unwrapped, self.val_items, config.batch_size, self.tokenizer.pad_token_id,
-            self.accelerator.device, self.precision,
-        )  # fmt: skip
+        by_task = {
+            name: evaluate_loss(
+                self.unwrapped, items, config.batch_size, self.tokenizer.pad_token_id,
+                self.accelerator.device, self.precision,
+            )
+            for name, items in self.val_sets.items()
+        }  # fmt: skip
+        tokens = sum(count for _, count in by_task.values())
+        val_loss = sum(loss * count for loss, count in by_task.values()) / max(tokens, 1)
         state.last_eval_step = state.step
         improved = state.best_val_loss is None or val_loss < state.best_val_loss
         if improved:
@@ -234,17 +239,21 @@ class Trainer:
             state.evals_without_improvement += 1
         state.stopped_early = bool(config.patience and state.evals_without_improvement >= config.patience)
         if self.main:
-            self.metrics.log({"kind": "eval", "step": state.step, "val_loss": val_loss}, prefix="eval")
+            record = {"kind": "eval", "step": state.step, "val_loss": val_loss}
+            if len(by_task) > 1:
+                record |= {f"val_loss/{name}": loss for name, (loss, _) in by_task.items()}
+            self.metrics.log(record, prefix="eval")
             self.progress.note(f"step {state.step}: val loss {val_loss:.4f}{' (best)' if improved else ''}")
 
     def _announce(self) -> None:
-        first_epoch = epoch_batches(self.lengths, self.config.batch_size, self.config.seed, 0)
-        pct = 100 * padding_fraction(self.train_items, first_epoch)
+        pct = 100 * padding_fraction(self.train_items, self._epoch_batches(0))
         self.header = {
             "kind": "run", "step": self.state.step, "method": self.method.name,
             "trainable_params": self.trainable, "total_params": self.total_params,
             "trainable_pct": 100 * self.trainable / self.total_params,
-            "train_examples": len(self.train_items), "val_examples": len(self.val_items),
+            "train_examples": len(self.train_items),
+            "val_examples": sum(len(items) for items in self.val_sets.values()),
+            "tasks": {task.name: len(task.train) for task in self.tasks},
             "total_steps": self.total_steps, "padding_pct": round(pct, 2), "precision": self.precision,
             **self.data_stats,
         }  # fmt: skip

@@ -98,8 +98,8 @@ def train_step(
 
 def evaluate_loss(
     model, items: list[EncodedExample], batch_size: int, pad_id: int, device, precision
-) -> float:
-    """Mean loss per target token over all items (not a mean of batch means)."""
+) -> tuple[float, int]:
+    """(mean loss per target token over all items, not a mean of batch means; target tokens)."""
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
@@ -111,4 +111,4 @@ def evaluate_loss(
                 total += causal_lm_loss(model, batch, 1).item()
             count += count_label_tokens(batch["labels"])
     model.train()
-    return total / max(count, 1)
+    return total / max(count, 1), count
