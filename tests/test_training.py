@@ -14,6 +14,7 @@ from conftest import copy_task_rows, write_jsonl
 from tunelab.data import Example
 from tunelab.data.batching import collate
 from tunelab.data.tokenize import encode_chat
+from tunelab.methods import get_method
 from tunelab.training import ConfigError, TrainConfig, TrainingDiverged, loop, steps, train
 from tunelab.training import checkpoint as ckpt
 
@@ -126,8 +127,9 @@ def test_grad_accumulation_normalises_by_tokens_across_micro_batches(tiny_llama_
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         sched = get_scheduler("constant", opt)
         cfg = TrainConfig(max_grad_norm=0)
-        loss, _, _ = loop.train_step(
-            model, [collate(g, pad) for g in groups], opt, sched, Accelerator(), cfg, "fp32"
+        micro = [collate(g, pad) for g in groups]
+        loss, _, _ = steps.train_step(
+            model, micro, opt, sched, Accelerator(), cfg, "fp32", get_method("full")
         )
         results.append((loss, model.state_dict()))
     (loss_a, sd_a), (loss_b, sd_b) = results

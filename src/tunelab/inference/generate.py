@@ -8,6 +8,7 @@ from pathlib import Path
 from threading import Thread
 
 import torch
+import yaml
 
 from ..errors import UserError
 from ..methods import get_method
@@ -22,7 +23,7 @@ def load_for_inference(model_spec: str, adapter: str | None = None):
     from transformers import AutoTokenizer
 
     if adapter is None and (Path(model_spec) / ADAPTER_CONFIG).is_file():
-        adapter, model_spec = model_spec, read_adapter_config(model_spec)["base_model_name_or_path"]
+        adapter, model_spec = model_spec, base_of_adapter(model_spec)
     model, tokenizer = load_model(model_spec)
     if adapter:
         model = attach_adapter(model, adapter)
@@ -30,6 +31,15 @@ def load_for_inference(model_spec: str, adapter: str | None = None):
             tokenizer = AutoTokenizer.from_pretrained(adapter)
     model.eval()
     return model, tokenizer
+
+
+def base_of_adapter(folder: str) -> str:
+    """The base model spec an adapter was trained on: tunelab.yaml's `model` (portable, e.g. 'default'),
+    else adapter_config.json's base path."""
+    run_config = Path(folder) / "tunelab.yaml"
+    if run_config.is_file():
+        return yaml.safe_load(run_config.read_text())["model"]
+    return read_adapter_config(folder)["base_model_name_or_path"]
 
 
 def read_adapter_config(folder: str) -> dict:

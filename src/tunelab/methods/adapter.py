@@ -164,6 +164,7 @@ class BottleneckAdapter(Method):
     # Like LoRA's B, `up` starts at zero; LoRA's 2e-4 is multiplied by alpha/r = 2 on the output, and
     # adapters have no such scale, so a somewhat higher rate gives a similar pace of change.
     default_lr = 5e-4
+    artifact = "tunelab"
     summary = "small residual bottleneck MLPs after attention and/or MLP; base frozen, tiny artefact"
 
     def prepare(self, model, config):

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from ..data.batching import count_label_tokens
 from ..errors import UserError
 
 
@@ -19,6 +22,11 @@ class Method:
     name: str = ""
     default_lr: float = 1e-4
     summary: str = ""
+    # What `save` writes: "peft" (a PEFT adapter), "model" (a whole Hugging Face model folder) or
+    # "tunelab" (an adapter folder only tunelab loads); the model card and loaders follow it.
+    artifact: str = "peft"
+    # "causal-lm" learns next tokens; "classification" learns one class per example (see head.py).
+    task: str = "causal-lm"
 
     def prepare(self, model, config):
         """Return the model to train, with `requires_grad` set on exactly the parameters to train."""
@@ -27,6 +35,22 @@ class Method:
     def save(self, model, out_dir: Path) -> None:
         """Write the final artefact (weights and config) into `out_dir`."""
         model.save_pretrained(out_dir)
+
+    def loss(self, model, batch: dict, normaliser) -> torch.Tensor:
+        """Summed loss over the batch's targets divided by `normaliser` (targets in the whole step)."""
+        from ..training.steps import causal_lm_loss
+
+        return causal_lm_loss(model, batch, normaliser)
+
+    def count_targets(self, batch: dict) -> int:
+        return count_label_tokens(batch["labels"])
+
+    def optimizer_params(self, model) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) pairs the optimizer holds: those that train now or may later (unfreezing)."""
+        return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+    def on_step(self, model, step: int, total_steps: int) -> None:
+        """Called before each optimizer step (e.g. to unfreeze more layers)."""
 
     def load(self, base_model, folder: Path):
         """Attach a saved artefact to a freshly loaded base model, for inference."""
@@ -47,3 +71,12 @@ def get_method(name: str) -> Method:
     if name not in REGISTRY:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
+
+
+def wrap_with_peft(model, peft_config, config):
+    """A PEFT model for training: a new adapter, or the saved one in `config.init_adapter` continued."""
+    from peft import PeftModel, get_peft_model
+
+    if config.init_adapter:
+        return PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+    return get_peft_model(model, peft_config)

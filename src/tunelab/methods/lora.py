@@ -1,8 +1,8 @@
 """LoRA (with DoRA and rsLoRA options) through PEFT; saved as a PEFT adapter any PEFT user can load."""
 
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 
-from .base import Method, register
+from .base import Method, register, wrap_with_peft
 
 
 class LoRA(Method):
@@ -20,7 +20,7 @@ class LoRA(Method):
             use_rslora=config.rslora,
             task_type="CAUSAL_LM",
         )
-        return get_peft_model(model, lora_config)
+        return wrap_with_peft(model, lora_config, config)
 
 
 register(LoRA())

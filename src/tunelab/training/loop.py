@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import resource
 import shutil
 import time
@@ -121,7 +122,7 @@ class Trainer:
         self.micro_per_epoch = len(self._epoch_batches(0)) // world
         self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / config.grad_accum))
         self.total_steps = config.max_steps or math.ceil(self.steps_per_epoch * config.epochs)
-        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.trainable = sum(p.numel() for _, p in self.method.optimizer_params(model))
         self.total_params = sum(p.numel() for p in model.parameters())
         optimizer, self.scheduler = self._optimizer(model)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -130,12 +131,8 @@ class Trainer:
 
     def _optimizer(self, model):
         config = self.config
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},  # biases and norms
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=config.lr or self.method.default_lr)
+        lr = config.lr or self.method.default_lr
+        optimizer = torch.optim.AdamW(param_groups(self.method.optimizer_params(model), config, lr), lr=lr)
         warmup = int(config.warmup * self.total_steps) if config.warmup < 1 else int(config.warmup)
         name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
         scheduler = get_scheduler(
@@ -185,10 +182,12 @@ class Trainer:
 
     def _step(self, group: list[list[int]], started: float) -> None:
         state, pad_id = self.state, self.tokenizer.pad_token_id
+        self.method.on_step(self.unwrapped, state.step, self.total_steps)
         micro = [collate([self.train_items[i] for i in batch], pad_id) for batch in group]
         loss, grad_norm, tokens = train_step(
-            self.model, micro, self.optimizer, self.scheduler, self.accelerator, self.config, self.precision
-        )
+            self.model, micro, self.optimizer, self.scheduler, self.accelerator, self.config, self.precision,
+            self.method,
+        )  # fmt: skip
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise TrainingDiverged(
                 f"loss became {loss} (grad norm {grad_norm}) at step {state.step + 1}; no model was saved. "
@@ -222,7 +221,7 @@ class Trainer:
         by_task = {
             name: evaluate_loss(
                 self.unwrapped, items, config.batch_size, self.tokenizer.pad_token_id,
-                self.accelerator.device, self.precision,
+                self.accelerator.device, self.precision, self.method,
             )
             for name, items in self.val_sets.items()
         }  # fmt: skip
@@ -305,6 +304,29 @@ class Trainer:
             f"peak memory {summary['peak_memory_mb']} MB"
         )
         return TrainResult(self.out, summary)
+
+
+BLOCK_INDEX = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+
+
+def param_groups(named_params: list, config: TrainConfig, lr: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norms; with `layer_lr_decay`, block i of L gets
+    lr * decay**(L - 1 - i) and the embeddings lr * decay**L; a new head (`classifier`) gets `head_lr`."""
+    blocks = [int(m.group(1)) for name, _ in named_params if (m := BLOCK_INDEX.search(name))]
+    n_blocks = max(blocks) + 1 if blocks else 0
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in named_params:
+        scale = 1.0
+        if config.layer_lr_decay:
+            match = BLOCK_INDEX.search(name)
+            if match:
+                scale = config.layer_lr_decay ** (n_blocks - 1 - int(match.group(1)))
+            elif "embed" in name:
+                scale = config.layer_lr_decay**n_blocks
+        group_lr = config.head_lr if ("classifier" in name and config.head_lr) else lr * scale
+        decay = config.weight_decay if param.ndim >= 2 else 0.0
+        groups.setdefault((group_lr, decay), []).append(param)
+    return [{"params": ps, "lr": glr, "weight_decay": wd} for (glr, wd), ps in groups.items()]
 
 
 def peak_memory_mb() -> float:

@@ -74,18 +74,27 @@ def plot_loss(out: Path) -> Path | None:
     return path
 
 
-def write_model_card(folder: Path, out: Path, config: dict, summary: dict, base) -> None:
+LOADERS = {
+    "model": ("transformers", "from transformers import AutoModelForCausalLM\n"
+              "model = AutoModelForCausalLM.from_pretrained('{out}')"),
+    "peft": ("peft", "from peft import AutoPeftModelForCausalLM\n"
+             "model = AutoPeftModelForCausalLM.from_pretrained('{out}')"),
+    "tunelab": ("tunelab", "from tunelab import load_for_inference\n"
+                "model, tokenizer = load_for_inference('{model}', adapter='{out}')"),
+}  # fmt: skip
+
+
+def write_model_card(folder: Path, out: Path, config: dict, summary: dict, base, artifact: str) -> None:
     """README.md in `folder` for a model that will live at `out`."""
     method = config["method"]
-    auto = "AutoModelForCausalLM" if method == "full" else "AutoPeftModelForCausalLM"
-    package = "transformers" if method == "full" else "peft"
-    loading = f"from {package} import {auto}\nmodel = {auto}.from_pretrained('{out}')"
-    chat_args = f"--model {out}" if method == "full" else f"--model {config['model']} --adapter {out}"
+    library, loading = LOADERS[artifact]
+    loading = loading.format(out=out, model=config["model"])
+    chat_args = f"--model {out}" if artifact == "model" else f"--model {config['model']} --adapter {out}"
     hyper = "\n".join(f"| {k} | {v} |" for k, v in config.items() if k not in ("out", "resume", "overwrite"))
     results = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, dict | list))
     base_line = f"base_model: {base.hub_id}\n" if base.hub_id else ""
     text = f"""---
-library_name: {"peft" if method != "full" else "transformers"}
+library_name: {library}
 {base_line}tags: [tunelab, {method}]
 ---
 # {Path(out).name}
@@ -124,7 +133,7 @@ def save_final(out: Path, model, tokenizer, method, config, summary: dict) -> fl
     (tmp / "tunelab.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     size_mb = round(sum(f.stat().st_size for f in tmp.iterdir()) / 2**20, 2)
     card_summary = {**summary, "artifact_mb": size_mb}
-    write_model_card(tmp, out, config.to_dict(), card_summary, resolve(config.model))
+    write_model_card(tmp, out, config.to_dict(), card_summary, resolve(config.model), method.artifact)
     for item in tmp.iterdir():
         item.replace(out / item.name)
     tmp.rmdir()

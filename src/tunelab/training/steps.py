@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.batching import collate, count_label_tokens
+from ..data.batching import collate
 from ..data.tokenize import IGNORE_INDEX, EncodedExample
 
 
@@ -65,13 +65,13 @@ def virtual_tokens(model) -> int:
 
 
 def train_step(
-    model, micro, optimizer, scheduler, accelerator, config, precision
+    model, micro, optimizer, scheduler, accelerator, config, precision, method
 ) -> tuple[float, float, int]:
     """One optimizer step over a group of micro-batches; the loss is a mean over all their target tokens.
 
     Returns (loss, grad norm, tokens), summed over ranks. A non-finite loss skips the update.
     """
-    n_targets = torch.tensor(sum(count_label_tokens(b["labels"]) for b in micro), device=accelerator.device)
+    n_targets = torch.tensor(sum(method.count_targets(b) for b in micro), device=accelerator.device)
     n_targets = accelerator.reduce(n_targets, "sum")
     world = accelerator.num_processes  # DDP averages gradients over ranks; the token mean wants their sum
     total_loss, tokens = 0.0, 0
@@ -80,7 +80,7 @@ def train_step(
         tokens += int(batch["attention_mask"].sum())
         sync = k == len(micro) - 1
         with nullcontext() if sync else accelerator.no_sync(model), autocast(accelerator.device, precision):
-            loss = causal_lm_loss(model, batch, n_targets) * world
+            loss = method.loss(model, batch, n_targets) * world
         accelerator.backward(loss)
         total_loss += loss.item() / world
     # Each rank holds its share of the mean; the logged loss and token count are the whole step's.
@@ -88,7 +88,7 @@ def train_step(
     total_loss, tokens = (value.item() for value in accelerator.reduce(totals, "sum"))
     if not math.isfinite(total_loss):
         return total_loss, float("nan"), int(tokens)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
     optimizer.step()
     scheduler.step()
@@ -97,7 +97,7 @@ def train_step(
 
 
 def evaluate_loss(
-    model, items: list[EncodedExample], batch_size: int, pad_id: int, device, precision
+    model, items: list[EncodedExample], batch_size: int, pad_id: int, device, precision, method
 ) -> tuple[float, int]:
     """(mean loss per target token over all items, not a mean of batch means; target tokens)."""
     model.eval()
@@ -108,7 +108,7 @@ def evaluate_loss(
             batch = collate([items[i] for i in order[start : start + batch_size]], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, precision):
-                total += causal_lm_loss(model, batch, 1).item()
-            count += count_label_tokens(batch["labels"])
+                total += method.loss(model, batch, 1).item()
+            count += method.count_targets(batch)
     model.train()
     return total / max(count, 1), count
