@@ -56,52 +56,76 @@ ModelOpt = Annotated[
 AdapterOpt = Annotated[str | None, typer.Option(help="adapter folder (LoRA, ...) to apply on the model")]
 
 
+def _help(name: str) -> str:
+    from .training.config import TrainConfig
+
+    return TrainConfig.__dataclass_fields__[name].metadata["help"]
+
+
+def _opt(name: str, *flags: str):
+    return typer.Option(*flags, help=_help(name))
+
+
 @app.command("train")
 @user_errors
 def train_cmd(
-    data: Annotated[str | None, typer.Option(help="training file")] = None,
-    out: Annotated[str | None, typer.Option(help="output folder")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="base model (default: embedded)")] = None,
-    val: Annotated[str | None, typer.Option(help="validation file")] = None,
-    method: Annotated[str | None, typer.Option(help="lora or full")] = None,
+    data: Annotated[list[str] | None, _opt("data")] = None,
+    out: Annotated[str | None, _opt("out")] = None,
+    model: Annotated[str | None, _opt("model", "--model", "-m")] = None,
+    method: Annotated[str | None, _opt("method")] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML file with the same keys; flags override it")
+        Path | None, typer.Option(help="YAML file with the same keys; flags override it")
     ] = None,
-    format: Annotated[
-        str | None, typer.Option(help="chat, prompt-completion, alpaca, classification")
+    val: Annotated[list[str] | None, _opt("val")] = None,
+    val_split: Annotated[float | None, _opt("val_split")] = None,
+    format: Annotated[str | None, _opt("format")] = None,
+    objective: Annotated[str | None, _opt("objective")] = None,
+    mix: Annotated[str | None, _opt("mix")] = None,
+    labels: Annotated[str | None, _opt("labels")] = None,
+    epochs: Annotated[float | None, _opt("epochs")] = None,
+    max_steps: Annotated[int | None, _opt("max_steps")] = None,
+    lr: Annotated[float | None, _opt("lr")] = None,
+    batch_size: Annotated[int | None, _opt("batch_size")] = None,
+    grad_accum: Annotated[int | None, _opt("grad_accum")] = None,
+    max_length: Annotated[int | None, _opt("max_length")] = None,
+    warmup: Annotated[float | None, _opt("warmup")] = None,
+    scheduler: Annotated[str | None, _opt("scheduler")] = None,
+    weight_decay: Annotated[float | None, _opt("weight_decay")] = None,
+    max_grad_norm: Annotated[float | None, _opt("max_grad_norm")] = None,
+    dropout: Annotated[float | None, _opt("dropout")] = None,
+    layer_lr_decay: Annotated[float | None, _opt("layer_lr_decay")] = None,
+    head_lr: Annotated[float | None, _opt("head_lr")] = None,
+    lora_r: Annotated[int | None, _opt("lora_r")] = None,
+    lora_alpha: Annotated[int | None, _opt("lora_alpha")] = None,
+    target_modules: Annotated[str | None, _opt("target_modules")] = None,
+    dora: Annotated[bool | None, _opt("dora", "--dora/--no-dora")] = None,
+    rslora: Annotated[bool | None, _opt("rslora", "--rslora/--no-rslora")] = None,
+    init_adapter: Annotated[str | None, _opt("init_adapter")] = None,
+    train_layers: Annotated[str | None, _opt("train_layers")] = None,
+    norms_only: Annotated[bool | None, _opt("norms_only", "--norms-only")] = None,
+    bitfit: Annotated[bool | None, _opt("bitfit", "--bitfit")] = None,
+    adapter_size: Annotated[int | None, _opt("adapter_size")] = None,
+    adapter_placement: Annotated[str | None, _opt("adapter_placement")] = None,
+    num_virtual_tokens: Annotated[int | None, _opt("num_virtual_tokens")] = None,
+    prompt_init: Annotated[str | None, _opt("prompt_init")] = None,
+    unfreeze_top: Annotated[int | None, _opt("unfreeze_top")] = None,
+    train_on_inputs: Annotated[
+        bool | None, _opt("train_on_inputs", "--train-on-inputs/--no-train-on-inputs")
     ] = None,
-    epochs: Annotated[float | None, typer.Option()] = None,
-    max_steps: Annotated[int | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    grad_accum: Annotated[int | None, typer.Option()] = None,
-    max_length: Annotated[int | None, typer.Option()] = None,
-    warmup: Annotated[float | None, typer.Option(help="fraction of steps if < 1, else steps")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="cosine, linear or constant")] = None,
-    weight_decay: Annotated[float | None, typer.Option()] = None,
-    max_grad_norm: Annotated[float | None, typer.Option()] = None,
-    dropout: Annotated[float | None, typer.Option()] = None,
-    lora_r: Annotated[int | None, typer.Option()] = None,
-    lora_alpha: Annotated[int | None, typer.Option()] = None,
-    target_modules: Annotated[str | None, typer.Option(help="comma-separated module names")] = None,
-    dora: Annotated[bool | None, typer.Option("--dora/--no-dora")] = None,
-    rslora: Annotated[bool | None, typer.Option("--rslora/--no-rslora")] = None,
-    train_on_inputs: Annotated[bool | None, typer.Option("--train-on-inputs/--no-train-on-inputs")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    eval_every: Annotated[int | None, typer.Option()] = None,
-    patience: Annotated[int | None, typer.Option()] = None,
-    save_every: Annotated[int | None, typer.Option()] = None,
-    keep_checkpoints: Annotated[int | None, typer.Option()] = None,
-    resume: Annotated[
-        bool | None, typer.Option("--resume", help="continue from the last checkpoint in --out")
+    seed: Annotated[int | None, _opt("seed")] = None,
+    eval_every: Annotated[int | None, _opt("eval_every")] = None,
+    patience: Annotated[int | None, _opt("patience")] = None,
+    save_every: Annotated[int | None, _opt("save_every")] = None,
+    keep_checkpoints: Annotated[int | None, _opt("keep_checkpoints")] = None,
+    resume: Annotated[bool | None, _opt("resume", "--resume")] = None,
+    overwrite: Annotated[bool | None, _opt("overwrite", "--overwrite")] = None,
+    precision: Annotated[str | None, _opt("precision")] = None,
+    gradient_checkpointing: Annotated[
+        bool | None, _opt("gradient_checkpointing", "--gradient-checkpointing")
     ] = None,
-    overwrite: Annotated[
-        bool | None, typer.Option("--overwrite", help="replace a finished run in --out")
-    ] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16")] = None,
-    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing")] = None,
+    log_every: Annotated[int | None, _opt("log_every")] = None,
 ):
-    """Fine-tune a model on a data file."""
+    """Fine-tune a model on a data file (or several, for multi-task)."""
     from .training import ConfigError, TrainConfig, train
 
     overrides = {
@@ -111,6 +135,28 @@ def train_cmd(
     if not cfg.data or not cfg.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
     train(cfg, console=console)
+
+
+@app.command()
+@user_errors
+def predict(
+    data: Annotated[str, typer.Option(help="examples to classify (a final assistant turn is the reference)")],
+    out: Annotated[str, typer.Option(help="predictions JSONL")],
+    adapter: Annotated[str, typer.Option(help="a classification head folder (--method head)")],
+    model: ModelOpt = "default",
+    batch_size: int = 16,
+):
+    """Classify every example with a trained head; prints accuracy when the file has answers."""
+    from .inference import classify_file, load_for_inference
+
+    classifier, tokenizer = load_for_inference(model, adapter)
+    if not hasattr(classifier, "labels"):
+        from .errors import UserError
+
+        raise UserError(f"{adapter} is not a classification head; use `tunelab generate` for other adapters")
+    result = classify_file(classifier, tokenizer, data, out, batch_size=batch_size)
+    accuracy = "" if result["accuracy"] is None else f"; accuracy {result['accuracy']:.1%}"
+    console.print(f"Wrote {result['examples']} predictions to {out}{accuracy}")
 
 
 @app.command()

@@ -26,6 +26,7 @@ class EncodedExample:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    target: int | None = None  # the class index, for classification heads
 
     @property
     def n_trainable(self) -> int:
@@ -120,3 +121,24 @@ def encode_documents(documents: list[str], tokenizer, block_size: int) -> list[E
         stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     blocks = [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
     return [EncodedExample(list(block), list(block)) for block in blocks]
+
+
+def encode_for_classification(
+    examples: list[Example], tokenizer, labels: list[str], max_length: int
+) -> list[EncodedExample]:
+    """The prompt as the model would see it before answering, and the answer's class index.
+
+    Long prompts keep their end: the head reads the last token.
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    encoded = []
+    for example in examples:
+        answer = example.messages[-1]["content"]
+        if answer not in index:
+            raise TemplateError(f"line {example.line}: answer {answer!r} is not one of the labels {labels}")
+        ids = tokenizer.apply_chat_template(
+            chat_messages(Example(example.messages[:-1])), tokenize=False, add_generation_prompt=True
+        )
+        ids = tokenizer(ids, add_special_tokens=False)["input_ids"]
+        encoded.append(EncodedExample(ids[-max_length:], [], len(ids) > max_length, target=index[answer]))
+    return encoded

@@ -1,5 +1,6 @@
 """Inference with base models and adapters: batched generation and streamed chat."""
 
+from .classify import classify, classify_file
 from .generate import generate, generate_file, load_for_inference, stream_chat
 
-__all__ = ["generate", "generate_file", "load_for_inference", "stream_chat"]
+__all__ = ["classify", "classify_file", "generate", "generate_file", "load_for_inference", "stream_chat"]

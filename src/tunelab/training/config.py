@@ -78,6 +78,10 @@ class TrainConfig:
     prompt_init: str | None = field(
         default=None, metadata={"help": "prompt tuning: initialise the soft prompt from this text"}
     )
+    labels: list[str] | None = field(
+        default=None,
+        metadata={"help": "class names, in order (turns integer labels 0,1,.. into these words)"},
+    )
     head_lr: float | None = field(default=None, metadata={"help": "learning rate of a new head"})
     layer_lr_decay: float | None = field(
         default=None, metadata={"help": "multiply the lr by this per block, going down from the top"}
@@ -132,6 +136,8 @@ class TrainConfig:
             raise ConfigError("epochs must be positive (or set max_steps)")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be positive (got {self.lr})")
+        if isinstance(self.labels, str):
+            self.labels = [label.strip() for label in self.labels.split(",") if label.strip()]
         if isinstance(self.target_modules, str):
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
 

@@ -108,11 +108,14 @@ class Trainer:
         set_seed(config.seed)  # before the method wraps the model: adapter initialisation is seeded too
 
         model, self.tokenizer = load_model(config.model, log=self.log)
+        config, self.tasks, self.val_sets, self.data_stats = load_tasks(
+            config, self.tokenizer, self.method.task
+        )
+        self.config = config  # classification runs now know their labels
         model = self.method.prepare(model, config)
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
-        self.tasks, self.val_sets, self.data_stats = load_tasks(config, self.tokenizer)
         self.train_items = [item for task in self.tasks for item in task.train]
         self.lengths = [len(item.input_ids) for item in self.train_items]
         self.task_sizes = [len(task.train) for task in self.tasks]

@@ -1,0 +1,120 @@
+"""Transfer learning: the pretrained body frozen, a new classification head trained on top.
+
+The example's prompt goes through the chat template (as for generation); the hidden state of its last
+real token is pooled and a linear `classifier` maps it to the classes, trained with cross-entropy. With
+`--unfreeze-top K` the top K blocks are unfrozen one by one during training (gradual unfreezing).
+
+Saved like an adapter: adapter_config.json (`tunelab_method: head`, labels) and adapter_model.safetensors
+with the head and any unfrozen block weights; only tunelab loads it (`tunelab predict`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import UserError
+from .base import Method, register
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+class SequenceClassifier(nn.Module):
+    """A causal LM's body with a linear head on the last real token's hidden state."""
+
+    def __init__(self, causal_lm, labels: list[str]):
+        super().__init__()
+        self.lm = causal_lm
+        self.labels = list(labels)
+        hidden = causal_lm.config.get_text_config().hidden_size
+        self.classifier = nn.Linear(hidden, len(labels))
+        nn.init.normal_(self.classifier.weight, std=hidden**-0.5)
+        nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    @property
+    def name_or_path(self) -> str:
+        return self.lm.name_or_path
+
+    def blocks(self) -> nn.ModuleList:
+        return self.lm.get_decoder().layers
+
+    def forward(self, input_ids, attention_mask, **_) -> torch.Tensor:
+        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = attention_mask.sum(dim=1) - 1  # right padding: the last real token of each row
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, hidden)
+        return self.classifier(pooled.to(self.classifier.weight.dtype))  # (B, classes)
+
+
+class ClassificationHead(Method):
+    name = "head"
+    default_lr = 1e-3
+    artifact = "tunelab"
+    task = "classification"
+    summary = "frozen pretrained body, new classification head (transfer learning); fastest, smallest"
+
+    def prepare(self, model, config):
+        if not config.labels:
+            raise UserError("head: no class labels (they come from the training data's answers or --labels)")
+        model.requires_grad_(False)
+        classifier = SequenceClassifier(model, config.labels)
+        classifier.unfreeze_top = config.unfreeze_top
+        if config.unfreeze_top > len(classifier.blocks()):
+            raise UserError(
+                f"--unfreeze-top {config.unfreeze_top}: the model has {len(classifier.blocks())} blocks"
+            )
+        return classifier
+
+    def optimizer_params(self, model):
+        top = list(model.blocks())[len(model.blocks()) - model.unfreeze_top :]
+        unfreezable = {id(p) for block in top for p in block.parameters()}
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad or id(p) in unfreezable]
+
+    def on_step(self, model, step: int, total_steps: int) -> None:
+        # Unfreeze the top blocks one at a time, evenly spaced over the run, topmost first.
+        blocks = model.blocks()
+        for k in range(model.unfreeze_top):
+            if step >= (k + 1) * total_steps // (model.unfreeze_top + 1):
+                blocks[len(blocks) - 1 - k].requires_grad_(True)
+
+    def loss(self, model, batch: dict, normaliser) -> torch.Tensor:
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        return F.cross_entropy(logits.float(), batch["targets"], reduction="sum") / normaliser
+
+    def count_targets(self, batch: dict) -> int:
+        return int(batch["targets"].shape[0])
+
+    def save(self, model, out_dir: Path) -> None:
+        out_dir = Path(out_dir)
+        config = {
+            "tunelab_method": "head",
+            "base_model_name_or_path": model.name_or_path,
+            "labels": model.labels,
+            "unfreeze_top": model.unfreeze_top,
+        }
+        (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        weights = {n: p.detach().contiguous() for n, p in self.optimizer_params(model)}
+        save_file(weights, out_dir / WEIGHTS_FILE)
+
+    def load(self, base_model, folder: Path):
+        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
+        model = SequenceClassifier(base_model, config["labels"])
+        model.unfreeze_top = config.get("unfreeze_top", 0)
+        missing, unexpected = model.load_state_dict(load_file(Path(folder) / WEIGHTS_FILE), strict=False)
+        if unexpected or any(name.startswith("classifier") for name in missing):
+            raise UserError(
+                f"{folder}: head weights do not fit this base model ({(unexpected or missing)[:3]})"
+            )
+        return model.eval()
+
+
+register(ClassificationHead())
