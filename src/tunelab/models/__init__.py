@@ -8,10 +8,12 @@ from .loading import (
     materialize,
     resolve,
 )
+from .multi_adapter import MultiAdapterModel
 
 __all__ = [
     "DEFAULT_MODEL",
     "ModelLoadError",
+    "MultiAdapterModel",
     "load_model",
     "load_tokenizer",
     "materialize",
