@@ -1,1 +1,35 @@
-"""(being written)"""
+"""Prompt tuning through PEFT: a few trained "virtual token" embeddings are prepended to every input.
+
+The frozen model is untouched; the artefact is a PEFT adapter of `num_virtual_tokens` x hidden size numbers.
+The soft prompt starts from the embeddings of `prompt_init` text when given (Lester et al. found
+text or vocabulary initialisation far better than random vectors), else from randomly sampled vocabulary.
+"""
+
+from peft import PromptTuningConfig, PromptTuningInit
+
+from .base import Method, register, wrap_with_peft
+
+
+class PromptTuning(Method):
+    name = "prompt-tuning"
+    default_lr = 3e-2  # PEFT's causal-LM prompt tuning guide; a soft prompt needs large steps
+    summary = "trains only a soft prompt of virtual tokens; tiny artefact, weaker on small models"
+
+    def prepare(self, model, config):
+        if config.prompt_init:
+            init = {
+                "prompt_tuning_init": PromptTuningInit.TEXT,
+                "prompt_tuning_init_text": config.prompt_init,
+                # PEFT tokenises the text itself; our models are loaded from a folder with the tokenizer.
+                "tokenizer_name_or_path": model.name_or_path,
+            }
+        else:
+            # RANDOM would draw N(0, 1) vectors, far larger than real token embeddings.
+            init = {"prompt_tuning_init": PromptTuningInit.SAMPLE_VOCAB}
+        peft_config = PromptTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=config.num_virtual_tokens, **init
+        )
+        return wrap_with_peft(model, peft_config, config)
+
+
+register(PromptTuning())

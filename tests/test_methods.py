@@ -1,0 +1,241 @@
+"""Every tuning method, one table row each, trained by the real loop on tiny real-architecture models.
+
+Each row proves three things: only the intended weights changed, the loss falls on a task the method can
+learn, and the saved artefact loaded back with `method.load` gives the trained model's logits.
+A new method is a new row.
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from conftest import write_jsonl
+from tiny import make_model_dir
+from tunelab.errors import UserError
+from tunelab.inference.generate import generate
+from tunelab.methods import get_method
+from tunelab.models import load_model
+from tunelab.training import TrainConfig, train
+from tunelab.training.loop import Trainer
+
+WORDS = ["alice", "bob", "paris", "london", "tokyo", "great", "bad", "film"]
+
+
+@dataclass
+class Case:
+    id: str
+    options: dict
+    # which base tensors (by state-dict name) training changes; PEFT methods change none
+    changes: Callable[[str], bool] = lambda name: False
+    arch: str = "llama"
+
+
+def in_block(index: int):
+    return lambda name: name.startswith(f"model.layers.{index}.")
+
+
+CASES = [
+    Case("full", dict(method="full", lr=1e-3), changes=lambda name: True),
+    Case("lora", dict(method="lora", lr=3e-2)),
+    Case("lora-dora", dict(method="lora", lr=3e-2, dora=True, max_steps=8)),  # DoRA is slow on CPU
+    Case("lora-rslora", dict(method="lora", lr=3e-2, rslora=True)),
+    Case("selective-last-1", dict(method="selective", lr=1e-2, train_layers="last:1"), changes=in_block(1)),
+    Case("selective-norms", dict(method="selective", lr=5e-2, norms_only=True), lambda n: "norm" in n),
+    Case(
+        "selective-bitfit",
+        dict(method="selective", lr=0.3, bitfit=True),
+        changes=lambda name: name.endswith(".bias"),
+        arch="qwen2",
+    ),
+    Case("prompt-tuning", dict(method="prompt-tuning", lr=0.3)),
+    Case("prompt-tuning-text", dict(method="prompt-tuning", lr=0.3, prompt_init="say the answer")),
+    Case("prefix-tuning", dict(method="prefix-tuning", lr=0.3)),
+    Case("ia3", dict(method="ia3", lr=0.1)),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tiny_llama_dir, tmp_path_factory):
+    return {"llama": tiny_llama_dir, "qwen2": make_model_dir(tmp_path_factory.mktemp("qwen2"), "qwen2")}
+
+
+@pytest.fixture(scope="module")
+def fixed_answer_data(tmp_path_factory):
+    """The same answer to every prompt: learnable even by a soft prompt on a random tiny model."""
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"say {WORDS[i % 8]}"},
+                {"role": "assistant", "content": "paris"},
+            ]
+        }
+        for i in range(16)
+    ]
+    return write_jsonl(tmp_path_factory.mktemp("data") / "fixed.jsonl", rows)
+
+
+def run_config(model_dir, data, out, **options) -> TrainConfig:
+    settings = dict(max_steps=20, batch_size=8, warmup=0, scheduler="constant", dropout=0.0, seed=0)
+    settings |= dict(num_virtual_tokens=4, **options)
+    return TrainConfig(model=str(model_dir), data=str(data), out=str(out), **settings)
+
+
+def base_state(model, names) -> dict:
+    """The base model's tensors under their original names (PEFT renames wrapped layers' `base_layer`)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    state = {key.replace("base_layer.", ""): value for key, value in base.state_dict().items()}
+    return {key: value for key, value in state.items() if key in names}
+
+
+def train_losses(out) -> list[float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["kind"] == "train"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_method_trains_what_it_should_learns_and_reloads(case, model_dirs, fixed_answer_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model_dir = model_dirs[case.arch]
+    config = run_config(model_dir, fixed_answer_data, tmp_path / "out", **case.options)
+    base_before = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    trainer = Trainer(config)
+    model = trainer.unwrapped
+    trainable_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer.fit()
+
+    # (a) exactly the intended base tensors changed (a tied lm_head/embedding counts under both names),
+    # everything else is bit-identical, and every trained parameter moved.
+    base_after = base_state(model, base_before)
+    assert base_after.keys() == base_before.keys()
+    changed = {name for name in base_before if not torch.equal(base_before[name], base_after[name])}
+    assert changed == {name for name in base_before if case.changes(name)}
+    params = dict(model.named_parameters())
+    assert trainable_before
+    assert [n for n, before in trainable_before.items() if torch.equal(params[n], before)] == []
+
+    # (b) it learns
+    losses = train_losses(tmp_path / "out")
+    assert losses[-1] < 0.8 * losses[0], losses
+
+    # (c) the saved artefact reloads to the same model
+    fresh_base = AutoModelForCausalLM.from_pretrained(model_dir)
+    reloaded = get_method(config.method).load(fresh_base, tmp_path / "out").eval()
+    model.eval()
+    ids = torch.tensor([[1, 5, 9, 12, 3, 7]])
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        assert torch.allclose(model(**x).logits, reloaded(**x).logits, atol=1e-5)
+
+
+def test_trainable_parameter_counts(tiny_llama_dir):
+    """What each method trains on the tiny Llama (hidden 32, MLP 64, 2 blocks, 4 virtual tokens)."""
+    from transformers import AutoModelForCausalLM
+
+    expected = {
+        "full": 31392,
+        "selective last:1": 9280,  # one block: attention 3072 + MLP 6144 + two norms 64
+        "selective norms": 160,  # 2 blocks x 2 norms + the final norm, 32 each
+        "prompt-tuning": 128,  # 4 virtual tokens x 32
+        "prefix-tuning": 256,  # 4 x 2 blocks x (key + value) x 16 (2 KV heads x 8)
+        "ia3": 192,  # per block: k 16 + v 16 + down_proj input 64
+    }
+    options = {
+        "selective last:1": dict(method="selective", train_layers="last:1"),
+        "selective norms": dict(method="selective", norms_only=True),
+    }
+    for label, count in expected.items():
+        config = TrainConfig(num_virtual_tokens=4, **options.get(label, {"method": label}))
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+        model = get_method(config.method).prepare(base, config)
+        assert sum(p.numel() for p in model.parameters() if p.requires_grad) == count, label
+
+
+def test_selective_patterns_and_tied_embeddings(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    method = get_method("selective")
+    model = method.prepare(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+        TrainConfig(method="selective", train_layers="*.mlp.down_proj.weight, lm_head.weight"),
+    )
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    # lm_head is tied to the input embedding: one tensor, listed under the embedding's name
+    assert trained == [
+        "model.embed_tokens.weight",
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+    ]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(bitfit=True), "no bias parameters"),
+        (dict(), "exactly one of"),
+        (dict(norms_only=True, bitfit=True), "exactly one of"),
+        (dict(train_layers="last:3"), "asks for 3 blocks but the model has 2"),
+        (dict(train_layers="last:x"), "last:K"),
+        (dict(train_layers="*.mlp.*,*.nothing.*"), r"pattern '\*\.nothing\.\*' matches no parameter"),
+    ],
+)
+def test_selective_refuses_unusable_choices(tiny_llama_dir, options, message):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)  # Llama: no biases
+    with pytest.raises(UserError, match=message):
+        get_method("selective").prepare(model, TrainConfig(method="selective", **options))
+
+
+def test_prompt_init_text_starts_the_soft_prompt_at_its_token_embeddings(tiny_llama_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    config = TrainConfig(method="prompt-tuning", num_virtual_tokens=6, prompt_init="say the answer")
+    model = get_method("prompt-tuning").prepare(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), config)
+    ids = tiny_tokenizer("say the answer")["input_ids"]
+    ids = (ids * 6)[:6]  # PEFT repeats a short text to fill the virtual tokens
+    soft_prompt = model.prompt_encoder["default"].embedding.weight
+    assert torch.equal(soft_prompt, model.get_input_embeddings().weight[ids])
+
+
+def test_prefix_tuning_refuses_gradient_checkpointing(tiny_llama_dir):
+    """transformers drops the KV cache, which carries the prefixes, inside checkpointed layers."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    config = TrainConfig(method="prefix-tuning", gradient_checkpointing=True)
+    with pytest.raises(UserError, match="gradient-checkpointing"):
+        get_method("prefix-tuning").prepare(model, config)
+
+
+GENERATION_CASES = [
+    pytest.param(
+        "prompt-tuning",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="PEFT drops position_ids for prompt tuning, so left padding sits between the soft "
+            "prompt and the text; inference/generate.py needs to batch prompt-tuned models differently",
+        ),
+    ),
+    "prefix-tuning",
+]
+
+
+@pytest.mark.parametrize("method", GENERATION_CASES)
+def test_batched_left_padded_generation_matches_one_at_a_time(
+    method, tiny_llama_dir, fixed_answer_data, tmp_path
+):
+    config = run_config(
+        tiny_llama_dir, fixed_answer_data, tmp_path / "out", method=method, lr=0.3, max_steps=3
+    )
+    out = train(config).out_dir
+    base, tokenizer = load_model(str(tiny_llama_dir))
+    model = get_method(method).load(base, out).eval()
+    prompts = ["say bob", "say the quick brown fox jumps over the lazy dog", "x", "name age city json"]
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    batched = generate(model, tokenizer, conversations, max_new_tokens=6, batch_size=4)
+    alone = generate(model, tokenizer, conversations, max_new_tokens=6, batch_size=1)
+    assert batched == alone
