@@ -200,7 +200,7 @@ def test_nan_loss_stops_with_no_final_model(tiny_llama_dir, copy_data, tmp_path,
 
 
 def test_early_stopping_keeps_the_best_weights(tiny_llama_dir, copy_data, tmp_path, monkeypatch):
-    val_losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    val_losses = iter([5.0, 3.0, 2.0, 2.5, 2.6, 2.7, 2.8])  # the first is the baseline before training
     monkeypatch.setattr(loop, "evaluate_loss", lambda *a, **k: (next(val_losses), 10))
     result = run(tiny_llama_dir, copy_data, tmp_path / "es", val=str(copy_data), eval_every=2, patience=2)
     assert result.summary["stopped_early"] and result.summary["steps"] == 8

@@ -56,6 +56,7 @@ class TrainState:
     stopped_early: bool = False
     last_eval_step: int | None = None
     last_loss: float | None = None
+    baseline_val_loss: float | None = None
 
 
 @dataclass
@@ -154,8 +155,10 @@ class Trainer:
         self._announce()
         self.progress = TrainProgress(self.console, self.total_steps, state.step)
         started = time.perf_counter() - state.elapsed_s
-        self.model.train()
         with self.progress:
+            if self.val_sets and state.step == 0:
+                self._evaluate(baseline=True)
+            self.model.train()
             while state.step < self.total_steps and not state.stopped_early:
                 groups = self._epoch_groups(state.epoch)
                 for index in range(state.group_in_epoch, len(groups)):
@@ -218,8 +221,10 @@ class Trainer:
                 config.keep_checkpoints,
             )  # fmt: skip
 
-    def _evaluate(self) -> None:
-        """Val loss (overall and per task); keeps the best weights and decides early stopping."""
+    def _evaluate(self, baseline: bool = False) -> None:
+        """Val loss (overall and per task); keeps the best weights and decides early stopping.
+
+        The baseline (before any step) is only recorded: the untrained weights are not a candidate."""
         state, config = self.state, self.config
         by_task = {
             name: evaluate_loss(
@@ -230,6 +235,14 @@ class Trainer:
         }  # fmt: skip
         tokens = sum(count for _, count in by_task.values())
         val_loss = sum(loss * count for loss, count in by_task.values()) / max(tokens, 1)
+        if baseline:
+            state.baseline_val_loss = val_loss
+            if self.main:
+                self.metrics.log(
+                    {"kind": "eval", "step": 0, "val_loss": val_loss, "baseline": True}, prefix="eval"
+                )
+                self.progress.note(f"before training: val loss {val_loss:.4f}")
+            return
         state.last_eval_step = state.step
         improved = state.best_val_loss is None or val_loss < state.best_val_loss
         if improved:
@@ -284,6 +297,7 @@ class Trainer:
             "steps": state.step,
             "epochs_completed": round(state.step / self.steps_per_epoch, 3),
             "final_train_loss": state.last_loss,
+            "baseline_val_loss": state.baseline_val_loss,
             "best_val_loss": state.best_val_loss,
             "best_step": state.best_step,
             "stopped_early": state.stopped_early,
