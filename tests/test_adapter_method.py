@@ -150,7 +150,7 @@ def test_architecture_without_self_attn_blocks_is_refused():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
-    with pytest.raises(UserError, match="cannot find decoder blocks"):
+    with pytest.raises(UserError, match="not supported by bottleneck adapters"):
         METHOD.prepare(gpt2, TrainConfig())
 
 

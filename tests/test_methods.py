@@ -211,17 +211,7 @@ def test_prefix_tuning_refuses_gradient_checkpointing(tiny_llama_dir):
         get_method("prefix-tuning").prepare(model, config)
 
 
-GENERATION_CASES = [
-    pytest.param(
-        "prompt-tuning",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="PEFT drops position_ids for prompt tuning, so left padding sits between the soft "
-            "prompt and the text; inference/generate.py needs to batch prompt-tuned models differently",
-        ),
-    ),
-    "prefix-tuning",
-]
+GENERATION_CASES = ["prompt-tuning", "prefix-tuning"]
 
 
 @pytest.mark.parametrize("method", GENERATION_CASES)

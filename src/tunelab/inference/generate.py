@@ -102,11 +102,39 @@ def generate(
             [prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
         )
         enc = enc.to(model.device)
-        out = model.generate(**enc, **kwargs)
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        new_tokens = _generate_new_tokens(model, enc, kwargs)
         for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
             replies[i] = text.strip()
     return replies
+
+
+def _generate_new_tokens(model, enc, kwargs) -> torch.Tensor:
+    """Only the generated tokens, (B, new)."""
+    from ..training.steps import virtual_tokens
+
+    n_virtual = virtual_tokens(model)
+    if not n_virtual:
+        return model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
+    # PEFT's prompt tuning drops position ids, so left padding would sit between the soft prompt and the
+    # text. Building the embeddings ourselves puts the padding first, as positions then count only real
+    # tokens: [pads | soft prompt | text], exactly as in training.
+    batch = enc["input_ids"].shape[0]
+    prompt = model.get_prompt(batch_size=batch)
+    text = model.get_input_embeddings()(enc["input_ids"])
+    mask = enc["attention_mask"]
+    pads = (mask == 0).sum(dim=1)
+    embeds, full_mask = [], []
+    for row in range(batch):
+        p = int(pads[row])
+        embeds.append(torch.cat([text[row, :p], prompt[row].to(text.dtype), text[row, p:]]))
+        full_mask.append(
+            torch.cat(
+                [mask[row, :p], torch.ones(n_virtual, dtype=mask.dtype, device=mask.device), mask[row, p:]]
+            )
+        )
+    return model.get_base_model().generate(
+        inputs_embeds=torch.stack(embeds), attention_mask=torch.stack(full_mask), **kwargs
+    )
 
 
 def stream_chat(

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import UserError
+from ..models.blocks import decoder_blocks
 from .base import Method, register
 
 CONFIG_FILE = "adapter_config.json"
@@ -57,18 +58,14 @@ def _adapt_output(module: nn.Module, args, output):
 
 
 def find_blocks(model) -> nn.ModuleList:
-    """The decoder blocks: the first ModuleList whose every element has `self_attn` and `mlp`."""
-    for module in model.modules():
-        if (
-            isinstance(module, nn.ModuleList)
-            and len(module) > 0
-            and all(hasattr(b, "self_attn") and hasattr(b, "mlp") for b in module)
-        ):
-            return module
-    raise UserError(
-        f"adapter: cannot find decoder blocks with `self_attn` and `mlp` in {type(model).__name__}; "
-        "this architecture is not supported by bottleneck adapters (try --method lora)"
-    )
+    """The decoder blocks, which must have `self_attn` and `mlp` to take adapters."""
+    blocks = decoder_blocks(model, why="adapter")
+    if not all(hasattr(b, "self_attn") and hasattr(b, "mlp") for b in blocks):
+        raise UserError(
+            f"adapter: the blocks of {type(model).__name__} have no `self_attn` and `mlp`; "
+            "this architecture is not supported by bottleneck adapters (try --method lora)"
+        )
+    return blocks
 
 
 def insert_adapters(model, settings: dict) -> None:

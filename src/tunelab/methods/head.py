@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import UserError
+from ..models.blocks import decoder_blocks
 from .base import Method, register
 
 CONFIG_FILE = "adapter_config.json"
@@ -46,7 +47,7 @@ class SequenceClassifier(nn.Module):
         return self.lm.name_or_path
 
     def blocks(self) -> nn.ModuleList:
-        return self.lm.get_decoder().layers
+        return decoder_blocks(self.lm, why="head")
 
     def forward(self, input_ids, attention_mask, **_) -> torch.Tensor:
         hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

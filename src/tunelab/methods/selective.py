@@ -13,31 +13,15 @@ from fnmatch import fnmatch
 from torch import nn
 
 from ..errors import UserError
+from ..models.blocks import decoder_blocks
 from .base import Method, register
-
-BLOCK_LIST_NAMES = ("layers", "h", "blocks")  # Llama/Qwen2/Mistral, GPT-2/Falcon, MPT
-
-
-def transformer_blocks(model) -> nn.ModuleList:
-    """The model's stack of transformer blocks: the longest ModuleList named like `*.layers` or `*.h`."""
-    stacks = [
-        module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES
-    ]
-    if not stacks:
-        raise UserError(
-            f"train_layers: cannot find the transformer blocks of {type(model).__name__} (no ModuleList "
-            f"named {', '.join(BLOCK_LIST_NAMES)}); give parameter name patterns instead"
-        )
-    return max(stacks, key=len)
 
 
 def last_blocks(model, spec: str) -> list[nn.Parameter]:
     count = spec.removeprefix("last:")
     if not count.isdigit() or int(count) < 1:
         raise UserError(f"train_layers: '{spec}' should be last:K with K a positive whole number")
-    blocks = transformer_blocks(model)
+    blocks = decoder_blocks(model, why="train_layers (or give parameter name patterns)")
     if int(count) > len(blocks):
         raise UserError(f"train_layers: '{spec}' asks for {count} blocks but the model has {len(blocks)}")
     return [p for block in blocks[-int(count) :] for p in block.parameters()]

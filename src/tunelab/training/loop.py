@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import resource
 import shutil
 import time
@@ -27,6 +26,7 @@ from ..data.tokenize import EncodedExample
 from ..errors import UserError
 from ..methods import get_method
 from ..models import load_model
+from ..models.blocks import BLOCK_INDEX
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
 from .datasets import load_tasks
@@ -321,9 +321,6 @@ class Trainer:
             f"peak memory {summary['peak_memory_mb']} MB"
         )
         return TrainResult(self.out, summary)
-
-
-BLOCK_INDEX = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
 
 
 def param_groups(named_params: list, config: TrainConfig, lr: float) -> list[dict]:
