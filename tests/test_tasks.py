@@ -113,6 +113,19 @@ def test_head_trains_classifier_and_predicts(tiny_llama_dir, tmp_path):
 
     model, tokenizer = load_for_inference(str(tiny_llama_dir), str(out))
     assert model.labels == ["negative", "positive"]
+    # only the head and the unfrozen top block differ from the base model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).state_dict()
+    changed = {k for k, v in model.lm.state_dict().items() if not torch.equal(v, base[k])}
+    assert changed and all(".layers.1." in k for k in changed)
+    # reloading gives the same logits
+    again, _ = load_for_inference(str(tiny_llama_dir), str(out))
+    ids = tokenizer("the film was great", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(
+            model(ids.input_ids, ids.attention_mask), again(ids.input_ids, ids.attention_mask)
+        )
     summary = classify_file(model, tokenizer, str(data), str(tmp_path / "preds.jsonl"))
     assert summary["accuracy"] >= 0.9
 

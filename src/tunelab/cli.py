@@ -171,8 +171,10 @@ def chat(
 ):
     """Chat with a model (streams the reply)."""
     from .inference import load_for_inference, stream_chat
+    from .inference.generate import require_generative
 
     llm, tokenizer = load_for_inference(model, adapter)
+    require_generative(llm, "chat")
     messages = [{"role": "system", "content": system}] if system else []
     while True:
         text = prompt if prompt is not None else _ask()
@@ -216,8 +218,10 @@ def generate_cmd(
 ):
     """Generate a reply for every example in a file (batched, greedy by default)."""
     from .inference import generate_file, load_for_inference
+    from .inference.generate import require_generative
 
     llm, tokenizer = load_for_inference(model, adapter)
+    require_generative(llm, "generate")
     with console.status("generating"):
         n = generate_file(
             llm,

@@ -33,6 +33,11 @@ def load_for_inference(model_spec: str, adapter: str | None = None):
     return model, tokenizer
 
 
+def require_generative(model, what: str) -> None:
+    if hasattr(model, "labels"):
+        raise UserError(f"{what}: this adapter is a classification head; use `tunelab predict`")
+
+
 def base_of_adapter(folder: str) -> str:
     """The base model spec an adapter was trained on: tunelab.yaml's `model` (portable, e.g. 'default'),
     else adapter_config.json's base path."""
@@ -45,7 +50,10 @@ def base_of_adapter(folder: str) -> str:
 def read_adapter_config(folder: str) -> dict:
     path = Path(folder) / ADAPTER_CONFIG
     if not path.is_file():
-        raise UserError(f"{folder} is not an adapter folder: it has no {ADAPTER_CONFIG}")
+        raise UserError(
+            f"{folder} is not an adapter folder (no {ADAPTER_CONFIG}); a whole model folder (full or "
+            "selective tuning) goes in --model"
+        )
     return json.loads(path.read_text())
 
 

@@ -31,7 +31,9 @@ def name_labels(examples: list[Example], labels: list[str]) -> list[Example]:
     return examples
 
 
-def encode(records: list, tokenizer, config: TrainConfig, method_task: str) -> tuple[list[EncodedExample], dict]:
+def encode(
+    records: list, tokenizer, config: TrainConfig, method_task: str
+) -> tuple[list[EncodedExample], dict]:
     if method_task == "classification":
         items = encode_for_classification(records, tokenizer, config.labels, config.max_length)
         truncated = sum(item.truncated for item in items)
@@ -80,7 +82,9 @@ def load_tasks(
             )
         for key, value in data_stats.items():
             stats[key] = stats.get(key, 0) + value
-    val_sets = {name: encode(records, tokenizer, config, method_task)[0] for name, records in val_read.items()}
+    val_sets = {
+        name: encode(records, tokenizer, config, method_task)[0] for name, records in val_read.items()
+    }
     return config, tasks, val_sets, stats
 
 

@@ -309,14 +309,15 @@ class Trainer:
             "peak_memory_mb": round(peak_memory_mb(), 1),
             "padding_pct": self.header["padding_pct"],
         }
-        summary["artifact_mb"] = save_final(
+        summary["artifact_mb"], summary["weights_mb"] = save_final(
             self.out, self.unwrapped, self.tokenizer, self.method, self.config, summary
         )
         self.metrics.log({"kind": "summary", "step": state.step, **summary}, prefix="summary")
         self.metrics.close()
         (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # last: marks the run finished
         self.log(
-            f"Saved {self.method.name} model to {self.out} ({summary['artifact_mb']} MB); "
+            f"Saved {self.method.name} model to {self.out} ({summary['artifact_mb']} MB, weights "
+            f"{summary['weights_mb']} MB); "
             f"{summary['wall_time_s']} s, {summary['tokens_per_s']} tokens/s, "
             f"peak memory {summary['peak_memory_mb']} MB"
         )

@@ -121,8 +121,10 @@ Or: `tunelab chat {chat_args}`
     (Path(folder) / "README.md").write_text(text)
 
 
-def save_final(out: Path, model, tokenizer, method, config, summary: dict) -> float:
-    """Write the artefact into a temporary folder, then move its files into `out`; returns its size in MB."""
+def save_final(out: Path, model, tokenizer, method, config, summary: dict) -> tuple[float, float]:
+    """Write the artefact into a temporary folder, then move its files into `out`.
+
+    Returns its size in MB: all of it (what you ship, tokenizer included) and the weights alone."""
     from ..models import resolve
 
     tmp = out / ".tmp-final"
@@ -132,10 +134,11 @@ def save_final(out: Path, model, tokenizer, method, config, summary: dict) -> fl
     tokenizer.save_pretrained(tmp)
     (tmp / "tunelab.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     size_mb = round(sum(f.stat().st_size for f in tmp.iterdir()) / 2**20, 2)
-    card_summary = {**summary, "artifact_mb": size_mb}
+    weights_mb = round(sum(f.stat().st_size for f in tmp.glob("*.safetensors")) / 2**20, 3)
+    card_summary = {**summary, "artifact_mb": size_mb, "weights_mb": weights_mb}
     write_model_card(tmp, out, config.to_dict(), card_summary, resolve(config.model), method.artifact)
     for item in tmp.iterdir():
         item.replace(out / item.name)
     tmp.rmdir()
     plot_loss(out)
-    return size_mb
+    return size_mb, weights_mb
