@@ -178,10 +178,10 @@ def test_missing_and_non_utf8_files_raise_data_error(tmp_path):
         load_examples(path)
 
 
-def test_text_file_points_to_load_documents(tmp_path):
+def test_text_file_points_to_the_causal_lm_objective(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("hello\n")
-    with pytest.raises(DataError, match="load_documents"):
+    with pytest.raises(DataError, match="objective causal-lm"):
         load_examples(path)
 
 

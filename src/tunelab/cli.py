@@ -237,6 +237,74 @@ def generate_cmd(
     console.print(f"Wrote {n} predictions to {out}")
 
 
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    out: Annotated[str, typer.Option(help="results JSON; a .md table and .predictions.jsonl go beside it")],
+    model: ModelOpt = "default",
+    adapter: AdapterOpt = None,
+    data: Annotated[str | None, typer.Option(help="examples to evaluate on")] = None,
+    task: Annotated[
+        str, typer.Option(help="generation, classification, multiple-choice or perplexity")
+    ] = "generation",
+    metrics: Annotated[
+        str | None, typer.Option(help="comma-separated: rouge,bleu,exact_match,token_f1,accuracy,macro_f1")
+    ] = None,
+    shots: Annotated[int, typer.Option(help="k exemplars as earlier chat turns (k-shot prompting)")] = 0,
+    shots_from: Annotated[
+        str | None,
+        typer.Option(help="file to draw exemplars from (default: the data, never the same example)"),
+    ] = None,
+    cot: Annotated[
+        bool, typer.Option("--cot", help="chain-of-thought: ask for reasoning, then '#### answer'")
+    ] = False,
+    instruction: Annotated[str | None, typer.Option(help="text put before every question")] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="class names in order (turns 0,1,.. labels into words)")
+    ] = None,
+    answer: Annotated[
+        str | None, typer.Option(help="extract before scoring: number (maths) or label")
+    ] = None,
+    benchmark: Annotated[
+        str | None, typer.Option(help="mmlu:PATH for multiple-choice and --forgetting")
+    ] = None,
+    val: Annotated[
+        str | None, typer.Option(help="classification: fit temperature scaling on this file")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="evaluate on N examples (stratified by subject for MMLU)")
+    ] = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    predictions: Annotated[
+        str | None, typer.Option(help="score this predictions JSONL instead of running a model")
+    ] = None,
+    forgetting: Annotated[
+        bool, typer.Option("--forgetting", help="base vs --adapter on --benchmark")
+    ] = False,
+):
+    """Evaluate a model: metrics, prompting baselines, benchmarks, forgetting, calibration."""
+    from .evaluation.evaluate import evaluate, score_predictions
+    from .evaluation.evaluate import forgetting as forgetting_report
+    from .evaluation.runner import EvalConfig
+
+    if predictions:
+        score_predictions(predictions, metrics, out)
+    else:
+        if forgetting:
+            task = "multiple-choice"
+        config = EvalConfig(
+            model=model, adapter=adapter, data=data, task=task, metrics=metrics or [], shots=shots,
+            shots_from=shots_from, cot=cot, instruction=instruction, labels=labels, answer=answer,
+            benchmark=benchmark, val=val, limit=limit, seed=seed, batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        with console.status(f"evaluating ({task})"):
+            (forgetting_report if forgetting else evaluate)(config, out)
+    console.print(Path(out).with_suffix(".md").read_text())
+
+
 @app.command()
 @user_errors
 def demo(

@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import DataError, Issue
 from .examples import Example
 
-FORMATS = ("chat", "prompt-completion", "alpaca", "classification", "text")
+FORMATS = ("chat", "prompt-completion", "alpaca", "question-answer", "classification", "text")
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "weight", "name"}
 
@@ -143,6 +143,8 @@ def _format_from_keys(keys, records: RecordFile, line: int) -> str:
         return "prompt-completion"
     if {"instruction", "output"} <= keys:
         return "alpaca"
+    if {"question", "answer"} <= keys:
+        return "question-answer"  # GSM8K, MedQuAD
     if {"text", "label"} <= keys:
         return "classification"
     raise DataError(
@@ -168,6 +170,8 @@ def check_record(data: object, format: str, line: int) -> list[Issue]:
         return _check_fields(data, line, ["prompt", "completion"])
     if format == "alpaca":
         return _check_fields(data, line, ["instruction", "output"], optional=["input"])
+    if format == "question-answer":
+        return _check_fields(data, line, ["question", "answer"])
     if format == "classification":
         return _check_fields(data, line, ["text"]) + _check_label(data, line)
     raise DataError(f"records cannot be read as {format!r}")
@@ -286,6 +290,9 @@ def to_example(data: dict, format: str, line: int, source: str = "") -> Example:
             prompt += "\n\n" + data["input"]
         messages = _pair(prompt, data["output"])
         used = {"instruction", "input", "output"}
+    elif format == "question-answer":
+        messages = _pair(data["question"], data["answer"])
+        used = {"question", "answer"}
     else:  # classification; the raw label stays in meta for evaluation
         messages = _pair(data["text"], str(data["label"]))
         used = {"text"}
@@ -311,7 +318,8 @@ def load_examples(path: str | Path, format: str | None = None, for_training: boo
     check_format(format)
     if format == "text":
         raise DataError(
-            "plain text is for continued pre-training; read it with load_documents()", path=str(path)
+            "plain text is for continued pre-training: train on it with --objective causal-lm",
+            path=str(path),
         )
     examples = []
     for record in records.records:

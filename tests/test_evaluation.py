@@ -1,0 +1,149 @@
+"""`tunelab eval` on tiny models: likelihood scoring, prompting baselines, MMLU, forgetting, outputs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA, write_jsonl
+from tunelab.evaluation.benchmarks import read_split, stratified_sample
+from tunelab.evaluation.evaluate import evaluate, forgetting, score_predictions
+from tunelab.evaluation.prompting import PromptStyle, build_messages, pick_shots
+from tunelab.evaluation.runner import EvalConfig
+from tunelab.evaluation.scoring import _sequence_scores, _single_token_scores, candidate_ids, render_prompt
+from tunelab.inference import load_for_inference
+from tunelab.training import TrainConfig, train
+
+SUBJECTS = ("algebra", "biology")
+
+
+@pytest.fixture
+def mmlu_dir(tmp_path):
+    for split, n in (("dev", 5), ("val", 12)):
+        (tmp_path / split).mkdir()
+        for subject in SUBJECTS:
+            rows = [f'q{i} about {subject},one,two,"three, four",five,{"ABCD"[i % 4]}' for i in range(n)]
+            (tmp_path / split / f"{subject}_{split}.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_single_token_fast_path_equals_full_scoring(tiny_llama_dir):
+    model, tokenizer = load_for_inference(str(tiny_llama_dir))
+    prompts = [[{"role": "user", "content": "say the quick brown fox"}], [{"role": "user", "content": "x"}]]
+    ids = [render_prompt(tokenizer, p) for p in prompts]
+    letters = candidate_ids(tokenizer, ["A", "B", "C", "D"])
+    assert all(len(c) == 1 for c in letters)
+    fast = _single_token_scores(model, ids, [c[0] for c in letters], tokenizer.pad_token_id, batch_size=2)
+    slow = _sequence_scores(model, ids, letters, tokenizer.pad_token_id, batch_size=3)
+    assert torch.allclose(fast, slow, atol=1e-4)
+
+
+def test_k_shot_layout_and_exclusion():
+    pool = list(range(10))
+    assert 3 not in pick_shots(pool, 9, seed=0, exclude=3)
+    assert pick_shots(pool, 4, seed=1) == pick_shots(pool, 4, seed=1)
+    style = PromptStyle(shots=2, cot=True, instruction="Solve.")
+    messages = build_messages(
+        "2+2?", [("1+1?", "1+1 = <<1+1=2>>2\n#### 2"), ("3+3?", "#### 6")], style, "sys"
+    )
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert messages[2]["content"] == "1+1 = 2\n#### 2"  # calculator notes dropped from exemplars
+    assert messages[-1]["content"].startswith("Solve.\n\n2+2?") and "step by step" in messages[-1]["content"]
+
+
+def test_mmlu_reading_and_stratified_limit(mmlu_dir):
+    questions = read_split(mmlu_dir, "val")
+    assert len(questions) == 24 and questions[0].options[2] == "three, four"
+    sample = stratified_sample(questions, 10, seed=0)
+    assert len(sample) == 10 and {q.subject for q in sample} == {"algebra", "biology"}
+
+
+def test_multiple_choice_eval_writes_json_markdown_and_predictions(tiny_llama_dir, mmlu_dir, tmp_path):
+    out = tmp_path / "res" / "mmlu.json"
+    config = EvalConfig(
+        model=str(tiny_llama_dir), task="multiple-choice", benchmark=f"mmlu:{mmlu_dir}", shots=2
+    )
+    results = evaluate(config, str(out))["results"]
+    assert results["examples"] == 24 and 0 <= results["value"] <= 1
+    assert results["ci95"][0] <= results["value"] <= results["ci95"][1]
+    assert set(results["by_subject"]) == {"algebra", "biology"}
+    assert json.loads(out.read_text())["results"]["value"] == results["value"]
+    assert "| value |" in out.with_suffix(".md").read_text()
+    assert len(out.with_suffix(".predictions.jsonl").read_text().splitlines()) == 24
+
+
+def test_generation_eval_with_number_extraction(tiny_llama_dir, tmp_path):
+    rows = [{"question": f"What is {i} + 1?", "answer": f"It is {i + 1}.\n#### {i + 1}"} for i in range(6)]
+    data = write_jsonl(tmp_path / "maths.jsonl", rows)
+    config = EvalConfig(model=str(tiny_llama_dir), data=str(data), answer="number", shots=2, cot=True,
+                        max_new_tokens=4)  # fmt: skip
+    results = evaluate(config, str(tmp_path / "gen.json"))["results"]
+    assert results["main_metric"] == "exact_match" and results["examples"] == 6
+    assert results["prompt_tokens_mean"] > 40  # two exemplars ride along with every question
+    predictions = [json.loads(x) for x in (tmp_path / "gen.predictions.jsonl").read_text().splitlines()]
+    assert predictions[0]["reference"] == "1"
+
+
+def test_classification_eval_reports_confusion_and_calibration(tiny_llama_dir, tmp_path):
+    rows = [{"text": "the film was " + ("great" if i % 2 else "bad"), "label": i % 2} for i in range(10)]
+    data = write_jsonl(tmp_path / "cls.jsonl", rows)
+    config = EvalConfig(model=str(tiny_llama_dir), data=str(data), task="classification",
+                        labels="negative,positive", val=str(data))  # fmt: skip
+    results = evaluate(config, str(tmp_path / "cls.json"))["results"]
+    assert results["main_metric"] == "accuracy"
+    assert sum(map(sum, results["report"]["confusion"]["matrix"])) == 10
+    assert 0 <= results["calibration"]["ece"] <= 1
+    assert (tmp_path / "reliability.png").exists()
+    assert "temperature" in results["temperature_scaling"]
+
+
+def test_perplexity_is_exp_of_mean_token_loss(tiny_llama_dir, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join("the quick brown fox jumps over the lazy dog" for _ in range(20)))
+    config = EvalConfig(model=str(tiny_llama_dir), data=str(corpus), task="perplexity", max_length=16)
+    results = evaluate(config)["results"]
+    assert results["value"] == pytest.approx(math.exp(results["loss"]))
+    # the same number from transformers' own loss (blocks are equal-sized, so the mean of means is the mean)
+    from tunelab.data import load_documents
+    from tunelab.data.tokenize import encode_documents
+
+    model, tokenizer = load_for_inference(str(tiny_llama_dir))
+    blocks = encode_documents(load_documents(corpus), tokenizer, 16)
+    ids = torch.tensor([b.input_ids for b in blocks])
+    with torch.no_grad():
+        reference = model(input_ids=ids, labels=ids).loss.item()
+    assert results["loss"] == pytest.approx(reference, rel=1e-4)
+
+
+def test_forgetting_compares_base_and_adapter(tiny_llama_dir, mmlu_dir, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": "A"}]}
+            for i in range(16)]  # fmt: skip
+    data = write_jsonl(tmp_path / "a.jsonl", rows)
+    adapter = tmp_path / "lora"
+    train(TrainConfig(model=str(tiny_llama_dir), data=str(data), out=str(adapter), max_steps=10, lr=3e-2))
+    config = EvalConfig(model=str(tiny_llama_dir), adapter=str(adapter), task="multiple-choice",
+                        benchmark=f"mmlu:{mmlu_dir}")  # fmt: skip
+    results = forgetting(config, str(tmp_path / "forget.json"))["results"]
+    assert results["value"] == pytest.approx(results["tuned"]["value"] - results["base"]["value"])
+    low, high = results["ci95"]
+    assert low <= results["value"] <= high
+
+
+def test_scoring_predictions_made_elsewhere(tmp_path):
+    preds = write_jsonl(tmp_path / "p.jsonl", [
+        {"prediction": "It is very cold outside", "reference": "It is cold outside"},
+        {"prediction": "hello", "references": ["hello", "hi"]},
+    ])  # fmt: skip
+    results = score_predictions(str(preds), "rouge,exact_match", str(tmp_path / "s.json"))["results"]
+    assert results["exact_match"] == pytest.approx(0.5)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prediction": "x"}\n')
+    with pytest.raises(Exception, match="bad.jsonl:1"):
+        score_predictions(str(bad), "exact_match", str(tmp_path / "t.json"))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mmlu").exists(), reason="../shared/data/mmlu is not available")
+def test_real_mmlu_layout_reads():
+    assert len(read_split(SHARED_DATA / "mmlu", "val")) == 1542
+    assert len(read_split(SHARED_DATA / "mmlu", "dev")) == 285
