@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..inference import load_for_inference
+from ..training.steps import autocast, pick_precision
 from . import metrics
 from .runner import (
     EvalConfig,
@@ -21,6 +22,11 @@ from .runner import (
 
 
 def run_task(model, tokenizer, config: EvalConfig, out_dir: Path | None = None) -> tuple[dict, list]:
+    with autocast(model.device, pick_precision(config.precision)):
+        return _run_task(model, tokenizer, config, out_dir)
+
+
+def _run_task(model, tokenizer, config: EvalConfig, out_dir: Path | None) -> tuple[dict, list]:
     start = time.perf_counter()
     if config.task == "generation":
         summary, rows, prompts = eval_generation(model, tokenizer, config)

@@ -47,6 +47,7 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: int = 256
     max_length: int = 2048
+    precision: str = "auto"  # bf16 autocast where the hardware has it (as in training), or fp32
 
     def __post_init__(self):
         if self.task not in TASKS:
