@@ -283,6 +283,7 @@ def eval_cmd(
     forgetting: Annotated[
         bool, typer.Option("--forgetting", help="base vs --adapter on --benchmark")
     ] = False,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where native) or fp32")] = "auto",
 ):
     """Evaluate a model: metrics, prompting baselines, benchmarks, forgetting, calibration."""
     from .evaluation.evaluate import evaluate, score_predictions
@@ -298,7 +299,7 @@ def eval_cmd(
             model=model, adapter=adapter, data=data, task=task, metrics=metrics or [], shots=shots,
             shots_from=shots_from, cot=cot, instruction=instruction, labels=labels, answer=answer,
             benchmark=benchmark, val=val, limit=limit, seed=seed, batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_new_tokens, precision=precision,
         )  # fmt: skip
         with console.status(f"evaluating ({task})"):
             (forgetting_report if forgetting else evaluate)(config, out)
