@@ -91,8 +91,8 @@ def test_detect_format(tmp_path, name, content, expected):
 
 
 def test_unknown_keys_name_the_file_and_the_keys(tmp_path):
-    path = write_lines(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}])
-    with pytest.raises(DataError, match=r"qa\.jsonl:1: cannot tell the format.*'answer', 'question'"):
+    path = write_lines(tmp_path / "qa.jsonl", [{"query": "q", "reply": "a"}])
+    with pytest.raises(DataError, match=r"qa\.jsonl:1: cannot tell the format.*'query', 'reply'"):
         load_examples(path)
 
 
@@ -228,3 +228,12 @@ def test_real_medical_corpus_documents():
     assert len(documents) == 2484
     assert documents[0].startswith("What is (are) Acromegaly ?")
     assert "\n\n" in documents[0]  # paragraphs stay inside their document
+
+
+def test_question_answer_records_become_chat(tmp_path):
+    path = write_lines(tmp_path / "gsm.jsonl", [{"question": "1+1?", "answer": "2\n#### 2"}])
+    assert detect_format(path) == "question-answer"
+    assert load_examples(path)[0].messages == [
+        {"role": "user", "content": "1+1?"},
+        {"role": "assistant", "content": "2\n#### 2"},
+    ]

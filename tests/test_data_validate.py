@@ -170,7 +170,7 @@ def test_non_chat_formats_name_the_field(tmp_path):
 
 
 def test_unknown_keys_are_judged_as_chat(tmp_path):
-    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}])
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"query": "q", "reply": "a"}])
     report = validate_file(path, min_examples=1)
     assert report.format == "chat"
     assert [(i.line, i.code) for i in report.issues] == [
