@@ -306,6 +306,48 @@ def eval_cmd(
     console.print(Path(out).with_suffix(".md").read_text())
 
 
+@app.command("compare")
+@user_errors
+def compare_cmd(
+    data: Annotated[
+        str, typer.Option(help="the user's data (split 80/10/10 unless --val and --test are given)")
+    ],
+    out: Annotated[str, typer.Option(help="folder for runs/, results.json, report.md and report.html")],
+    model: ModelOpt = "default",
+    val: Annotated[str | None, typer.Option(help="validation file")] = None,
+    test: Annotated[str | None, typer.Option(help="test file (where quality is measured)")] = None,
+    task: Annotated[str, typer.Option(help="classification or generation")] = "classification",
+    methods: Annotated[str, typer.Option(help="comma-separated: zero-shot,few-shot and any --method")] = (
+        "zero-shot,few-shot,lora,prompt-tuning,head"
+    ),
+    budget: Annotated[
+        str, typer.Option(help="steps:N, epochs:N or minutes:N for every trained method")
+    ] = "epochs:1",
+    labels: Annotated[str | None, typer.Option(help="class names in order (for integer labels)")] = None,
+    instruction: Annotated[
+        str | None, typer.Option(help="put before every question, for every method")
+    ] = None,
+    shots: Annotated[int, typer.Option(help="exemplars for few-shot")] = 5,
+    forgetting: Annotated[str | None, typer.Option(help="mmlu:PATH: also measure forgetting")] = None,
+    limit: Annotated[int | None, typer.Option(help="use the first N test examples")] = None,
+    seed: int = 0,
+    batch_size: int = 8,
+):
+    """Compare prompting and tuning methods on the same data and budget; writes report.html."""
+    from .compare import CompareConfig, compare
+
+    config = CompareConfig(
+        data=data, out=out, model=model, val=val, test=test, task=task, methods=methods.split(","),
+        budget=budget, labels=labels.split(",") if labels else None, instruction=instruction, shots=shots,
+        forgetting=forgetting, limit=limit, seed=seed, batch_size=batch_size,
+    )  # fmt: skip
+    results = compare(config, console=console)
+    console.print(Path(out, "report.md").read_text())
+    console.print(
+        f"Report: {Path(out, 'report.html')}  ({results['recommendation']['best_quality']} is best)"
+    )
+
+
 @app.command()
 @user_errors
 def demo(

@@ -119,9 +119,20 @@ def eval_generation(model, tokenizer, config: EvalConfig):
 
 
 def classification_probs(model, tokenizer, examples, config: EvalConfig, labels: list[str]):
-    instruction = config.instruction or f"Classify the text. Answer with one of: {', '.join(labels)}."
+    instruction = config.instruction
+    if instruction is None:  # "" means: the questions already carry their instruction
+        instruction = f"Classify the text. Answer with one of: {', '.join(labels)}."
     style = PromptStyle(config.shots, False, instruction, config.seed)
     prompts = prompts_for(examples, config, style)
+    if hasattr(model, "labels"):  # a trained classification head (--method head) gives probabilities
+        from ..inference import classify
+
+        if list(model.labels) != list(labels):
+            raise UserError(f"the head's labels {model.labels} differ from {labels}")
+        rows = classify(
+            model, tokenizer, examples, batch_size=config.batch_size, max_length=config.max_length
+        )
+        return torch.tensor([[row["probs"][label] for label in labels] for row in rows]).log(), prompts
     scores = score_candidates(model, tokenizer, prompts, labels, config.batch_size, config.max_length)
     return scores, prompts  # (N, C) log-likelihoods: the logits of a classifier over the label words
 

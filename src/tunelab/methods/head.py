@@ -43,6 +43,10 @@ class SequenceClassifier(nn.Module):
         return self.lm.config
 
     @property
+    def device(self):
+        return self.lm.device
+
+    @property
     def name_or_path(self) -> str:
         return self.lm.name_or_path
 

@@ -44,6 +44,9 @@ class TrainConfig:
         default=3, metadata={"help": "passes over the data (ignored when max_steps is set)"}
     )
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps to run; overrides epochs"})
+    max_minutes: float | None = field(
+        default=None, metadata={"help": "stop after this much training time (a time budget)"}
+    )
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: the method's)"})
     batch_size: int = field(default=8, metadata={"help": "examples per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})

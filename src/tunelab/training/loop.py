@@ -165,6 +165,8 @@ class Trainer:
                     self._step(groups[index], started)
                     state.group_in_epoch = index + 1
                     self._after_step()
+                    if self.config.max_minutes and state.elapsed_s >= 60 * self.config.max_minutes:
+                        state.stopped_early = True  # the time budget is spent
                     if state.step >= self.total_steps or state.stopped_early:
                         break
                 else:

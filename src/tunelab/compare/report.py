@@ -1,0 +1,151 @@
+"""The comparison for machines (results.json) and people (report.md, and report.html: one self-contained
+file with its plots inline), plus a recommendation computed from the numbers."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+COLUMNS = [
+    ("method", "method"),
+    ("value", "quality"),
+    ("ci95", "95% CI"),
+    ("trainable_params", "trainable params"),
+    ("train_time_s", "train s"),
+    ("eval_time_s", "eval s"),
+    ("tokens_per_s", "train tokens/s"),
+    ("peak_memory_mb", "peak MB"),
+    ("artifact_mb", "artefact MB"),
+    ("prompt_tokens_per_request", "prompt tokens/request"),
+    ("forgetting", "forgetting (MMLU change)"),
+]
+
+
+def recommend(rows: list[dict]) -> dict:
+    """Best quality; best quality per minute of training and evaluation; smallest artefact within one
+    point (0.01) of the best."""
+    best = max(rows, key=lambda r: r["value"])
+    per_minute = max(rows, key=lambda r: r["value"] / ((r["train_time_s"] + r["eval_time_s"]) / 60 + 1e-9))
+    close = [r for r in rows if r["value"] >= best["value"] - 0.01]
+    smallest = min(close, key=lambda r: r["artifact_mb"])
+    return {
+        "best_quality": best["method"],
+        "best_quality_per_minute": per_minute["method"],
+        "smallest_within_one_point": smallest["method"],
+        "text": (
+            f"Best quality: {best['method']} ({best['value']:.3f}). Best quality per minute: "
+            f"{per_minute['method']}. Smallest artefact within one point of the best: {smallest['method']} "
+            f"({smallest['artifact_mb']} MB)."
+        ),
+    }
+
+
+def _cell(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key == "ci95":
+        return f"[{value[0]:.3f}, {value[1]:.3f}]"
+    if key == "forgetting":
+        return f"{value['change']:+.3f} [{value['ci95'][0]:+.3f}, {value['ci95'][1]:+.3f}]"
+    if isinstance(value, float):
+        return f"{value:.3f}" if key == "value" else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown(results: dict) -> str:
+    rows = results["methods"]
+    metric = rows[0]["metric"] if rows else ""
+    lines = [f"# tunelab compare: {results['config']['data']} ({metric})", ""]
+    lines.append("| " + " | ".join(title for _, title in COLUMNS) + " |")
+    lines.append("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row, key) for key, _ in COLUMNS) + " |")
+    lines += ["", f"**Recommendation.** {results['recommendation']['text']}", ""]
+    return "\n".join(lines)
+
+
+def _figure_png(draw) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    draw(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def plots(rows: list[dict]) -> dict[str, str]:
+    metric = rows[0]["metric"]
+
+    def scatter(ax, key, xlabel, log=False):
+        for row in rows:
+            x = max(row[key], 1) if log else row[key]
+            low, high = row["ci95"]
+            error = [[row["value"] - low], [high - row["value"]]]
+            ax.errorbar(x, row["value"], yerr=error, fmt="o", capsize=3)
+            ax.annotate(row["method"], (x, row["value"]), textcoords="offset points", xytext=(5, 5))
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+
+    def losses(ax):
+        for row in rows:
+            curve = row.get("loss_curve")
+            if curve and curve["train"]:
+                ax.plot(*zip(*curve["train"], strict=True), label=f"{row['method']} train", linewidth=1)
+            if curve and curve["val"]:
+                ax.plot(*zip(*curve["val"], strict=True), "o--", label=f"{row['method']} val")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=7)
+
+    return {
+        "Quality vs trainable parameters (log; prompting shown at 1)": _figure_png(
+            lambda ax: scatter(ax, "trainable_params", "trainable parameters", log=True)
+        ),
+        "Quality vs wall time (train + eval)": _figure_png(
+            lambda ax: scatter(ax, "total_time_s", "seconds", log=False)
+        ),
+        "Loss curves": _figure_png(losses),
+    }
+
+
+def write_reports(results: dict, out: Path) -> None:
+    for row in results["methods"]:
+        row["total_time_s"] = row["train_time_s"] + row["eval_time_s"]
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    text = markdown(results)
+    (out / "report.md").write_text(text)
+    figures = "".join(
+        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
+        f"<figcaption>{html.escape(title)}</figcaption></figure>"
+        for title, png in plots(results["methods"]).items()
+    )
+    rows = results["methods"]
+    table = "<table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>"
+    for row in rows:
+        table += "<tr>" + "".join(f"<td>{html.escape(_cell(row, k))}</td>" for k, _ in COLUMNS) + "</tr>"
+    table += "</table>"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab compare</title><style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 14px; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
+th {{ background: #f3f3f3; }} figure {{ display: inline-block; margin: 1em; }} img {{ width: 480px; }}
+</style></head><body><h1>tunelab compare</h1>
+<p>Data: {html.escape(str(results["config"]["data"]))}; budget {html.escape(results["config"]["budget"])};
+model {html.escape(results["config"]["model"])}.</p>
+{table}<p><b>Recommendation.</b> {html.escape(results["recommendation"]["text"])}</p>
+{figures}</body></html>"""
+    (out / "report.html").write_text(page)

@@ -1,0 +1,193 @@
+"""`tunelab compare`: prompting vs fine-tuning vs PEFT on the user's own data, same splits, same budget.
+
+Every method runs in its own process (so peak memory is its own, and a crash loses only that method) and
+leaves `DIR/runs/<method>/result.json`; a rerun skips methods that already have one, so an interrupted
+compare resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..data import load_examples, split_file
+from ..errors import UserError
+from ..evaluation import EvalConfig, evaluate, forgetting
+from ..training.datasets import name_labels
+
+PROMPTING = ("zero-shot", "few-shot")
+
+
+@dataclass
+class CompareConfig:
+    data: str
+    out: str
+    model: str = "default"
+    val: str | None = None
+    test: str | None = None
+    task: str = "classification"  # or generation
+    methods: list[str] = field(default_factory=lambda: ["zero-shot", "few-shot", "lora", "head"])
+    budget: str = "epochs:1"  # steps:N | epochs:N | minutes:N, the same for every trained method
+    labels: list[str] | None = None
+    instruction: str | None = None
+    shots: int = 5
+    forgetting: str | None = None  # mmlu:PATH
+    forgetting_limit: int = 200
+    limit: int | None = None  # test examples
+    seed: int = 0
+    batch_size: int = 8
+
+
+def budget_fields(budget: str) -> dict:
+    kind, _, value = budget.partition(":")
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0
+    if kind not in ("steps", "epochs", "minutes") or number <= 0:
+        raise UserError(f"--budget {budget}: expected steps:N, epochs:N or minutes:N")
+    if kind == "steps":
+        return {"max_steps": int(number)}
+    if kind == "epochs":
+        return {"epochs": number}
+    return {"epochs": 100, "max_minutes": number}
+
+
+def prepare_splits(config: CompareConfig) -> dict[str, Path]:
+    """Chat-format train/val/test files under DIR/data, the instruction baked into every question so that
+    prompting and tuned models see exactly the same prompts."""
+    data_dir = Path(config.out) / "data"
+    if (data_dir / "test.jsonl").exists():
+        return {name: data_dir / f"{name}.jsonl" for name in ("train", "val", "test")}
+    if config.val and config.test:
+        sources = {"train": config.data, "val": config.val, "test": config.test}
+    else:
+        sources = {
+            k: str(v)
+            for k, v in split_file(
+                config.data, val=0.1, test=0.1, seed=config.seed, out_dir=data_dir / "raw"
+            ).items()
+        }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, source in sources.items():
+        examples = load_examples(source)
+        if config.labels:
+            examples = name_labels(examples, config.labels)
+        if name == "test" and config.limit:
+            examples = examples[: config.limit]
+        paths[name] = data_dir / f"{name}.jsonl"
+        with paths[name].open("w") as f:
+            for example in examples:
+                messages = [dict(m) for m in example.messages]
+                if config.instruction:
+                    user = next(m for m in reversed(messages) if m["role"] == "user")
+                    user["content"] = f"{config.instruction}\n\n{user['content']}"
+                f.write(json.dumps({"messages": messages}) + "\n")
+    return paths
+
+
+def eval_config(
+    config: CompareConfig, splits: dict, adapter: str | None = None, shots: int = 0
+) -> EvalConfig:
+    return EvalConfig(
+        model=config.model, adapter=adapter, data=str(splits["test"]), task=config.task, labels=config.labels,
+        shots=shots, shots_from=str(splits["train"]) if shots else None, seed=config.seed,
+        batch_size=config.batch_size, instruction=None if config.task != "classification" else "",
+    )  # fmt: skip
+
+
+def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
+    """Train (unless prompting) and evaluate one method; the numbers for one row of the comparison."""
+    run_dir = Path(config.out) / "runs" / method
+    run_dir.mkdir(parents=True, exist_ok=True)
+    row: dict = {"method": method}
+    if method in PROMPTING:
+        shots = config.shots if method == "few-shot" else 0
+        row |= {"trainable_params": 0, "train_time_s": 0.0, "tokens_per_s": None, "artifact_mb": 0.0}
+        results = evaluate(eval_config(config, splits, shots=shots), str(run_dir / "eval.json"))["results"]
+    else:
+        from ..training import TrainConfig, train
+
+        train_config = TrainConfig(
+            model=config.model, data=[str(splits["train"])], val=[str(splits["val"])],
+            out=str(run_dir / "model"), method=method, seed=config.seed, batch_size=config.batch_size,
+            labels=config.labels, overwrite=True,
+            **budget_fields(config.budget),
+        )  # fmt: skip
+        summary = train(train_config).summary
+        row |= {
+            "trainable_params": summary["trainable_params"], "train_time_s": summary["wall_time_s"],
+            "tokens_per_s": summary["tokens_per_s"], "artifact_mb": summary["artifact_mb"],
+            "weights_mb": summary["weights_mb"], "steps": summary["steps"],
+            "loss_curve": loss_curve(run_dir / "model" / "metrics.jsonl"),
+        }  # fmt: skip
+        adapter = str(run_dir / "model")
+        results = evaluate(eval_config(config, splits, adapter=adapter), str(run_dir / "eval.json"))[
+            "results"
+        ]
+        if config.forgetting and method != "head":
+            report = forgetting(
+                EvalConfig(model=config.model, adapter=adapter, task="multiple-choice",
+                           benchmark=config.forgetting, limit=config.forgetting_limit, seed=config.seed),
+                str(run_dir / "forgetting.json"),
+            )["results"]  # fmt: skip
+            row["forgetting"] = {"change": report["value"], "ci95": report["ci95"]}
+    row |= {
+        "metric": results["main_metric"], "value": results["value"], "ci95": results["ci95"],
+        "eval_time_s": results["seconds"], "prompt_tokens_per_request": results.get("prompt_tokens_mean"),
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }  # fmt: skip
+    (run_dir / "result.json").write_text(json.dumps(row, indent=2))
+    return row
+
+
+def loss_curve(metrics_path: Path) -> dict:
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    return {
+        "train": [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"],
+        "val": [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval"],
+    }
+
+
+def _child(config_dict: dict, method: str, splits: dict) -> None:
+    run_method(CompareConfig(**config_dict), method, splits)
+
+
+def compare(config: CompareConfig, console=None) -> dict:
+    from .report import recommend, write_reports
+
+    log = console.print if console else print
+    out = Path(config.out)
+    splits = prepare_splits(config)
+    rows, started, fresh_done = [], time.perf_counter(), 0
+    for i, method in enumerate(config.methods, start=1):
+        result_path = out / "runs" / method / "result.json"
+        if result_path.exists():
+            log(f"[{i}/{len(config.methods)}] {method}: already done, reusing {result_path}")
+        else:
+            elapsed = time.perf_counter() - started
+            remaining = len(
+                [m for m in config.methods[i - 1 :] if not (out / "runs" / m / "result.json").exists()]
+            )
+            eta = f", ETA ~{elapsed / fresh_done * remaining / 60:.0f} min" if fresh_done else ""
+            log(f"[{i}/{len(config.methods)}] {method}: running{eta}")
+            # A fresh process per method: its own peak memory, and a crash costs only this method.
+            process = multiprocessing.get_context("spawn").Process(
+                target=_child, args=(asdict(config), method, {k: str(v) for k, v in splits.items()})
+            )
+            process.start()
+            process.join()
+            if process.exitcode != 0 or not result_path.exists():
+                raise UserError(
+                    f"compare: {method} failed (exit code {process.exitcode}); see the messages above"
+                )
+            fresh_done += 1
+        rows.append(json.loads(result_path.read_text()))
+    results = {"config": asdict(config), "methods": rows, "recommendation": recommend(rows)}
+    write_reports(results, out)
+    return results
