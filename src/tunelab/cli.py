@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -19,25 +17,15 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _quiet_libraries() -> None:
-    # Library progress bars and deprecation chatter drown our own progress output.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def user_errors(fn):
     """Turn the errors a user can cause into one clear red line and exit code 1, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .errors import UserError
+        from .quiet import quiet_libraries
 
-        _quiet_libraries()
+        quiet_libraries()
         try:
             return fn(*args, **kwargs)
         except (UserError, FileNotFoundError) as err:

@@ -155,6 +155,9 @@ def loss_curve(metrics_path: Path) -> dict:
 
 
 def _child(config_dict: dict, method: str, splits: dict) -> None:
+    from ..quiet import quiet_libraries
+
+    quiet_libraries()
     run_method(CompareConfig(**config_dict), method, splits)
 
 
