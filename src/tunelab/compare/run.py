@@ -184,7 +184,12 @@ def compare(config: CompareConfig, console=None) -> dict:
                 target=_child, args=(asdict(config), method, {k: str(v) for k, v in splits.items()})
             )
             process.start()
-            process.join()
+            try:
+                process.join()
+            finally:  # interrupted (Ctrl-C, kill): take the method's process down too
+                if process.is_alive():
+                    process.terminate()
+                    process.join()
             if process.exitcode != 0 or not result_path.exists():
                 raise UserError(
                     f"compare: {method} failed (exit code {process.exitcode}); see the messages above"
