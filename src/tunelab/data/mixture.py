@@ -21,7 +21,6 @@ class Task:
     path: str
     weight: float | None = None
     train: list[EncodedExample] = field(default_factory=list)
-    val: list[EncodedExample] = field(default_factory=list)
 
 
 def parse_data_spec(spec: str) -> Task:

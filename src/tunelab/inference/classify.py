@@ -31,13 +31,13 @@ def classify(model, tokenizer, examples, batch_size: int = 16, max_length: int =
     return results
 
 
-def classify_file(model, tokenizer, data: str, out: str, labels: list[str] | None = None, **kwargs) -> dict:
+def classify_file(model, tokenizer, data: str, out: str, **kwargs) -> dict:
     """Write predictions as JSONL; returns accuracy when the file has answers."""
     from ..data import load_examples
     from ..training.datasets import name_labels
 
     examples = load_examples(data, for_training=False)
-    examples = name_labels(examples, labels or model.labels)
+    examples = name_labels(examples, model.labels)  # integer answers (0, 1) read as the head's labels
     results = classify(model, tokenizer, examples, **kwargs)
     correct, scored = 0, 0
     with open(out, "w") as f:
