@@ -162,8 +162,15 @@ def _child(config_dict: dict, method: str, splits: dict) -> None:
 
 
 def compare(config: CompareConfig, console=None) -> dict:
+    from ..methods import REGISTRY
     from .report import recommend, write_reports
 
+    unknown = [m for m in config.methods if m not in PROMPTING and m not in REGISTRY]
+    if unknown:
+        raise UserError(
+            f"--methods: unknown {unknown}; choose from {', '.join([*PROMPTING, *sorted(REGISTRY)])}"
+        )
+    budget_fields(config.budget)  # fail on a bad budget before anything runs
     log = console.print if console else print
     out = Path(config.out)
     splits = prepare_splits(config)
