@@ -54,6 +54,10 @@ class Method:
 
     def load(self, base_model, folder: Path):
         """Attach a saved artefact to a freshly loaded base model, for inference."""
+        if self.artifact == "model":  # a complete model folder: the base adds nothing
+            from transformers import AutoModelForCausalLM
+
+            return AutoModelForCausalLM.from_pretrained(folder, dtype=base_model.dtype)
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base_model, str(folder))

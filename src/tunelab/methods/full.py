@@ -14,10 +14,5 @@ class FullFineTuning(Method):
             param.requires_grad_(True)
         return model
 
-    def load(self, base_model, folder):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(folder)
-
 
 register(FullFineTuning())

@@ -80,11 +80,5 @@ class Selective(Method):
             param.requires_grad_(True)
         return model
 
-    def load(self, base_model, folder):
-        # The artefact is a complete model: the base adds nothing.
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=base_model.dtype)
-
 
 register(Selective())
