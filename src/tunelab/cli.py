@@ -398,5 +398,66 @@ def data_split(
         console.print(f"{name}: {path} ({rows} rows)")
 
 
+@data_app.command("from-feedback")
+@user_errors
+def data_from_feedback(
+    data_dir: Annotated[str, typer.Option(help="the data dir of `tunelab serve`")],
+    out: Annotated[str, typer.Option(help="chat JSONL to write, ready for the next job")],
+):
+    """Turn feedback collected by the service (corrections, good ratings) into training data."""
+    from .service.feedback import export_feedback
+
+    result = export_feedback(data_dir, out)
+    console.print(
+        f"Wrote {result.written} example(s) to {out}; skipped {result.skipped} without a usable answer"
+    )
+
+
+@app.command()
+@user_errors
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    data_dir: Annotated[
+        str, typer.Option(help="where files, jobs, models and the database live")
+    ] = "tunelab-data",
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="accepted API key (repeatable); default: $TUNELAB_API_KEY or one kept in the data dir"
+        ),
+    ] = None,
+    base_model: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=SPEC: serve and fine-tune this model as NAME (default: the embedded model)"),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest file an upload may be")] = 512.0,
+    max_loaded_adapters: Annotated[int, typer.Option(help="fine-tuned adapters kept loaded at once")] = 4,
+):
+    """Run the OpenAI-compatible fine-tuning service (files, jobs, models, chat) and its dashboard."""
+    import uvicorn
+
+    from .errors import UserError
+    from .service import ServiceSettings, create_app
+    from .service.settings import resolve_api_keys
+
+    settings = ServiceSettings(data_dir=data_dir, api_keys=api_key or [], max_upload_mb=max_upload_mb,
+                               max_loaded_adapters=max_loaded_adapters)  # fmt: skip
+    if base_model:
+        pairs = [item.partition("=") for item in base_model]
+        if any(not name or not spec for name, _, spec in pairs):
+            raise UserError("--base-model takes NAME=SPEC, e.g. smollm2=default or mine=./my-model")
+        settings.base_models = {name: spec for name, _, spec in pairs}
+        settings.__post_init__()
+    keys, generated = resolve_api_keys(settings)
+    settings.api_keys = keys
+    if generated:
+        console.print(f"API key (kept in {Path(data_dir) / 'api_key'}): [bold]{keys[0]}[/]")
+    elif not api_key:
+        console.print(f"API key: the one in {Path(data_dir) / 'api_key'} (or $TUNELAB_API_KEY)")
+    console.print(f"Dashboard and API on http://{host}:{port}  (OpenAI base_url http://{host}:{port}/v1)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

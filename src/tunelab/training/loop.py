@@ -65,9 +65,20 @@ class TrainResult:
     summary: dict
 
 
-def train(config: TrainConfig, console=None) -> TrainResult:
+class TrainHooks:
+    """What a run tells whoever started it; the service's worker turns these into job events and
+    checkpoints, and stops a cancelled job by raising from one of them. The defaults do nothing."""
+
+    def on_record(self, record: dict) -> None:
+        """Every metrics record (kinds: run, train, eval, summary), as written to metrics.jsonl."""
+
+    def on_checkpoint(self, trainer: Trainer, step: int) -> None:
+        """After a checkpoint of `step` is safely on disk."""
+
+
+def train(config: TrainConfig, console=None, hooks: TrainHooks | None = None) -> TrainResult:
     """Train `config.method` on `config.data` and write the result to `config.out`."""
-    return Trainer(config, console).fit()
+    return Trainer(config, console, hooks).fit()
 
 
 def check_out_dir(out: Path, config: TrainConfig) -> None:
@@ -92,11 +103,12 @@ def padding_fraction(items: list[EncodedExample], batches: list[list[int]]) -> f
 class Trainer:
     """Sets a run up (model, method, data, optimizer), runs it, and writes its artefacts."""
 
-    def __init__(self, config: TrainConfig, console=None):
+    def __init__(self, config: TrainConfig, console=None, hooks: TrainHooks | None = None):
         if not config.out:
             raise ConfigError("out: an output folder is required")
         self.config, self.out = config, Path(config.out)
         self.method = get_method(config.method)
+        self.hooks = hooks or TrainHooks()
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: DDP over gloo on CPUs
         self.main = self.accelerator.is_main_process
         self.console = console if self.main else None
@@ -151,7 +163,9 @@ class Trainer:
             loaded = ckpt.load_checkpoint(checkpoints[-1], self.unwrapped, self.optimizer, self.scheduler)
             state = self.state = TrainState(**loaded)
             self.log(f"Resuming from {checkpoints[-1]} (step {state.step})")
-        self.metrics = MetricsLog(self.out, resume_step=state.step or None) if self.main else None
+        self.metrics = None
+        if self.main:
+            self.metrics = MetricsLog(self.out, state.step or None, on_record=self.hooks.on_record)
         self._announce()
         self.progress = TrainProgress(self.console, self.total_steps, state.step)
         started = time.perf_counter() - state.elapsed_s
@@ -222,6 +236,7 @@ class Trainer:
                 self.out, state.step, self.unwrapped, self.optimizer, self.scheduler, asdict(state),
                 config.keep_checkpoints,
             )  # fmt: skip
+            self.hooks.on_checkpoint(self, state.step)
 
     def _evaluate(self, baseline: bool = False) -> None:
         """Val loss (overall and per task); keeps the best weights and decides early stopping.
@@ -306,6 +321,7 @@ class Trainer:
             "trainable_params": self.trainable,
             "total_params": self.total_params,
             "trainable_pct": round(100 * self.trainable / self.total_params, 4),
+            "trained_tokens": state.tokens_seen,
             "wall_time_s": round(state.elapsed_s, 1),
             "tokens_per_s": round(state.tokens_seen / max(state.elapsed_s, 1e-9), 1),
             "peak_memory_mb": round(peak_memory_mb(), 1),

@@ -14,8 +14,9 @@ METRICS_FILE = "metrics.jsonl"
 class MetricsLog:
     """Appends records to metrics.jsonl and mirrors numbers to TensorBoard."""
 
-    def __init__(self, out: Path, resume_step: int | None = None):
+    def __init__(self, out: Path, resume_step: int | None = None, on_record=None):
         self.path = out / METRICS_FILE
+        self.on_record = on_record
         if resume_step is not None:
             self._drop_after(resume_step)
         from torch.utils.tensorboard import SummaryWriter
@@ -38,6 +39,8 @@ class MetricsLog:
         for key, value in record.items():
             if key != "step" and isinstance(value, int | float):
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        if self.on_record:
+            self.on_record(record)
 
     def close(self) -> None:
         self.writer.close()

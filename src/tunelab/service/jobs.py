@@ -1,0 +1,239 @@
+"""Fine-tuning jobs: the create request (OpenAI's fields plus a `tunelab` extension), checking the files
+(`validating_files`), model names, and the job, event and checkpoint objects in OpenAI's shapes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..data.errors import DataError
+from ..data.validate import validate_file
+from ..errors import UserError
+from ..methods import get_method
+from ..training import ConfigError, TrainConfig
+from .errors import ApiError
+from .paths import DataDir
+from .store import Store
+
+MIN_EXAMPLES = 10
+DEFAULTS = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
+# Methods whose artefact is a PEFT adapter the inference engine can switch on the shared base model.
+SERVED_METHODS = ("lora", "ia3")
+# TrainConfig fields the `tunelab` extension may set; paths, the model, the seed and the OpenAI
+# hyperparameters come from the request itself.
+FIXED = {
+    "model",
+    "data",
+    "val",
+    "out",
+    "resume",
+    "overwrite",
+    "init_adapter",
+    "seed",
+    "epochs",
+    "batch_size",
+    "lr",
+    "format",
+    "objective",
+    "labels",
+    "mix",
+}
+EXTENSION_FIELDS = {f.name for f in fields(TrainConfig)} - FIXED
+WARNINGS_ONLY = {"duplicate_example", "too_long"}  # such examples still train; the job notes them
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_epochs: int | Literal["auto"] = Field("auto", ge=1, le=50)
+    batch_size: int | Literal["auto"] = Field("auto", ge=1, le=256)
+    learning_rate_multiplier: float | Literal["auto"] = Field("auto", gt=0, le=100)
+
+    def resolved(self) -> dict:
+        return {key: DEFAULTS[key] if value == "auto" else value for key, value in self.model_dump().items()}
+
+
+class Supervised(BaseModel):
+    hyperparameters: Hyperparameters = Hyperparameters()
+
+
+class MethodSpec(BaseModel):
+    type: Literal["supervised"]
+    supervised: Supervised = Supervised()
+
+
+class JobCreate(BaseModel):
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: MethodSpec | None = None
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    tunelab: dict | None = Field(
+        None, description="tunelab's extension: {'method': 'lora' or 'ia3', and training options}"
+    )
+
+
+def model_name(job: dict) -> str:
+    """`ft:{base}:{org}:{suffix}:{id}`, as OpenAI names fine-tuned models."""
+    return f"ft:{job['model_root']}:{job['org']}:{job['suffix'] or ''}:{job['id'].removeprefix('ftjob-')}"
+
+
+def check_options(extension: dict | None) -> dict:
+    """The `tunelab` extension checked against TrainConfig; errors name the field."""
+    options = dict(extension or {})
+    options.setdefault("method", "lora")
+    unknown = sorted(set(options) - EXTENSION_FIELDS)
+    if unknown:
+        raise ApiError(
+            400,
+            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(EXTENSION_FIELDS))}",
+            param=f"tunelab.{unknown[0]}",
+            code="invalid_value",
+        )
+    if options["method"] not in SERVED_METHODS:
+        raise ApiError(
+            400,
+            f"method '{options['method']}' cannot be served from a shared base model; choose "
+            f"one of {', '.join(SERVED_METHODS)} (train others with `tunelab train`)",
+            param="tunelab.method",
+            code="invalid_value",
+        )
+    try:
+        TrainConfig(**options)
+    except (ConfigError, TypeError) as err:
+        raise ApiError(400, str(err), param="tunelab", code="invalid_value") from err
+    return options
+
+
+def train_options(job: dict) -> dict:
+    """TrainConfig values for a job: its extension options, base model and resolved hyperparameters."""
+    extension = json.loads(job["tunelab"])
+    hyper = json.loads(job["hyperparameters"])
+    method = get_method(extension["options"]["method"])
+    return {
+        **extension["options"],
+        "model": extension["base_spec"],
+        "init_adapter": extension["init_adapter"],
+        "epochs": hyper["n_epochs"],
+        "batch_size": hyper["batch_size"],
+        "lr": method.default_lr * hyper["learning_rate_multiplier"],
+    }
+
+
+def validate_job_files(store: Store, data: DataDir, job: dict) -> None:
+    """`validating_files` -> `queued`, or `failed` with the first problem's line and class."""
+    try:
+        for param in ("training_file", "validation_file"):
+            if job[param]:
+                check_file(store, job["id"], data, job[param], param)
+    except ApiError as err:
+        error = {"code": err.code, "message": err.message, "param": err.param}
+        if store.set_status(job["id"], "failed", only_from=("validating_files",), error=error):
+            store.add_event(job["id"], err.message, level="error")
+        return
+    if store.set_status(job["id"], "queued", only_from=("validating_files",)):
+        store.add_event(job["id"], "Files validated; job queued")
+
+
+def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: str) -> None:
+    min_examples = MIN_EXAMPLES if param == "training_file" else 1
+    try:
+        report = validate_file(data.file(file_id), min_examples=min_examples)
+    except (DataError, UserError) as err:
+        raise ApiError(400, f"{param} {file_id}: {err}", param=param, code=f"invalid_{param}") from err
+    problems = [issue for issue in report.issues if issue.code not in WARNINGS_ONLY]
+    for code in WARNINGS_ONLY:
+        lines = [str(issue.line) for issue in report.issues if issue.code == code]
+        if lines:
+            shown = ", ".join(lines[:10]) + (", ..." if len(lines) > 10 else "")
+            store.add_event(
+                job_id,
+                f"{param}: {len(lines)} example(s) with {code} (lines {shown}); they still train",
+                level="warn",
+            )
+    if not problems:
+        return
+    few = [issue for issue in problems if issue.code == "too_few_examples"]
+    if few and len(problems) == 1:
+        raise ApiError(
+            400,
+            f"{param} {file_id} has {report.num_valid} example(s), but must have at least {min_examples}",
+            param=param,
+            code="invalid_n_examples",
+        )
+    first = (
+        next(issue for issue in problems if issue.line is not None)
+        if problems[0].line is None
+        else problems[0]
+    )
+    listed = "; ".join(
+        f"line {issue.line}: {issue.code}: {issue.message}"
+        if issue.line
+        else f"{issue.code}: {issue.message}"
+        for issue in problems[:5]
+    )
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    raise ApiError(
+        400,
+        f"{param} {file_id} has {len(problems)} problem(s), the first on line {first.line} "
+        f"({first.code}): {listed}{more}",
+        param=param,
+        code=f"invalid_{param}",
+    )
+
+
+def job_object(job: dict) -> dict:
+    hyper = json.loads(job["hyperparameters"])
+    extension = json.loads(job["tunelab"])
+    return {
+        "object": "fine_tuning.job",
+        "id": job["id"],
+        "model": job["model"],
+        "created_at": job["created_at"],
+        "finished_at": job["finished_at"],
+        "fine_tuned_model": job["fine_tuned_model"],
+        "organization_id": job["org"],
+        "result_files": json.loads(job["result_files"]),
+        "status": job["status"],
+        "validation_file": job["validation_file"],
+        "training_file": job["training_file"],
+        "hyperparameters": hyper,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "trained_tokens": job["trained_tokens"],
+        "error": json.loads(job["error"]) if job["error"] else None,
+        "user_provided_suffix": job["suffix"],
+        "seed": job["seed"],
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": json.loads(job["metadata"]) if job["metadata"] else None,
+        "tunelab": extension["options"],
+    }
+
+
+def event_object(event: dict) -> dict:
+    return {
+        "object": "fine_tuning.job.event",
+        "id": event["id"],
+        "created_at": event["created_at"],
+        "level": event["level"],
+        "message": event["message"],
+        "data": json.loads(event["data"]) if event["data"] else {},
+        "type": event["type"],
+    }
+
+
+def checkpoint_object(checkpoint: dict) -> dict:
+    return {
+        "object": "fine_tuning.job.checkpoint",
+        "id": checkpoint["id"],
+        "created_at": checkpoint["created_at"],
+        "fine_tuned_model_checkpoint": checkpoint["model_name"],
+        "fine_tuning_job_id": checkpoint["job_id"],
+        "metrics": json.loads(checkpoint["metrics"]),
+        "step_number": checkpoint["step"],
+    }

@@ -1,0 +1,298 @@
+"""Chat completions and (legacy) completions, for a base model or any of the key's fine-tuned ones,
+plain or streamed as server-sent events; each answer is kept so feedback can refer to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..deps import Owner, Service, ServiceDep
+from ..engine import Generation, Sampling, Target
+from ..errors import ApiError
+from ..store import new_id, now
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+# Accepted by OpenAI but not by this server: refused by name rather than silently ignored.
+UNSUPPORTED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "audio",
+    "modalities",
+    "prediction",
+    "best_of",
+    "echo",
+    "suffix",
+)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=8)
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    response_format: dict | None = None
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: only text ones are understood here
+            if any(part.get("type") != "text" for part in self.content):
+                raise ApiError(400, "only text content parts are supported", param="messages")
+            return "".join(part.get("text", "") for part in self.content)
+        return self.content or ""
+
+
+class ChatRequest(GenerationRequest):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: str | list[str]
+
+
+def check_supported(request: GenerationRequest) -> None:
+    for name in UNSUPPORTED:
+        if (request.model_extra or {}).get(name) not in (None, False, 1):
+            raise ApiError(
+                400, f"'{name}' is not supported by this server", param=name, code="unsupported_parameter"
+            )
+    if request.response_format and request.response_format.get("type") != "text":
+        raise ApiError(
+            400,
+            "only response_format {'type': 'text'} is supported",
+            param="response_format",
+            code="unsupported_parameter",
+        )
+
+
+def sampling_for(
+    request: GenerationRequest, requested: int | None, prompt_tokens: int, context: int, default_max: int
+) -> Sampling:
+    room = context - prompt_tokens
+    if room < 1:
+        raise ApiError(
+            400,
+            f"the prompt is {prompt_tokens} tokens; this model's context is {context} tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if requested is not None and requested > room:
+        raise ApiError(
+            400,
+            f"max_tokens is {requested}, but the prompt already takes {prompt_tokens} of this model's "
+            f"{context}-token context: at most {room} more tokens fit",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    if len(stops) > 4 or any(not s for s in stops):
+        raise ApiError(400, "stop takes up to 4 non-empty strings", param="stop")
+    max_tokens = requested or min(default_max, room)
+    return Sampling(max_tokens, request.temperature, request.top_p, tuple(stops), request.seed)
+
+
+async def prepare(service: Service, owner: str, request: GenerationRequest) -> tuple[Target, object]:
+    check_supported(request)
+    target = service.engine.resolve(request.model, owner)
+    tokenizer = await asyncio.to_thread(
+        service.engine.tokenizer, target.base
+    )  # the first call loads the base
+    return target, tokenizer
+
+
+def choice_seed(sampling: Sampling, index: int) -> Sampling:
+    """Each of n choices samples on its own, reproducibly when a seed is given."""
+    seed = None if sampling.seed is None else sampling.seed + index
+    return Sampling(sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.stop, seed)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceDep):
+    target, tokenizer = await prepare(service, owner, request)
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    requested = request.max_completion_tokens or request.max_tokens
+    sampling = sampling_for(
+        request,
+        requested,
+        len(ids),
+        service.engine.context_length(target.base),
+        service.settings.default_max_tokens,
+    )
+    runs = [(index, ids, choice_seed(sampling, index)) for index in range(request.n)]
+    reply = Reply(service, owner, target, "chat.completion", messages, len(ids))
+    if request.stream:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        return StreamingResponse(reply.stream(runs, include_usage), media_type="text/event-stream")
+    return await reply.whole(runs)
+
+
+@router.post("/completions")
+async def completions(request: CompletionRequest, owner: Owner, service: ServiceDep):
+    target, tokenizer = await prepare(service, owner, request)
+    prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+    if not prompts:
+        raise ApiError(400, "prompt is empty", param="prompt")
+    context = service.engine.context_length(target.base)
+    runs, prompt_tokens = [], 0
+    for p, prompt in enumerate(prompts):
+        ids = tokenizer(prompt)["input_ids"]
+        prompt_tokens += len(ids)
+        sampling = sampling_for(
+            request, request.max_tokens, len(ids), context, service.settings.default_max_tokens
+        )
+        runs += [(p * request.n + i, ids, choice_seed(sampling, i)) for i in range(request.n)]
+    reply = Reply(service, owner, target, "text_completion", request.prompt, prompt_tokens)
+    if request.stream:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        return StreamingResponse(reply.stream(runs, include_usage), media_type="text/event-stream")
+    return await reply.whole(runs)
+
+
+class Reply:
+    """Builds one response (whole or streamed) for chat (`chat.completion`) or text (`text_completion`)."""
+
+    def __init__(self, service: Service, owner: str, target: Target, kind: str, prompt, prompt_tokens: int):
+        """`prompt_tokens` counts each prompt once, however many choices it has (as OpenAI counts)."""
+        self.service, self.owner, self.target, self.kind, self.prompt = service, owner, target, kind, prompt
+        self.prompt_tokens = prompt_tokens
+        self.id, self.created = new_id("chatcmpl-" if kind == "chat.completion" else "cmpl-"), now()
+        self.chat = kind == "chat.completion"
+
+    def _choice(
+        self, index: int, text: str | None, finish_reason: str | None, delta: dict | None = None
+    ) -> dict:
+        if self.chat:
+            body = (
+                {"delta": delta} if delta is not None else {"message": {"role": "assistant", "content": text}}
+            )
+        else:
+            body = {"text": text}
+        return {"index": index, **body, "logprobs": None, "finish_reason": finish_reason}
+
+    def _envelope(self, choices: list[dict], chunk: bool = False) -> dict:
+        kind = "chat.completion.chunk" if (chunk and self.chat) else self.kind
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.target.name,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+
+    def _keep(self, first_text: str) -> None:
+        self.service.store.add_completion(self.id, self.owner, self.target.name, self.prompt, first_text)
+
+    async def whole(self, runs: list) -> dict:
+        def generate_all() -> list[Generation]:
+            done = []
+            for _, ids, sampling in runs:
+                generation = Generation(self.service.engine, self.target, ids, sampling)
+                generation.run()
+                done.append(generation)
+            return done
+
+        generations = await asyncio.to_thread(generate_all)
+        choices = [
+            self._choice(index, g.text, g.finish_reason)
+            for (index, _, _), g in zip(runs, generations, strict=True)
+        ]
+        self._keep(generations[0].text)
+        return {
+            **self._envelope(choices),
+            "usage": usage(self.prompt_tokens, sum(g.completion_tokens for g in generations)),
+        }
+
+    async def stream(self, runs: list, include_usage: bool) -> AsyncIterator[str]:
+        generation: Generation | None = None
+        completion_tokens, first_text = 0, None
+        try:
+            for index, ids, sampling in runs:
+                generation = Generation(self.service.engine, self.target, ids, sampling)
+                if self.chat:
+                    yield sse(
+                        self._envelope(
+                            [self._choice(index, None, None, {"role": "assistant", "content": ""})], True
+                        )
+                    )
+                pieces = generation.pieces()
+                while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                    delta = {"content": piece} if self.chat else None
+                    yield sse(self._envelope([self._choice(index, piece, None, delta)], True))
+                yield sse(
+                    self._envelope(
+                        [
+                            self._choice(
+                                index,
+                                "" if not self.chat else None,
+                                generation.finish_reason,
+                                {} if self.chat else None,
+                            )
+                        ],
+                        True,
+                    )
+                )
+                completion_tokens += generation.completion_tokens
+                first_text = generation.text if first_text is None else first_text
+                generation = None
+            if include_usage:
+                yield sse({**self._envelope([], True), "usage": usage(self.prompt_tokens, completion_tokens)})
+            yield "data: [DONE]\n\n"
+            self._keep(first_text or "")
+        except ApiError as err:
+            yield sse(
+                {
+                    "error": {
+                        "message": err.message,
+                        "type": "invalid_request_error",
+                        "param": err.param,
+                        "code": err.code,
+                    }
+                }
+            )
+        finally:
+            if generation is not None:  # the client went away mid-answer: stop generating for it
+                generation.cancel()
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"

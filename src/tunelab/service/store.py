@@ -1,0 +1,279 @@
+"""The service's state in one SQLite file inside the data dir: files, jobs, events, checkpoints, models,
+completions and feedback. The API process and the worker process both open it (WAL mode); every change is
+one transaction, so a `kill -9` at any moment leaves it consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, filename TEXT NOT NULL, purpose TEXT NOT NULL,
+    bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, org TEXT NOT NULL, model TEXT NOT NULL,
+    model_root TEXT NOT NULL, training_file TEXT NOT NULL, validation_file TEXT, hyperparameters TEXT NOT NULL,
+    tunelab TEXT NOT NULL, suffix TEXT, seed INTEGER NOT NULL, metadata TEXT,
+    status TEXT NOT NULL, created_at INTEGER NOT NULL, finished_at INTEGER, fine_tuned_model TEXT,
+    trained_tokens INTEGER, error TEXT, result_files TEXT NOT NULL DEFAULT '[]');
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, job_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL,
+    data TEXT, step INTEGER);
+CREATE INDEX IF NOT EXISTS events_by_job ON events(job_id, seq);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id TEXT PRIMARY KEY, job_id TEXT NOT NULL, step INTEGER NOT NULL, created_at INTEGER NOT NULL,
+    model_name TEXT NOT NULL, metrics TEXT NOT NULL, UNIQUE(job_id, step));
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, job_id TEXT NOT NULL, base TEXT NOT NULL,
+    created_at INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS completions (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, model TEXT NOT NULL, created_at INTEGER NOT NULL,
+    prompt TEXT NOT NULL, response TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, completion_id TEXT NOT NULL, rating INTEGER NOT NULL,
+    correction TEXT, created_at INTEGER NOT NULL);
+"""
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(12)}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        with self.connect() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def connect(self):
+        """One connection per use: safe across threads and processes; the block is one transaction."""
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a committed row survives a power cut, not only a kill
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def one(self, sql: str, *args) -> dict | None:
+        with self.connect() as db:
+            row = db.execute(sql, args).fetchone()
+        return dict(row) if row else None
+
+    def all(self, sql: str, *args) -> list[dict]:
+        with self.connect() as db:
+            return [dict(row) for row in db.execute(sql, args).fetchall()]
+
+    def run(self, sql: str, *args) -> int:
+        """Execute a change; returns how many rows it touched."""
+        with self.connect() as db:
+            return db.execute(sql, args).rowcount
+
+    # files
+
+    def add_file(self, file_id: str, owner: str, filename: str, purpose: str, size: int) -> dict:
+        self.run(
+            "INSERT INTO files (id, owner, filename, purpose, bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            file_id,
+            owner,
+            filename,
+            purpose,
+            size,
+            now(),
+        )
+        return self.get_file(file_id, owner)
+
+    def get_file(self, file_id: str, owner: str) -> dict | None:
+        return self.one("SELECT * FROM files WHERE id = ? AND owner = ? AND NOT deleted", file_id, owner)
+
+    def list_files(self, owner: str, purpose: str | None = None) -> list[dict]:
+        if purpose:
+            sql = "SELECT * FROM files WHERE owner = ? AND purpose = ? AND NOT deleted ORDER BY rowid DESC"
+            return self.all(sql, owner, purpose)
+        return self.all("SELECT * FROM files WHERE owner = ? AND NOT deleted ORDER BY rowid DESC", owner)
+
+    def delete_file(self, file_id: str, owner: str) -> bool:
+        return self.run("UPDATE files SET deleted = 1 WHERE id = ? AND owner = ?", file_id, owner) > 0
+
+    # jobs
+
+    def add_job(self, job: dict) -> None:
+        columns = ", ".join(job)
+        marks = ", ".join("?" for _ in job)
+        self.run(f"INSERT INTO jobs ({columns}) VALUES ({marks})", *job.values())
+
+    def get_job(self, job_id: str, owner: str | None = None) -> dict | None:
+        if owner is None:
+            return self.one("SELECT * FROM jobs WHERE id = ?", job_id)
+        return self.one("SELECT * FROM jobs WHERE id = ? AND owner = ?", job_id, owner)
+
+    def list_jobs(self, owner: str, after: str | None, limit: int) -> list[dict]:
+        """Newest first; `after` is the id of the last job of the previous page."""
+        if after:
+            return self.all(
+                "SELECT * FROM jobs WHERE owner = ? AND rowid < (SELECT rowid FROM jobs WHERE id = ?) "
+                "ORDER BY rowid DESC LIMIT ?",
+                owner,
+                after,
+                limit,
+            )
+        return self.all("SELECT * FROM jobs WHERE owner = ? ORDER BY rowid DESC LIMIT ?", owner, limit)
+
+    def jobs_with_status(self, *statuses: str) -> list[dict]:
+        marks = ", ".join("?" for _ in statuses)
+        return self.all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid", *statuses)
+
+    def set_status(self, job_id: str, status: str, *, only_from: tuple[str, ...] = (), **fields) -> bool:
+        """Move a job to `status` (only from the given statuses, when named); False if it was not there."""
+        fields = {"status": status, **fields}
+        if status in FINISHED:
+            fields.setdefault("finished_at", now())
+        for key in ("error", "result_files"):
+            if key in fields and not isinstance(fields[key], str | None):
+                fields[key] = json.dumps(fields[key])
+        sets = ", ".join(f"{key} = ?" for key in fields)
+        sql = f"UPDATE jobs SET {sets} WHERE id = ?"
+        args = [*fields.values(), job_id]
+        if only_from:
+            sql += f" AND status IN ({', '.join('?' for _ in only_from)})"
+            args += list(only_from)
+        return self.run(sql, *args) > 0
+
+    def job_status(self, job_id: str) -> str | None:
+        row = self.one("SELECT status FROM jobs WHERE id = ?", job_id)
+        return row["status"] if row else None
+
+    # events and checkpoints
+
+    def add_event(
+        self,
+        job_id: str,
+        message: str,
+        *,
+        level: str = "info",
+        type: str = "message",
+        data: dict | None = None,
+        step: int | None = None,
+    ) -> None:
+        self.run(
+            "INSERT INTO events (id, job_id, created_at, level, message, type, data, step) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            new_id("ftevent-"),
+            job_id,
+            now(),
+            level,
+            message,
+            type,
+            json.dumps(data) if data is not None else None,
+            step,
+        )
+
+    def last_metrics_step(self, job_id: str) -> int:
+        row = self.one("SELECT MAX(step) AS step FROM events WHERE job_id = ? AND type = 'metrics'", job_id)
+        return row["step"] or 0
+
+    def list_events(self, job_id: str, after: str | None, limit: int) -> list[dict]:
+        if after:
+            return self.all(
+                "SELECT * FROM events WHERE job_id = ? AND seq < (SELECT seq FROM events WHERE id = ?) "
+                "ORDER BY seq DESC LIMIT ?",
+                job_id,
+                after,
+                limit,
+            )
+        return self.all("SELECT * FROM events WHERE job_id = ? ORDER BY seq DESC LIMIT ?", job_id, limit)
+
+    def add_checkpoint(self, job_id: str, step: int, model_name: str, metrics: dict) -> None:
+        self.run(
+            "INSERT OR REPLACE INTO checkpoints (id, job_id, step, created_at, model_name, metrics) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            new_id("ftckpt-"),
+            job_id,
+            step,
+            now(),
+            model_name,
+            json.dumps(metrics),
+        )
+
+    def list_checkpoints(self, job_id: str) -> list[dict]:
+        return self.all("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step DESC", job_id)
+
+    def checkpoint_by_model(self, model_name: str) -> dict | None:
+        return self.one("SELECT * FROM checkpoints WHERE model_name = ?", model_name)
+
+    def drop_checkpoints(self, job_id: str) -> None:
+        self.run("DELETE FROM checkpoints WHERE job_id = ?", job_id)
+
+    # models
+
+    def add_model(self, model_id: str, owner: str, job_id: str, base: str) -> None:
+        self.run(
+            "INSERT OR IGNORE INTO models (id, owner, job_id, base, created_at) VALUES (?, ?, ?, ?, ?)",
+            model_id,
+            owner,
+            job_id,
+            base,
+            now(),
+        )
+
+    def get_model(self, model_id: str, owner: str) -> dict | None:
+        return self.one("SELECT * FROM models WHERE id = ? AND owner = ? AND NOT deleted", model_id, owner)
+
+    def list_models(self, owner: str) -> list[dict]:
+        return self.all("SELECT * FROM models WHERE owner = ? AND NOT deleted ORDER BY rowid", owner)
+
+    def delete_model(self, model_id: str, owner: str) -> bool:
+        return self.run("UPDATE models SET deleted = 1 WHERE id = ? AND owner = ?", model_id, owner) > 0
+
+    # completions and feedback
+
+    def add_completion(self, completion_id: str, owner: str, model: str, prompt, response: str) -> None:
+        self.run(
+            "INSERT INTO completions (id, owner, model, created_at, prompt, response) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            completion_id,
+            owner,
+            model,
+            now(),
+            json.dumps(prompt),
+            response,
+        )
+
+    def get_completion(self, completion_id: str, owner: str) -> dict | None:
+        return self.one("SELECT * FROM completions WHERE id = ? AND owner = ?", completion_id, owner)
+
+    def add_feedback(self, owner: str, completion_id: str, rating: int, correction: str | None) -> str:
+        feedback_id = new_id("feedback-")
+        self.run(
+            "INSERT INTO feedback (id, owner, completion_id, rating, correction, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            feedback_id,
+            owner,
+            completion_id,
+            rating,
+            correction,
+            now(),
+        )
+        return feedback_id
+
+    def feedback_with_completions(self) -> list[dict]:
+        return self.all(
+            "SELECT f.*, c.model, c.prompt, c.response FROM feedback f "
+            "JOIN completions c ON c.id = f.completion_id ORDER BY f.rowid"
+        )

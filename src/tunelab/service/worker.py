@@ -1,0 +1,223 @@
+"""The job worker: a separate process that trains queued jobs one at a time, so the API stays responsive.
+
+Started by `tunelab serve`; dies with it (PR_SET_PDEATHSIG), and a file lock keeps a second worker from
+ever training beside it. A job found `running` at start-up was interrupted (the server was killed): it
+resumes from its last checkpoint, exactly, so it ends with the model an uninterrupted run would give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import fcntl
+import io
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+
+from ..errors import UserError
+from ..training import TrainConfig, TrainingDiverged
+from ..training.checkpoint import write_atomically
+from ..training.loop import SUMMARY_FILE, Trainer, TrainHooks
+from .jobs import model_name, train_options
+from .paths import DataDir
+from .store import Store, new_id
+
+POLL_S = 0.5
+
+
+class JobCancelled(Exception):
+    """Raised from a hook when the job was cancelled through the API; the run stops at once."""
+
+
+class JobHooks(TrainHooks):
+    """Turns the run's records into job events and published checkpoints; stops a cancelled job."""
+
+    def __init__(self, store: Store, data: DataDir, job: dict):
+        self.store, self.data, self.job = store, data, job
+        self.name = model_name(job)
+        self.already_reported = store.last_metrics_step(job["id"])  # a resumed run repeats no events
+        self.total_steps = 0
+        self.last_train: dict = {}
+        self.last_eval: dict = {}
+
+    def on_record(self, record: dict) -> None:
+        job_id, step = self.job["id"], record.get("step", 0)
+        if self.store.job_status(job_id) != "running":
+            raise JobCancelled
+        kind = record["kind"]
+        if kind == "run":
+            self.total_steps = record["total_steps"]
+            if step == 0:
+                self.store.add_event(
+                    job_id,
+                    f"Training {record['method']} on {record['train_examples']} examples for "
+                    f"{record['total_steps']} steps ({record['trainable_params']:,} trainable parameters)",
+                )
+        elif kind == "train":
+            self.last_train = record
+            if step > self.already_reported:
+                data = {"step": step, "train_loss": record["loss"], "total_steps": self.total_steps}
+                data |= {"learning_rate": record["lr"], "tokens_per_s": record["tokens_per_s"]}
+                message = f"Step {step}/{self.total_steps}: training loss={record['loss']:.4f}"
+                self.store.add_event(job_id, message, type="metrics", data=data, step=step)
+        elif kind == "eval":
+            self.last_eval = record
+            if step > self.already_reported or record.get("baseline"):
+                data = {"step": step, "valid_loss": record["val_loss"], "total_steps": self.total_steps}
+                message = f"Step {step}/{self.total_steps}: validation loss={record['val_loss']:.4f}"
+                self.store.add_event(job_id, message, type="metrics", data=data, step=step)
+
+    def on_checkpoint(self, trainer: Trainer, step: int) -> None:
+        folder = self.data.checkpoint_dir(self.job["id"], step)
+        write_atomically(folder, lambda tmp: trainer.method.save(trainer.unwrapped, tmp))
+        metrics = {"step": step}
+        if self.last_train.get("step") == step:
+            metrics["train_loss"] = self.last_train["loss"]
+        if self.last_eval.get("step") == step:
+            metrics["valid_loss"] = metrics["full_valid_loss"] = self.last_eval["val_loss"]
+        self.store.add_checkpoint(self.job["id"], step, f"{self.name}:ckpt-step-{step}", metrics)
+        self.store.add_event(self.job["id"], f"Checkpoint created at step {step}")
+
+
+def run_job(store: Store, data: DataDir, job: dict) -> None:
+    """Train one job to the end and publish its model, or record why it failed."""
+    job_id = job["id"]
+    run_dir = data.run_dir(job_id)
+    resuming = job["status"] == "running"
+    if not resuming and not store.set_status(job_id, "running", only_from=("queued",)):
+        return  # cancelled between being picked and starting
+    store.add_event(job_id, "Resuming fine-tuning job" if resuming else "Fine-tuning job started")
+    try:
+        if not (run_dir / SUMMARY_FILE).exists():  # else: it finished just before a crash; publish only
+            trainer = Trainer(job_config(job, data), None, JobHooks(store, data, job))
+            if trainer.config.save_every is None:
+                trainer.config.save_every = trainer.steps_per_epoch  # a checkpoint per epoch, as OpenAI
+            trainer.fit()
+        publish(store, data, job)
+    except JobCancelled:
+        store.add_event(job_id, "Fine-tuning job cancelled")
+    except TrainingDiverged as err:
+        fail(store, job_id, "training_diverged", str(err))
+    except UserError as err:
+        fail(store, job_id, "invalid_training_file", str(err), param="training_file")
+    except Exception as err:  # a bug, or the machine ran out of memory: say so on the job, keep serving
+        traceback.print_exc()
+        fail(store, job_id, "server_error", f"training failed: {type(err).__name__}: {err}")
+
+
+def job_config(job: dict, data: DataDir) -> TrainConfig:
+    options = train_options(job)
+    return TrainConfig(
+        **options,
+        data=[str(data.file(job["training_file"]))],
+        val=[str(data.file(job["validation_file"]))] if job["validation_file"] else [],
+        out=str(data.run_dir(job["id"])),
+        resume=True,
+        seed=job["seed"],
+    )
+
+
+def fail(store: Store, job_id: str, code: str, message: str, param: str | None = None) -> None:
+    """Mark the job failed; it publishes nothing, so its checkpoints are withdrawn too."""
+    error = {"code": code, "message": message, "param": param}
+    if store.set_status(job_id, "failed", only_from=("running",), error=error):
+        store.drop_checkpoints(job_id)
+        store.add_event(job_id, f"Fine-tuning job failed: {message}", level="error")
+
+
+def publish(store: Store, data: DataDir, job: dict) -> None:
+    run_dir = data.run_dir(job["id"])
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    results = write_results_file(store, data, job)
+    name = model_name(job)
+    store.add_model(name, job["owner"], job["id"], job["model"])
+    tokens = summary["trained_tokens"]
+    if store.set_status(
+        job["id"],
+        "succeeded",
+        only_from=("running",),
+        fine_tuned_model=name,
+        trained_tokens=tokens,
+        result_files=[results],
+    ):
+        loss = summary.get("final_train_loss")
+        store.add_event(job["id"], f"New fine-tuned model created: {name}")
+        store.add_event(job["id"], f"The job has successfully completed (final training loss {loss:.4f})")
+
+
+def write_results_file(store: Store, data: DataDir, job: dict) -> str:
+    """step, train_loss, valid_loss per step as CSV, registered as a `fine-tune-results` file."""
+    rows: dict[int, dict] = {}
+    for line in (data.run_dir(job["id"]) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "train":
+            rows.setdefault(record["step"], {})["train_loss"] = record["loss"]
+        elif record["kind"] == "eval" and not record.get("baseline"):
+            rows.setdefault(record["step"], {})["valid_loss"] = record["val_loss"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["step", "train_loss", "valid_loss"])
+    for step in sorted(rows):
+        writer.writerow([step, rows[step].get("train_loss", ""), rows[step].get("valid_loss", "")])
+    file_id = new_id("file-")
+    path = data.file(file_id)
+    path.write_text(buffer.getvalue())
+    store.add_file(file_id, job["owner"], "step_metrics.csv", "fine-tune-results", path.stat().st_size)
+    return file_id
+
+
+def next_job(store: Store) -> dict | None:
+    """An interrupted job first (there is at most one), then the oldest queued one."""
+    for status in ("running", "queued"):
+        jobs = store.jobs_with_status(status)
+        if jobs:
+            return jobs[0]
+    return None
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when the server dies, so an orphan never trains on."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def serve_jobs(data_dir: str, parent_pid: int | None = None, once: bool = False) -> None:
+    """Train jobs as they come, forever (or until the queue is empty, with `once`)."""
+    data = DataDir(data_dir).create()
+    store = Store(data.db)
+    lock = open(data.worker_lock, "w")  # noqa: SIM115 (held for the life of the process)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # waits while a previous worker is still exiting
+    while True:
+        if parent_pid is not None and os.getppid() != parent_pid:
+            return
+        job = next_job(store)
+        if job is None:
+            if once:
+                return
+            time.sleep(POLL_S)
+            continue
+        run_job(store, data, job)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="tunelab's fine-tuning job worker (started by `tunelab serve`)"
+    )
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--parent-pid", type=int)
+    args = parser.parse_args(argv)
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
+    serve_jobs(args.data_dir, args.parent_pid)
+
+
+if __name__ == "__main__":
+    main()
