@@ -92,7 +92,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 await watcher
         worker.stop()
 
-    app = FastAPI(title="tunelab", summary="Self-hosted, OpenAI-compatible fine-tuning", lifespan=lifespan)
+    # No public /docs or /openapi.json: every route but /health needs a key, and the API is OpenAI's.
+    app = FastAPI(title="tunelab", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     install_error_handlers(app)
 
     @app.get("/health", tags=["health"])

@@ -1,0 +1,306 @@
+"""The service's API on a tiny model, in process: auth and isolation, uploads, job checks, inference rules.
+
+The worker process is off here except where a test trains; tests/test_service_server.py runs the real
+server process (kill -9, restart) and tests/test_service_openai.py drives it with the official client."""
+
+import asyncio
+import json
+import time
+
+import pytest
+from conftest import copy_task_rows
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from tunelab.service import ServiceSettings, create_app
+from tunelab.service.engine import Generation, Sampling
+from tunelab.service.routes.completions import Reply
+
+K1, K2 = {"Authorization": "Bearer key-one"}, {"Authorization": "Bearer key-two"}
+
+
+def settings_for(tmp_path, model_dir, **overrides) -> ServiceSettings:
+    values = dict(
+        data_dir=str(tmp_path / "data"), api_keys=["key-one", "key-two"],
+        base_models={"tiny": str(model_dir)}, start_worker=False,
+    )  # fmt: skip
+    return ServiceSettings(**{**values, **overrides})
+
+
+@pytest.fixture
+def client(tmp_path, tiny_llama_dir):
+    with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir))) as c:
+        yield c
+
+
+def jsonl(rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def upload(client, text: str, name="train.jsonl", headers=K1):
+    return client.post("/v1/files", headers=headers, files={"file": (name, text)}, data={"purpose": "fine-tune"})
+
+
+def wait_for_job(client, job_id, statuses=("succeeded", "failed", "cancelled"), headers=K1, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=headers).json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+
+
+def api_routes(app) -> list[APIRoute]:
+    """Every route, those of included routers too (FastAPI wraps them; their paths hold the prefix)."""
+    found = []
+    for route in app.routes:
+        found += route.original_router.routes if hasattr(route, "original_router") else [route]
+    return [route for route in found if isinstance(route, APIRoute)]
+
+
+def test_every_route_but_health_needs_a_key(client):
+    assert client.get("/health").status_code == 200
+    routes = [r for r in api_routes(client.app) if r.path != "/health"]
+    assert len(routes) >= 15
+    for route in routes:
+        path = route.path.replace("{", "").replace("}", "")  # any value will do for path parameters
+        for method in route.methods:
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                response = client.request(method, path, headers=headers)
+                assert response.status_code == 401, (method, path, response.text)
+                if path.startswith("/v1"):
+                    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert client.get("/v1/no-such-route").status_code in (401, 404)
+
+
+def test_one_key_cannot_see_anothers_files_jobs_or_models(client):
+    file_id = upload(client, jsonl(copy_task_rows(12))).json()["id"]
+    job = client.post("/v1/fine_tuning/jobs", headers=K1, json={"model": "tiny", "training_file": file_id})
+    assert job.status_code == 200, job.text
+    job_id = job.json()["id"]
+    for path in (
+        f"/v1/files/{file_id}", f"/v1/files/{file_id}/content", f"/v1/fine_tuning/jobs/{job_id}",
+        f"/v1/fine_tuning/jobs/{job_id}/events", f"/v1/fine_tuning/jobs/{job_id}/checkpoints",
+    ):  # fmt: skip
+        assert client.get(path, headers=K1).status_code == 200, path
+        other = client.get(path, headers=K2)
+        assert other.status_code == 404, path
+        assert "exists for this API key" in other.json()["error"]["message"]
+    assert client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=K2).status_code == 404
+    assert client.delete(f"/v1/files/{file_id}", headers=K2).status_code == 404
+    assert client.get("/v1/files", headers=K2).json()["data"] == []
+    assert client.get("/v1/fine_tuning/jobs", headers=K2).json()["data"] == []
+    # Another key's file cannot be trained on either.
+    stolen = client.post("/v1/fine_tuning/jobs", headers=K2, json={"model": "tiny", "training_file": file_id})
+    assert stolen.status_code == 400 and stolen.json()["error"]["param"] == "training_file"
+    # A fine-tuned model is visible to its owner only.
+    service = client.app.state.service
+    owner = service.keys["key-one"]
+    service.store.add_model("ft:tiny:x::abc", owner, job_id, "tiny")
+    assert "ft:tiny:x::abc" in [m["id"] for m in client.get("/v1/models", headers=K1).json()["data"]]
+    assert "ft:tiny:x::abc" not in [m["id"] for m in client.get("/v1/models", headers=K2).json()["data"]]
+    assert client.get("/v1/models/ft:tiny:x::abc", headers=K2).status_code == 404
+    assert client.delete("/v1/models/ft:tiny:x::abc", headers=K2).status_code == 404
+    chat = {"model": "ft:tiny:x::abc", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert client.post("/v1/chat/completions", headers=K2, json=chat).status_code == 404
+
+
+def test_file_names_never_become_paths(client, tmp_path):
+    text = jsonl(copy_task_rows(3))
+    response = upload(client, text, name="../../../../tmp/evil.jsonl")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["filename"] == "evil.jsonl"
+    files_dir = tmp_path / "data" / "files"
+    assert [p.name for p in files_dir.iterdir()] == [f"{body['id']}.jsonl"]
+    assert not (tmp_path / "evil.jsonl").exists()
+    assert client.get(f"/v1/files/{body['id']}/content", headers=K1).text == text
+    # Ids in URLs are looked up, never joined into paths.
+    assert client.get("/v1/files/..%2F..%2Ftunelab.db/content", headers=K1).status_code == 404
+    assert client.delete(f"/v1/files/{body['id']}", headers=K1).json()["deleted"] is True
+    assert list(files_dir.iterdir()) == []
+
+
+def test_oversize_upload_is_refused_without_keeping_it(tmp_path, tiny_llama_dir):
+    settings = settings_for(tmp_path, tiny_llama_dir, max_upload_mb=1 / 1024)  # 1 KiB
+    with TestClient(create_app(settings)) as client:
+        big = jsonl(copy_task_rows(200))  # ~20 KB: under the header check's slack, caught while streaming
+        response = upload(client, big)
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "file_too_large"
+        huge = "x" * (200 * 1024)  # declared Content-Length alone is enough to refuse this one
+        assert upload(client, huge).status_code == 413
+        assert upload(client, jsonl(copy_task_rows(3))).status_code == 200  # a small one still fits
+        assert len(client.get("/v1/files", headers=K1).json()["data"]) == 1
+        assert len(list((tmp_path / "data" / "files").iterdir())) == 1  # no partial upload left behind
+
+
+def test_upload_needs_fine_tune_purpose(client):
+    response = client.post("/v1/files", headers=K1, files={"file": ("a.jsonl", "{}\n")}, data={"purpose": "x"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "purpose"
+    assert client.get("/v1/files", headers=K1).json()["data"] == []
+
+
+def create_job(client, text: str, **extra):
+    file_id = upload(client, text).json()["id"]
+    response = client.post("/v1/fine_tuning/jobs", headers=K1, json={"model": "tiny", "training_file": file_id, **extra})
+    assert response.status_code == 200, response.text
+    return wait_for_job(client, response.json()["id"], statuses=("queued", "failed"))
+
+
+def test_nine_examples_fail_with_invalid_n_examples(client):
+    job = create_job(client, jsonl(copy_task_rows(9)))
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid_n_examples"
+    assert job["error"]["param"] == "training_file"
+    assert "9 example(s)" in job["error"]["message"] and "at least 10" in job["error"]["message"]
+
+
+def test_malformed_file_error_names_the_line(client):
+    lines = jsonl(copy_task_rows(12)).splitlines()
+    lines[2] = '{"messages": [oops'
+    lines[6] = json.dumps({"messages": [{"role": "wizard", "content": "x"}]})
+    job = create_job(client, "\n".join(lines) + "\n")
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid_training_file"
+    message = job["error"]["message"]
+    assert "first on line 3 (invalid_json)" in message
+    assert "line 7: unrecognized_role" in message
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=K1).json()["data"]
+    assert any(e["level"] == "error" and "line 3" in e["message"] for e in events)
+
+
+def test_good_file_is_queued_and_cancellable(client):
+    job = create_job(client, jsonl(copy_task_rows(12)), suffix="mine", seed=7, metadata={"team": "a"})
+    assert job["status"] == "queued"
+    assert job["hyperparameters"] == {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
+    assert job["seed"] == 7 and job["metadata"] == {"team": "a"} and job["tunelab"]["method"] == "lora"
+    cancelled = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=K1).json()
+    assert cancelled["status"] == "cancelled"
+    again = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=K1)
+    assert again.status_code == 400 and again.json()["error"]["code"] == "invalid_job_status"
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"model": "nope"}, "model"),
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        ({"tunelab": {"method": "full"}}, "tunelab.method"),
+        ({"tunelab": {"lora_r": 0}}, "tunelab"),
+        ({"tunelab": {"out": "/etc"}}, "tunelab.out"),
+        ({"method": {"type": "dpo"}}, "method.type"),
+    ],
+)
+def test_bad_job_requests_name_the_field(client, body, param):
+    file_id = upload(client, jsonl(copy_task_rows(12))).json()["id"]
+    response = client.post("/v1/fine_tuning/jobs", headers=K1, json={"model": "tiny", "training_file": file_id, **body})
+    assert response.status_code in (400, 404), response.text
+    assert response.json()["error"]["param"] == param
+    assert client.get("/v1/fine_tuning/jobs", headers=K1).json()["data"] == []
+
+
+def chat(client, **body):
+    payload = {"model": "tiny", "messages": [{"role": "user", "content": "say bob"}], "temperature": 0, **body}
+    return client.post("/v1/chat/completions", headers=K1, json=payload)
+
+
+def test_chat_counts_tokens_and_honours_stop_and_n(client):
+    plain = chat(client, max_tokens=12).json()
+    text = plain["choices"][0]["message"]["content"]
+    assert plain["object"] == "chat.completion" and plain["choices"][0]["finish_reason"] == "length"
+    assert plain["usage"]["completion_tokens"] == 12
+    assert plain["usage"]["total_tokens"] == plain["usage"]["prompt_tokens"] + 12
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    stopped = chat(client, max_tokens=12, stop=[stop]).json()["choices"][0]
+    assert stopped["message"]["content"] == text[: text.index(stop)]
+    assert stopped["finish_reason"] == "stop"
+    several = chat(client, max_tokens=4, n=3, temperature=1.0, seed=1).json()
+    assert [c["index"] for c in several["choices"]] == [0, 1, 2]
+    assert several["usage"]["completion_tokens"] == 12
+    again = chat(client, max_tokens=4, n=3, temperature=1.0, seed=1).json()
+    assert [c["message"] for c in again["choices"]] == [c["message"] for c in several["choices"]]
+
+
+def test_stream_gives_the_same_text_as_a_plain_answer(client):
+    plain = chat(client, max_tokens=10).json()["choices"][0]["message"]["content"]
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "say bob"}], "temperature": 0,
+            "max_tokens": 10, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    with client.stream("POST", "/v1/chat/completions", headers=K1, json=body) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == plain
+    assert chunks[-1]["usage"]["completion_tokens"] == 10
+
+
+def test_max_tokens_beyond_the_context_is_a_clear_400(client):
+    response = chat(client, max_tokens=100_000)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "max_tokens" and error["code"] == "context_length_exceeded"
+    assert "512-token context" in error["message"]
+
+
+def test_unsupported_options_are_refused_by_name(client):
+    response = chat(client, tools=[{"type": "function", "function": {"name": "f"}}])
+    assert response.status_code == 400 and response.json()["error"]["param"] == "tools"
+
+
+def test_text_completions_and_feedback_become_training_data(client, tmp_path):
+    from tunelab.service.feedback import export_feedback
+
+    completion = client.post(
+        "/v1/completions", headers=K1, json={"model": "tiny", "prompt": "hello", "max_tokens": 3, "temperature": 0}
+    ).json()
+    assert completion["object"] == "text_completion" and completion["usage"]["completion_tokens"] == 3
+    answer = chat(client, max_tokens=3).json()
+    good = chat(client, max_tokens=3, messages=[{"role": "user", "content": "say paris"}]).json()
+    for completion_id, rating, correction in (
+        (answer["id"], -1, "bob"), (good["id"], 1, None), (completion["id"], -1, None),
+    ):  # fmt: skip
+        body = {"completion_id": completion_id, "rating": rating, "correction": correction}
+        assert client.post("/v1/feedback", headers=K1, json=body).status_code == 200
+    assert client.post("/v1/feedback", headers=K2, json={"completion_id": answer["id"], "rating": 1}).status_code == 404
+    out = tmp_path / "next.jsonl"
+    result = export_feedback(tmp_path / "data", out)
+    assert (result.written, result.skipped) == (2, 1)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["messages"][-2:] == [{"role": "user", "content": "say bob"}, {"role": "assistant", "content": "bob"}]
+    assert rows[1]["messages"][-1] == {"role": "assistant", "content": good["choices"][0]["message"]["content"]}
+
+
+def test_a_client_leaving_mid_stream_stops_its_generation(client):
+    service = client.app.state.service
+    target = service.engine.resolve("tiny", service.keys["key-one"])
+    ids = service.engine.tokenizer("tiny")("hello")["input_ids"]
+    runs = [(0, ids, Sampling(max_tokens=400, temperature=1.0, seed=0))]
+    reply = Reply(service, service.keys["key-one"], target, "chat.completion", [], len(ids))
+
+    async def read_a_little_then_leave():
+        stream = reply.stream(runs, include_usage=False)
+        chunks = [await anext(stream) for _ in range(3)]  # role, then two pieces of text
+        await stream.aclose()  # what the server does when the client disconnects
+        return chunks
+
+    chunks = asyncio.run(read_a_little_then_leave())
+    assert len(chunks) == 3
+    assert service.engine.lock.acquire(timeout=30)  # the generation let go of the model
+    service.engine.lock.release()
+    assert chat(client, max_tokens=2).status_code == 200
+    assert service.store.get_completion(reply.id, service.keys["key-one"]) is None  # never finished
+
+
+def test_generation_cancel_stops_early(client):
+    service = client.app.state.service
+    target = service.engine.resolve("tiny", service.keys["key-one"])
+    ids = service.engine.tokenizer("tiny")("hello")["input_ids"]
+    generation = Generation(service.engine, target, ids, Sampling(max_tokens=400, temperature=1.0, seed=0))
+    pieces = generation.pieces()
+    next(pieces)
+    generation.cancel()
+    list(pieces)
+    assert generation.completion_tokens < 400
