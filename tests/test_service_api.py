@@ -304,3 +304,28 @@ def test_generation_cancel_stops_early(client):
     generation.cancel()
     list(pieces)
     assert generation.completion_tokens < 400
+
+
+def test_a_job_whose_loss_turns_nan_fails_and_publishes_nothing(client, monkeypatch):
+    import tunelab.training.loop as loop
+    from tunelab.service.worker import serve_jobs
+
+    real_step, calls = loop.train_step, []
+
+    def diverging_step(*args, **kwargs):
+        loss, grad_norm, tokens = real_step(*args, **kwargs)
+        calls.append(loss)
+        return (float("nan") if len(calls) > 4 else loss), grad_norm, tokens
+
+    monkeypatch.setattr(loop, "train_step", diverging_step)
+    job = create_job(client, jsonl(copy_task_rows(12)), tunelab={"max_steps": 8, "save_every": 2})
+    service = client.app.state.service
+    serve_jobs(service.data.root, once=True)  # the worker's loop, in this process
+    failed = client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=K1).json()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "training_diverged"
+    assert "step 5" in failed["error"]["message"]
+    assert failed["fine_tuned_model"] is None
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=K1).json()["data"] == []
+    assert [m["id"] for m in client.get("/v1/models", headers=K1).json()["data"]] == ["tiny"]
+    assert not (service.data.run_dir(job["id"]) / "adapter_model.safetensors").exists()
+    assert not service.data.checkpoint_dir(job["id"], 2).exists()

@@ -14,6 +14,7 @@ import fcntl
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -102,12 +103,12 @@ def run_job(store: Store, data: DataDir, job: dict) -> None:
     except JobCancelled:
         store.add_event(job_id, "Fine-tuning job cancelled")
     except TrainingDiverged as err:
-        fail(store, job_id, "training_diverged", str(err))
+        fail(store, data, job_id, "training_diverged", str(err))
     except UserError as err:
-        fail(store, job_id, "invalid_training_file", str(err), param="training_file")
+        fail(store, data, job_id, "invalid_training_file", str(err), param="training_file")
     except Exception as err:  # a bug, or the machine ran out of memory: say so on the job, keep serving
         traceback.print_exc()
-        fail(store, job_id, "server_error", f"training failed: {type(err).__name__}: {err}")
+        fail(store, data, job_id, "server_error", f"training failed: {type(err).__name__}: {err}")
 
 
 def job_config(job: dict, data: DataDir) -> TrainConfig:
@@ -122,11 +123,12 @@ def job_config(job: dict, data: DataDir) -> TrainConfig:
     )
 
 
-def fail(store: Store, job_id: str, code: str, message: str, param: str | None = None) -> None:
+def fail(store: Store, data: DataDir, job_id: str, code: str, message: str, param: str | None = None) -> None:
     """Mark the job failed; it publishes nothing, so its checkpoints are withdrawn too."""
     error = {"code": code, "message": message, "param": param}
     if store.set_status(job_id, "failed", only_from=("running",), error=error):
         store.drop_checkpoints(job_id)
+        shutil.rmtree(data.checkpoint_dir(job_id, 0).parent, ignore_errors=True)
         store.add_event(job_id, f"Fine-tuning job failed: {message}", level="error")
 
 
