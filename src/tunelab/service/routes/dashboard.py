@@ -1,5 +1,284 @@
-"""Dashboard (placeholder; replaced by the server-rendered pages)."""
+"""The dashboard: server-rendered pages for people (jobs with their loss curves, files, models, and a
+playground to try a model), on the same API keys as the API.
 
-from fastapi import APIRouter
+A browser sends no Bearer header, so `POST /login` keeps the key in an HttpOnly, SameSite=Strict cookie
+that `presented_key` also reads. Without a valid key every page answers 401 with the login form, so the
+rule "every route but /health wants a key" holds here too. Templates autoescape: file names, job
+messages and model replies are the users' text, never markup.
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi.responses import RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
+from pydantic import ValidationError
+
+from ..deps import COOKIE, Service, ServiceDep, owner_for, presented_key
+from ..engine import Generation
+from ..errors import ApiError
+from ..jobs import checkpoint_object, job_object
+from .completions import GenerationRequest, prepare, sampling_for
+from .models import visible_models
+
+JOBS_SHOWN = 50
+EVENTS_SHOWN = 200
+METRIC_EVENTS_READ = 5000  # the newest ones, for the curves; a curve keeps at most CURVE_POINTS of them
+CURVE_POINTS = 200
+SERIES = {"train_loss": "train loss", "valid_loss": "valid loss"}
+
+templates = Jinja2Templates(
+    env=Environment(loader=FileSystemLoader(Path(__file__).parent.parent / "templates"), autoescape=True)
+)
+templates.env.filters["time"] = lambda ts: (
+    datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if ts else "-"
+)
+
+
+class LoginRequired(Exception):
+    """No valid key came with a dashboard request; it is answered with the login page."""
+
+
+class DashboardRoute(APIRoute):
+    """A route that answers LoginRequired with the login page (401) instead of the API's JSON error."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handle_or_login(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except LoginRequired:
+                return page(request, "login.html", status_code=401)
+
+        return handle_or_login
+
+
+router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
+
+
+def dashboard_owner(request: Request, service: ServiceDep) -> str:
+    owner = owner_for(service, presented_key(request))
+    if owner is None:
+        raise LoginRequired
+    return owner
+
+
+DashboardOwner = Annotated[str, Depends(dashboard_owner)]
+
+
+def page(request: Request, name: str, status_code: int = 200, **context) -> Response:
+    response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    response.headers["Cache-Control"] = "no-store"  # the pages show one key's data
+    return response
+
+
+# loss curves
+
+
+@dataclass
+class Chart:
+    """A loss curve laid out for an SVG of `width` x `height`, the plot inside `left, top, right, bottom`."""
+
+    width: int
+    height: int
+    left: int
+    top: int
+    right: int
+    bottom: int
+    lines: list[dict]  # {"name", "label", "points" ("x,y x,y ..."), "last" (x, y)}
+    x_ticks: list[tuple[float, str]]
+    y_ticks: list[tuple[float, str]]
+
+
+def loss_series(service: Service, job_id: str) -> dict[str, list[tuple[float, float]]]:
+    """(step, loss) per metric, oldest first, from the job's `metrics` events."""
+    series = {name: [] for name in SERIES}
+    for event in reversed(service.store.list_events(job_id, None, METRIC_EVENTS_READ)):
+        if event["type"] != "metrics" or not event["data"]:
+            continue
+        data = json.loads(event["data"])
+        for name in SERIES:
+            value, step = data.get(name), data.get("step")
+            if isinstance(value, int | float) and isinstance(step, int | float) and math.isfinite(value):
+                series[name].append((step, value))
+    return {name: points for name, points in series.items() if points}
+
+
+def thin(points: list, most: int) -> list:
+    """`most` evenly spaced points, the first and the last among them (an SVG need not hold every step)."""
+    if len(points) <= most:
+        return points
+    return [points[round(i * (len(points) - 1) / (most - 1))] for i in range(most)]
+
+
+def chart(series: dict, width: int, height: int, margins: tuple[int, int, int, int]) -> Chart | None:
+    """Lay out the series; margins are (left, top, right, bottom) in pixels, room for the axis labels."""
+    points = [p for line in series.values() for p in line]
+    if not points:
+        return None
+    first, last = min(x for x, _ in points), max(x for x, _ in points)
+    x0, x1 = (first, last) if last > first else (first - 1, first + 1)  # one step: centred
+    y0, y1 = min(y for _, y in points), max(y for _, y in points)
+    y0, y1 = (y0, y1) if y1 > y0 else (y0 - 0.5, y1 + 0.5)
+    left, top, right, bottom = margins[0], margins[1], width - margins[2], height - margins[3]
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (
+            round(left + (x - x0) / (x1 - x0) * (right - left), 1),
+            round(bottom - (y - y0) / (y1 - y0) * (bottom - top), 1),
+        )
+
+    lines = []
+    for name, line in series.items():
+        placed = [at(x, y) for x, y in thin(line, CURVE_POINTS)]
+        lines.append(
+            {
+                "name": name,
+                "label": SERIES[name],
+                "points": " ".join(f"{x},{y}" for x, y in placed),
+                "last": placed[-1],
+            }
+        )
+    x_ticks = [(at(x, y0)[0], f"{x:g}") for x in sorted({first, round((first + last) / 2), last})]
+    y_ticks = [(at(x0, y)[1], f"{y:.3g}") for y in (y0, (y0 + y1) / 2, y1)]
+    return Chart(width, height, left, top, right, bottom, lines, x_ticks, y_ticks)
+
+
+# pages
+
+
+@router.get("/")
+def overview(request: Request, owner: DashboardOwner, service: ServiceDep):
+    jobs = []
+    for row in service.store.list_jobs(owner, None, JOBS_SHOWN):
+        series = loss_series(service, row["id"])
+        train = series.get("train_loss")
+        jobs.append(
+            {
+                **job_object(row),
+                "chart": chart(series, 120, 28, (2, 3, 4, 3)),
+                "last_loss": train[-1][1] if train else None,
+            }
+        )
+    return page(
+        request,
+        "overview.html",
+        jobs=jobs,
+        files=service.store.list_files(owner),
+        models=visible_models(service, owner),
+    )
+
+
+@router.get("/jobs/{job_id}")
+def job_page(job_id: str, request: Request, owner: DashboardOwner, service: ServiceDep):
+    row = service.store.get_job(job_id, owner)
+    if row is None:  # another key's job looks the same as none at all
+        return page(request, "not_found.html", status_code=404, what=f"fine-tuning job '{job_id}'")
+    events = service.store.list_events(job_id, None, EVENTS_SHOWN)
+    return page(
+        request,
+        "job.html",
+        job=job_object(row),
+        chart=chart(loss_series(service, job_id), 640, 260, (56, 16, 16, 44)),
+        checkpoints=[checkpoint_object(c) for c in service.store.list_checkpoints(job_id)],
+        events=[{**e, "data": json.loads(e["data"]) if e["data"] else None} for e in events],
+        events_shown=EVENTS_SHOWN,
+    )
+
+
+def model_names(service: Service, owner: str) -> list[str]:
+    return [model["id"] for model in visible_models(service, owner)]
+
+
+@router.get("/playground")
+def playground(request: Request, owner: DashboardOwner, service: ServiceDep, model: str | None = None):
+    return page(
+        request,
+        "playground.html",
+        models=model_names(service, owner),
+        form={"model": model, "message": "", "max_tokens": 128, "temperature": 0},
+    )
+
+
+async def chat_reply(service: Service, owner: str, request: GenerationRequest, message: str) -> Generation:
+    """One user message answered as `/v1/chat/completions` would, the generation off the event loop."""
+    target, tokenizer = await prepare(service, owner, request)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    context = service.engine.context_length(target.base)
+    sampling = sampling_for(
+        request, request.max_tokens, len(ids), context, service.settings.default_max_tokens
+    )
+
+    def generate() -> Generation:
+        generation = Generation(service.engine, target, ids, sampling)
+        generation.run()
+        return generation
+
+    return await asyncio.to_thread(generate)
+
+
+@router.post("/playground")
+async def playground_reply(
+    request: Request,
+    owner: DashboardOwner,
+    service: ServiceDep,
+    model: Annotated[str, Form()] = "",
+    message: Annotated[str, Form()] = "",
+    max_tokens: Annotated[str, Form()] = "128",
+    temperature: Annotated[str, Form()] = "0",
+):
+    """Fields arrive as text and are checked here, so a bad value is a message on the page, not JSON."""
+    form = {"model": model, "message": message, "max_tokens": max_tokens, "temperature": temperature}
+    reply, error = None, None
+    try:
+        generation_request = GenerationRequest(model=model, max_tokens=max_tokens, temperature=temperature)
+        if not message.strip():
+            raise ApiError(400, "write a message for the model to answer", param="message")
+        reply = await chat_reply(service, owner, generation_request, message)
+    except ValidationError as err:
+        error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+    except ApiError as err:
+        error = err.message
+    return page(
+        request,
+        "playground.html",
+        status_code=200 if error is None else 400,
+        models=model_names(service, owner),
+        form=form,
+        reply=reply,
+        error=error,
+    )
+
+
+# signing in and out
+
+
+@router.post("/login")
+def login(request: Request, service: ServiceDep, api_key: Annotated[str, Form()] = ""):
+    if owner_for(service, api_key.strip()) is None:
+        return page(request, "login.html", status_code=401, error="That API key is not known to this server.")
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(COOKIE, api_key.strip(), httponly=True, samesite="strict", path="/")
+    return response
+
+
+@router.post("/logout")
+def logout(owner: DashboardOwner):
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
