@@ -23,8 +23,18 @@ class ServerProcess:
     def __init__(self, data_dir: Path, api_key: str, base_models: dict[str, str] | None = None):
         self.data_dir, self.api_key = data_dir, api_key
         self.port = free_port()
-        self.args = [sys.executable, "-m", "tunelab", "serve", "--port", str(self.port),
-                     "--data-dir", str(data_dir), "--api-key", api_key]  # fmt: skip
+        self.args = [
+            sys.executable,
+            "-m",
+            "tunelab",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            "--api-key",
+            api_key,
+        ]
         for name, spec in (base_models or {}).items():
             self.args += ["--base-model", f"{name}={spec}"]
         self.process: subprocess.Popen | None = None
@@ -35,7 +45,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 60) -> ServerProcess:
         log = (self.data_dir.parent / "server.log").open("a")
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        self.process = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -62,4 +74,6 @@ class ServerProcess:
                 self.process.kill()
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=120)
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=120
+        )

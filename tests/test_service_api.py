@@ -8,10 +8,10 @@ import json
 import time
 
 import pytest
-from conftest import copy_task_rows
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from conftest import copy_task_rows
 from tunelab.service import ServiceSettings, create_app
 from tunelab.service.engine import Generation, Sampling
 from tunelab.service.routes.completions import Reply
@@ -21,9 +21,11 @@ K1, K2 = {"Authorization": "Bearer key-one"}, {"Authorization": "Bearer key-two"
 
 def settings_for(tmp_path, model_dir, **overrides) -> ServiceSettings:
     values = dict(
-        data_dir=str(tmp_path / "data"), api_keys=["key-one", "key-two"],
-        base_models={"tiny": str(model_dir)}, start_worker=False,
-    )  # fmt: skip
+        data_dir=str(tmp_path / "data"),
+        api_keys=["key-one", "key-two"],
+        base_models={"tiny": str(model_dir)},
+        start_worker=False,
+    )
     return ServiceSettings(**{**values, **overrides})
 
 
@@ -38,7 +40,9 @@ def jsonl(rows) -> str:
 
 
 def upload(client, text: str, name="train.jsonl", headers=K1):
-    return client.post("/v1/files", headers=headers, files={"file": (name, text)}, data={"purpose": "fine-tune"})
+    return client.post(
+        "/v1/files", headers=headers, files={"file": (name, text)}, data={"purpose": "fine-tune"}
+    )
 
 
 def wait_for_job(client, job_id, statuses=("succeeded", "failed", "cancelled"), headers=K1, timeout=120):
@@ -80,9 +84,12 @@ def test_one_key_cannot_see_anothers_files_jobs_or_models(client):
     assert job.status_code == 200, job.text
     job_id = job.json()["id"]
     for path in (
-        f"/v1/files/{file_id}", f"/v1/files/{file_id}/content", f"/v1/fine_tuning/jobs/{job_id}",
-        f"/v1/fine_tuning/jobs/{job_id}/events", f"/v1/fine_tuning/jobs/{job_id}/checkpoints",
-    ):  # fmt: skip
+        f"/v1/files/{file_id}",
+        f"/v1/files/{file_id}/content",
+        f"/v1/fine_tuning/jobs/{job_id}",
+        f"/v1/fine_tuning/jobs/{job_id}/events",
+        f"/v1/fine_tuning/jobs/{job_id}/checkpoints",
+    ):
         assert client.get(path, headers=K1).status_code == 200, path
         other = client.get(path, headers=K2)
         assert other.status_code == 404, path
@@ -137,14 +144,18 @@ def test_oversize_upload_is_refused_without_keeping_it(tmp_path, tiny_llama_dir)
 
 
 def test_upload_needs_fine_tune_purpose(client):
-    response = client.post("/v1/files", headers=K1, files={"file": ("a.jsonl", "{}\n")}, data={"purpose": "x"})
+    response = client.post(
+        "/v1/files", headers=K1, files={"file": ("a.jsonl", "{}\n")}, data={"purpose": "x"}
+    )
     assert response.status_code == 400 and response.json()["error"]["param"] == "purpose"
     assert client.get("/v1/files", headers=K1).json()["data"] == []
 
 
 def create_job(client, text: str, **extra):
     file_id = upload(client, text).json()["id"]
-    response = client.post("/v1/fine_tuning/jobs", headers=K1, json={"model": "tiny", "training_file": file_id, **extra})
+    response = client.post(
+        "/v1/fine_tuning/jobs", headers=K1, json={"model": "tiny", "training_file": file_id, **extra}
+    )
     assert response.status_code == 200, response.text
     return wait_for_job(client, response.json()["id"], statuses=("queued", "failed"))
 
@@ -195,14 +206,21 @@ def test_good_file_is_queued_and_cancellable(client):
 )
 def test_bad_job_requests_name_the_field(client, body, param):
     file_id = upload(client, jsonl(copy_task_rows(12))).json()["id"]
-    response = client.post("/v1/fine_tuning/jobs", headers=K1, json={"model": "tiny", "training_file": file_id, **body})
+    response = client.post(
+        "/v1/fine_tuning/jobs", headers=K1, json={"model": "tiny", "training_file": file_id, **body}
+    )
     assert response.status_code in (400, 404), response.text
     assert response.json()["error"]["param"] == param
     assert client.get("/v1/fine_tuning/jobs", headers=K1).json()["data"] == []
 
 
 def chat(client, **body):
-    payload = {"model": "tiny", "messages": [{"role": "user", "content": "say bob"}], "temperature": 0, **body}
+    payload = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "say bob"}],
+        "temperature": 0,
+        **body,
+    }
     return client.post("/v1/chat/completions", headers=K1, json=payload)
 
 
@@ -225,8 +243,14 @@ def test_chat_counts_tokens_and_honours_stop_and_n(client):
 
 def test_stream_gives_the_same_text_as_a_plain_answer(client):
     plain = chat(client, max_tokens=10).json()["choices"][0]["message"]["content"]
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "say bob"}], "temperature": 0,
-            "max_tokens": 10, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "say bob"}],
+        "temperature": 0,
+        "max_tokens": 10,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     with client.stream("POST", "/v1/chat/completions", headers=K1, json=body) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
@@ -254,23 +278,36 @@ def test_text_completions_and_feedback_become_training_data(client, tmp_path):
     from tunelab.service.feedback import export_feedback
 
     completion = client.post(
-        "/v1/completions", headers=K1, json={"model": "tiny", "prompt": "hello", "max_tokens": 3, "temperature": 0}
+        "/v1/completions",
+        headers=K1,
+        json={"model": "tiny", "prompt": "hello", "max_tokens": 3, "temperature": 0},
     ).json()
     assert completion["object"] == "text_completion" and completion["usage"]["completion_tokens"] == 3
     answer = chat(client, max_tokens=3).json()
     good = chat(client, max_tokens=3, messages=[{"role": "user", "content": "say paris"}]).json()
     for completion_id, rating, correction in (
-        (answer["id"], -1, "bob"), (good["id"], 1, None), (completion["id"], -1, None),
-    ):  # fmt: skip
+        (answer["id"], -1, "bob"),
+        (good["id"], 1, None),
+        (completion["id"], -1, None),
+    ):
         body = {"completion_id": completion_id, "rating": rating, "correction": correction}
         assert client.post("/v1/feedback", headers=K1, json=body).status_code == 200
-    assert client.post("/v1/feedback", headers=K2, json={"completion_id": answer["id"], "rating": 1}).status_code == 404
+    assert (
+        client.post("/v1/feedback", headers=K2, json={"completion_id": answer["id"], "rating": 1}).status_code
+        == 404
+    )
     out = tmp_path / "next.jsonl"
     result = export_feedback(tmp_path / "data", out)
     assert (result.written, result.skipped) == (2, 1)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows[0]["messages"][-2:] == [{"role": "user", "content": "say bob"}, {"role": "assistant", "content": "bob"}]
-    assert rows[1]["messages"][-1] == {"role": "assistant", "content": good["choices"][0]["message"]["content"]}
+    assert rows[0]["messages"][-2:] == [
+        {"role": "user", "content": "say bob"},
+        {"role": "assistant", "content": "bob"},
+    ]
+    assert rows[1]["messages"][-1] == {
+        "role": "assistant",
+        "content": good["choices"][0]["message"]["content"],
+    }
 
 
 def test_a_client_leaving_mid_stream_stops_its_generation(client):

@@ -5,6 +5,7 @@ import time
 
 import openai
 import pytest
+
 from conftest import copy_task_rows
 from server import ServerProcess
 
@@ -32,12 +33,17 @@ def test_openai_client_upload_train_chat_cancel_delete(tmp_path):
         assert client.files.content(file.id).read() == rows
 
         job = client.fine_tuning.jobs.create(
-            model=BASE, training_file=file.id, suffix="demo", seed=1,
+            model=BASE,
+            training_file=file.id,
+            suffix="demo",
+            seed=1,
             method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4}}},
             extra_body={"tunelab": {"max_steps": 4, "save_every": 2}},
-        )  # fmt: skip
+        )
         assert job.status == "validating_files"
-        job = poll(lambda: client.fine_tuning.jobs.retrieve(job.id), lambda j: j.status in ("succeeded", "failed"))
+        job = poll(
+            lambda: client.fine_tuning.jobs.retrieve(job.id), lambda j: j.status in ("succeeded", "failed")
+        )
         assert job.status == "succeeded", job.error
         assert job.fine_tuned_model == f"ft:{BASE}:{job.organization_id}:demo:{job.id.removeprefix('ftjob-')}"
         assert job.trained_tokens > 0 and job.result_files
@@ -61,7 +67,9 @@ def test_openai_client_upload_train_chat_cancel_delete(tmp_path):
         )
         assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == text
         # A checkpoint answers too.
-        client.chat.completions.create(model=checkpoints[1].fine_tuned_model_checkpoint, messages=messages, max_tokens=2)
+        client.chat.completions.create(
+            model=checkpoints[1].fine_tuned_model_checkpoint, messages=messages, max_tokens=2
+        )
 
         second = client.fine_tuning.jobs.create(model=BASE, training_file=file.id)
         assert client.fine_tuning.jobs.cancel(second.id).status == "cancelled"

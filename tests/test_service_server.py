@@ -5,8 +5,9 @@ import fcntl
 import json
 import time
 
-from conftest import copy_task_rows
 from safetensors.torch import load_file
+
+from conftest import copy_task_rows
 from server import ServerProcess
 
 STEPS = 200
@@ -49,10 +50,14 @@ def test_kill_9_mid_job_then_restart_resumes_to_the_same_model(tmp_path, tiny_ll
     try:
         server.start()
         with server.client() as client:
-            file = client.post("/v1/files", files={"file": ("t.jsonl", text)}, data={"purpose": "fine-tune"}).json()
+            file = client.post(
+                "/v1/files", files={"file": ("t.jsonl", text)}, data={"purpose": "fine-tune"}
+            ).json()
             job = client.post("/v1/fine_tuning/jobs", json={**job_body, "training_file": file["id"]}).json()
-            wait_for(lambda: client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"],
-                     what="a first checkpoint")  # fmt: skip
+            wait_for(
+                lambda: client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"],
+                what="a first checkpoint",
+            )
             before = all_events(client, job["id"])
             assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "running"
         server.kill()

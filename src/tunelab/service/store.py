@@ -18,8 +18,8 @@ CREATE TABLE IF NOT EXISTS files (
     bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, org TEXT NOT NULL, model TEXT NOT NULL,
-    model_root TEXT NOT NULL, training_file TEXT NOT NULL, validation_file TEXT, hyperparameters TEXT NOT NULL,
-    tunelab TEXT NOT NULL, suffix TEXT, seed INTEGER NOT NULL, metadata TEXT,
+    model_root TEXT NOT NULL, training_file TEXT NOT NULL, validation_file TEXT,
+    hyperparameters TEXT NOT NULL, tunelab TEXT NOT NULL, suffix TEXT, seed INTEGER NOT NULL, metadata TEXT,
     status TEXT NOT NULL, created_at INTEGER NOT NULL, finished_at INTEGER, fine_tuned_model TEXT,
     trained_tokens INTEGER, error TEXT, result_files TEXT NOT NULL DEFAULT '[]');
 CREATE TABLE IF NOT EXISTS events (
@@ -198,6 +198,11 @@ class Store:
                 limit,
             )
         return self.all("SELECT * FROM events WHERE job_id = ? ORDER BY seq DESC LIMIT ?", job_id, limit)
+
+    def metrics(self, job_id: str) -> list[dict]:
+        """The data of a job's metrics events, oldest first (for loss curves)."""
+        rows = self.all("SELECT data FROM events WHERE job_id = ? AND type = 'metrics' ORDER BY seq", job_id)
+        return [json.loads(row["data"]) for row in rows]
 
     def add_checkpoint(self, job_id: str, step: int, model_name: str, metrics: dict) -> None:
         self.run(

@@ -247,7 +247,10 @@ class Reply:
         completion_tokens, first_text = 0, None
         try:
             for index, ids, sampling in runs:
-                generation = Generation(self.service.engine, self.target, ids, sampling)
+                # Built off the event loop: it may wait for the engine's lock on loading a model.
+                generation = await asyncio.to_thread(
+                    Generation, self.service.engine, self.target, ids, sampling
+                )
                 if self.chat:
                     yield sse(
                         self._envelope(

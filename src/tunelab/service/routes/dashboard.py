@@ -34,7 +34,6 @@ from .models import visible_models
 
 JOBS_SHOWN = 50
 EVENTS_SHOWN = 200
-METRIC_EVENTS_READ = 5000  # the newest ones, for the curves; a curve keeps at most CURVE_POINTS of them
 CURVE_POINTS = 200
 SERIES = {"train_loss": "train loss", "valid_loss": "valid loss"}
 
@@ -105,10 +104,7 @@ class Chart:
 def loss_series(service: Service, job_id: str) -> dict[str, list[tuple[float, float]]]:
     """(step, loss) per metric, oldest first, from the job's `metrics` events."""
     series = {name: [] for name in SERIES}
-    for event in reversed(service.store.list_events(job_id, None, METRIC_EVENTS_READ)):
-        if event["type"] != "metrics" or not event["data"]:
-            continue
-        data = json.loads(event["data"])
+    for data in service.store.metrics(job_id):
         for name in SERIES:
             value, step = data.get(name), data.get("step")
             if isinstance(value, int | float) and isinstance(step, int | float) and math.isfinite(value):
