@@ -366,3 +366,40 @@ def test_a_job_whose_loss_turns_nan_fails_and_publishes_nothing(client, monkeypa
     assert [m["id"] for m in client.get("/v1/models", headers=K1).json()["data"]] == ["tiny"]
     assert not (service.data.run_dir(job["id"]) / "adapter_model.safetensors").exists()
     assert not service.data.checkpoint_dir(job["id"], 2).exists()
+
+
+def test_cancelling_a_running_job_stops_it_and_publishes_no_model(client):
+    import threading
+
+    from tunelab.service.worker import serve_jobs
+
+    job = create_job(client, jsonl(copy_task_rows(12)), tunelab={"max_steps": 10_000, "save_every": 5})
+    service = client.app.state.service
+    worker = threading.Thread(target=serve_jobs, args=(service.data.root,), kwargs={"once": True})
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=K1).json()["data"]:
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.1)
+    assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=K1).json()["status"] == "cancelled"
+    worker.join(timeout=60)
+    assert not worker.is_alive()  # the worker stopped training and went back to an empty queue
+    final = client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=K1).json()
+    assert final["status"] == "cancelled" and final["fine_tuned_model"] is None
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=K1, params={"limit": 1000}).json()
+    assert events["data"][0]["message"] == "Fine-tuning job cancelled"
+    assert max(e["data"]["step"] for e in events["data"] if e["type"] == "metrics") < 10_000
+    assert [m["id"] for m in client.get("/v1/models", headers=K1).json()["data"]] == ["tiny"]
+
+
+def test_a_job_the_worker_keeps_dying_in_is_failed_not_retried_forever(client):
+    from tunelab.service.worker import MAX_RESUMES, RESUMING, run_job
+
+    job = create_job(client, jsonl(copy_task_rows(12)))
+    store = client.app.state.service.store
+    store.set_status(job["id"], "running")
+    for _ in range(MAX_RESUMES):
+        store.add_event(job["id"], RESUMING)
+    run_job(store, client.app.state.service.data, store.get_job(job["id"]))
+    failed = client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=K1).json()
+    assert failed["status"] == "failed" and "died 3 times" in failed["error"]["message"]

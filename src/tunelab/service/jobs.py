@@ -131,7 +131,11 @@ def validate_job_files(store: Store, data: DataDir, job: dict) -> None:
         for param in ("training_file", "validation_file"):
             if job[param]:
                 check_file(store, job["id"], data, job[param], param)
-    except ApiError as err:
+    except Exception as err:  # a bug here must not leave the job validating forever
+        if not isinstance(err, ApiError):
+            err = ApiError(
+                500, f"validating the files failed: {type(err).__name__}: {err}", code="server_error"
+            )
         error = {"code": err.code, "message": err.message, "param": err.param}
         if store.set_status(job["id"], "failed", only_from=("validating_files",), error=error):
             store.add_event(job["id"], err.message, level="error")

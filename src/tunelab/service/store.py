@@ -184,6 +184,11 @@ class Store:
             step,
         )
 
+    def count_events(self, job_id: str, message: str) -> int:
+        return self.one("SELECT COUNT(*) AS n FROM events WHERE job_id = ? AND message = ?", job_id, message)[
+            "n"
+        ]
+
     def last_metrics_step(self, job_id: str) -> int:
         row = self.one("SELECT MAX(step) AS step FROM events WHERE job_id = ? AND type = 'metrics'", job_id)
         return row["step"] or 0

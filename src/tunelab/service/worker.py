@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 
+from ..data.errors import DataError
 from ..errors import UserError
 from ..training import TrainConfig, TrainingDiverged
 from ..training.checkpoint import write_atomically
@@ -29,6 +30,8 @@ from .paths import DataDir
 from .store import Store, new_id
 
 POLL_S = 0.5
+RESUMING = "Resuming fine-tuning job"
+MAX_RESUMES = 3
 
 
 class JobCancelled(Exception):
@@ -92,7 +95,18 @@ def run_job(store: Store, data: DataDir, job: dict) -> None:
     resuming = job["status"] == "running"
     if not resuming and not store.set_status(job_id, "running", only_from=("queued",)):
         return  # cancelled between being picked and starting
-    store.add_event(job_id, "Resuming fine-tuning job" if resuming else "Fine-tuning job started")
+    if resuming and store.count_events(job_id, RESUMING) >= MAX_RESUMES:
+        # The worker keeps dying inside this job (most likely out of memory): stop retrying it.
+        fail(
+            store,
+            data,
+            job_id,
+            "server_error",
+            f"the worker died {MAX_RESUMES} times while training this "
+            "job; it may need more memory than this machine has (try a smaller batch_size or max_length)",
+        )
+        return
+    store.add_event(job_id, RESUMING if resuming else "Fine-tuning job started")
     try:
         if not (run_dir / SUMMARY_FILE).exists():  # else: it finished just before a crash; publish only
             trainer = Trainer(job_config(job, data), None, JobHooks(store, data, job))
@@ -104,8 +118,10 @@ def run_job(store: Store, data: DataDir, job: dict) -> None:
         store.add_event(job_id, "Fine-tuning job cancelled")
     except TrainingDiverged as err:
         fail(store, data, job_id, "training_diverged", str(err))
-    except UserError as err:
+    except DataError as err:
         fail(store, data, job_id, "invalid_training_file", str(err), param="training_file")
+    except UserError as err:  # e.g. the base model cannot be loaded any more
+        fail(store, data, job_id, "training_failed", str(err))
     except Exception as err:  # a bug, or the machine ran out of memory: say so on the job, keep serving
         traceback.print_exc()
         fail(store, data, job_id, "server_error", f"training failed: {type(err).__name__}: {err}")
