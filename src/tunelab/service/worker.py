@@ -23,7 +23,7 @@ import traceback
 from ..data.errors import DataError
 from ..errors import UserError
 from ..training import TrainConfig, TrainingDiverged
-from ..training.checkpoint import write_atomically
+from ..training.checkpoint import list_checkpoints, write_atomically
 from ..training.loop import SUMMARY_FILE, Trainer, TrainHooks
 from .jobs import model_name, train_options
 from .paths import DataDir
@@ -128,13 +128,16 @@ def run_job(store: Store, data: DataDir, job: dict) -> None:
 
 
 def job_config(job: dict, data: DataDir) -> TrainConfig:
-    options = train_options(job)
+    """The job's run; it continues from the last checkpoint, and without one starts clean (a run killed
+    before its first checkpoint leaves only metrics that the new run would repeat)."""
+    resume = bool(list_checkpoints(data.run_dir(job["id"])))
     return TrainConfig(
-        **options,
+        **train_options(job),
         data=[str(data.file(job["training_file"]))],
         val=[str(data.file(job["validation_file"]))] if job["validation_file"] else [],
         out=str(data.run_dir(job["id"])),
-        resume=True,
+        resume=resume,
+        overwrite=not resume,
         seed=job["seed"],
     )
 
