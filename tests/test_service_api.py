@@ -403,3 +403,48 @@ def test_a_job_the_worker_keeps_dying_in_is_failed_not_retried_forever(client):
     run_job(store, client.app.state.service.data, store.get_job(job["id"]))
     failed = client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=K1).json()
     assert failed["status"] == "failed" and "died 3 times" in failed["error"]["message"]
+
+
+def fake_fine_tuned_model(client, tiny_dir, name: str, peft_config) -> str:
+    """A job row plus a random PEFT adapter in its run folder, published as model `name` (no training)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    job = create_job(client, jsonl(copy_task_rows(12)))
+    service = client.app.state.service
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), peft_config)
+    for param in model.parameters():
+        if param.requires_grad:  # make the adapter change the answers
+            param.data.normal_(0, 0.5)
+    model.save_pretrained(service.data.run_dir(job["id"]))
+    service.store.add_model(name, service.keys["key-one"], job["id"], "tiny")
+    return name
+
+
+def test_adapters_share_one_base_in_a_small_lru(tmp_path, tiny_llama_dir):
+    from peft import IA3Config, LoraConfig
+
+    settings = settings_for(tmp_path, tiny_llama_dir, max_loaded_adapters=2)
+    with TestClient(create_app(settings)) as client:
+        lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        names = [fake_fine_tuned_model(client, tiny_llama_dir, f"ft:tiny:o::{i}", lora) for i in range(3)]
+        ia3 = fake_fine_tuned_model(
+            client,
+            tiny_llama_dir,
+            "ft:tiny:o::ia3",
+            IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]),
+        )
+        engine = client.app.state.service.engine
+
+        def answer(model):
+            return chat(client, model=model, max_tokens=6).json()["choices"][0]["message"]["content"]
+
+        first = {name: answer(name) for name in names}
+        assert len(set(first.values()) | {answer("tiny")}) == 4  # each adapter answers differently
+        assert list(engine._adapters) == names[1:]  # the least recently used one was unloaded
+        assert {name: answer(name) for name in names} == first  # reloading gives the same answers
+        assert answer(ia3) and list(engine._adapters) == [ia3]  # another kind of adapter: room made first
+        assert answer(names[0]) == first[names[0]]
+        assert client.delete(f"/v1/models/{names[0]}", headers=K1).json()["deleted"]
+        assert names[0] not in engine._adapters
+        assert len(engine._bases) == 1  # one base model in memory throughout
