@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from conftest import copy_task_rows
 from server import ServerProcess
 
-STEPS = 200
+STEPS = 120
 
 
 def wait_for(predicate, timeout=120, what="condition"):
