@@ -393,14 +393,20 @@ def test_cancelling_a_running_job_stops_it_and_publishes_no_model(client):
 
 
 def test_a_job_the_worker_keeps_dying_in_is_failed_not_retried_forever(client):
-    from tunelab.service.worker import MAX_RESUMES, RESUMING, run_job
+    from tunelab.service.worker import MAX_CRASHES, PAUSED, RESUMING, crashes_at, run_job
 
     job = create_job(client, jsonl(copy_task_rows(12)))
-    store = client.app.state.service.store
+    service = client.app.state.service
+    store = service.store
     store.set_status(job["id"], "running")
-    for _ in range(MAX_RESUMES):
-        store.add_event(job["id"], RESUMING)
-    run_job(store, client.app.state.service.data, store.get_job(job["id"]))
+    for _ in range(MAX_CRASHES - 1):
+        store.add_event(job["id"], RESUMING, data={"from_step": 0})
+    store.add_event(job["id"], PAUSED)  # a polite server stop does not count as a crash
+    assert crashes_at(store, job["id"], 0) == 0
+    for _ in range(MAX_CRASHES):
+        store.add_event(job["id"], RESUMING, data={"from_step": 0})
+    assert crashes_at(store, job["id"], 5) == 0  # progress since then would reset the count
+    run_job(store, service.data, store.get_job(job["id"]))
     failed = client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=K1).json()
     assert failed["status"] == "failed" and "died 3 times" in failed["error"]["message"]
 

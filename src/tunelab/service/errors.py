@@ -3,10 +3,17 @@ exception classes (openai.NotFoundError, ...) with our message."""
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+from ..errors import UserError
+
+log = logging.getLogger("tunelab.service")
+NOT_FIELDS = {"body", "query", "path", "int", "float", "str", "bool", "list", "dict"}
 
 TYPES = {
     400: "invalid_request_error",
@@ -52,7 +59,23 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError):
         first = err.errors()[0]
-        location = [str(part) for part in first["loc"] if part not in ("body", "query", "path")]
+        # Drop where it was (body, query) and pydantic union-member tags (int, constrained-int, literal[...]).
+        location = [
+            str(part)
+            for part in first["loc"]
+            if str(part) not in NOT_FIELDS and not set("[-") & set(str(part))
+        ]
         param = ".".join(location) or None
         message = f"{param}: {first['msg']}" if param else first["msg"]
         return error_response(400, message, param, "invalid_value")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception):
+        """Whatever else goes wrong still answers in OpenAI's shape (the traceback goes to the log)."""
+        log.error("%s %s failed", request.method, request.url.path, exc_info=err)
+        return error_response(500, describe(err), code="server_error")
+
+
+def describe(err: Exception) -> str:
+    """A user-facing line for an unexpected error: our own errors' messages are written for people."""
+    return str(err) if isinstance(err, UserError) else f"internal error: {type(err).__name__}: {err}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,15 +41,19 @@ FIXED = {
     "labels",
     "mix",
 }
-EXTENSION_FIELDS = {f.name for f in fields(TrainConfig)} - FIXED
-WARNINGS_ONLY = {"duplicate_example", "too_long"}  # such examples still train; the job notes them
+FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
+EXTENSION_FIELDS = set(FIELD_TYPES) - FIXED
+WARNINGS_ONLY = {"duplicate_example"}  # such examples still train; the job notes them
+
+
+Auto = Literal["auto"]
 
 
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    n_epochs: int | Literal["auto"] = Field("auto", ge=1, le=50)
-    batch_size: int | Literal["auto"] = Field("auto", ge=1, le=256)
-    learning_rate_multiplier: float | Literal["auto"] = Field("auto", gt=0, le=100)
+    n_epochs: Annotated[int, Field(ge=1, le=50, strict=True)] | Auto = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=256, strict=True)] | Auto = "auto"
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100, strict=True)] | Auto = "auto"
 
     def resolved(self) -> dict:
         return {key: DEFAULTS[key] if value == "auto" else value for key, value in self.model_dump().items()}
@@ -103,11 +107,32 @@ def check_options(extension: dict | None) -> dict:
             param="tunelab.method",
             code="invalid_value",
         )
+    for name, value in options.items():
+        check_option_type(name, value)
     try:
         TrainConfig(**options)
-    except (ConfigError, TypeError) as err:
+    except ConfigError as err:
         raise ApiError(400, str(err), param="tunelab", code="invalid_value") from err
     return options
+
+
+def check_option_type(name: str, value) -> None:
+    """Against the TrainConfig field's annotation (a string such as 'int | None' or 'list[str]')."""
+    annotation = FIELD_TYPES[name]
+    for part in (part.strip() for part in annotation.split("|")):
+        if part == "None" and value is None:
+            return
+        if part == "list[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return
+        expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(part)
+        if expected and isinstance(value, expected) and (part == "bool" or not isinstance(value, bool)):
+            return
+    raise ApiError(
+        400,
+        f"tunelab.{name} must be {annotation} (got {value!r})",
+        param=f"tunelab.{name}",
+        code="invalid_value",
+    )
 
 
 def train_options(job: dict) -> dict:
@@ -162,19 +187,14 @@ def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: st
             )
     if not problems:
         return
-    few = [issue for issue in problems if issue.code == "too_few_examples"]
-    if few and len(problems) == 1:
+    if all(issue.line is None for issue in problems):  # empty_file or too_few_examples
         raise ApiError(
             400,
             f"{param} {file_id} has {report.num_valid} example(s), but must have at least {min_examples}",
             param=param,
             code="invalid_n_examples",
         )
-    first = (
-        next(issue for issue in problems if issue.line is not None)
-        if problems[0].line is None
-        else problems[0]
-    )
+    first = next(issue for issue in problems if issue.line is not None)
     listed = "; ".join(
         f"line {issue.line}: {issue.code}: {issue.message}"
         if issue.line

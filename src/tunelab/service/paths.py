@@ -44,6 +44,9 @@ class DataDir:
         """The training run's folder; when the job succeeds it holds the final model."""
         return self.jobs / job_id / "run"
 
+    def checkpoints_dir(self, job_id: str) -> Path:
+        """Published checkpoints: loadable adapters, apart from the run's own resumable checkpoints."""
+        return self.jobs / job_id / "checkpoints"
+
     def checkpoint_dir(self, job_id: str, step: int) -> Path:
-        """A published checkpoint: a loadable adapter, apart from the run's own resumable checkpoints."""
-        return self.jobs / job_id / "checkpoints" / f"step-{step:07d}"
+        return self.checkpoints_dir(job_id) / f"step-{step:07d}"

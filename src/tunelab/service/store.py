@@ -189,9 +189,12 @@ class Store:
             "n"
         ]
 
-    def last_metrics_step(self, job_id: str) -> int:
-        row = self.one("SELECT MAX(step) AS step FROM events WHERE job_id = ? AND type = 'metrics'", job_id)
-        return row["step"] or 0
+    def job_lifecycle(self, job_id: str, messages: tuple[str, ...]) -> list[dict]:
+        """The job's events with these messages, oldest first, their data decoded."""
+        marks = ", ".join("?" for _ in messages)
+        sql = f"SELECT message, data FROM events WHERE job_id = ? AND message IN ({marks}) ORDER BY seq"
+        rows = self.all(sql, job_id, *messages)
+        return [{"message": r["message"], "data": json.loads(r["data"]) if r["data"] else {}} for r in rows]
 
     def list_events(self, job_id: str, after: str | None, limit: int) -> list[dict]:
         if after:
@@ -221,6 +224,18 @@ class Store:
             json.dumps(metrics),
         )
 
+    def update_checkpoint_metrics(self, job_id: str, step: int, metrics: dict) -> None:
+        with self.connect() as db:
+            row = db.execute(
+                "SELECT metrics FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, step)
+            ).fetchone()
+            if row:
+                merged = {**json.loads(row["metrics"]), **metrics}
+                db.execute(
+                    "UPDATE checkpoints SET metrics = ? WHERE job_id = ? AND step = ?",
+                    (json.dumps(merged), job_id, step),
+                )
+
     def list_checkpoints(self, job_id: str) -> list[dict]:
         return self.all("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step DESC", job_id)
 
@@ -229,6 +244,29 @@ class Store:
 
     def drop_checkpoints(self, job_id: str) -> None:
         self.run("DELETE FROM checkpoints WHERE job_id = ?", job_id)
+
+    def publish(
+        self, job: dict, model_name: str, trained_tokens: int, results_id: str, results_bytes: int
+    ) -> bool:
+        """In one transaction: the job `succeeded` (only if still running), its model, its results file."""
+        with self.connect() as db:
+            moved = db.execute(
+                "UPDATE jobs SET status = 'succeeded', finished_at = ?, fine_tuned_model = ?, "
+                "trained_tokens = ?, result_files = ? WHERE id = ? AND status = 'running'",
+                (now(), model_name, trained_tokens, json.dumps([results_id]), job["id"]),
+            ).rowcount
+            if not moved:
+                return False
+            db.execute(
+                "INSERT OR IGNORE INTO models (id, owner, job_id, base, created_at) VALUES (?, ?, ?, ?, ?)",
+                (model_name, job["owner"], job["id"], job["model_root"], now()),
+            )
+            db.execute(
+                "INSERT INTO files (id, owner, filename, purpose, bytes, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (results_id, job["owner"], "step_metrics.csv", "fine-tune-results", results_bytes, now()),
+            )
+        return True
 
     # models
 

@@ -31,7 +31,9 @@ from .store import Store, new_id
 
 POLL_S = 0.5
 RESUMING = "Resuming fine-tuning job"
-MAX_RESUMES = 3
+PAUSED = "Paused: the server is stopping; the job resumes when it starts again"
+MAX_CRASHES = 3
+current_job: str | None = None  # the job this worker trains now, for the SIGTERM handler
 
 
 class JobCancelled(Exception):
@@ -44,37 +46,51 @@ class JobHooks(TrainHooks):
     def __init__(self, store: Store, data: DataDir, job: dict):
         self.store, self.data, self.job = store, data, job
         self.name = model_name(job)
-        self.already_reported = store.last_metrics_step(job["id"])  # a resumed run repeats no events
+        # A resumed run repeats the steps and evals after its checkpoint: report each only once.
+        reported = store.metrics(job["id"])
+        self.reported = {
+            (kind, d["step"]) for d in reported for kind in ("train_loss", "valid_loss") if kind in d
+        }
         self.total_steps = 0
         self.last_train: dict = {}
-        self.last_eval: dict = {}
+
+    def on_step(self, step: int) -> None:
+        if self.store.job_status(self.job["id"]) != "running":
+            raise JobCancelled
 
     def on_record(self, record: dict) -> None:
-        job_id, step = self.job["id"], record.get("step", 0)
-        if self.store.job_status(job_id) != "running":
-            raise JobCancelled
-        kind = record["kind"]
+        job_id, step, kind = self.job["id"], record.get("step", 0), record["kind"]
         if kind == "run":
             self.total_steps = record["total_steps"]
-            if step == 0:
-                self.store.add_event(
-                    job_id,
-                    f"Training {record['method']} on {record['train_examples']} examples for "
-                    f"{record['total_steps']} steps ({record['trainable_params']:,} trainable parameters)",
-                )
+            message = (
+                f"Training {record['method']} on {record['train_examples']} examples for "
+                f"{record['total_steps']} steps ({record['trainable_params']:,} trainable parameters)"
+            )
+            if not self.store.count_events(job_id, message):
+                self.store.add_event(job_id, message)
         elif kind == "train":
             self.last_train = record
-            if step > self.already_reported:
-                data = {"step": step, "train_loss": record["loss"], "total_steps": self.total_steps}
-                data |= {"learning_rate": record["lr"], "tokens_per_s": record["tokens_per_s"]}
-                message = f"Step {step}/{self.total_steps}: training loss={record['loss']:.4f}"
-                self.store.add_event(job_id, message, type="metrics", data=data, step=step)
+            data = {"step": step, "train_loss": record["loss"], "total_steps": self.total_steps}
+            data |= {"learning_rate": record["lr"], "tokens_per_s": record["tokens_per_s"]}
+            self._report(
+                "train_loss", data, f"Step {step}/{self.total_steps}: training loss={record['loss']:.4f}"
+            )
         elif kind == "eval":
-            self.last_eval = record
-            if step > self.already_reported or record.get("baseline"):
-                data = {"step": step, "valid_loss": record["val_loss"], "total_steps": self.total_steps}
-                message = f"Step {step}/{self.total_steps}: validation loss={record['val_loss']:.4f}"
-                self.store.add_event(job_id, message, type="metrics", data=data, step=step)
+            data = {"step": step, "valid_loss": record["val_loss"], "total_steps": self.total_steps}
+            self._report(
+                "valid_loss",
+                data,
+                f"Step {step}/{self.total_steps}: validation loss={record['val_loss']:.4f}",
+            )
+            # An epoch's checkpoint is saved just before its eval: the checkpoint gets the val loss now.
+            self.store.update_checkpoint_metrics(
+                job_id, step, {"valid_loss": record["val_loss"], "full_valid_loss": record["val_loss"]}
+            )
+
+    def _report(self, key: str, data: dict, message: str) -> None:
+        if (key, data["step"]) not in self.reported:
+            self.reported.add((key, data["step"]))
+            self.store.add_event(self.job["id"], message, type="metrics", data=data, step=data["step"])
 
     def on_checkpoint(self, trainer: Trainer, step: int) -> None:
         folder = self.data.checkpoint_dir(self.job["id"], step)
@@ -82,8 +98,6 @@ class JobHooks(TrainHooks):
         metrics = {"step": step}
         if self.last_train.get("step") == step:
             metrics["train_loss"] = self.last_train["loss"]
-        if self.last_eval.get("step") == step:
-            metrics["valid_loss"] = metrics["full_valid_loss"] = self.last_eval["val_loss"]
         self.store.add_checkpoint(self.job["id"], step, f"{self.name}:ckpt-step-{step}", metrics)
         self.store.add_event(self.job["id"], f"Checkpoint created at step {step}")
 
@@ -95,18 +109,21 @@ def run_job(store: Store, data: DataDir, job: dict) -> None:
     resuming = job["status"] == "running"
     if not resuming and not store.set_status(job_id, "running", only_from=("queued",)):
         return  # cancelled between being picked and starting
-    if resuming and store.count_events(job_id, RESUMING) >= MAX_RESUMES:
-        # The worker keeps dying inside this job (most likely out of memory): stop retrying it.
-        fail(
-            store,
-            data,
-            job_id,
-            "server_error",
-            f"the worker died {MAX_RESUMES} times while training this "
-            "job; it may need more memory than this machine has (try a smaller batch_size or max_length)",
+    checkpoints = list_checkpoints(run_dir)
+    from_step = int(checkpoints[-1].name.removeprefix("step-")) if checkpoints else 0
+    if resuming and crashes_at(store, job_id, from_step) >= MAX_CRASHES:
+        # The worker keeps dying inside this job with no progress (most likely out of memory): stop.
+        message = (
+            f"the worker died {MAX_CRASHES} times in this job without getting past step {from_step}; it may "
+            "need more memory than this machine has (try a smaller batch_size or max_length)"
         )
-        return
-    store.add_event(job_id, RESUMING if resuming else "Fine-tuning job started")
+        return fail(store, data, job_id, "server_error", message)
+    if resuming:
+        store.add_event(job_id, RESUMING, data={"from_step": from_step})
+    else:
+        store.add_event(job_id, "Fine-tuning job started")
+    global current_job
+    current_job = job_id
     try:
         if not (run_dir / SUMMARY_FILE).exists():  # else: it finished just before a crash; publish only
             trainer = Trainer(job_config(job, data), None, JobHooks(store, data, job))
@@ -125,6 +142,19 @@ def run_job(store: Store, data: DataDir, job: dict) -> None:
     except Exception as err:  # a bug, or the machine ran out of memory: say so on the job, keep serving
         traceback.print_exc()
         fail(store, data, job_id, "server_error", f"training failed: {type(err).__name__}: {err}")
+    finally:
+        current_job = None
+
+
+def crashes_at(store: Store, job_id: str, from_step: int) -> int:
+    """How many times in a row the job was resumed from `from_step` after the worker died (a server that
+    stopped politely left a PAUSED event, which does not count)."""
+    count = 0
+    for event in reversed(store.job_lifecycle(job_id, (RESUMING, PAUSED))):
+        if event["message"] == PAUSED or event["data"].get("from_step") != from_step:
+            break
+        count += 1
+    return count
 
 
 def job_config(job: dict, data: DataDir) -> TrainConfig:
@@ -147,34 +177,30 @@ def fail(store: Store, data: DataDir, job_id: str, code: str, message: str, para
     error = {"code": code, "message": message, "param": param}
     if store.set_status(job_id, "failed", only_from=("running",), error=error):
         store.drop_checkpoints(job_id)
-        shutil.rmtree(data.checkpoint_dir(job_id, 0).parent, ignore_errors=True)
+        shutil.rmtree(data.checkpoints_dir(job_id), ignore_errors=True)
         store.add_event(job_id, f"Fine-tuning job failed: {message}", level="error")
 
 
 def publish(store: Store, data: DataDir, job: dict) -> None:
-    run_dir = data.run_dir(job["id"])
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    results = write_results_file(store, data, job)
+    """Job `succeeded`, its model and its results file: all in one transaction, or none of it (a job
+    cancelled at this very moment stays cancelled and publishes nothing)."""
+    summary = json.loads((data.run_dir(job["id"]) / SUMMARY_FILE).read_text())
+    results_id = new_id("file-")
+    results = data.file(results_id)
+    results.write_text(results_csv(data.run_dir(job["id"])))
     name = model_name(job)
-    store.add_model(name, job["owner"], job["id"], job["model"])
-    tokens = summary["trained_tokens"]
-    if store.set_status(
-        job["id"],
-        "succeeded",
-        only_from=("running",),
-        fine_tuned_model=name,
-        trained_tokens=tokens,
-        result_files=[results],
-    ):
-        loss = summary.get("final_train_loss")
-        store.add_event(job["id"], f"New fine-tuned model created: {name}")
-        store.add_event(job["id"], f"The job has successfully completed (final training loss {loss:.4f})")
+    if not store.publish(job, name, summary["trained_tokens"], results_id, results.stat().st_size):
+        results.unlink()
+        return
+    loss = summary.get("final_train_loss")
+    store.add_event(job["id"], f"New fine-tuned model created: {name}")
+    store.add_event(job["id"], f"The job has successfully completed (final training loss {loss:.4f})")
 
 
-def write_results_file(store: Store, data: DataDir, job: dict) -> str:
-    """step, train_loss, valid_loss per step as CSV, registered as a `fine-tune-results` file."""
+def results_csv(run_dir) -> str:
+    """step, train_loss, valid_loss per step, as OpenAI's `fine-tune-results` file has them."""
     rows: dict[int, dict] = {}
-    for line in (data.run_dir(job["id"]) / "metrics.jsonl").read_text().splitlines():
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if record["kind"] == "train":
             rows.setdefault(record["step"], {})["train_loss"] = record["loss"]
@@ -185,11 +211,7 @@ def write_results_file(store: Store, data: DataDir, job: dict) -> str:
     writer.writerow(["step", "train_loss", "valid_loss"])
     for step in sorted(rows):
         writer.writerow([step, rows[step].get("train_loss", ""), rows[step].get("valid_loss", "")])
-    file_id = new_id("file-")
-    path = data.file(file_id)
-    path.write_text(buffer.getvalue())
-    store.add_file(file_id, job["owner"], "step_metrics.csv", "fine-tune-results", path.stat().st_size)
-    return file_id
+    return buffer.getvalue()
 
 
 def next_job(store: Store) -> dict | None:
@@ -237,7 +259,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(Store(DataDir(args.data_dir).db)))
     serve_jobs(args.data_dir, args.parent_pid)
+
+
+def pause_and_exit(store: Store) -> None:
+    """The server is stopping: note it on the running job (so the restart is not counted as a crash) and
+    exit at once; the job resumes from its last checkpoint, as after a kill."""
+    if current_job is not None:
+        store.add_event(current_job, PAUSED)
+    os._exit(0)
 
 
 if __name__ == "__main__":

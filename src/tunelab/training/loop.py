@@ -69,6 +69,9 @@ class TrainHooks:
     """What a run tells whoever started it; the service's worker turns these into job events and
     checkpoints, and stops a cancelled job by raising from one of them. The defaults do nothing."""
 
+    def on_step(self, step: int) -> None:
+        """After each optimizer step."""
+
     def on_record(self, record: dict) -> None:
         """Every metrics record (kinds: run, train, eval, summary), as written to metrics.jsonl."""
 
@@ -166,7 +169,16 @@ class Trainer:
         self.metrics = None
         if self.main:
             self.metrics = MetricsLog(self.out, state.step or None, on_record=self.hooks.on_record)
-        self._announce()
+        try:
+            self._announce()
+            self._run()
+            return self._finish() if self.main else TrainResult(self.out, {})
+        finally:
+            if self.metrics:  # also when a hook stopped the run: no TensorBoard thread is left behind
+                self.metrics.close()
+
+    def _run(self) -> None:
+        config, state = self.config, self.state
         self.progress = TrainProgress(self.console, self.total_steps, state.step)
         started = time.perf_counter() - state.elapsed_s
         with self.progress:
@@ -189,7 +201,6 @@ class Trainer:
                         self._evaluate()
             if self.val_sets and state.last_eval_step != state.step:
                 self._evaluate()  # always end with a val loss for the final weights
-        return self._finish() if self.main else TrainResult(self.out, {})
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         indices = epoch_indices(self.task_sizes, self.mix, self.config.seed, epoch)
@@ -216,6 +227,7 @@ class Trainer:
                 "Lower --lr, check the data, or keep --max-grad-norm on."
             )
         state.step += 1
+        self.hooks.on_step(state.step)
         state.last_loss = loss
         state.tokens_seen += tokens
         state.elapsed_s = time.perf_counter() - started
@@ -331,7 +343,6 @@ class Trainer:
             self.out, self.unwrapped, self.tokenizer, self.method, self.config, summary
         )
         self.metrics.log({"kind": "summary", "step": state.step, **summary}, prefix="summary")
-        self.metrics.close()
         (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # last: marks the run finished
         self.log(
             f"Saved {self.method.name} model to {self.out} ({summary['artifact_mb']} MB, weights "

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..deps import Owner, Service, ServiceDep
 from ..engine import Generation, Sampling, Target
-from ..errors import ApiError
+from ..errors import TYPES, ApiError, describe, log
 from ..store import new_id, now
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -77,9 +77,19 @@ class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
 
 
+def is_default(name: str, value) -> bool:
+    """Sent with its do-nothing value (some clients always send `tools: []` or `logprobs: false`)."""
+    return (
+        value is None
+        or value is False
+        or value == []
+        or (name == "best_of" and type(value) is int and value == 1)
+    )
+
+
 def check_supported(request: GenerationRequest) -> None:
     for name in UNSUPPORTED:
-        if (request.model_extra or {}).get(name) not in (None, False, 1):
+        if not is_default(name, (request.model_extra or {}).get(name)):
             raise ApiError(
                 400, f"'{name}' is not supported by this server", param=name, code="unsupported_parameter"
             )
@@ -147,8 +157,7 @@ async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceD
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
     ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = chat_prompt_ids(tokenizer, messages)
     requested = request.max_completion_tokens or request.max_tokens
     sampling = sampling_for(
         request,
@@ -158,11 +167,13 @@ async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceD
         service.settings.default_max_tokens,
     )
     runs = [(index, ids, choice_seed(sampling, index)) for index in range(request.n)]
-    reply = Reply(service, owner, target, "chat.completion", messages, len(ids))
-    if request.stream:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        return StreamingResponse(reply.stream(runs, include_usage), media_type="text/event-stream")
-    return await reply.whole(runs)
+    return await Reply(service, owner, target, "chat.completion", messages, len(ids)).respond(runs, request)
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The conversation as the model was trained to see it: its chat template, ending where it answers."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @router.post("/completions")
@@ -180,11 +191,9 @@ async def completions(request: CompletionRequest, owner: Owner, service: Service
             request, request.max_tokens, len(ids), context, service.settings.default_max_tokens
         )
         runs += [(p * request.n + i, ids, choice_seed(sampling, i)) for i in range(request.n)]
-    reply = Reply(service, owner, target, "text_completion", request.prompt, prompt_tokens)
-    if request.stream:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        return StreamingResponse(reply.stream(runs, include_usage), media_type="text/event-stream")
-    return await reply.whole(runs)
+    return await Reply(service, owner, target, "text_completion", request.prompt, prompt_tokens).respond(
+        runs, request
+    )
 
 
 class Reply:
@@ -221,6 +230,12 @@ class Reply:
 
     def _keep(self, first_text: str) -> None:
         self.service.store.add_completion(self.id, self.owner, self.target.name, self.prompt, first_text)
+
+    async def respond(self, runs: list, request: GenerationRequest):
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return StreamingResponse(self.stream(runs, include_usage), media_type="text/event-stream")
+        return await self.whole(runs)
 
     async def whole(self, runs: list) -> dict:
         def generate_all() -> list[Generation]:
@@ -281,17 +296,17 @@ class Reply:
                 yield sse({**self._envelope([], True), "usage": usage(self.prompt_tokens, completion_tokens)})
             yield "data: [DONE]\n\n"
             self._keep(first_text or "")
-        except ApiError as err:
-            yield sse(
-                {
-                    "error": {
-                        "message": err.message,
-                        "type": "invalid_request_error",
-                        "param": err.param,
-                        "code": err.code,
-                    }
-                }
-            )
+        except Exception as err:  # the status line is sent already: the error goes in the stream
+            if not isinstance(err, ApiError):
+                log.error("streaming a reply failed", exc_info=err)
+            status = err.status if isinstance(err, ApiError) else 500
+            message = err.message if isinstance(err, ApiError) else describe(err)
+            body = {
+                "message": message,
+                "type": TYPES.get(status, "server_error"),
+                "param": getattr(err, "param", None),
+            }
+            yield sse({"error": {**body, "code": getattr(err, "code", None) or "server_error"}})
         finally:
             if generation is not None:  # the client went away mid-answer: stop generating for it
                 generation.cancel()

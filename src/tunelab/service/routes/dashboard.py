@@ -29,7 +29,7 @@ from ..deps import COOKIE, Service, ServiceDep, owner_for, presented_key
 from ..engine import Generation
 from ..errors import ApiError
 from ..jobs import checkpoint_object, job_object
-from .completions import GenerationRequest, prepare, sampling_for
+from .completions import GenerationRequest, chat_prompt_ids, prepare, sampling_for
 from .models import visible_models
 
 JOBS_SHOWN = 50
@@ -211,10 +211,7 @@ def playground(request: Request, owner: DashboardOwner, service: ServiceDep, mod
 async def chat_reply(service: Service, owner: str, request: GenerationRequest, message: str) -> Generation:
     """One user message answered as `/v1/chat/completions` would, the generation off the event loop."""
     target, tokenizer = await prepare(service, owner, request)
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
-    )
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": message}])
     context = service.engine.context_length(target.base)
     sampling = sampling_for(
         request, request.max_tokens, len(ids), context, service.settings.default_max_tokens
