@@ -5,6 +5,7 @@ server process (kill -9, restart) and tests/test_service_openai.py drives it wit
 
 import asyncio
 import json
+import shutil
 import time
 
 import pytest
@@ -454,3 +455,60 @@ def test_adapters_share_one_base_in_a_small_lru(tmp_path, tiny_llama_dir):
         assert client.delete(f"/v1/models/{names[0]}", headers=K1).json()["deleted"]
         assert names[0] not in engine._adapters
         assert len(engine._bases) == 1  # one base model in memory throughout
+
+
+def test_explicit_auto_hyperparameters_and_strict_types(client):
+    auto = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    job = create_job(client, jsonl(copy_task_rows(12)), hyperparameters=auto)
+    assert job["hyperparameters"] == {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
+    file_id = job["training_file"]
+    for bad in ({"n_epochs": True}, {"batch_size": "3"}):
+        body = {"model": "tiny", "training_file": file_id, "hyperparameters": bad}
+        response = client.post("/v1/fine_tuning/jobs", headers=K1, json=body)
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["param"] == f"hyperparameters.{next(iter(bad))}"
+
+
+def test_an_empty_file_is_invalid_n_examples(client):
+    job = create_job(client, "\n\n")
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_n_examples"
+
+
+def test_true_is_refused_for_unsupported_options_but_defaults_pass(client):
+    assert chat(client, max_tokens=2, logprobs=True).json()["error"]["param"] == "logprobs"
+    assert chat(client, max_tokens=2, logprobs=False, tools=[]).status_code == 200
+
+
+def test_one_file_per_upload(client):
+    files = [("file", ("a.jsonl", "{}\n")), ("file", ("b.jsonl", "{}\n"))]
+    response = client.post("/v1/files", headers=K1, files=files, data={"purpose": "fine-tune"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "file"
+    assert client.get("/v1/files", headers=K1).json()["data"] == []
+
+
+def test_deleting_a_model_takes_its_checkpoints_and_waits_for_jobs_using_it(tmp_path, tiny_llama_dir):
+    from peft import LoraConfig
+
+    with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir))) as client:
+        lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+        name = fake_fine_tuned_model(client, tiny_llama_dir, "ft:tiny:o::base", lora)
+        service = client.app.state.service
+        job_id = service.store.get_model(name, service.keys["key-one"])["job_id"]
+        checkpoint = f"{name}:ckpt-step-2"
+        service.store.add_checkpoint(job_id, 2, checkpoint, {"step": 2})
+        shutil.copytree(service.data.run_dir(job_id), service.data.checkpoint_dir(job_id, 2))
+        assert (
+            client.get(f"/v1/models/{checkpoint}", headers=K1).json()["owned_by"] == service.keys["key-one"]
+        )
+        assert chat(client, model=checkpoint, max_tokens=2).status_code == 200
+
+        child = create_job(client, jsonl(copy_task_rows(12)), model=checkpoint)  # continues the checkpoint
+        assert child["status"] == "queued"
+        busy = client.delete(f"/v1/models/{name}", headers=K1)
+        assert busy.status_code == 409 and child["id"] in busy.json()["error"]["message"]
+        client.post(f"/v1/fine_tuning/jobs/{child['id']}/cancel", headers=K1)
+        assert client.delete(f"/v1/models/{name}", headers=K1).json()["deleted"]
+        for gone in (name, checkpoint):
+            assert client.get(f"/v1/models/{gone}", headers=K1).status_code == 404
+            assert chat(client, model=gone, max_tokens=2).status_code == 404
+        assert not service.data.run_dir(job_id).exists() and not service.data.checkpoints_dir(job_id).exists()

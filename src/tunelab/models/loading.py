@@ -137,7 +137,8 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, log=print):
 
     path = materialize(resolve(spec), log)
     tokenizer = load_tokenizer(path, log)
-    model = _from_pretrained(AutoModelForCausalLM, path, dtype=dtype)
+    # Safetensors only: a pickled .bin checkpoint could run code on load.
+    model = _from_pretrained(AutoModelForCausalLM, path, dtype=dtype, use_safetensors=True)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -30,6 +30,8 @@ class Target:
     name: str
     base: str
     adapter: Path | None = None
+    job_id: str | None = None  # the job that trained the adapter
+    created_at: int | None = None
 
 
 @dataclass
@@ -59,10 +61,12 @@ class CountingStreamer(TextIteratorStreamer):
     def __init__(self, tokenizer):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.generated = 0
+        self.last_token: int | None = None
 
     def put(self, value):
         if not self.next_tokens_are_prompt:
             self.generated += value.numel()
+            self.last_token = int(value.reshape(-1)[-1])
         super().put(value)
 
 
@@ -135,7 +139,8 @@ class Generation:
             raise self.error
         self.completion_tokens = self.streamer.generated
         hit_stop = bool(stops) and self.stopped.is_set()
-        if not hit_stop and self.completion_tokens >= self.sampling.max_tokens:
+        ended = self.streamer.last_token == self.streamer.tokenizer.eos_token_id  # it said all it had to
+        if not hit_stop and not ended and self.completion_tokens >= self.sampling.max_tokens:
             self.finish_reason = "length"
 
     def _emit(self, text: str) -> Iterator[str]:
@@ -162,17 +167,24 @@ class Engine:
         if name in self.settings.base_models:
             return Target(name, name)
         model = self.store.get_model(name, owner)
+        checkpoint = self.store.checkpoint_by_model(name) if model is None else None
+        job = self.store.get_job((model or checkpoint or {}).get("job_id", ""), owner)
+        if job is None:
+            raise not_found("model", name, param="model")
+        if job["model_root"] not in self.settings.base_models:
+            raise ApiError(
+                400,
+                f"'{name}' was fine-tuned from '{job['model_root']}', which this server does not "
+                f"serve now; start it with --base-model {job['model_root']}=SPEC",
+                param="model",
+                code="model_not_available",
+            )
         if model is not None:
-            job = self.store.get_job(model["job_id"])
-            return Target(name, job["model_root"], self.data.run_dir(job["id"]))
-        checkpoint = self.store.checkpoint_by_model(name)
-        if checkpoint is not None:
-            job = self.store.get_job(checkpoint["job_id"], owner)
-            if job is not None:
-                return Target(
-                    name, job["model_root"], self.data.checkpoint_dir(job["id"], checkpoint["step"])
-                )
-        raise not_found("model", name, param="model")
+            return Target(
+                name, job["model_root"], self.data.run_dir(job["id"]), job["id"], model["created_at"]
+            )
+        folder = self.data.checkpoint_dir(job["id"], checkpoint["step"])
+        return Target(name, job["model_root"], folder, job["id"], checkpoint["created_at"])
 
     def base(self, name: str) -> MultiAdapterModel:
         with self._load_lock:

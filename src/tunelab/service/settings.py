@@ -27,6 +27,10 @@ class ServiceSettings:
     start_worker: bool = True  # tests of the API alone turn it off
 
     def __post_init__(self):
+        if self.max_loaded_adapters < 1 or self.max_upload_mb <= 0 or self.default_max_tokens < 1:
+            raise UserError(
+                "max_loaded_adapters and default_max_tokens must be at least 1, max_upload_mb positive"
+            )
         for name in self.base_models:
             if ":" in name or not name:
                 raise UserError(f"base model name '{name}' must be non-empty and hold no ':'")

@@ -74,6 +74,10 @@ class _Parts:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = options.get(b"name", b"").decode("utf-8", "replace")
         if self._name == "file":
+            if self.filename is not None:
+                raise ApiError(
+                    400, "upload one file per request (this one has several 'file' parts)", param="file"
+                )
             self.filename = clean_filename(options.get(b"filename", b"").decode("utf-8", "replace"))
 
     def part_data(self, data: bytes, start: int, end: int) -> None:

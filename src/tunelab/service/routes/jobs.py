@@ -25,28 +25,21 @@ CANCELLABLE = ("validating_files", "queued", "running")
 
 
 def starting_point(service: Service, owner: str, model: str) -> dict:
-    """Where a job starts: a base model, or (continued fine-tuning) one of the key's `ft:` models."""
-    if model in service.settings.base_models:
+    """Where a job starts: a base model, or (continued fine-tuning) one of the key's `ft:` models or
+    checkpoints, whose adapter it goes on training."""
+    target = service.engine.resolve(model, owner)
+    if target.adapter is None:
         return {
             "root": model,
             "spec": service.settings.base_models[model],
             "init_adapter": None,
             "method": None,
         }
-    row = service.store.get_model(model, owner)
-    if row is None:
-        raise ApiError(
-            404,
-            f"model '{model}' does not exist or is not yours to fine-tune; see GET /v1/models",
-            param="model",
-            code="model_not_found",
-        )
-    parent = service.store.get_job(row["job_id"])
-    extension = json.loads(parent["tunelab"])
+    extension = json.loads(service.store.get_job(target.job_id)["tunelab"])
     return {
-        "root": parent["model_root"],
+        "root": target.base,
         "spec": extension["base_spec"],
-        "init_adapter": str(service.data.run_dir(parent["id"])),
+        "init_adapter": str(target.adapter),
         "method": extension["options"]["method"],
     }
 

@@ -29,14 +29,16 @@ def list_models(owner: Owner, service: ServiceDep):
 
 @router.get("/{model_id}")
 def get_model(model_id: str, owner: Owner, service: ServiceDep):
-    for model in visible_models(service, owner):
-        if model["id"] == model_id:
-            return model
-    raise not_found("model", model_id, param="model")
+    """Also a checkpoint (`...:ckpt-step-N`): not listed, but usable wherever a model is."""
+    target = service.engine.resolve(model_id, owner)
+    if target.adapter is None:
+        return model_object(model_id, service.started_at, "tunelab")
+    return model_object(model_id, target.created_at, owner)
 
 
 @router.delete("/{model_id}")
 def delete_model(model_id: str, owner: Owner, service: ServiceDep):
+    """Deletes the model's weights and its checkpoints; refused while a job is fine-tuning from it."""
     if model_id in service.settings.base_models:
         raise ApiError(
             403,
@@ -47,8 +49,20 @@ def delete_model(model_id: str, owner: Owner, service: ServiceDep):
     row = service.store.get_model(model_id, owner)
     if row is None:
         raise not_found("model", model_id, param="model")
+    checkpoints = [c["model_name"] for c in service.store.list_checkpoints(row["job_id"])]
+    for job in service.store.jobs_with_status("validating_files", "queued", "running"):
+        if job["owner"] == owner and job["model"] in (model_id, *checkpoints):
+            raise ApiError(
+                409,
+                f"job {job['id']} is fine-tuning from this model; cancel it or let it finish first",
+                param="model",
+                code="model_in_use",
+            )
     service.store.delete_model(model_id, owner)
+    service.store.drop_checkpoints(row["job_id"])
     with service.engine.lock:  # not while a request is generating with it
-        service.engine.unload(model_id)
+        for name in (model_id, *checkpoints):
+            service.engine.unload(name)
     shutil.rmtree(service.data.run_dir(row["job_id"]), ignore_errors=True)
+    shutil.rmtree(service.data.checkpoints_dir(row["job_id"]), ignore_errors=True)
     return {"id": model_id, "object": "model", "deleted": True}
