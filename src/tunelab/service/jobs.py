@@ -76,7 +76,10 @@ class JobCreate(BaseModel):
     method: MethodSpec | None = None
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = (
+        Field(None, max_length=16)
+    )
+    integrations: list[dict] | None = None
     tunelab: dict | None = Field(
         None, description="tunelab's extension: {'method': 'lora' or 'ia3', and training options}"
     )

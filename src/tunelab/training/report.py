@@ -30,7 +30,9 @@ class MetricsLog:
         kept = [
             line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= step
         ]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path)  # atomic: a kill now leaves the old history or the new, never half of one
 
     def log(self, record: dict, prefix: str = "train") -> None:
         with self.path.open("a") as f:

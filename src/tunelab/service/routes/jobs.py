@@ -46,6 +46,14 @@ def starting_point(service: Service, owner: str, model: str) -> dict:
 
 @router.post("")
 def create_job(request: JobCreate, owner: Owner, service: ServiceDep, background: BackgroundTasks):
+    if request.integrations:
+        raise ApiError(
+            400,
+            "integrations (such as wandb) are not supported; metrics are in the job's events, its "
+            "results file and the dashboard",
+            param="integrations",
+            code="unsupported_parameter",
+        )
     if request.hyperparameters and request.method:
         raise ApiError(
             400,
