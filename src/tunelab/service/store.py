@@ -139,14 +139,15 @@ class Store:
         marks = ", ".join("?" for _ in statuses)
         return self.all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid", *statuses)
 
-    def set_status(self, job_id: str, status: str, *, only_from: tuple[str, ...] = (), **fields) -> bool:
+    def set_status(
+        self, job_id: str, status: str, *, only_from: tuple[str, ...] = (), error: dict | None = None
+    ) -> bool:
         """Move a job to `status` (only from the given statuses, when named); False if it was not there."""
-        fields = {"status": status, **fields}
+        fields = {"status": status}
         if status in FINISHED:
-            fields.setdefault("finished_at", now())
-        for key in ("error", "result_files"):
-            if key in fields and not isinstance(fields[key], str | None):
-                fields[key] = json.dumps(fields[key])
+            fields["finished_at"] = now()
+        if error is not None:
+            fields["error"] = json.dumps(error)
         sets = ", ".join(f"{key} = ?" for key in fields)
         sql = f"UPDATE jobs SET {sets} WHERE id = ?"
         args = [*fields.values(), job_id]
