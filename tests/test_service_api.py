@@ -512,3 +512,21 @@ def test_deleting_a_model_takes_its_checkpoints_and_waits_for_jobs_using_it(tmp_
             assert client.get(f"/v1/models/{gone}", headers=K1).status_code == 404
             assert chat(client, model=gone, max_tokens=2).status_code == 404
         assert not service.data.run_dir(job_id).exists() and not service.data.checkpoints_dir(job_id).exists()
+
+
+def test_a_client_leaving_a_plain_request_stops_its_generation(client):
+    service = client.app.state.service
+    target = service.engine.resolve("tiny", service.keys["key-one"])
+    ids = service.engine.tokenizer("tiny")("hello")["input_ids"]
+    max_tokens = 512 - len(ids)  # all the tiny model's context: far longer than one disconnect check
+    runs = [(i, ids, Sampling(max_tokens=max_tokens, temperature=1.0, seed=i)) for i in range(2)]
+    reply = Reply(service, service.keys["key-one"], target, "chat.completion", [], len(ids))
+
+    class HungUp:
+        async def is_disconnected(self):
+            return True
+
+    assert asyncio.run(reply.whole(runs, HungUp())) is None
+    assert service.engine.lock.acquire(timeout=30)
+    service.engine.lock.release()
+    assert service.store.get_completion(reply.id, service.keys["key-one"]) is None

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +19,7 @@ from ..errors import TYPES, ApiError, describe, log
 from ..store import new_id, now
 
 router = APIRouter(prefix="/v1", tags=["inference"])
+DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
 # Accepted by OpenAI but not by this server: refused by name rather than silently ignored.
 UNSUPPORTED = (
     "tools",
@@ -152,7 +154,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 @router.post("/chat/completions")
-async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceDep):
+async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceDep, client: Request):
     target, tokenizer = await prepare(service, owner, request)
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
@@ -167,7 +169,8 @@ async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceD
         service.settings.default_max_tokens,
     )
     runs = [(index, ids, choice_seed(sampling, index)) for index in range(request.n)]
-    return await Reply(service, owner, target, "chat.completion", messages, len(ids)).respond(runs, request)
+    reply = Reply(service, owner, target, "chat.completion", messages, len(ids))
+    return await reply.respond(runs, request, client)
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -177,7 +180,7 @@ def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
 
 
 @router.post("/completions")
-async def completions(request: CompletionRequest, owner: Owner, service: ServiceDep):
+async def completions(request: CompletionRequest, owner: Owner, service: ServiceDep, client: Request):
     target, tokenizer = await prepare(service, owner, request)
     prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
     if not prompts:
@@ -191,9 +194,8 @@ async def completions(request: CompletionRequest, owner: Owner, service: Service
             request, request.max_tokens, len(ids), context, service.settings.default_max_tokens
         )
         runs += [(p * request.n + i, ids, choice_seed(sampling, i)) for i in range(request.n)]
-    return await Reply(service, owner, target, "text_completion", request.prompt, prompt_tokens).respond(
-        runs, request
-    )
+    reply = Reply(service, owner, target, "text_completion", request.prompt, prompt_tokens)
+    return await reply.respond(runs, request, client)
 
 
 class Reply:
@@ -231,22 +233,36 @@ class Reply:
     def _keep(self, first_text: str) -> None:
         self.service.store.add_completion(self.id, self.owner, self.target.name, self.prompt, first_text)
 
-    async def respond(self, runs: list, request: GenerationRequest):
+    async def respond(self, runs: list, request: GenerationRequest, client: Request):
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return StreamingResponse(self.stream(runs, include_usage), media_type="text/event-stream")
-        return await self.whole(runs)
+        return await self.whole(runs, client)
 
-    async def whole(self, runs: list) -> dict:
-        def generate_all() -> list[Generation]:
-            done = []
+    async def whole(self, runs: list, client: Request) -> dict | None:
+        """All choices at once. A client that hangs up meanwhile stops the generation (nothing is returned:
+        nobody is there to read it)."""
+        generations: list[Generation] = []
+        gone = threading.Event()
+
+        def generate_all() -> None:
             for _, ids, sampling in runs:
+                if gone.is_set():
+                    return
                 generation = Generation(self.service.engine, self.target, ids, sampling)
+                generations.append(generation)
                 generation.run()
-                done.append(generation)
-            return done
 
-        generations = await asyncio.to_thread(generate_all)
+        work = asyncio.ensure_future(asyncio.to_thread(generate_all))
+        while not work.done():
+            await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+            if not work.done() and await client.is_disconnected():
+                gone.set()
+                for generation in generations:
+                    generation.cancel()
+        await work
+        if gone.is_set():
+            return None
         choices = [
             self._choice(index, g.text, g.finish_reason)
             for (index, _, _), g in zip(runs, generations, strict=True)
