@@ -276,7 +276,9 @@ def test_unsupported_options_are_refused_by_name(client):
 
 
 def test_text_completions_and_feedback_become_training_data(client, tmp_path):
-    from tunelab.service.feedback import export_feedback
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
 
     completion = client.post(
         "/v1/completions",
@@ -298,8 +300,10 @@ def test_text_completions_and_feedback_become_training_data(client, tmp_path):
         == 404
     )
     out = tmp_path / "next.jsonl"
-    result = export_feedback(tmp_path / "data", out)
-    assert (result.written, result.skipped) == (2, 1)
+    args = ["data", "from-feedback", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Wrote 2 example(s)" in result.output and "skipped 1" in result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["messages"][-2:] == [
         {"role": "user", "content": "say bob"},
