@@ -438,6 +438,7 @@ def serve(
     import uvicorn
 
     from .errors import UserError
+    from .models import resolve
     from .service import ServiceSettings, create_app
     from .service.settings import resolve_api_keys
 
@@ -449,6 +450,8 @@ def serve(
             raise UserError("--base-model takes NAME=SPEC, e.g. smollm2=default or mine=./my-model")
         settings.base_models = {name: spec for name, _, spec in pairs}
         settings.__post_init__()
+    for spec in settings.base_models.values():
+        resolve(spec)  # a missing folder or file is said now, not at the first request
     keys, generated = resolve_api_keys(settings)
     settings.api_keys = keys
     if generated:
