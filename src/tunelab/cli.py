@@ -442,14 +442,14 @@ def serve(
     from .service import ServiceSettings, create_app
     from .service.settings import resolve_api_keys
 
-    settings = ServiceSettings(data_dir=data_dir, api_keys=api_key or [], max_upload_mb=max_upload_mb,
-                               max_loaded_adapters=max_loaded_adapters)  # fmt: skip
+    options = {"data_dir": data_dir, "api_keys": api_key or [], "max_upload_mb": max_upload_mb}
+    options["max_loaded_adapters"] = max_loaded_adapters
     if base_model:
         pairs = [item.partition("=") for item in base_model]
         if any(not name or not spec for name, _, spec in pairs):
             raise UserError("--base-model takes NAME=SPEC, e.g. smollm2=default or mine=./my-model")
-        settings.base_models = {name: spec for name, _, spec in pairs}
-        settings.__post_init__()
+        options["base_models"] = {name: spec for name, _, spec in pairs}
+    settings = ServiceSettings(**options)
     for spec in settings.base_models.values():
         resolve(spec)  # a missing folder or file is said now, not at the first request
     keys, generated = resolve_api_keys(settings)
