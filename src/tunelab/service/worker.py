@@ -33,6 +33,7 @@ POLL_S = 0.5
 RESUMING = "Resuming fine-tuning job"
 PAUSED = "Paused: the server is stopping; the job resumes when it starts again"
 MAX_CRASHES = 3
+WORKER_NICENESS = 10
 current_job: str | None = None  # the job this worker trains now, for the SIGTERM handler
 
 
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
+    os.nice(WORKER_NICENESS)  # training yields the CPU to requests: chat stays quick while a job runs
     signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(Store(DataDir(args.data_dir).db)))
     serve_jobs(args.data_dir, args.parent_pid)
 
