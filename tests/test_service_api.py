@@ -378,7 +378,17 @@ def test_cancelling_a_running_job_stops_it_and_publishes_no_model(client):
 
     from tunelab.service.worker import serve_jobs
 
-    job = create_job(client, jsonl(copy_task_rows(12)), tunelab={"max_steps": 10_000, "save_every": 5})
+    long_rows = copy_task_rows(11) + [
+        {
+            "messages": [
+                {"role": "user", "content": "say " + "bob " * 100},
+                {"role": "assistant", "content": "bob"},
+            ]
+        }
+    ]
+    job = create_job(
+        client, jsonl(long_rows), tunelab={"max_steps": 10_000, "save_every": 5, "max_length": 64}
+    )
     service = client.app.state.service
     worker = threading.Thread(target=serve_jobs, args=(service.data.root,), kwargs={"once": True})
     worker.start()
@@ -393,6 +403,10 @@ def test_cancelling_a_running_job_stops_it_and_publishes_no_model(client):
     assert final["status"] == "cancelled" and final["fine_tuned_model"] is None
     events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=K1, params={"limit": 1000}).json()
     assert events["data"][0]["message"] == "Fine-tuning job cancelled"
+    assert any(
+        e["level"] == "warn" and "1 example(s) are longer than max_length 64" in e["message"]
+        for e in events["data"]
+    )
     assert max(e["data"]["step"] for e in events["data"] if e["type"] == "metrics") < 10_000
     assert [m["id"] for m in client.get("/v1/models", headers=K1).json()["data"]] == ["tiny"]
 

@@ -69,6 +69,14 @@ class JobHooks(TrainHooks):
             )
             if not self.store.count_events(job_id, message):
                 self.store.add_event(job_id, message)
+                if record.get("truncated"):  # the file check counts no tokens; training does
+                    limit = train_options(self.job).get("max_length", TrainConfig.max_length)
+                    self.store.add_event(
+                        job_id,
+                        f"{record['truncated']} example(s) are longer than max_length "
+                        f"{limit} tokens and were truncated",
+                        level="warn",
+                    )
         elif kind == "train":
             self.last_train = record
             data = {"step": step, "train_loss": record["loss"], "total_steps": self.total_steps}
