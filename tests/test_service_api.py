@@ -548,3 +548,13 @@ def test_a_client_leaving_a_plain_request_stops_its_generation(client):
     assert service.engine.lock.acquire(timeout=30)
     service.engine.lock.release()
     assert service.store.get_completion(reply.id, service.keys["key-one"]) is None
+
+
+def test_files_page_with_a_cursor(client):
+    ids = [upload(client, jsonl(copy_task_rows(2)), name=f"{i}.jsonl").json()["id"] for i in range(3)]
+    first = client.get("/v1/files", headers=K1, params={"limit": 2}).json()
+    assert [f["id"] for f in first["data"]] == ids[::-1][:2] and first["has_more"]
+    rest = client.get("/v1/files", headers=K1, params={"limit": 2, "after": first["last_id"]}).json()
+    assert [f["id"] for f in rest["data"]] == [ids[0]] and not rest["has_more"]
+    oldest = client.get("/v1/files", headers=K1, params={"order": "asc", "limit": 1}).json()
+    assert oldest["data"][0]["id"] == ids[0]

@@ -102,11 +102,22 @@ class Store:
     def get_file(self, file_id: str, owner: str) -> dict | None:
         return self.one("SELECT * FROM files WHERE id = ? AND owner = ? AND NOT deleted", file_id, owner)
 
-    def list_files(self, owner: str, purpose: str | None = None) -> list[dict]:
+    def list_files(
+        self,
+        owner: str,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int = -1,
+        newest_first: bool = True,
+    ) -> list[dict]:
+        """`after`: the id of the previous page's last file, in the same order (OpenAI's cursor)."""
+        direction, compare = ("DESC", "<") if newest_first else ("ASC", ">")
+        sql, args = "SELECT * FROM files WHERE owner = ? AND NOT deleted", [owner]
         if purpose:
-            sql = "SELECT * FROM files WHERE owner = ? AND purpose = ? AND NOT deleted ORDER BY rowid DESC"
-            return self.all(sql, owner, purpose)
-        return self.all("SELECT * FROM files WHERE owner = ? AND NOT deleted ORDER BY rowid DESC", owner)
+            sql, args = sql + " AND purpose = ?", [*args, purpose]
+        if after:
+            sql, args = sql + f" AND rowid {compare} (SELECT rowid FROM files WHERE id = ?)", [*args, after]
+        return self.all(f"{sql} ORDER BY rowid {direction} LIMIT ?", *args, limit)
 
     def delete_file(self, file_id: str, owner: str) -> bool:
         return self.run("UPDATE files SET deleted = 1 WHERE id = ? AND owner = ?", file_id, owner) > 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
 from ..deps import Owner, ServiceDep
@@ -48,9 +50,20 @@ async def upload_file(request: Request, owner: Owner, service: ServiceDep):
 
 
 @router.get("")
-def list_files(owner: Owner, service: ServiceDep, purpose: str | None = None):
-    rows = service.store.list_files(owner, purpose)
-    return {"object": "list", "data": [file_object(r) for r in rows], "has_more": False}
+def list_files(
+    owner: Owner,
+    service: ServiceDep,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: int = Query(10_000, ge=1, le=10_000),
+    order: Literal["asc", "desc"] = "desc",
+):
+    rows = service.store.list_files(owner, purpose, after, limit + 1, newest_first=order == "desc")
+    data = [file_object(r) for r in rows[:limit]]
+    return {
+        "object": "list", "data": data, "has_more": len(rows) > limit,
+        "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None,
+    }  # fmt: skip
 
 
 def owned_file(service, owner: str, file_id: str) -> dict:
