@@ -9,6 +9,8 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
+import torch
+
 from ..errors import UserError
 from .loading import load_model
 
@@ -16,6 +18,8 @@ from .loading import load_model
 class MultiAdapterModel:
     def __init__(self, model_spec: str = "default"):
         self.base, self.tokenizer = load_model(model_spec, log=lambda *a, **k: None)
+        if torch.cuda.is_available():  # adapters loaded later land on the base's device
+            self.base.to("cuda")
         self.base.eval()
         self.peft = None  # the PeftModel wrapping `base`, once an adapter is loaded
         self.active: str | None = None
