@@ -24,23 +24,8 @@ DEFAULTS = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
 SERVED_METHODS = ("lora", "ia3")
 # TrainConfig fields the `tunelab` extension may set; paths, the model, the seed and the OpenAI
 # hyperparameters come from the request itself.
-FIXED = {
-    "model",
-    "data",
-    "val",
-    "out",
-    "resume",
-    "overwrite",
-    "init_adapter",
-    "seed",
-    "epochs",
-    "batch_size",
-    "lr",
-    "format",
-    "objective",
-    "labels",
-    "mix",
-}
+FIXED = set("model data val out resume overwrite init_adapter seed epochs batch_size lr".split())
+FIXED |= {"format", "objective", "labels", "mix"}  # chat SFT only
 FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
 EXTENSION_FIELDS = set(FIELD_TYPES) - FIXED
 WARNINGS_ONLY = {"duplicate_example"}  # such examples still train; the job notes them
