@@ -44,7 +44,6 @@ def add_job(store, job_id: str, status: str) -> None:
         {
             "id": job_id,
             "owner": owner,
-            "org": owner,
             "model": "tiny",
             "model_root": "tiny",
             "training_file": "file-train1",

@@ -105,7 +105,7 @@ def test_one_key_cannot_see_anothers_files_jobs_or_models(client):
     # A fine-tuned model is visible to its owner only.
     service = client.app.state.service
     owner = service.keys["key-one"]
-    service.store.add_model("ft:tiny:x::abc", owner, job_id, "tiny")
+    service.store.add_model("ft:tiny:x::abc", owner, job_id)
     assert "ft:tiny:x::abc" in [m["id"] for m in client.get("/v1/models", headers=K1).json()["data"]]
     assert "ft:tiny:x::abc" not in [m["id"] for m in client.get("/v1/models", headers=K2).json()["data"]]
     assert client.get("/v1/models/ft:tiny:x::abc", headers=K2).status_code == 404
@@ -442,7 +442,7 @@ def fake_fine_tuned_model(client, tiny_dir, name: str, peft_config) -> str:
         if param.requires_grad:  # make the adapter change the answers
             param.data.normal_(0, 0.5)
     model.save_pretrained(service.data.run_dir(job["id"]))
-    service.store.add_model(name, service.keys["key-one"], job["id"], "tiny")
+    service.store.add_model(name, service.keys["key-one"], job["id"])
     return name
 
 

@@ -71,8 +71,8 @@ class JobCreate(BaseModel):
 
 
 def model_name(job: dict) -> str:
-    """`ft:{base}:{org}:{suffix}:{id}`, as OpenAI names fine-tuned models."""
-    return f"ft:{job['model_root']}:{job['org']}:{job['suffix'] or ''}:{job['id'].removeprefix('ftjob-')}"
+    """`ft:{base}:{org}:{suffix}:{id}`, as OpenAI names fine-tuned models; a key's owner id is its org."""
+    return f"ft:{job['model_root']}:{job['owner']}:{job['suffix'] or ''}:{job['id'].removeprefix('ftjob-')}"
 
 
 def check_options(extension: dict | None) -> dict:
@@ -209,7 +209,7 @@ def job_object(job: dict) -> dict:
         "created_at": job["created_at"],
         "finished_at": job["finished_at"],
         "fine_tuned_model": job["fine_tuned_model"],
-        "organization_id": job["org"],
+        "organization_id": job["owner"],
         "result_files": json.loads(job["result_files"]),
         "status": job["status"],
         "validation_file": job["validation_file"],

@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, filename TEXT NOT NULL, purpose TEXT NOT NULL,
     bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, owner TEXT NOT NULL, org TEXT NOT NULL, model TEXT NOT NULL,
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, model TEXT NOT NULL,
     model_root TEXT NOT NULL, training_file TEXT NOT NULL, validation_file TEXT,
     hyperparameters TEXT NOT NULL, tunelab TEXT NOT NULL, suffix TEXT, seed INTEGER NOT NULL, metadata TEXT,
     status TEXT NOT NULL, created_at INTEGER NOT NULL, finished_at INTEGER, fine_tuned_model TEXT,
@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     id TEXT PRIMARY KEY, job_id TEXT NOT NULL, step INTEGER NOT NULL, created_at INTEGER NOT NULL,
     model_name TEXT NOT NULL, metrics TEXT NOT NULL, UNIQUE(job_id, step));
 CREATE TABLE IF NOT EXISTS models (
-    id TEXT PRIMARY KEY, owner TEXT NOT NULL, job_id TEXT NOT NULL, base TEXT NOT NULL,
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, job_id TEXT NOT NULL,
     created_at INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS completions (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, model TEXT NOT NULL, created_at INTEGER NOT NULL,
@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 """
 
 FINISHED = ("succeeded", "failed", "cancelled")
+ADD_MODEL = "INSERT OR IGNORE INTO models (id, owner, job_id, created_at) VALUES (?, ?, ?, ?)"
 
 
 def new_id(prefix: str) -> str:
@@ -269,10 +270,7 @@ class Store:
             ).rowcount
             if not moved:
                 return False
-            db.execute(
-                "INSERT OR IGNORE INTO models (id, owner, job_id, base, created_at) VALUES (?, ?, ?, ?, ?)",
-                (model_name, job["owner"], job["id"], job["model_root"], now()),
-            )
+            db.execute(ADD_MODEL, (model_name, job["owner"], job["id"], now()))
             db.execute(
                 "INSERT INTO files (id, owner, filename, purpose, bytes, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -282,15 +280,8 @@ class Store:
 
     # models
 
-    def add_model(self, model_id: str, owner: str, job_id: str, base: str) -> None:
-        self.run(
-            "INSERT OR IGNORE INTO models (id, owner, job_id, base, created_at) VALUES (?, ?, ?, ?, ?)",
-            model_id,
-            owner,
-            job_id,
-            base,
-            now(),
-        )
+    def add_model(self, model_id: str, owner: str, job_id: str) -> None:
+        self.run(ADD_MODEL, model_id, owner, job_id, now())
 
     def get_model(self, model_id: str, owner: str) -> dict | None:
         return self.one("SELECT * FROM models WHERE id = ? AND owner = ? AND NOT deleted", model_id, owner)

@@ -78,7 +78,6 @@ def create_job(request: JobCreate, owner: Owner, service: ServiceDep, background
     job = {
         "id": new_id("ftjob-"),
         "owner": owner,
-        "org": owner,
         "model": request.model,
         "model_root": start["root"],
         "training_file": request.training_file,
