@@ -45,7 +45,7 @@ class TrainConfig:
     )
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps to run; overrides epochs"})
     max_minutes: float | None = field(
-        default=None, metadata={"help": "a time budget: steps are timed and the lr schedule planned to end at it"}
+        default=None, metadata={"help": "time budget: the lr schedule is planned to end at it"}
     )
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: the method's)"})
     batch_size: int = field(default=8, metadata={"help": "examples per micro-batch"})
