@@ -42,10 +42,21 @@ def test_compare_reports_every_method_and_resumes(tiny_llama_dir, tmp_path):
     assert results["recommendation"]["best_quality"] in methods
 
     # a rerun reuses every finished method instead of training it again
-    stamp = (out / "runs" / "lora" / "result.json").stat().st_mtime_ns
+    stamps = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/result.json")}
+    assert len(stamps) == 4
     again = compare(config)
-    assert (out / "runs" / "lora" / "result.json").stat().st_mtime_ns == stamp
+    assert {path: path.stat().st_mtime_ns for path in out.glob("runs/*/result.json")} == stamps
     assert json.loads((out / "results.json").read_text())["methods"] == again["methods"]
+
+    # another budget retrains the tuned methods only; their old runs stay beside, out of the results
+    config.budget = "steps:3"
+    changed = {row["method"]: row for row in compare(config)["methods"]}
+    assert {path: path.stat().st_mtime_ns for path in out.glob("runs/*/result.json")}.items() >= stamps.items()
+    assert len(list(out.glob("runs/*/result.json"))) == 6
+    for method in ("zero-shot", "few-shot"):
+        assert changed[method] == by_method[method]
+    for method in ("lora", "head"):
+        assert changed[method]["key"] != by_method[method]["key"] and changed[method]["steps"] == 3
 
 
 def _rows(n, offset=0):

@@ -1,14 +1,17 @@
 """`tunelab compare`: prompting vs fine-tuning vs PEFT on the user's own data, same splits, same budget.
 
 Every method runs in its own process (so peak memory is its own, and a crash loses only that method) and
-leaves `DIR/runs/<method>/result.json`; a rerun skips methods that already have one, so an interrupted
-compare resumes where it stopped.
+leaves `DIR/runs/<method>-<key>/result.json`, where the key is a hash of everything that determines that
+method's row. A rerun reuses a finished run with the same key (so an interrupted compare resumes) and runs
+anew whatever another budget, other data or other options change; older runs stay beside, never mixed in.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
+from importlib.metadata import version
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -105,11 +108,37 @@ def eval_config(
     )  # fmt: skip
 
 
+def file_hash(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_key(config: CompareConfig, method: str, splits: dict) -> str:
+    """A hash of what determines one method's row: the split files it reads (which carry the data, the
+    instruction, the labels and the test limit), the settings it uses, and tunelab's version. Prompting rows
+    ignore the training budget, so changing the budget retrains the tuned methods only."""
+    used = {"test"}
+    settings = {"model", "task", "labels", "seed", "batch_size"}
+    if method == "few-shot":
+        used.add("train")
+        settings.add("shots")
+    elif method not in PROMPTING:
+        used |= {"train", "val"}
+        settings |= {"budget", "forgetting", "forgetting_limit"}
+    payload = {"method": method, "tunelab": version("tunelab")}
+    payload |= {name: getattr(config, name) for name in sorted(settings)}
+    payload |= {f"{name}_sha256": file_hash(splits[name]) for name in sorted(used)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_dir_of(config: CompareConfig, method: str, splits: dict) -> Path:
+    return Path(config.out) / "runs" / f"{method}-{run_key(config, method, splits)}"
+
+
 def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
     """Train (unless prompting) and evaluate one method; the numbers for one row of the comparison."""
-    run_dir = Path(config.out) / "runs" / method
+    run_dir = run_dir_of(config, method, splits)
     run_dir.mkdir(parents=True, exist_ok=True)
-    row: dict = {"method": method}
+    row: dict = {"method": method, "key": run_dir.name.rpartition("-")[2]}
     if method in PROMPTING:
         shots = config.shots if method == "few-shot" else 0
         row |= {"trainable_params": 0, "train_time_s": 0.0, "tokens_per_s": None, "artifact_mb": 0.0}
@@ -181,16 +210,16 @@ def compare(config: CompareConfig, console=None) -> dict:
     log = console.print if console else print
     out = Path(config.out)
     splits = prepare_splits(config)
+    results_of = {method: run_dir_of(config, method, splits) / "result.json" for method in config.methods}
     rows, started, fresh_done = [], time.perf_counter(), 0
     for i, method in enumerate(config.methods, start=1):
-        result_path = out / "runs" / method / "result.json"
+        result_path = results_of[method]
         if result_path.exists():
-            log(f"[{i}/{len(config.methods)}] {method}: already done, reusing {result_path}")
+            log(f"[{i}/{len(config.methods)}] {method}: a finished run with the same data and settings, "
+                f"reusing {result_path}")  # fmt: skip
         else:
             elapsed = time.perf_counter() - started
-            remaining = len(
-                [m for m in config.methods[i - 1 :] if not (out / "runs" / m / "result.json").exists()]
-            )
+            remaining = len([m for m in config.methods[i - 1 :] if not results_of[m].exists()])
             eta = f", ETA ~{elapsed / fresh_done * remaining / 60:.0f} min" if fresh_done else ""
             log(f"[{i}/{len(config.methods)}] {method}: running{eta}")
             # A fresh process per method: its own peak memory, and a crash costs only this method.
