@@ -44,3 +44,47 @@ def test_embedded_model_is_cached_and_matches_the_gguf():
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(model(ids).logits, direct(ids).logits)
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """The hub's endpoint is a closed local port: what an offline machine sees, without waiting."""
+    from huggingface_hub import constants
+
+    from tunelab.models import loading
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    loading.hub_reachable.cache_clear()
+    yield
+    loading.hub_reachable.cache_clear()
+
+
+def test_a_hub_id_offline_fails_at_once_with_a_clear_message(no_hub):
+    from tunelab.models import loading
+
+    assert not loading.hub_reachable()
+    with pytest.raises(ModelLoadError, match="hub is unreachable .* not in the local hub cache"):
+        load_model("someorg/not-cached-anywhere")
+
+
+def test_hf_hub_offline_needs_no_probe(monkeypatch):
+    from tunelab.models import loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("HF_HUB_OFFLINE is set: nothing may be contacted")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(loading.socket, "create_connection", refuse)
+    loading.hub_reachable.cache_clear()
+    try:
+        assert not loading.hub_reachable()
+    finally:
+        loading.hub_reachable.cache_clear()
+
+
+def test_local_folders_never_probe_the_hub(tiny_model_dir, monkeypatch):
+    from tunelab.models import loading
+
+    monkeypatch.setattr(loading, "hub_reachable", lambda: pytest.fail("a local folder needs no hub"))
+    model, _ = load_model(str(tiny_model_dir))
+    assert model.config.num_hidden_layers == 2

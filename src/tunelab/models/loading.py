@@ -6,12 +6,16 @@ a plain `from_pretrained` of that folder (well under 5 s for the embedded model 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
 import shutil
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
@@ -112,10 +116,46 @@ def materialize(source: ModelSource, log=print) -> str:
     return str(cache_dir)
 
 
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens within `timeout` seconds (once per process).
+
+    Without this check an offline machine spends ~50 s in the hub client's retries before failing. The
+    probe runs in a thread because name resolution itself has no timeout."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    address = (url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+    reachable = []
+
+    def probe():
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            reachable.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(reachable)
+
+
 def _from_pretrained(loader, path: str, **kwargs):
+    is_hub_id = not Path(path).exists()
+    offline = is_hub_id and not hub_reachable()
     try:
-        return loader.from_pretrained(path, **kwargs)
+        # Offline, a model already in the local hub cache still loads; anything else fails at once.
+        return loader.from_pretrained(path, local_files_only=offline, **kwargs)
     except OSError as err:
+        if offline:
+            raise ModelLoadError(
+                f"Could not load '{path}': it is a hub id, the hub is unreachable from here (or "
+                "HF_HUB_OFFLINE is set) and the model is not in the local hub cache. Download it where the "
+                "hub is reachable and pass its local folder, or use --model default."
+            ) from err
         raise ModelLoadError(
             f"Could not load '{path}': {err}\nIf this is a hub id, the hub may be unreachable from here; "
             "download the model elsewhere and pass its local folder, or use --model default."
