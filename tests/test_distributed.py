@@ -72,3 +72,50 @@ def test_two_ranks_match_one_process_with_grad_accum(tiny_llama_dir, tmp_path):
         for name, folder in (("single", single), ("ddp", ddp))
     }
     assert losses["single"] == pytest.approx(losses["ddp"], rel=1e-4)
+
+
+DDP_KILL_SCRIPT = """
+import os, signal, sys
+from tunelab.training import loop, TrainConfig, train
+real_step, count = loop.train_step, [0]
+def step(*a, **k):
+    count[0] += 1
+    if count[0] == int(sys.argv[1]) and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_step(*a, **k)
+loop.train_step = step
+train(TrainConfig(model=sys.argv[2], data=sys.argv[3], out=sys.argv[4], resume=sys.argv[5] == "resume",
+                  max_steps=12, save_every=4, batch_size=4, lr=5e-3, dropout=0.1, seed=3, precision="fp32"))
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
+)
+def test_two_ranks_killed_and_resumed_end_as_if_never_stopped(tiny_llama_dir, tmp_path):
+    """Dropout draws differ per rank, so this holds only if every rank's RNG state is checkpointed."""
+    from tunelab.training import checkpoint as ckpt
+
+    data = write_jsonl(tmp_path / "copy.jsonl", copy_task_rows(48))
+    script = tmp_path / "kill.py"
+    script.write_text(DDP_KILL_SCRIPT)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+
+    def launch(kill_at, out, mode):
+        cmd = [str(torchrun), "--nproc_per_node", "2", str(script), str(kill_at), str(tiny_llama_dir),
+               str(data), str(out), mode]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    straight = launch(0, tmp_path / "straight", "fresh")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = launch(7, tmp_path / "killed", "fresh")  # rank 1 dies in step 7; the step-4 checkpoint stays
+    assert killed.returncode != 0
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "killed")] == ["step-0000004"]
+    resumed = launch(0, tmp_path / "killed", "resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "killed" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

@@ -149,3 +149,42 @@ def test_scoring_predictions_made_elsewhere(tmp_path):
 def test_real_mmlu_layout_reads():
     assert len(read_split(SHARED_DATA / "mmlu", "val")) == 1542
     assert len(read_split(SHARED_DATA / "mmlu", "dev")) == 285
+
+
+def test_contextual_calibration_divides_out_the_prompts_label_prior(tiny_llama_dir, tmp_path, monkeypatch):
+    """A scorer that prefers 'negative' whatever the text: calibration removes that prior, and the
+    content-free prompts keep the instruction every question shares and the same exemplars."""
+    from tunelab.evaluation import runner
+
+    rows = [{"text": f"Sentiment?\n\nreview {i}", "label": i % 2} for i in range(6)]
+    data = write_jsonl(tmp_path / "cls.jsonl", rows)
+    seen = []
+
+    def biased(model, tokenizer, prompts, candidates, *args):
+        seen.append(prompts)
+        scores = []
+        for messages in prompts:
+            text = messages[-1]["content"]
+            number = int(text.split()[-1]) if text[-1].isdigit() else None
+            lean = 0.0 if number is None else (0.5 if number % 2 else -0.5)  # the text's true signal
+            scores.append([math.log(0.8), math.log(0.2) + lean])  # a prior of 0.8 for "negative"
+        return torch.tensor(scores).log_softmax(-1)
+
+    monkeypatch.setattr(runner, "score_candidates", biased)
+    config = dict(model=str(tiny_llama_dir), data=str(data), task="classification",
+                  labels="negative,positive", instruction="")  # fmt: skip
+    plain = evaluate(EvalConfig(**config))["results"]
+    calibrated = evaluate(EvalConfig(**config, calibrate="contextual"))["results"]
+    assert plain["value"] == 0.5, "uncalibrated, the prior wins: every answer is 'negative'"
+    assert calibrated["value"] == 1.0 and calibrated["calibrate"] == "contextual"
+    content_free = seen[-1]
+    assert [m[-1]["content"] for m in content_free] == [
+        "Sentiment?\n\nN/A",
+        "Sentiment?\n\n",
+        "Sentiment?\n\n[MASK]",
+    ]
+
+
+def test_unknown_calibration_modes_are_refused():
+    with pytest.raises(Exception, match="--calibrate"):
+        EvalConfig(task="classification", calibrate="platt")

@@ -273,6 +273,9 @@ def eval_cmd(
         bool, typer.Option("--forgetting", help="base vs --adapter on --benchmark")
     ] = False,
     precision: Annotated[str, typer.Option(help="auto (bf16 where native) or fp32")] = "auto",
+    calibrate: Annotated[
+        str | None, typer.Option(help="classification: 'contextual' divides out the prompt's label prior")
+    ] = None,
 ):
     """Evaluate a model: metrics, prompting baselines, benchmarks, forgetting, calibration."""
     from .evaluation.evaluate import evaluate, score_predictions
@@ -288,7 +291,7 @@ def eval_cmd(
             model=model, adapter=adapter, data=data, task=task, metrics=metrics or [], shots=shots,
             shots_from=shots_from, cot=cot, instruction=instruction, labels=labels, answer=answer,
             benchmark=benchmark, val=val, limit=limit, seed=seed, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, precision=precision,
+            max_new_tokens=max_new_tokens, precision=precision, calibrate=calibrate,
         )  # fmt: skip
         with console.status(f"evaluating ({task})"):
             (forgetting_report if forgetting else evaluate)(config, out)
@@ -317,6 +320,9 @@ def compare_cmd(
         str | None, typer.Option(help="put before every question, for every method")
     ] = None,
     shots: Annotated[int, typer.Option(help="exemplars for few-shot")] = 5,
+    calibrate: Annotated[
+        str | None, typer.Option(help="'contextual' calibration of the zero- and few-shot rows")
+    ] = None,
     forgetting: Annotated[str | None, typer.Option(help="mmlu:PATH: also measure forgetting")] = None,
     limit: Annotated[int | None, typer.Option(help="use the first N test examples")] = None,
     seed: int = 0,
@@ -328,6 +334,7 @@ def compare_cmd(
     config = CompareConfig(
         data=data, out=out, model=model, val=val, test=test, task=task, methods=methods.split(","),
         budget=budget, labels=labels.split(",") if labels else None, instruction=instruction, shots=shots,
+        calibrate=calibrate,
         forgetting=forgetting, limit=limit, seed=seed, batch_size=batch_size,
     )  # fmt: skip
     results = compare(config, console=console)

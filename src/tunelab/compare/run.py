@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-from importlib.metadata import version
 import resource
 import time
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 from ..data import load_examples, split_file
 from ..errors import UserError
 from ..evaluation import EvalConfig, evaluate, forgetting
+from ..evaluation.runner import CALIBRATIONS
 from ..training.datasets import name_labels
 
 PROMPTING = ("zero-shot", "few-shot")
@@ -38,6 +39,7 @@ class CompareConfig:
     labels: list[str] | None = None
     instruction: str | None = None
     shots: int = 5
+    calibrate: str | None = None  # "contextual": the zero- and few-shot rows divide out the prompt's prior
     forgetting: str | None = None  # mmlu:PATH
     forgetting_limit: int = 200
     limit: int | None = None  # test examples
@@ -104,6 +106,7 @@ def eval_config(
     return EvalConfig(
         model=config.model, adapter=adapter, data=str(splits["test"]), task=config.task, labels=config.labels,
         shots=shots, shots_from=str(splits["train"]) if shots else None, seed=config.seed,
+        calibrate=None if adapter else config.calibrate,
         batch_size=config.batch_size, instruction=None if config.task != "classification" else "",
     )  # fmt: skip
 
@@ -118,6 +121,8 @@ def run_key(config: CompareConfig, method: str, splits: dict) -> str:
     ignore the training budget, so changing the budget retrains the tuned methods only."""
     used = {"test"}
     settings = {"model", "task", "labels", "seed", "batch_size"}
+    if method in PROMPTING:
+        settings.add("calibrate")
     if method == "few-shot":
         used.add("train")
         settings.add("shots")
@@ -207,6 +212,8 @@ def compare(config: CompareConfig, console=None) -> dict:
             f"--methods: unknown {unknown}; choose from {', '.join([*PROMPTING, *sorted(REGISTRY)])}"
         )
     budget_fields(config.budget)  # fail on a bad budget before anything runs
+    if config.calibrate not in (None, *CALIBRATIONS):
+        raise UserError(f"--calibrate {config.calibrate}: choose one of {', '.join(CALIBRATIONS)}")
     log = console.print if console else print
     out = Path(config.out)
     splits = prepare_splits(config)

@@ -9,6 +9,7 @@ perplexity      mean next-token loss over packed blocks of text
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +26,8 @@ from .prompting import PromptStyle, build_messages, pick_shots
 from .scoring import render_prompt, score_candidates
 
 TASKS = ("generation", "classification", "multiple-choice", "perplexity")
+CALIBRATIONS = ("contextual",)
+CONTENT_FREE = ("N/A", "", "[MASK]")  # the content-free inputs of Zhao et al. (2021), averaged
 
 
 @dataclass
@@ -42,6 +45,7 @@ class EvalConfig:
     answer: str | None = None  # extract before scoring: "number" (maths) or "label"
     benchmark: str | None = None  # mmlu:PATH, for multiple-choice
     val: str | None = None  # classification: fit temperature scaling on this file
+    calibrate: str | None = None  # classification with label words: "contextual" (Zhao et al. 2021)
     limit: int | None = None
     seed: int = 0
     batch_size: int = 8
@@ -52,6 +56,8 @@ class EvalConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise UserError(f"--task {self.task}: choose one of {', '.join(TASKS)}")
+        if self.calibrate not in (None, *CALIBRATIONS):
+            raise UserError(f"--calibrate {self.calibrate}: choose one of {', '.join(CALIBRATIONS)}")
         if isinstance(self.labels, str):
             self.labels = [label.strip() for label in self.labels.split(",") if label.strip()]
         if isinstance(self.metrics, str):
@@ -67,10 +73,16 @@ def question_and_answer(example: Example) -> tuple[str, str | None, str | None]:
     return question, answer, system
 
 
+def shot_pool(examples: list[Example], config: EvalConfig) -> list[Example]:
+    """Where exemplars come from: `shots_from`, else the evaluated examples (never one's own)."""
+    if not config.shots_from:
+        return examples
+    pool = load_examples(config.shots_from)
+    return name_labels(pool, config.labels) if config.labels else pool
+
+
 def prompts_for(examples: list[Example], config: EvalConfig, style: PromptStyle) -> list[list[dict]]:
-    pool = load_examples(config.shots_from) if config.shots_from else examples
-    if config.labels and config.shots_from:
-        pool = name_labels(pool, config.labels)
+    pool = shot_pool(examples, config)
     prompts = []
     for i, example in enumerate(examples):
         question, _, system = question_and_answer(example)
@@ -127,6 +139,8 @@ def classification_probs(model, tokenizer, examples, config: EvalConfig, labels:
     if hasattr(model, "labels"):  # a trained classification head (--method head) gives probabilities
         from ..inference import classify
 
+        if config.calibrate:
+            raise UserError("--calibrate is for label words scored after a prompt, not a classification head")
         if list(model.labels) != list(labels):
             raise UserError(f"the head's labels {model.labels} differ from {labels}")
         rows = classify(
@@ -134,7 +148,28 @@ def classification_probs(model, tokenizer, examples, config: EvalConfig, labels:
         )
         return torch.tensor([[row["probs"][label] for label in labels] for row in rows]).log(), prompts
     scores = score_candidates(model, tokenizer, prompts, labels, config.batch_size, config.max_length)
+    if config.calibrate == "contextual":
+        free = content_free_probs(model, tokenizer, examples, config, style, labels)
+        scores = scores.log_softmax(-1) - free.log()
     return scores, prompts  # (N, C) log-likelihoods: the logits of a classifier over the label words
+
+
+def content_free_probs(model, tokenizer, examples, config: EvalConfig, style, labels) -> torch.Tensor:
+    """(C,) the label distribution the prompt alone implies: the mean over content-free inputs of the
+    label probabilities (renormalised over the labels). Dividing by it removes the prompt's prior (Zhao et
+    al. 2021, "Calibrate before use"); it costs one forward pass per content-free input.
+
+    A content-free input keeps what every question shares up to a line break (an instruction baked into
+    the data, as `compare` does) and replaces the rest; the exemplars are the first example's."""
+    questions = [question_and_answer(e)[0] for e in examples]
+    shared = os.path.commonprefix(questions)
+    shared = shared[: shared.rfind("\n") + 1]
+    shots = pick_shots(shot_pool(examples, config), config.shots, config.seed)
+    pairs = [question_and_answer(shot)[:2] for shot in shots]
+    system = question_and_answer(examples[0])[2] if examples else None
+    prompts = [build_messages(shared + text, pairs, style, system) for text in CONTENT_FREE]
+    scores = score_candidates(model, tokenizer, prompts, labels, config.batch_size, config.max_length)
+    return scores.softmax(-1).mean(0)
 
 
 def eval_classification(model, tokenizer, config: EvalConfig, out_dir=None):
@@ -147,6 +182,7 @@ def eval_classification(model, tokenizer, config: EvalConfig, out_dir=None):
     predictions = [labels[i] for i in scores.argmax(-1).tolist()]
     summary = metrics.score(config.metrics or ["accuracy", "macro_f1"], predictions, references)
     summary["report"] = metrics.classification_report(predictions, references, labels)
+    summary["calibrate"] = config.calibrate
     targets = [labels.index(r) if r in labels else -1 for r in references]
     known = [i for i, t in enumerate(targets) if t >= 0]
     if known:

@@ -71,18 +71,26 @@ def write_atomically(final: Path, write) -> None:
 
 
 def save_checkpoint(
-    out: Path, step: int, model, optimizer, scheduler, trainer_state: dict, keep: int
+    out: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    trainer_state: dict,
+    keep: int,
+    rng_states: list[tuple[dict, dict]] | None = None,
 ) -> Path:
+    """`rng_states`: every rank's `rng_state()`, in rank order (default: this process's alone)."""
     final = out / CHECKPOINTS / f"step-{step:07d}"
+    rng_states = rng_states or [rng_state()]
 
     def write(folder: Path) -> None:
         save_file(trainable_state(model), folder / WEIGHTS)
         # Optimizer and scheduler states are our own tensors and numbers; loaded back with weights_only.
         torch.save(optimizer.state_dict(), folder / "optimizer.pt")
         torch.save(scheduler.state_dict(), folder / "scheduler.pt")
-        rng_tensors, rng_plain = rng_state()
-        torch.save(rng_tensors, folder / "rng.pt")
-        (folder / "rng.json").write_text(json.dumps(rng_plain))
+        torch.save([tensors for tensors, _ in rng_states], folder / "rng.pt")
+        (folder / "rng.json").write_text(json.dumps([plain for _, plain in rng_states]))
         (folder / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
 
     write_atomically(final, write)
@@ -98,11 +106,16 @@ def list_checkpoints(out: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).is_file())
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore a checkpoint into this process; `rank` picks its own RNG state under DDP."""
     load_trainable_state(model, load_file(folder / WEIGHTS))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    set_rng_state(
-        torch.load(folder / "rng.pt", weights_only=True), json.loads((folder / "rng.json").read_text())
-    )
+    tensors = torch.load(folder / "rng.pt", weights_only=True)
+    plain = json.loads((folder / "rng.json").read_text())
+    if isinstance(plain, dict):  # a checkpoint from before per-rank states: one state for every rank
+        tensors, plain = [tensors], [plain]
+    # Resumed on more processes than saved it, the extra ranks continue from rank 0's state.
+    own = rank if rank < len(plain) else 0
+    set_rng_state(tensors[own], plain[own])
     return json.loads((folder / STATE_FILE).read_text())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 
 from ..data.batching import collate, epoch_batches
 from ..data.mixture import epoch_indices, mixing_weights
@@ -165,7 +165,10 @@ class Trainer:
         config, state = self.config, self.state
         checkpoints = ckpt.list_checkpoints(self.out)
         if config.resume and checkpoints:
-            loaded = ckpt.load_checkpoint(checkpoints[-1], self.unwrapped, self.optimizer, self.scheduler)
+            rank = self.accelerator.process_index
+            loaded = ckpt.load_checkpoint(
+                checkpoints[-1], self.unwrapped, self.optimizer, self.scheduler, rank
+            )
             state = self.state = TrainState(**loaded)
             self.plan.total_steps = state.planned_steps or self.plan.total_steps
             self.log(f"Resuming from {checkpoints[-1]} (step {state.step})")
@@ -251,12 +254,15 @@ class Trainer:
         config, state = self.config, self.state
         if self.val_sets and config.eval_every and state.step % config.eval_every == 0:
             self._evaluate()
-        if config.save_every and state.step % config.save_every == 0 and self.main:
-            ckpt.save_checkpoint(
-                self.out, state.step, self.unwrapped, self.optimizer, self.scheduler, asdict(state),
-                config.keep_checkpoints,
-            )  # fmt: skip
-            self.hooks.on_checkpoint(self, state.step)
+        if config.save_every and state.step % config.save_every == 0:
+            # Every rank's RNG state (dropout differs per rank), so a resumed DDP run continues exactly.
+            rng_states = gather_object([ckpt.rng_state()])
+            if self.main:
+                ckpt.save_checkpoint(
+                    self.out, state.step, self.unwrapped, self.optimizer, self.scheduler, asdict(state),
+                    config.keep_checkpoints, rng_states,
+                )  # fmt: skip
+                self.hooks.on_checkpoint(self, state.step)
 
     def _evaluate(self, baseline: bool = False) -> None:
         """Val loss (overall and per task); keeps the best weights and decides early stopping.
