@@ -188,3 +188,63 @@ def test_contextual_calibration_divides_out_the_prompts_label_prior(tiny_llama_d
 def test_unknown_calibration_modes_are_refused():
     with pytest.raises(Exception, match="--calibrate"):
         EvalConfig(task="classification", calibrate="platt")
+
+
+def test_benchmark_prompts_follow_the_harness_layout():
+    from tunelab.evaluation.benchmarks import Question, context
+
+    shot = Question("algebra", " 1+1? ", ["1", "2", "3", "4"], 1)
+    question = Question("algebra", "2+2?", ["4", "5", "6", "7"], 0)
+    assert context(question, [shot], "letter") == (
+        "The following are multiple choice questions (with answers) about algebra.\n\n"
+        "1+1?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer: B\n\n"
+        "2+2?\nA. 4\nB. 5\nC. 6\nD. 7\nAnswer:"
+    )
+    assert context(question, [shot], "cloze") == (
+        "The following are questions (with answers) about algebra.\n\n"
+        "Question: 1+1?\nAnswer: 2\n\nQuestion: 2+2?\nAnswer:"
+    )
+    assert question.scored("letter") == ["A", "B", "C", "D"] and question.scored("cloze") == question.options
+
+
+def test_continuations_are_split_as_the_harness_splits_them(tiny_llama_dir):
+    from tunelab.evaluation.scoring import encode_pair, score_continuations
+
+    model, tokenizer = load_for_inference(str(tiny_llama_dir))
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    context, continuation = encode_pair(tokenizer, "Answer: ", "B", max_length=64)
+    assert context == ids("Answer:") and context + continuation == ids("Answer: B")
+    contexts = ["Question: say the quick brown fox\nAnswer:", "Question: x\nAnswer:"]
+    letters = [[" A", " B", " C"]] * 2
+    fast = score_continuations(model, tokenizer, contexts, letters)  # one forward pass per question
+    pairs = score_continuations(model, tokenizer, contexts, [[" A", " B", " C"], [" A", " B", " C "]])
+    assert torch.allclose(torch.tensor(fast)[:, :2], torch.tensor(pairs)[:, :2], atol=1e-4)
+
+
+def test_cloze_mode_on_a_jsonl_benchmark_reports_acc_and_acc_norm(tiny_llama_dir, tmp_path):
+    rows = [{"question": f"Pick {i}?", "choices": ["yes", "no", "a much longer answer"], "answer": i % 3}
+            for i in range(9)]  # fmt: skip
+    bench = write_jsonl(tmp_path / "arc.jsonl", rows)
+    config = EvalConfig(model=str(tiny_llama_dir), task="multiple-choice", benchmark=f"mc:{bench}",
+                        mode="cloze", shots=2, shots_from=str(bench))  # fmt: skip
+    results = evaluate(config, str(tmp_path / "arc.json"))["results"]
+    assert results["mode"] == "cloze" and results["examples"] == 9 and 0 <= results["acc_norm"] <= 1
+    assert results["chance"] == pytest.approx(1 / 3)
+    predictions = [json.loads(x) for x in (tmp_path / "arc.predictions.jsonl").read_text().splitlines()]
+    for row in predictions:
+        lls = row["loglikelihoods"]
+        assert row["prediction"] == max(range(3), key=lls.__getitem__)
+
+
+def test_bad_jsonl_benchmarks_name_the_line(tmp_path):
+    from tunelab.evaluation.benchmarks import read_jsonl
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"question": "q", "choices": ["a", "b"], "answer": 0}\n{"question": "q", "choices": ["a"]}\n'
+    )
+    with pytest.raises(Exception, match="bad.jsonl:2"):
+        read_jsonl(bad)
+    bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 2}\n')
+    with pytest.raises(Exception, match="bad.jsonl:1: answer must be an index"):
+        read_jsonl(bad)

@@ -255,8 +255,11 @@ def eval_cmd(
         str | None, typer.Option(help="extract before scoring: number (maths) or label")
     ] = None,
     benchmark: Annotated[
-        str | None, typer.Option(help="mmlu:PATH for multiple-choice and --forgetting")
+        str | None, typer.Option(help="mmlu:PATH or mc:FILE.jsonl for multiple-choice and --forgetting")
     ] = None,
+    mode: Annotated[
+        str, typer.Option(help="multiple-choice: letter or cloze (lm-evaluation-harness conventions)")
+    ] = "letter",
     val: Annotated[
         str | None, typer.Option(help="classification: fit temperature scaling on this file")
     ] = None,
@@ -291,7 +294,7 @@ def eval_cmd(
             model=model, adapter=adapter, data=data, task=task, metrics=metrics or [], shots=shots,
             shots_from=shots_from, cot=cot, instruction=instruction, labels=labels, answer=answer,
             benchmark=benchmark, val=val, limit=limit, seed=seed, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, precision=precision, calibrate=calibrate,
+            max_new_tokens=max_new_tokens, precision=precision, calibrate=calibrate, mode=mode,
         )  # fmt: skip
         with console.status(f"evaluating ({task})"):
             (forgetting_report if forgetting else evaluate)(config, out)

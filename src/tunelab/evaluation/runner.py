@@ -2,7 +2,7 @@
 
 generation      generate answers, score them with text metrics (or extracted numbers/labels)
 classification  score each label word's likelihood after the prompt; accuracy, F1, calibration
-multiple-choice MMLU-layout questions scored by the likelihood of the option letters
+multiple-choice MMLU or JSONL questions scored as lm-evaluation-harness does (letter or cloze mode)
 perplexity      mean next-token loss over packed blocks of text
 """
 
@@ -20,10 +20,9 @@ from ..data.tokenize import encode_documents
 from ..errors import UserError
 from ..inference.generate import generate
 from ..training.datasets import name_labels
-from . import extraction, metrics
-from .benchmarks import LETTERS, parse_benchmark, read_split, stratified_sample
+from . import benchmarks, extraction, metrics
 from .prompting import PromptStyle, build_messages, pick_shots
-from .scoring import render_prompt, score_candidates
+from .scoring import render_prompt, score_candidates, score_continuations
 
 TASKS = ("generation", "classification", "multiple-choice", "perplexity")
 CALIBRATIONS = ("contextual",)
@@ -43,7 +42,8 @@ class EvalConfig:
     instruction: str | None = None
     labels: list[str] | None = None
     answer: str | None = None  # extract before scoring: "number" (maths) or "label"
-    benchmark: str | None = None  # mmlu:PATH, for multiple-choice
+    benchmark: str | None = None  # mmlu:PATH or mc:FILE.jsonl, for multiple-choice
+    mode: str = "letter"  # multiple-choice scoring: letter or cloze (lm-evaluation-harness conventions)
     val: str | None = None  # classification: fit temperature scaling on this file
     calibrate: str | None = None  # classification with label words: "contextual" (Zhao et al. 2021)
     limit: int | None = None
@@ -56,6 +56,8 @@ class EvalConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise UserError(f"--task {self.task}: choose one of {', '.join(TASKS)}")
+        if self.mode not in benchmarks.MODES:
+            raise UserError(f"--mode {self.mode}: choose one of {', '.join(benchmarks.MODES)}")
         if self.calibrate not in (None, *CALIBRATIONS):
             raise UserError(f"--calibrate {self.calibrate}: choose one of {', '.join(CALIBRATIONS)}")
         if isinstance(self.labels, str):
@@ -214,33 +216,38 @@ def eval_classification(model, tokenizer, config: EvalConfig, out_dir=None):
 
 
 def eval_multiple_choice(model, tokenizer, config: EvalConfig):
+    """Accuracy (and, in cloze mode, length-normalised accuracy) on a multiple-choice benchmark, with the
+    prompts, tokenisation and metrics of lm-evaluation-harness; plain text, no chat template."""
     if not config.benchmark:
-        raise UserError("--task multiple-choice needs --benchmark mmlu:PATH")
-    _, folder = parse_benchmark(config.benchmark)
-    questions = stratified_sample(read_split(folder, "val"), config.limit, config.seed)
-    dev = read_split(folder, "dev") if config.shots else []
-    prompts = []
-    for q in questions:
-        instruction = (
-            f"The following is a multiple choice question about {q.subject}. Answer with the letter only."
-        )
-        style = PromptStyle(config.shots, False, instruction, config.seed)
-        shots = [(d.text(), d.answer) for d in dev if d.subject == q.subject][: config.shots]
-        prompts.append(build_messages(q.text(), shots, style))
-    scores = score_candidates(model, tokenizer, prompts, list(LETTERS), config.batch_size, config.max_length)
-    predictions = [LETTERS[i] for i in scores.argmax(-1).tolist()]
-    references = [q.answer for q in questions]
-    summary = metrics.score(["accuracy"], predictions, references)
+        raise UserError("--task multiple-choice needs --benchmark mmlu:PATH or mc:FILE.jsonl")
+    mode = config.mode
+    questions = benchmarks.stratified_sample(benchmarks.read_questions(config.benchmark), config.limit,
+                                             config.seed)  # fmt: skip
+    shots = benchmarks.exemplars(config.benchmark, questions, config.shots, config.shots_from)
+    contexts = [benchmarks.context(q, s, mode) for q, s in zip(questions, shots, strict=True)]
+    options = [[f" {option}" for option in q.scored(mode)] for q in questions]
+    scores = score_continuations(model, tokenizer, contexts, options, config.batch_size, config.max_length)
+    picks = [max(range(len(row)), key=row.__getitem__) for row in scores]
+    summary = metrics.score(["accuracy"], picks, [q.answer for q in questions])
+    summary |= {"mode": mode, "format": "lm-evaluation-harness", "shots": config.shots}
+    lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in contexts[:200]]
+    summary["prompt_tokens_mean"] = sum(lengths) / len(lengths)
+    if mode == "cloze":  # the harness's acc_norm: log-likelihood per character of the option
+        normed = [max(range(len(row)), key=lambda j, row=row, q=q: row[j] / len(q.options[j]))
+                  for row, q in zip(scores, questions, strict=True)]  # fmt: skip
+        correct_norm = [pick == q.answer for pick, q in zip(normed, questions, strict=True)]
+        summary["acc_norm"] = sum(correct_norm) / len(correct_norm)
     by_subject: dict[str, list[bool]] = {}
-    for q, p in zip(questions, predictions, strict=True):
-        by_subject.setdefault(q.subject, []).append(p == q.answer)
+    for q, pick in zip(questions, picks, strict=True):
+        by_subject.setdefault(q.subject or "all", []).append(pick == q.answer)
     summary["by_subject"] = {s: sum(v) / len(v) for s, v in sorted(by_subject.items())}
-    summary["chance"] = 1 / len(LETTERS)
+    summary["chance"] = sum(1 / len(q.options) for q in questions) / len(questions)
     rows = [
-        {"subject": q.subject, "prediction": p, "reference": q.answer}
-        for q, p in zip(questions, predictions, strict=True)
-    ]
-    return summary, rows, prompts
+        {"subject": q.subject, "question": q.question, "prediction": pick, "reference": q.answer,
+         "loglikelihoods": row}
+        for q, pick, row in zip(questions, picks, scores, strict=True)
+    ]  # fmt: skip
+    return summary, rows, []  # plain-text prompts: their token count is above, not the chat template's
 
 
 @torch.no_grad()
