@@ -49,12 +49,12 @@ def test_time_budget_plans_from_the_measured_time_per_step():
 
 
 class FakeClock:
-    """perf_counter for the training loop: 1 s before the first step (the baseline evaluation), the first
-    step slow (2 s, as a real first step is), then 0.35 s a step."""
+    """perf_counter for the training loop: the baseline evaluation takes 100 s (not in the budget), the
+    first step is slow (2 s, as a real first step is), then 0.35 s a step."""
 
     def __init__(self):
         self.now = 0.0
-        self.ticks = itertools.chain([0.0, 1.0 + 2.0], itertools.repeat(0.35))
+        self.ticks = itertools.chain([0.0, 100.0, 2.0], itertools.repeat(0.35))
 
     def perf_counter(self):
         self.now += next(self.ticks)
@@ -70,8 +70,8 @@ def test_a_minutes_budget_ends_with_its_schedule_complete(tiny_llama_dir, tmp_pa
     summary = train(config).summary
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in records if r["kind"] == "train"]
-    # 15 s: 3 s to the end of step 1, then 12 s / 0.35 s -> 34 more steps; 100 epochs would be 600
-    assert summary["steps"] == 35
+    # 15 s of training: 2 s to the end of step 1, then 13 s / 0.35 s -> 37 more steps; 100 epochs: 600
+    assert summary["steps"] == 38
     assert abs(summary["planned_steps"] - summary["steps"]) <= 1
     assert summary["max_lr_reached"] == pytest.approx(1e-3, rel=0.01) == max(lrs)
     assert lrs[-1] < 0.01 * 1e-3, "the decay must be complete when the budget ends"

@@ -50,6 +50,7 @@ class TrainState:
     group_in_epoch: int = 0
     tokens_seen: int = 0
     elapsed_s: float = 0.0
+    baseline_s: float = 0.0  # of elapsed_s, the baseline evaluation: not training, not in a time budget
     best_val_loss: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
@@ -190,6 +191,7 @@ class Trainer:
         with self.progress:
             if self.val_sets and state.step == 0:
                 self._evaluate(baseline=True)
+                state.baseline_s = time.perf_counter() - started
             self.model.train()
             while state.step < self.plan.total_steps and not state.stopped_early:
                 groups = self._epoch_groups(state.epoch)
@@ -197,7 +199,7 @@ class Trainer:
                     self._step(groups[index], started)
                     state.group_in_epoch = index + 1
                     self._after_step()
-                    if self.config.max_minutes and state.elapsed_s >= 60 * self.config.max_minutes:
+                    if self.config.max_minutes and self._train_s() >= 60 * self.config.max_minutes:
                         state.stopped_early = True  # the time budget is spent
                     if state.step >= self.plan.total_steps or state.stopped_early:
                         break
@@ -207,6 +209,10 @@ class Trainer:
                         self._evaluate()
             if self.val_sets and state.last_eval_step != state.step:
                 self._evaluate()  # always end with a val loss for the final weights
+
+    def _train_s(self) -> float:
+        """Seconds spent training so far: steps and periodic evaluations, not the baseline evaluation."""
+        return self.state.elapsed_s - self.state.baseline_s
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         indices = epoch_indices(self.task_sizes, self.mix, self.config.seed, epoch)
@@ -240,9 +246,9 @@ class Trainer:
         state.elapsed_s = time.perf_counter() - started
         state.max_lr_factor = max(state.max_lr_factor, lr_factor)
         if self.budget:
-            self.plan.total_steps = self.budget.plan(state.step, state.elapsed_s)
+            self.plan.total_steps = self.budget.plan(state.step, self._train_s())
         state.planned_steps = self.plan.total_steps
-        rate = state.tokens_seen / max(state.elapsed_s, 1e-9)
+        rate = state.tokens_seen / max(self._train_s(), 1e-9)
         self.progress.update(state.step, loss, rate, total=self.plan.total_steps)
         if self.main and state.step % self.config.log_every == 0:
             record = {"kind": "train", "step": state.step, "epoch": state.epoch, "loss": loss}
@@ -355,7 +361,7 @@ class Trainer:
             "trainable_pct": round(100 * self.trainable / self.total_params, 4),
             "trained_tokens": state.tokens_seen,
             "wall_time_s": round(state.elapsed_s, 1),
-            "tokens_per_s": round(state.tokens_seen / max(state.elapsed_s, 1e-9), 1),
+            "tokens_per_s": round(state.tokens_seen / max(self._train_s(), 1e-9), 1),
             "peak_memory_mb": round(peak_memory_mb(), 1),
             "padding_pct": self.header["padding_pct"],
         }

@@ -44,10 +44,11 @@ def lr_scheduler(optimizer, plan: LRPlan) -> LambdaLR:
 class TimeBudget:
     """Plans the total steps of a run that must end after `seconds` of training.
 
-    The time per step is the mean over the steps since the first one timed in this process: that first
-    step only sets the origin, since it carries one-off costs (lazy initialisation, allocator warm-up), and
-    so does whatever came before it (the baseline evaluation). Periodic evaluations are counted in. The
-    total is re-planned after each step and never exceeds `cap` (the steps the run's epochs allow).
+    Times are training seconds (the baseline evaluation is not in the budget). The time per step is the
+    mean over the steps since the first one timed in this process: that first step only sets the origin,
+    since it carries one-off costs (lazy initialisation, allocator warm-up). Periodic evaluations are
+    counted in. The total is re-planned after each step and never exceeds `cap` (the steps the run's
+    epochs allow).
     """
 
     seconds: float
