@@ -77,9 +77,12 @@ def add_job(store, job_id: str, status: str) -> None:
             )
 
 
+ORIGIN = {"Origin": "http://testserver"}  # the test client's own origin, as a browser sends it
+
+
 @pytest.fixture
 def client(tmp_path, tiny_llama_dir):
-    with TestClient(create_app(settings(tmp_path, tiny_llama_dir))) as client:
+    with TestClient(create_app(settings(tmp_path, tiny_llama_dir)), headers=ORIGIN) as client:
         seed(client.app.state.service.store)
         yield client
 
@@ -115,8 +118,10 @@ def test_login_sets_an_http_only_cookie_and_shows_the_overview(client):
     good = login(client, "k1")
     assert good.status_code == 303 and good.headers["location"] == "/"
     cookie = good.headers["set-cookie"]
-    assert cookie.startswith(f"{COOKIE}=k1") and "HttpOnly" in cookie
-    assert "samesite=strict" in cookie.lower() and "Path=/" in cookie
+    session = client.cookies[COOKIE]
+    assert "k1" not in cookie and len(session) >= 32  # a session id, never the key itself
+    assert cookie.startswith(f"{COOKIE}={session}") and "HttpOnly" in cookie
+    assert "samesite=strict" in cookie.lower() and "Path=/" in cookie and "secure" not in cookie.lower()
 
     page = client.get("/")
     assert page.status_code == 200

@@ -93,7 +93,7 @@ class Generation:
         try:
             with engine.lock:
                 model, adapters_off = engine.activate(target)
-                ids = torch.tensor([prompt_ids], device=model.device)
+                ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)  # (1, T)
                 if sampling.seed is not None:
                     torch.manual_seed(sampling.seed)
                 with adapters_off, torch.no_grad():
