@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 from fastapi.testclient import TestClient
 
+from server import serve_in_thread
 from tunelab.service.app import create_app
 from tunelab.service.deps import COOKIE
 from tunelab.service.routes.dashboard import chart, thin
@@ -219,25 +217,10 @@ def test_curves_thin_long_runs_and_draw_a_single_step():
 
 @pytest.fixture
 def server(tmp_path, tiny_llama_dir):
-    """uvicorn on a free port of 127.0.0.1, in a thread; yields the base URL."""
-    import uvicorn
-
     app = create_app(settings(tmp_path, tiny_llama_dir))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    seed(app.state.service.store)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serve_in_thread(app) as url:
+        seed(app.state.service.store)
+        yield url
 
 
 @pytest.mark.browser

@@ -225,14 +225,14 @@ def test_bad_job_requests_name_the_field(client, body, param):
     assert client.get("/v1/fine_tuning/jobs", headers=K1).json()["data"] == []
 
 
-def chat(client, **body):
+def chat(client, headers=K1, **body):
     payload = {
         "model": "tiny",
         "messages": [{"role": "user", "content": "say bob"}],
         "temperature": 0,
         **body,
     }
-    return client.post("/v1/chat/completions", headers=K1, json=payload)
+    return client.post("/v1/chat/completions", headers=headers, json=payload)
 
 
 def test_chat_counts_tokens_and_honours_stop_and_n(client):

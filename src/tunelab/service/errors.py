@@ -102,9 +102,10 @@ class CatchAll:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as err:
+            if started:  # nothing more can be said on this response (or Starlette's body limit sent it)
+                raise
             body = internal_error(err, f"{scope['method']} {scope['path']}")
-            if not started:  # else the status line is out: nothing more can be said on this response
-                await JSONResponse(body, status_code=500)(scope, receive, send)
+            await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
@@ -120,7 +121,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError):
-        first = err.errors()[0]
+        # The most specific error: of a union (str or a list of parts), the member that got furthest.
+        first = max(err.errors(), key=lambda error: len(error["loc"]))
         # Drop where it was (body, query) and pydantic union-member tags (int, constrained-int, literal[...]).
         location = [
             str(part)

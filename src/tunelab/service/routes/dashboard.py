@@ -240,7 +240,7 @@ async def playground_reply(
 ):
     """Fields arrive as text and are checked here, so a bad value is a message on the page, not JSON."""
     form = {"model": model, "message": message, "max_tokens": max_tokens, "temperature": temperature}
-    reply, error = None, None
+    reply, error, status, headers = None, None, 400, None
     try:
         generation_request = GenerationRequest(model=model, max_tokens=max_tokens, temperature=temperature)
         if not message.strip():
@@ -249,16 +249,18 @@ async def playground_reply(
     except ValidationError as err:
         error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
     except ApiError as err:
-        error = err.message
-    return page(
+        error, status, headers = err.message, err.status, err.headers
+    response = page(
         request,
         "playground.html",
-        status_code=200 if error is None else 400,
+        status_code=200 if error is None else status,
         models=model_names(service, owner),
         form=form,
         reply=reply,
         error=error,
     )
+    response.headers.update(headers or {})  # Retry-After on a 429
+    return response
 
 
 # signing in and out
