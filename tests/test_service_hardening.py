@@ -473,3 +473,9 @@ def test_api_keys_from_a_private_file(tmp_path):
     path.write_text("\n# none\n")
     with pytest.raises(UserError, match="holds no key"):
         resolve_api_keys(settings)
+
+
+def test_a_vanishing_temperature_is_greedy_not_a_500(client):
+    """Found by the fuzz test: 5e-324 divided the logits into inf."""
+    greedy = chat(client, max_tokens=4, temperature=0).json()["choices"][0]["message"]
+    assert chat(client, max_tokens=4, temperature=5e-324).json()["choices"][0]["message"] == greedy

@@ -23,6 +23,10 @@ from .settings import ServiceSettings
 from .store import Store
 
 
+# Below this, logits divided by the temperature overflow to inf and sampling fails; it is greedy anyway.
+MIN_TEMPERATURE = 1e-3
+
+
 @dataclass
 class Target:
     """What a model name points at: a base model, maybe with an adapter folder on it."""
@@ -89,7 +93,7 @@ class Generation:
 
     def _run(self, engine: Engine, target: Target, prompt_ids: list[int]) -> None:
         sampling, tokenizer = self.sampling, engine.tokenizer(target.base)
-        sample = sampling.temperature > 0
+        sample = sampling.temperature >= MIN_TEMPERATURE
         try:
             with engine.lock:
                 model, adapters_off = engine.activate(target)
