@@ -22,7 +22,6 @@ from .paths import DataDir
 from .settings import ServiceSettings
 from .store import Store
 
-
 # Below this, logits divided by the temperature overflow to inf and sampling fails; it is greedy anyway.
 MIN_TEMPERATURE = 1e-3
 
