@@ -117,7 +117,8 @@ def test_login_sets_an_http_only_cookie_and_shows_the_overview(client):
     assert good.status_code == 303 and good.headers["location"] == "/"
     cookie = good.headers["set-cookie"]
     session = client.cookies[COOKIE]
-    assert "k1" not in cookie and len(session) >= 32  # a session id, never the key itself
+    assert session != "k1" and len(session) >= 32  # a session id, never the key itself
+    assert client.app.state.service.store.session_owner(session) == owner_of("k1")
     assert cookie.startswith(f"{COOKIE}={session}") and "HttpOnly" in cookie
     assert "samesite=strict" in cookie.lower() and "Path=/" in cookie and "secure" not in cookie.lower()
 

@@ -73,7 +73,7 @@ def lone_surrogate(value, path: str = "") -> str | None:
         return None
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
-        if isinstance(key, str) and lone_surrogate(key) is not None:
+        if isinstance(key, str) and lone_surrogate(key) is not None:  # repr: the key itself cannot be sent
             return f"{path}.{key!r}".lstrip(".")
         found = lone_surrogate(item, f"{path}.{key}".lstrip("."))
         if found:

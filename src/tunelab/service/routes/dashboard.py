@@ -248,8 +248,8 @@ async def playground_reply(
         reply = await chat_reply(service, owner, generation_request, message)
     except ValidationError as err:
         error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-    except ApiError as err:
-        error, status, headers = err.message, err.status, err.headers
+    except ApiError as err:  # a message on the page; only a 429 keeps its status, for its Retry-After
+        error, status, headers = err.message, 429 if err.status == 429 else 400, err.headers
     response = page(
         request,
         "playground.html",
