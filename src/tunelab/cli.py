@@ -72,6 +72,7 @@ def train_cmd(
     labels: Annotated[str | None, _opt("labels")] = None,
     epochs: Annotated[float | None, _opt("epochs")] = None,
     max_steps: Annotated[int | None, _opt("max_steps")] = None,
+    max_minutes: Annotated[float | None, _opt("max_minutes")] = None,
     lr: Annotated[float | None, _opt("lr")] = None,
     batch_size: Annotated[int | None, _opt("batch_size")] = None,
     grad_accum: Annotated[int | None, _opt("grad_accum")] = None,
@@ -298,7 +299,7 @@ def eval_cmd(
 @user_errors
 def compare_cmd(
     data: Annotated[
-        str, typer.Option(help="the user's data (split 80/10/10 unless --val and --test are given)")
+        str, typer.Option(help="the user's data; val and test are split off it (10% each) unless given")
     ],
     out: Annotated[str, typer.Option(help="folder for runs/, results.json, report.md and report.html")],
     model: ModelOpt = "default",
