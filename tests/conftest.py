@@ -1,8 +1,13 @@
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# Rich wraps output to the terminal's width (80 when piped, $COLUMNS when set), read once when a Console
+# is made: pin it before tunelab is imported, so no test depends on the terminal it runs in.
+os.environ["COLUMNS"] = "200"
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import make_model_dir, make_tokenizer  # noqa: E402

@@ -1,4 +1,5 @@
-"""Run `tunelab serve` as a real process on a free local port, for tests that kill and restart it."""
+"""Run `tunelab serve` as a real process on a free local port, for tests that kill and restart it; or an
+app under uvicorn in a thread of the test, for tests that need a real HTTP server but patch the app."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,9 +22,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def serve_in_thread(app):
+    """uvicorn on a free port of 127.0.0.1, in a thread; yields the base URL once it answers."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
 class ServerProcess:
-    def __init__(self, data_dir: Path, api_key: str, base_models: dict[str, str] | None = None):
-        self.data_dir, self.api_key = data_dir, api_key
+    def __init__(
+        self,
+        data_dir: Path,
+        api_key: str,
+        base_models: dict[str, str] | None = None,
+        umask: int = -1,
+    ):
+        self.data_dir, self.api_key, self.umask = data_dir, api_key, umask
         self.port = free_port()
         self.args = [
             sys.executable,
@@ -46,7 +78,7 @@ class ServerProcess:
     def start(self, timeout: float = 60) -> ServerProcess:
         log = (self.data_dir.parent / "server.log").open("a")
         self.process = subprocess.Popen(
-            self.args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), umask=self.umask
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 from fastapi.testclient import TestClient
 
+from server import serve_in_thread
 from tunelab.service.app import create_app
 from tunelab.service.deps import COOKIE
 from tunelab.service.routes.dashboard import chart, thin
@@ -77,9 +75,12 @@ def add_job(store, job_id: str, status: str) -> None:
             )
 
 
+ORIGIN = {"Origin": "http://testserver"}  # the test client's own origin, as a browser sends it
+
+
 @pytest.fixture
 def client(tmp_path, tiny_llama_dir):
-    with TestClient(create_app(settings(tmp_path, tiny_llama_dir))) as client:
+    with TestClient(create_app(settings(tmp_path, tiny_llama_dir)), headers=ORIGIN) as client:
         seed(client.app.state.service.store)
         yield client
 
@@ -115,8 +116,11 @@ def test_login_sets_an_http_only_cookie_and_shows_the_overview(client):
     good = login(client, "k1")
     assert good.status_code == 303 and good.headers["location"] == "/"
     cookie = good.headers["set-cookie"]
-    assert cookie.startswith(f"{COOKIE}=k1") and "HttpOnly" in cookie
-    assert "samesite=strict" in cookie.lower() and "Path=/" in cookie
+    session = client.cookies[COOKIE]
+    assert session != "k1" and len(session) >= 32  # a session id, never the key itself
+    assert client.app.state.service.store.session_owner(session) == owner_of("k1")
+    assert cookie.startswith(f"{COOKIE}={session}") and "HttpOnly" in cookie
+    assert "samesite=strict" in cookie.lower() and "Path=/" in cookie and "secure" not in cookie.lower()
 
     page = client.get("/")
     assert page.status_code == 200
@@ -214,25 +218,10 @@ def test_curves_thin_long_runs_and_draw_a_single_step():
 
 @pytest.fixture
 def server(tmp_path, tiny_llama_dir):
-    """uvicorn on a free port of 127.0.0.1, in a thread; yields the base URL."""
-    import uvicorn
-
     app = create_app(settings(tmp_path, tiny_llama_dir))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    seed(app.state.service.store)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serve_in_thread(app) as url:
+        seed(app.state.service.store)
+        yield url
 
 
 @pytest.mark.browser

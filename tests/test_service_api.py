@@ -72,6 +72,7 @@ def test_every_route_but_health_needs_a_key(client):
         path = route.path.replace("{", "").replace("}", "")  # any value will do for path parameters
         for method in route.methods:
             for headers in ({}, {"Authorization": "Bearer wrong"}):
+                headers["Origin"] = "http://testserver"  # as a browser on the dashboard sends it
                 response = client.request(method, path, headers=headers)
                 assert response.status_code == 401, (method, path, response.text)
                 if path.startswith("/v1"):
@@ -200,29 +201,38 @@ def test_good_file_is_queued_and_cancellable(client):
         ({"model": "nope"}, "model"),
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
         ({"tunelab": {"method": "full"}}, "tunelab.method"),
-        ({"tunelab": {"lora_r": 0}}, "tunelab"),
+        ({"tunelab": {"lora_r": 0}}, "tunelab.lora_r"),
+        ({"tunelab": {"scheduler": "wavy"}}, "tunelab"),
+        # Upper bounds: each of these was accepted and could hold the single worker for ever.
+        ({"tunelab": {"lora_r": 10**6}}, "tunelab.lora_r"),
+        ({"tunelab": {"max_length": 10**9}}, "tunelab.max_length"),
+        ({"tunelab": {"max_steps": 10**12}}, "tunelab.max_steps"),
+        ({"tunelab": {"grad_accum": 10**9}}, "tunelab.grad_accum"),
+        ({"tunelab": {"max_minutes": 10**6}}, "tunelab.max_minutes"),
+        ({"tunelab": {"dropout": float("nan")}}, "tunelab.dropout"),
+        ({"tunelab": {"target_modules": ["q_proj"] * 1000}}, "tunelab.target_modules"),
         ({"tunelab": {"out": "/etc"}}, "tunelab.out"),
         ({"method": {"type": "dpo"}}, "method.type"),
     ],
 )
 def test_bad_job_requests_name_the_field(client, body, param):
     file_id = upload(client, jsonl(copy_task_rows(12))).json()["id"]
-    response = client.post(
-        "/v1/fine_tuning/jobs", headers=K1, json={"model": "tiny", "training_file": file_id, **body}
-    )
+    payload = json.dumps({"model": "tiny", "training_file": file_id, **body})  # NaN too, as Python sends it
+    headers = {**K1, "Content-Type": "application/json"}
+    response = client.post("/v1/fine_tuning/jobs", headers=headers, content=payload)
     assert response.status_code in (400, 404), response.text
     assert response.json()["error"]["param"] == param
     assert client.get("/v1/fine_tuning/jobs", headers=K1).json()["data"] == []
 
 
-def chat(client, **body):
+def chat(client, headers=K1, **body):
     payload = {
         "model": "tiny",
         "messages": [{"role": "user", "content": "say bob"}],
         "temperature": 0,
         **body,
     }
-    return client.post("/v1/chat/completions", headers=K1, json=payload)
+    return client.post("/v1/chat/completions", headers=headers, json=payload)
 
 
 def test_chat_counts_tokens_and_honours_stop_and_n(client):

@@ -65,7 +65,8 @@ def test_kill_9_mid_job_then_restart_resumes_to_the_same_model(tmp_path, tiny_ll
 
         server.start()
         with server.client() as client:
-            resumed = wait_for(lambda: finished(client, job["id"]), what="the resumed job")
+            # Generous deadlines: on a busy 2-core machine the low-priority worker trains slowly.
+            resumed = wait_for(lambda: finished(client, job["id"]), timeout=900, what="the resumed job")
             assert resumed["status"] == "succeeded", resumed["error"]
             after = all_events(client, job["id"])
             assert {e["id"] for e in before} <= {e["id"] for e in after}  # every event kept
@@ -76,7 +77,7 @@ def test_kill_9_mid_job_then_restart_resumes_to_the_same_model(tmp_path, tiny_ll
 
             # The same job, never interrupted, trains the same weights.
             again = client.post("/v1/fine_tuning/jobs", json={**job_body, "training_file": file["id"]}).json()
-            clean = wait_for(lambda: finished(client, again["id"]), what="the uninterrupted job")
+            clean = wait_for(lambda: finished(client, again["id"]), timeout=900, what="the uninterrupted job")
             assert clean["status"] == "succeeded"
             models = [m["id"] for m in client.get("/v1/models").json()["data"]]
             assert resumed["fine_tuned_model"] in models and clean["fine_tuned_model"] in models

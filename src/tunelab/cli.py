@@ -442,10 +442,29 @@ def serve(
         list[str] | None,
         typer.Option(help="NAME=SPEC: serve and fine-tune this model as NAME (default: the embedded model)"),
     ] = None,
+    api_key_file: Annotated[
+        str | None,
+        typer.Option(help="read accepted API keys from this file, one a line (chmod 600), not the command"),
+    ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="largest file an upload may be")] = 512.0,
+    max_body_kb: Annotated[int, typer.Option(help="largest request body other than an upload")] = 1024,
     max_loaded_adapters: Annotated[int, typer.Option(help="fine-tuned adapters kept loaded at once")] = 4,
+    max_generations_per_key: Annotated[
+        int, typer.Option(help="chat/completion requests a key may have running at once (more: 429)")
+    ] = 4,
+    max_queued_jobs_per_key: Annotated[
+        int, typer.Option(help="jobs a key may have waiting to train (more: 429)")
+    ] = 8,
+    max_job_minutes: Annotated[
+        float, typer.Option(help="a job stops after this long and keeps what it learnt")
+    ] = 24 * 60.0,
+    behind_tls_proxy: Annotated[
+        bool, typer.Option(help="served as https by a reverse proxy: Secure cookies, https origins")
+    ] = False,
 ):
     """Run the OpenAI-compatible fine-tuning service (files, jobs, models, chat) and its dashboard."""
+    import os
+
     import uvicorn
 
     from .errors import UserError
@@ -453,8 +472,16 @@ def serve(
     from .service import ServiceSettings, create_app
     from .service.settings import resolve_api_keys
 
+    os.umask(0o077)  # the data dir holds every key's prompts and data: nobody else reads what we write
     options = {"data_dir": data_dir, "api_keys": api_key or [], "max_upload_mb": max_upload_mb}
-    options["max_loaded_adapters"] = max_loaded_adapters
+    options |= {
+        "api_key_file": api_key_file,
+        "max_body_kb": max_body_kb,
+        "behind_tls_proxy": behind_tls_proxy,
+    }
+    options |= {"max_loaded_adapters": max_loaded_adapters, "max_job_minutes": max_job_minutes}
+    options |= {"max_generations_per_key": max_generations_per_key}
+    options["max_queued_jobs_per_key"] = max_queued_jobs_per_key
     if base_model:
         pairs = [item.partition("=") for item in base_model]
         if any(not name or not spec for name, _, spec in pairs):
@@ -464,9 +491,11 @@ def serve(
     for spec in settings.base_models.values():
         resolve(spec)  # a missing folder or file is said now, not at the first request
     keys, generated = resolve_api_keys(settings)
-    settings.api_keys = keys
+    settings.api_keys, settings.api_key_file = keys, None
     if generated:
         console.print(f"API key (kept in {Path(data_dir) / 'api_key'}): [bold]{keys[0]}[/]")
+    elif api_key_file:
+        console.print(f"API keys: {len(keys)} from {api_key_file}")
     elif not api_key:
         console.print(f"API key: the one in {Path(data_dir) / 'api_key'} (or $TUNELAB_API_KEY)")
     console.print(f"Dashboard and API on http://{host}:{port}  (OpenAI base_url http://{host}:{port}/v1)")

@@ -27,6 +27,7 @@ class DataError(UserError, ValueError):
             message = f"{message} (field {field!r})"
         where = path + (f":{line}" if line is not None else "")
         super().__init__(f"{where}: {message}" if where else message)
+        self.reason = message  # without the path: for those who must not see where the file is
         self.path = path
         self.line = line
         self.field = field

@@ -58,9 +58,16 @@ def _read_text(path: Path) -> str:
         # utf-8-sig: spreadsheet exports often start with a byte-order mark that would corrupt the first key.
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text (bad byte at offset {e.start})", path=str(path)) from None
+        raise DataError(not_utf8(e), path=str(path), line=e.object.count(b"\n", 0, e.start) + 1) from None
     except OSError as e:
         raise DataError(f"cannot read file: {e.strerror}", path=str(path)) from None
+
+
+def not_utf8(err: UnicodeDecodeError) -> str:
+    """What is wrong with the bytes, with the fix (a UTF-16 file is the usual case: Windows tools)."""
+    if err.object[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "the file is UTF-16 text, not UTF-8; save it as UTF-8"
+    return f"not UTF-8 text (byte 0x{err.object[err.start]:02x} cannot be decoded); save it as UTF-8"
 
 
 def _read_jsonl(path: Path, text: str) -> RecordFile:

@@ -9,18 +9,33 @@ import sys
 import threading
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from .deps import Service
 from .engine import Engine
 from .errors import install as install_error_handlers
+from .errors import log
 from .jobs import validate_job_files
-from .paths import DataDir
+from .paths import DataDir, open_private
+from .quotas import Quotas
 from .routes import completions, dashboard, feedback, files, jobs, models
+from .security import SecurityHeaders, reject_lone_surrogates
 from .settings import ServiceSettings, owner_of, resolve_api_keys
 from .store import Store, now
 
 WORKER_CHECK_S = 2.0
+# The worker asks Linux to kill it when the server dies before it imports anything: importing torch
+# takes seconds, and a server killed meanwhile must not leave it behind.
+WORKER_BOOTSTRAP = """
+import ctypes, os, signal, sys
+parent = int(sys.argv[sys.argv.index("--parent-pid") + 1])
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+if os.getppid() != parent:  # the server died before prctl took effect
+    os.kill(os.getpid(), signal.SIGKILL)
+from tunelab.service.worker import main
+main(sys.argv[1:])
+"""
 
 
 class WorkerProcess:
@@ -30,12 +45,12 @@ class WorkerProcess:
         self.data, self.process = data, None
 
     def start(self) -> None:
-        log = self.data.worker_log.open("a")
+        log = open_private(self.data.worker_log, "a")
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "tunelab.service.worker",
+                "-c",
+                WORKER_BOOTSTRAP,
                 "--data-dir",
                 str(self.data.root),
                 "--parent-pid",
@@ -72,11 +87,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         data = DataDir(settings.data_dir).create()
+        for partial in data.remove_partial_uploads():
+            log.warning("removed %s: an upload cut off by a crash", partial.name)
         store = Store(data.db)
         keys, _ = resolve_api_keys(settings)
-        service = Service(
-            settings, data, store, Engine(settings, data, store), {k: owner_of(k) for k in keys}, now()
-        )
+        quotas = Quotas(settings.max_generations_per_key, settings.max_queued_jobs_per_key)
+        owners = {k: owner_of(k) for k in keys}
+        service = Service(settings, data, store, Engine(settings, data, store), owners, now(), quotas)
         app.state.service = service
         for job in store.jobs_with_status("validating_files"):  # the server stopped while checking them
             threading.Thread(target=validate_job_files, args=(store, data, job), daemon=True).start()
@@ -93,7 +110,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         worker.stop()
 
     # No public /docs or /openapi.json: every route but /health needs a key, and the API is OpenAI's.
-    app = FastAPI(title="tunelab", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="tunelab",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        max_body_size=settings.max_body_kb * 1024,  # uploads have their own limit
+        dependencies=[Depends(reject_lone_surrogates)],
+    )
+    app.add_middleware(SecurityHeaders)
     install_error_handlers(app)
 
     @app.get("/health", tags=["health"])

@@ -1,4 +1,6 @@
-"""What routes depend on: the running service's parts, and the owner behind the request's API key."""
+"""What routes depend on: the running service's parts, and the owner behind the request's credentials:
+an `Authorization: Bearer` API key, or the dashboard's session cookie (a server-side session id, never
+the key itself; state changes made with it must come from this server's own pages)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from fastapi import Depends, Request
 from .engine import Engine
 from .errors import ApiError
 from .paths import DataDir
+from .quotas import Quotas
+from .security import check_same_origin
 from .settings import ServiceSettings
 from .store import Store
 
-COOKIE = "tunelab_key"  # the dashboard's login keeps the key here (HttpOnly, SameSite=Strict)
+COOKIE = "tunelab_session"  # HttpOnly, SameSite=Strict; Secure over TLS
 
 
 @dataclass
@@ -25,17 +29,16 @@ class Service:
     engine: Engine
     keys: dict[str, str]  # API key -> owner
     started_at: int
+    quotas: Quotas
 
 
 def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
-def presented_key(request: Request) -> str | None:
+def bearer_key(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return request.cookies.get(COOKIE)
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
 def owner_for(service: Service, key: str | None) -> str | None:
@@ -47,13 +50,29 @@ def owner_for(service: Service, key: str | None) -> str | None:
     return None
 
 
+def session_owner(service: Service, request: Request) -> str | None:
+    """The owner of the request's live session; a key taken off the server ends its sessions too."""
+    owner = service.store.session_owner(request.cookies.get(COOKIE, ""))
+    return owner if owner in service.keys.values() else None
+
+
+def authenticate(request: Request, service: Service) -> str | None:
+    """The request's owner, or None. A bearer key, when sent, is the only credential looked at."""
+    key = bearer_key(request)
+    if key is not None:
+        return owner_for(service, key)
+    owner = session_owner(service, request)
+    if owner is not None:
+        check_same_origin(request, service.settings.behind_tls_proxy)
+    return owner
+
+
 def get_owner(request: Request, service: Annotated[Service, Depends(get_service)]) -> str:
-    key = presented_key(request)
-    owner = owner_for(service, key)
+    owner = authenticate(request, service)
     if owner is None:
         message = (
             "Incorrect API key provided."
-            if key
+            if bearer_key(request)
             else "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
         )
         raise ApiError(401, message, code="invalid_api_key")

@@ -22,6 +22,9 @@ from .paths import DataDir
 from .settings import ServiceSettings
 from .store import Store
 
+# Below this, logits divided by the temperature overflow to inf and sampling fails; it is greedy anyway.
+MIN_TEMPERATURE = 1e-3
+
 
 @dataclass
 class Target:
@@ -89,11 +92,11 @@ class Generation:
 
     def _run(self, engine: Engine, target: Target, prompt_ids: list[int]) -> None:
         sampling, tokenizer = self.sampling, engine.tokenizer(target.base)
-        sample = sampling.temperature > 0
+        sample = sampling.temperature >= MIN_TEMPERATURE
         try:
             with engine.lock:
                 model, adapters_off = engine.activate(target)
-                ids = torch.tensor([prompt_ids], device=model.device)
+                ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)  # (1, T)
                 if sampling.seed is not None:
                     torch.manual_seed(sampling.seed)
                 with adapters_off, torch.no_grad():

@@ -1,34 +1,43 @@
 """Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so clients raise their own
-exception classes (openai.NotFoundError, ...) with our message."""
+exception classes (openai.NotFoundError, ...) with our message.
+
+An unexpected exception ends its request, never the connection: `CatchAll` answers it with a 500 that
+names a request id (the traceback goes to the log under that id) and does not re-raise. Starlette's own
+handler for `Exception` re-raises after answering, and uvicorn then drops the keep-alive connection."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-
-from ..errors import UserError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("tunelab.service")
 NOT_FIELDS = {"body", "query", "path", "int", "float", "str", "bool", "list", "dict"}
 
 TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    404: "invalid_request_error",
-    413: "invalid_request_error",
-    409: "invalid_request_error",
     500: "server_error",
+    429: "requests",  # OpenAI's type for a request-rate limit
 }
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
 
 def not_found(kind: str, name: str, param: str | None = None) -> ApiError:
@@ -37,28 +46,83 @@ def not_found(kind: str, name: str, param: str | None = None) -> ApiError:
     return ApiError(404, f"No {kind} with id '{name}' exists for this API key.", param=param, code=code)
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None):
-    body = {
-        "message": message,
-        "type": TYPES.get(status, "invalid_request_error"),
-        "param": param,
-        "code": code,
+def too_many(message: str, retry_after_s: int) -> ApiError:
+    """429 with Retry-After, as OpenAI answers a rate limit (its client waits that long and retries)."""
+    return ApiError(
+        429,
+        f"{message}; try again in {retry_after_s} s",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {
+        "error": {
+            "message": message,
+            "type": TYPES.get(status, "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
     }
-    return JSONResponse({"error": body}, status_code=status)
+
+
+def error_response(status: int, message: str, param=None, code=None, headers=None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+
+
+def internal_error(err: BaseException, what: str) -> dict:
+    """Log `err` under a new request id; the body for the client names the id, never the error's text
+    (it can hold paths, SQL or other keys' data)."""
+    request_id = "req_" + secrets.token_hex(12)
+    log.error("%s failed (request id %s)", what, request_id, exc_info=err)
+    message = (
+        f"The server had an error while processing your request (request id {request_id}); "
+        "its log has the details."
+    )
+    return error_body(500, message, code="server_error")
+
+
+class CatchAll:
+    """Answers any exception that escapes the app with a 500 in OpenAI's shape, and does not re-raise."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as err:
+            if started:  # nothing more can be said on this response (or Starlette's body limit sent it)
+                raise
+            body = internal_error(err, f"{scope['method']} {scope['path']}")
+            await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
+    app.add_middleware(CatchAll)
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
-        return error_response(err.status, err.message, err.param, err.code)
+        return error_response(err.status, err.message, err.param, err.code, err.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException):
-        return error_response(err.status_code, str(err.detail))
+        return error_response(err.status_code, str(err.detail), headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError):
-        first = err.errors()[0]
+        # The most specific error: of a union (str or a list of parts), the member that got furthest.
+        first = max(err.errors(), key=lambda error: len(error["loc"]))
         # Drop where it was (body, query) and pydantic union-member tags (int, constrained-int, literal[...]).
         location = [
             str(part)
@@ -68,14 +132,3 @@ def install(app: FastAPI) -> None:
         param = ".".join(location) or None
         message = f"{param}: {first['msg']}" if param else first["msg"]
         return error_response(400, message, param, "invalid_value")
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, err: Exception):
-        """Whatever else goes wrong still answers in OpenAI's shape (the traceback goes to the log)."""
-        log.error("%s %s failed", request.method, request.url.path, exc_info=err)
-        return error_response(500, describe(err), code="server_error")
-
-
-def describe(err: Exception) -> str:
-    """A user-facing line for an unexpected error: our own errors' messages are written for people."""
-    return str(err) if isinstance(err, UserError) else f"internal error: {type(err).__name__}: {err}"

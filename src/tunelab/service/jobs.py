@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,7 +15,7 @@ from ..data.validate import validate_file
 from ..errors import UserError
 from ..methods import get_method
 from ..training import ConfigError, TrainConfig
-from .errors import ApiError
+from .errors import ApiError, internal_error
 from .paths import DataDir
 from .store import Store
 
@@ -29,6 +30,34 @@ FIXED |= {"format", "objective", "labels", "mix"}  # chat SFT only
 FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
 EXTENSION_FIELDS = set(FIELD_TYPES) - FIXED
 WARNINGS_ONLY = {"duplicate_example"}  # such examples still train; the job notes them
+MAX_STEPS = 100_000
+# (lowest, highest) of every number the `tunelab` extension may set, so no key can hold the single
+# worker for ever (lora_r 10**6 or max_steps 10**12 were accepted); tests check that each has one.
+# max_minutes is bounded by the server's --max-job-minutes instead.
+BOUNDS = {
+    "adapter_size": (1, 4096),
+    "dropout": (0.0, 0.9),
+    "eval_every": (1, MAX_STEPS),
+    "grad_accum": (1, 64),
+    "head_lr": (0.0, 1.0),
+    "keep_checkpoints": (1, 20),
+    "layer_lr_decay": (0.0, 1.0),
+    "log_every": (1, MAX_STEPS),
+    "lora_alpha": (1, 4096),
+    "lora_r": (1, 256),
+    "max_grad_norm": (0.0, 1000.0),
+    "max_length": (1, 32_768),
+    "max_steps": (1, MAX_STEPS),
+    "num_virtual_tokens": (1, 512),
+    "patience": (1, 1000),
+    "save_every": (1, MAX_STEPS),
+    "unfreeze_top": (0, 1000),
+    "val_split": (0.0, 0.9),
+    "warmup": (0.0, MAX_STEPS),
+    "weight_decay": (0.0, 10.0),
+}
+MAX_TEXT = 1024  # characters in a text option (prompt_init, train_layers, a target module's name)
+MAX_ITEMS = 64  # entries in a list option (target_modules)
 
 
 Auto = Literal["auto"]
@@ -75,10 +104,12 @@ def model_name(job: dict) -> str:
     return f"ft:{job['model_root']}:{job['owner']}:{job['suffix'] or ''}:{job['id'].removeprefix('ftjob-')}"
 
 
-def check_options(extension: dict | None) -> dict:
-    """The `tunelab` extension checked against TrainConfig; errors name the field."""
+def check_options(extension: dict | None, max_minutes: float) -> dict:
+    """The `tunelab` extension checked against TrainConfig and our bounds; errors name the field. Every
+    job gets a time budget, at most `max_minutes` (the server's --max-job-minutes)."""
     options = dict(extension or {})
     options.setdefault("method", "lora")
+    options.setdefault("max_minutes", max_minutes)
     unknown = sorted(set(options) - EXTENSION_FIELDS)
     if unknown:
         raise ApiError(
@@ -97,6 +128,7 @@ def check_options(extension: dict | None) -> dict:
         )
     for name, value in options.items():
         check_option_type(name, value)
+        check_option_size(name, value, {**BOUNDS, "max_minutes": (0.0, max_minutes)})
     try:
         TrainConfig(**options)
     except ConfigError as err:
@@ -123,6 +155,33 @@ def check_option_type(name: str, value) -> None:
     )
 
 
+def check_option_size(name: str, value, bounds: dict) -> None:
+    """Numbers within BOUNDS (NaN is in none), texts and lists short."""
+    low, high = bounds.get(name, (None, None))
+    if isinstance(value, int | float) and not isinstance(value, bool) and low is not None:
+        if not low <= value <= high:
+            raise ApiError(
+                400,
+                f"tunelab.{name} must be between {low:g} and {high:g} on this server (got {value!r})",
+                param=f"tunelab.{name}",
+                code="invalid_value",
+            )
+    texts = value if isinstance(value, list) else [value]
+    if len(texts) > MAX_ITEMS or any(isinstance(t, str) and len(t) > MAX_TEXT for t in texts):
+        raise ApiError(
+            400,
+            f"tunelab.{name} is too long (at most {MAX_ITEMS} entries of {MAX_TEXT} characters)",
+            param=f"tunelab.{name}",
+            code="invalid_value",
+        )
+
+
+def data_error_message(err: DataError) -> str:
+    """The error without the server's path: the file is named by its id (its name on disk)."""
+    name = Path(err.path).stem if err.path else "the file"
+    return f"{name}" + (f" line {err.line}" if err.line is not None else "") + f": {err.reason}"
+
+
 def train_options(job: dict) -> dict:
     """TrainConfig values for a job: its extension options, base model and resolved hyperparameters."""
     extension = json.loads(job["tunelab"])
@@ -146,9 +205,8 @@ def validate_job_files(store: Store, data: DataDir, job: dict) -> None:
                 check_file(store, job["id"], data, job[param], param)
     except Exception as err:  # a bug here must not leave the job validating forever
         if not isinstance(err, ApiError):
-            err = ApiError(
-                500, f"validating the files failed: {type(err).__name__}: {err}", code="server_error"
-            )
+            body = internal_error(err, f"validating the files of {job['id']}")
+            err = ApiError(500, body["error"]["message"], code="server_error")
         error = {"code": err.code, "message": err.message, "param": err.param}
         if store.set_status(job["id"], "failed", only_from=("validating_files",), error=error):
             store.add_event(job["id"], err.message, level="error")
@@ -161,7 +219,10 @@ def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: st
     min_examples = MIN_EXAMPLES if param == "training_file" else 1
     try:
         report = validate_file(data.file(file_id), min_examples=min_examples)
-    except (DataError, UserError) as err:
+    except DataError as err:
+        message = f"{param} {data_error_message(err)}"
+        raise ApiError(400, message, param=param, code=f"invalid_{param}") from err
+    except UserError as err:
         raise ApiError(400, f"{param} {file_id}: {err}", param=param, code=f"invalid_{param}") from err
     problems = [issue for issue in report.issues if issue.code not in WARNINGS_ONLY]
     for code in WARNINGS_ONLY:

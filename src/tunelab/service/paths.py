@@ -1,11 +1,22 @@
 """Where the service keeps things inside its data dir. Every name on disk is an id we made, never a name a
-user sent, so no request can point a path outside the data dir."""
+user sent, so no request can point a path outside the data dir.
+
+It holds every key's prompts, answers and training data, so only its owner may read it: folders are
+0700 and the files the service writes 0600, whatever the umask."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 DB_FILE = "tunelab.db"
+PARTIAL_UPLOAD = ".upload-"  # an upload being received; renamed to its file id once whole
+
+
+def open_private(path: Path, mode: str = "w"):
+    """Open a file for writing, created 0600 (os.open's mode, not the umask's default)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    return os.fdopen(os.open(path, flags, 0o600), mode)
 
 
 class DataDir:
@@ -14,8 +25,16 @@ class DataDir:
 
     def create(self) -> DataDir:
         for folder in (self.root, self.files, self.jobs):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)  # also a folder made before, or by mkdir under a umask that kept more
         return self
+
+    def remove_partial_uploads(self) -> list[Path]:
+        """Uploads cut off by a crash (kill -9 mid-upload) are never finished: remove them at start."""
+        partial = list(self.files.glob(PARTIAL_UPLOAD + "*"))
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return partial
 
     @property
     def db(self) -> Path:
@@ -39,6 +58,9 @@ class DataDir:
 
     def file(self, file_id: str) -> Path:
         return self.files / f"{file_id}.jsonl"
+
+    def partial_upload(self, file_id: str) -> Path:
+        return self.files / f"{PARTIAL_UPLOAD}{file_id}"
 
     def run_dir(self, job_id: str) -> Path:
         """The training run's folder; when the job succeeds it holds the final model."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,18 +20,29 @@ KEY_FILE = "api_key"
 class ServiceSettings:
     data_dir: str = "tunelab-data"
     api_keys: list[str] = field(default_factory=list)
+    api_key_file: str | None = None  # one key a line; readable by its owner only (chmod 600)
     # Public model name -> tunelab model spec ('default', a folder or a .gguf file); names hold no ':'.
     base_models: dict[str, str] = field(default_factory=lambda: {DEFAULT_BASE: DEFAULT_MODEL})
     max_upload_mb: float = 512.0
+    max_body_kb: int = 1024  # any request body but an upload (JSON, forms)
     max_loaded_adapters: int = 4  # adapters kept on the base model at once (least recently used goes)
     default_max_tokens: int = 512  # when a request gives no max_tokens
+    max_generations_per_key: int = 4  # chat and completion requests in flight at once, per key
+    max_queued_jobs_per_key: int = 8  # jobs waiting to train (validating_files or queued), per key
+    max_job_minutes: float = 24 * 60  # a job stops (and publishes what it has) after this long
+    session_hours: float = 12.0  # a dashboard sign-in lasts this long
+    behind_tls_proxy: bool = False  # served as https by a proxy: cookies are Secure, origins https
     start_worker: bool = True  # tests of the API alone turn it off
 
     def __post_init__(self):
-        if self.max_loaded_adapters < 1 or self.max_upload_mb <= 0 or self.default_max_tokens < 1:
-            raise UserError(
-                "max_loaded_adapters and default_max_tokens must be at least 1, max_upload_mb positive"
-            )
+        counts = ("max_loaded_adapters", "default_max_tokens", "max_body_kb")
+        counts += ("max_generations_per_key", "max_queued_jobs_per_key")
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("max_upload_mb", "max_job_minutes", "session_hours"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name} must be positive (got {getattr(self, name)})")
         for name in self.base_models:
             if ":" in name or not name:
                 raise UserError(f"base model name '{name}' must be non-empty and hold no ':'")
@@ -41,17 +53,38 @@ def owner_of(api_key: str) -> str:
     return "org-" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
+def read_key_file(path: str | Path) -> list[str]:
+    """Keys from a file, one a line (blank lines and # comments skipped); refused if others can read it."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except OSError as err:
+        raise UserError(f"--api-key-file {path}: {err.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UserError(
+            f"--api-key-file {path} can be read by other users (mode {stat.S_IMODE(mode):o}); "
+            f"run `chmod 600 {path}`"
+        )
+    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not keys:
+        raise UserError(f"--api-key-file {path} holds no key")
+    return keys
+
+
 def resolve_api_keys(settings: ServiceSettings) -> tuple[list[str], bool]:
-    """The keys to accept: given ones, else $TUNELAB_API_KEY, else one kept in the data dir (made on first
-    start, readable only by its owner). Returns (keys, whether a key was generated now)."""
-    if settings.api_keys:
-        return settings.api_keys, False
+    """The keys to accept: given ones and those in the key file, else $TUNELAB_API_KEY, else one kept in
+    the data dir (made on first start, readable only by its owner). Returns (keys, whether a key was
+    generated now)."""
+    given = list(settings.api_keys) + (read_key_file(settings.api_key_file) if settings.api_key_file else [])
+    if given:
+        return given, False
     if os.environ.get("TUNELAB_API_KEY"):
         return [os.environ["TUNELAB_API_KEY"]], False
     path = Path(settings.data_dir) / KEY_FILE
     if path.is_file():
         return [path.read_text().strip()], False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = "tl-" + secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -5,6 +5,7 @@ one transaction, so a `kill -9` at any moment leaves it consistent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import sqlite3
@@ -39,6 +40,9 @@ CREATE TABLE IF NOT EXISTS completions (
 CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, completion_id TEXT NOT NULL, rating INTEGER NOT NULL,
     correction TEXT, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL);
 """
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -53,9 +57,19 @@ def now() -> int:
     return int(time.time())
 
 
+def token_hash(token: str) -> str:
+    """Sessions are kept by hash: a copy of the database signs nobody in."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 class Store:
     def __init__(self, path: str | Path):
         self.path = str(path)
+        # SQLite gives its -wal and -shm files the database file's mode: made 0600 here, they are too.
+        Path(path).touch(mode=0o600)
+        for made in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if made.exists():
+                made.chmod(0o600)
         with self.connect() as db:
             db.executescript(SCHEMA)
 
@@ -328,3 +342,32 @@ class Store:
             "SELECT f.*, c.model, c.prompt, c.response FROM feedback f "
             "JOIN completions c ON c.id = f.completion_id ORDER BY f.rowid"
         )
+
+    # dashboard sessions
+
+    def add_session(self, owner: str, lifetime_s: int) -> str:
+        """A new session for `owner`; returns its token (the cookie's value). Expired ones go now."""
+        token = secrets.token_urlsafe(32)
+        with self.connect() as db:
+            db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now(),))
+            db.execute(
+                "INSERT INTO sessions (token_hash, owner, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (token_hash(token), owner, now(), now() + lifetime_s),
+            )
+        return token
+
+    def session_owner(self, token: str) -> str | None:
+        if not token:
+            return None
+        row = self.one(
+            "SELECT owner FROM sessions WHERE token_hash = ? AND expires_at > ?", token_hash(token), now()
+        )
+        return row["owner"] if row else None
+
+    def end_session(self, token: str) -> None:
+        self.run("DELETE FROM sessions WHERE token_hash = ?", token_hash(token))
+
+    def waiting_jobs(self, owner: str) -> int:
+        """The key's jobs not training yet (validating_files or queued)."""
+        sql = "SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND status IN ('validating_files', 'queued')"
+        return self.one(sql, owner)["n"]

@@ -12,6 +12,7 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
 from .errors import ApiError
+from .paths import open_private
 
 FIELD_LIMIT = 64 * 1024  # other form fields (purpose) are short
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file itself
@@ -105,12 +106,17 @@ async def receive_upload(request: Request, dest: Path, limit: int) -> tuple[dict
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
         raise too_large(limit)  # before reading a byte of it
-    with dest.open("wb") as out:
+    with open_private(dest, "wb") as out:
         parts = _Parts(out, limit)
-        parser = MultipartParser(options[b"boundary"], parts.callbacks())
-        async for chunk in request.stream():
-            parser.write(chunk)
-        parser.finalize()
+        try:
+            parser = MultipartParser(options[b"boundary"], parts.callbacks())
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+        except ValueError as err:  # python-multipart's parse errors: a bad boundary, garbled parts
+            raise ApiError(
+                400, f"the multipart body cannot be parsed: {err}", param="file", code="invalid_multipart"
+            ) from None
     if parts.filename is None:
         raise ApiError(400, "the upload has no 'file' part", param="file")
     return parts.fields, parts.filename, parts.file_bytes

@@ -1,6 +1,7 @@
 """The job worker: a separate process that trains queued jobs one at a time, so the API stays responsive.
 
-Started by `tunelab serve`; dies with it (PR_SET_PDEATHSIG), and a file lock keeps a second worker from
+Started by `tunelab serve`; dies with it (PR_SET_PDEATHSIG, set by `app.WORKER_BOOTSTRAP` before this
+module is even imported), and a file lock keeps a second worker from
 ever training beside it. A job found `running` at start-up was interrupted (the server was killed): it
 resumes from its last checkpoint, exactly, so it ends with the model an uninterrupted run would give.
 """
@@ -9,30 +10,30 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
 import fcntl
 import io
 import json
+import logging
 import os
 import shutil
 import signal
-import sys
 import time
-import traceback
 
 from ..data.errors import DataError
 from ..errors import UserError
 from ..training import TrainConfig, TrainingDiverged
 from ..training.checkpoint import list_checkpoints, write_atomically
 from ..training.loop import SUMMARY_FILE, Trainer, TrainHooks
-from .jobs import model_name, train_options
-from .paths import DataDir
+from .errors import internal_error
+from .jobs import data_error_message, model_name, train_options
+from .paths import DataDir, open_private
 from .store import Store, new_id
 
 POLL_S = 0.5
 RESUMING = "Resuming fine-tuning job"
 PAUSED = "Paused: the server is stopping; the job resumes when it starts again"
 MAX_CRASHES = 3
+SMALLER = "try a smaller batch_size or max_length"
 WORKER_NICENESS = 10
 current_job: str | None = None  # the job this worker trains now, for the SIGTERM handler
 
@@ -124,7 +125,7 @@ def run_job(store: Store, data: DataDir, job: dict) -> None:
         # The worker keeps dying inside this job with no progress (most likely out of memory): stop.
         message = (
             f"the worker died {MAX_CRASHES} times in this job without getting past step {from_step}; it may "
-            "need more memory than this machine has (try a smaller batch_size or max_length)"
+            f"need more memory than this machine has; {SMALLER}"
         )
         return fail(store, data, job_id, "server_error", message)
     if resuming:
@@ -145,12 +146,14 @@ def run_job(store: Store, data: DataDir, job: dict) -> None:
     except TrainingDiverged as err:
         fail(store, data, job_id, "training_diverged", str(err))
     except DataError as err:
-        fail(store, data, job_id, "invalid_training_file", str(err), param="training_file")
+        fail(store, data, job_id, "invalid_training_file", data_error_message(err), param="training_file")
     except UserError as err:  # e.g. the base model cannot be loaded any more
         fail(store, data, job_id, "training_failed", str(err))
-    except Exception as err:  # a bug, or the machine ran out of memory: say so on the job, keep serving
-        traceback.print_exc()
-        fail(store, data, job_id, "server_error", f"training failed: {type(err).__name__}: {err}")
+    except MemoryError:
+        fail(store, data, job_id, "server_error", f"training ran out of memory; {SMALLER}")
+    except Exception as err:  # a bug: say so on the job (its text only in the log), keep serving
+        message = internal_error(err, f"training {job_id}")["error"]["message"]
+        fail(store, data, job_id, "server_error", message)
     finally:
         current_job = None
 
@@ -196,7 +199,8 @@ def publish(store: Store, data: DataDir, job: dict) -> None:
     summary = json.loads((data.run_dir(job["id"]) / SUMMARY_FILE).read_text())
     results_id = new_id("file-")
     results = data.file(results_id)
-    results.write_text(results_csv(data.run_dir(job["id"])))
+    with open_private(results) as out:
+        out.write(results_csv(data.run_dir(job["id"])))
     name = model_name(job)
     if not store.publish(job, name, summary["trained_tokens"], results_id, results.stat().st_size):
         results.unlink()
@@ -232,20 +236,11 @@ def next_job(store: Store) -> dict | None:
     return None
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when the server dies, so an orphan never trains on."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def serve_jobs(data_dir: str, parent_pid: int | None = None, once: bool = False) -> None:
     """Train jobs as they come, forever (or until the queue is empty, with `once`)."""
     data = DataDir(data_dir).create()
     store = Store(data.db)
-    lock = open(data.worker_lock, "w")  # noqa: SIM115 (held for the life of the process)
+    lock = open_private(data.worker_lock)  # held for the life of the process
     fcntl.flock(lock, fcntl.LOCK_EX)  # waits while a previous worker is still exiting
     while True:
         if parent_pid is not None and os.getppid() != parent_pid:
@@ -266,8 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--parent-pid", type=int)
     args = parser.parse_args(argv)
-    if args.parent_pid:
-        die_with_parent(args.parent_pid)
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")  # into worker.log
+    os.umask(0o077)  # runs, checkpoints and models: the owner's only, whatever the server's umask
     os.nice(WORKER_NICENESS)  # training yields the CPU to requests: chat stays quick while a job runs
     signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(Store(DataDir(args.data_dir).db)))
     serve_jobs(args.data_dir, args.parent_pid)

@@ -12,10 +12,11 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 from ..deps import Owner, Service, ServiceDep
 from ..engine import Generation, Sampling, Target
-from ..errors import TYPES, ApiError, describe, log
+from ..errors import ApiError, error_body, internal_error
 from ..store import new_id, now
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -50,24 +51,38 @@ class GenerationRequest(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=8)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64 (torch takes 64 bits)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     response_format: dict | None = None
 
 
+class ContentPart(BaseModel):
+    """A part of a message's content; only `{"type": "text", "text": "..."}` is understood here."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
 class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
-    def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: only text ones are understood here
-            if any(part.get("type") != "text" for part in self.content):
-                raise ApiError(400, "only text content parts are supported", param="messages")
-            return "".join(part.get("text", "") for part in self.content)
-        return self.content or ""
+    def text(self, index: int) -> str:
+        if not isinstance(self.content, list):
+            return self.content or ""
+        for p, part in enumerate(self.content):
+            if part.type != "text" or part.text is None:
+                raise ApiError(
+                    400,
+                    "only text content parts ({'type': 'text', 'text': '...'}) are supported",
+                    param=f"messages.{index}.content.{p}",
+                    code="unsupported_parameter" if part.type != "text" else "invalid_value",
+                )
+        return "".join(part.text for part in self.content)
 
 
 class ChatRequest(GenerationRequest):
@@ -140,8 +155,8 @@ async def prepare(service: Service, owner: str, request: GenerationRequest) -> t
 
 
 def choice_seed(sampling: Sampling, index: int) -> Sampling:
-    """Each of n choices samples on its own, reproducibly when a seed is given."""
-    seed = None if sampling.seed is None else sampling.seed + index
+    """Each of n choices samples on its own, reproducibly when a seed is given (in torch's 64 bits)."""
+    seed = None if sampling.seed is None else (sampling.seed + index) % 2**64
     return Sampling(sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.stop, seed)
 
 
@@ -157,7 +172,8 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceDep, client: Request):
     target, tokenizer = await prepare(service, owner, request)
     messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
+        for i, m in enumerate(request.messages)
     ]
     ids = chat_prompt_ids(tokenizer, messages)
     requested = request.max_completion_tokens or request.max_tokens
@@ -175,6 +191,10 @@ async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceD
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     """The conversation as the model was trained to see it: its chat template, ending where it answers."""
+    if not tokenizer.chat_template:
+        raise ApiError(
+            400, "this model has no chat template; use /v1/completions", param="model", code="invalid_value"
+        )
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -189,6 +209,9 @@ async def completions(request: CompletionRequest, owner: Owner, service: Service
     runs, prompt_tokens = [], 0
     for p, prompt in enumerate(prompts):
         ids = tokenizer(prompt)["input_ids"]
+        if not ids:  # a model needs at least one token to go on from
+            param = "prompt" if isinstance(request.prompt, str) else f"prompt.{p}"
+            raise ApiError(400, f"{param} is empty", param=param, code="invalid_value")
         prompt_tokens += len(ids)
         sampling = sampling_for(
             request, request.max_tokens, len(ids), context, service.settings.default_max_tokens
@@ -234,10 +257,18 @@ class Reply:
         self.service.store.add_completion(self.id, self.owner, self.target.name, self.prompt, first_text)
 
     async def respond(self, runs: list, request: GenerationRequest, client: Request):
+        """Within the key's generation slots: a stream gives its slot back when it ends, or when it never
+        started because the client left first (the background task)."""
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return StreamingResponse(self.stream(runs, include_usage), media_type="text/event-stream")
-        return await self.whole(runs, client)
+            release = self.service.quotas.take_generation(self.owner)
+            return StreamingResponse(
+                self.stream(runs, include_usage, release),
+                media_type="text/event-stream",
+                background=BackgroundTask(release),
+            )
+        with self.service.quotas.generation(self.owner):
+            return await self.whole(runs, client)
 
     async def whole(self, runs: list, client: Request) -> dict | None:
         """All choices at once. A client that hangs up meanwhile stops the generation (nothing is returned:
@@ -273,7 +304,7 @@ class Reply:
             "usage": usage(self.prompt_tokens, sum(g.completion_tokens for g in generations)),
         }
 
-    async def stream(self, runs: list, include_usage: bool) -> AsyncIterator[str]:
+    async def stream(self, runs: list, include_usage: bool, release=lambda: None) -> AsyncIterator[str]:
         generation: Generation | None = None
         completion_tokens, first_text = 0, None
         try:
@@ -312,20 +343,14 @@ class Reply:
                 yield sse({**self._envelope([], True), "usage": usage(self.prompt_tokens, completion_tokens)})
             yield "data: [DONE]\n\n"
             self._keep(first_text or "")
-        except Exception as err:  # the status line is sent already: the error goes in the stream
-            if not isinstance(err, ApiError):
-                log.error("streaming a reply failed", exc_info=err)
-            status = err.status if isinstance(err, ApiError) else 500
-            message = err.message if isinstance(err, ApiError) else describe(err)
-            body = {
-                "message": message,
-                "type": TYPES.get(status, "server_error"),
-                "param": getattr(err, "param", None),
-            }
-            yield sse({"error": {**body, "code": getattr(err, "code", None) or "server_error"}})
+        except ApiError as err:  # the status line is sent already: the error goes in the stream
+            yield sse(error_body(err.status, err.message, err.param, err.code))
+        except Exception as err:
+            yield sse(internal_error(err, f"streaming {self.id}"))
         finally:
             if generation is not None:  # the client went away mid-answer: stop generating for it
                 generation.cancel()
+            release()
 
 
 def sse(payload: dict) -> str:

@@ -1,10 +1,11 @@
 """The dashboard: server-rendered pages for people (jobs with their loss curves, files, models, and a
 playground to try a model), on the same API keys as the API.
 
-A browser sends no Bearer header, so `POST /login` keeps the key in an HttpOnly, SameSite=Strict cookie
-that `presented_key` also reads. Without a valid key every page answers 401 with the login form, so the
-rule "every route but /health wants a key" holds here too. Templates autoescape: file names, job
-messages and model replies are the users' text, never markup.
+A browser sends no Bearer header, so `POST /login` starts a server-side session and keeps its id (never
+the key) in an HttpOnly, SameSite=Strict cookie, Secure over TLS; posts made with it must come from this
+server's own pages (`security.check_same_origin`). Without a valid session or key every page answers 401
+with the login form, so the rule "every route but /health wants a key" holds here too. Templates
+autoescape: file names, job messages and model replies are the users' text, never markup.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from pydantic import ValidationError
 
-from ..deps import COOKIE, Service, ServiceDep, owner_for, presented_key
+from ..deps import COOKIE, Service, ServiceDep, authenticate, owner_for
 from ..engine import Generation
 from ..errors import ApiError
 from ..jobs import checkpoint_object, job_object
+from ..security import check_same_origin
 from .completions import GenerationRequest, chat_prompt_ids, prepare, sampling_for
 from .models import visible_models
 
@@ -68,7 +70,7 @@ router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 
 
 def dashboard_owner(request: Request, service: ServiceDep) -> str:
-    owner = owner_for(service, presented_key(request))
+    owner = authenticate(request, service)
     if owner is None:
         raise LoginRequired
     return owner
@@ -222,7 +224,8 @@ async def chat_reply(service: Service, owner: str, request: GenerationRequest, m
         generation.run()
         return generation
 
-    return await asyncio.to_thread(generate)
+    with service.quotas.generation(owner):
+        return await asyncio.to_thread(generate)
 
 
 @router.post("/playground")
@@ -237,7 +240,7 @@ async def playground_reply(
 ):
     """Fields arrive as text and are checked here, so a bad value is a message on the page, not JSON."""
     form = {"model": model, "message": message, "max_tokens": max_tokens, "temperature": temperature}
-    reply, error = None, None
+    reply, error, status, headers = None, None, 400, None
     try:
         generation_request = GenerationRequest(model=model, max_tokens=max_tokens, temperature=temperature)
         if not message.strip():
@@ -245,33 +248,48 @@ async def playground_reply(
         reply = await chat_reply(service, owner, generation_request, message)
     except ValidationError as err:
         error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-    except ApiError as err:
-        error = err.message
-    return page(
+    except ApiError as err:  # a message on the page; only a 429 keeps its status, for its Retry-After
+        error, status, headers = err.message, 429 if err.status == 429 else 400, err.headers
+    response = page(
         request,
         "playground.html",
-        status_code=200 if error is None else 400,
+        status_code=200 if error is None else status,
         models=model_names(service, owner),
         form=form,
         reply=reply,
         error=error,
     )
+    response.headers.update(headers or {})  # Retry-After on a 429
+    return response
 
 
 # signing in and out
 
 
+def cookie_options(request: Request, service: Service) -> dict:
+    secure = service.settings.behind_tls_proxy or request.url.scheme == "https"
+    return {"path": "/", "httponly": True, "samesite": "strict", "secure": secure}
+
+
 @router.post("/login")
 def login(request: Request, service: ServiceDep, api_key: Annotated[str, Form()] = ""):
-    if owner_for(service, api_key.strip()) is None:
+    check_same_origin(request, service.settings.behind_tls_proxy)  # nobody signs you in from elsewhere
+    client = request.client.host if request.client else "unknown"
+    service.quotas.check_login(client)
+    owner = owner_for(service, api_key.strip())
+    if owner is None:
+        service.quotas.login_failed(client)
         return page(request, "login.html", status_code=401, error="That API key is not known to this server.")
+    lifetime_s = int(service.settings.session_hours * 3600)
     response = RedirectResponse("/", status_code=303)
-    response.set_cookie(COOKIE, api_key.strip(), httponly=True, samesite="strict", path="/")
+    token = service.store.add_session(owner, lifetime_s)
+    response.set_cookie(COOKIE, token, max_age=lifetime_s, **cookie_options(request, service))
     return response
 
 
 @router.post("/logout")
-def logout(owner: DashboardOwner):
+def logout(request: Request, owner: DashboardOwner, service: ServiceDep):
+    service.store.end_session(request.cookies.get(COOKIE, ""))
     response = RedirectResponse("/", status_code=303)
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(COOKIE, **cookie_options(request, service))
     return response

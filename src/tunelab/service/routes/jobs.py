@@ -72,7 +72,8 @@ def create_job(request: JobCreate, owner: Owner, service: ServiceDep, background
                 code="file_not_found",
             )
     start = starting_point(service, owner, request.model)
-    options = check_options(request.tunelab)
+    options = check_options(request.tunelab, service.settings.max_job_minutes)
+    service.quotas.check_queue(service.store.waiting_jobs(owner))
     if start["method"]:
         options["method"] = start["method"]  # continuing an adapter keeps its kind
     job = {
