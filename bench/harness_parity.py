@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", default="letter,cloze")
     args = parser.parse_args()
 
     mmlu = Path(args.mmlu)
@@ -108,7 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         tasks = write_tasks(questions, folder, mmlu)
-        for mode in TEMPLATES:
+        for mode in args.modes.split(","):
             config = EvalConfig(
                 model=args.model, task="multiple-choice", benchmark=f"mmlu:{mmlu}", mode=mode,
                 shots=args.shots, limit=args.limit, seed=args.seed, precision="fp32",
