@@ -4,7 +4,8 @@ import pytest
 
 from conftest import write_jsonl
 from tunelab.errors import UserError
-from tunelab.models import MultiAdapterModel, loading
+from tunelab.inference import MultiAdapterModel
+from tunelab.models import loading
 from tunelab.training import TrainConfig, train
 
 PROMPTS = [[{"role": "user", "content": "say 3"}], [{"role": "user", "content": "say 7"}]]

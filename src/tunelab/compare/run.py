@@ -14,10 +14,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..data import load_examples, split_file
+from ..data import load_examples, name_labels, split_file
 from ..errors import UserError
 from ..evaluation import EvalConfig, evaluate, forgetting
-from ..training.datasets import name_labels
 
 PROMPTING = ("zero-shot", "few-shot")
 

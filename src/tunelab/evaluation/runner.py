@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data import Example, load_documents, load_examples
+from ..data import Example, load_documents, load_examples, name_labels
 from ..data.batching import collate
 from ..data.tokenize import encode_documents
 from ..errors import UserError
 from ..inference.generate import generate
-from ..training.datasets import name_labels
+from ..ops import causal_lm_loss
 from . import extraction, metrics
 from .benchmarks import LETTERS, parse_benchmark, read_split, stratified_sample
 from .prompting import PromptStyle, build_messages, pick_shots
@@ -209,8 +209,6 @@ def eval_multiple_choice(model, tokenizer, config: EvalConfig):
 
 @torch.no_grad()
 def eval_perplexity(model, tokenizer, config: EvalConfig):
-    from ..training.steps import causal_lm_loss
-
     if not config.data:
         raise UserError("--data is required for --task perplexity")
     if config.data.endswith(".txt"):

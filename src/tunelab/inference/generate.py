@@ -13,6 +13,7 @@ import yaml
 from ..errors import UserError
 from ..methods import get_method
 from ..models import load_model
+from ..ops import virtual_tokens
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -118,8 +119,6 @@ def generate(
 
 def _generate_new_tokens(model, enc, kwargs) -> torch.Tensor:
     """Only the generated tokens, (B, new)."""
-    from ..training.steps import virtual_tokens
-
     n_virtual = virtual_tokens(model)
     if not n_virtual:
         return model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]

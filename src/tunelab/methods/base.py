@@ -16,6 +16,7 @@ import torch
 
 from ..data.batching import count_label_tokens
 from ..errors import UserError
+from ..ops import causal_lm_loss
 
 
 class Method:
@@ -38,8 +39,6 @@ class Method:
 
     def loss(self, model, batch: dict, normaliser) -> torch.Tensor:
         """Summed loss over the batch's targets divided by `normaliser` (targets in the whole step)."""
-        from ..training.steps import causal_lm_loss
-
         return causal_lm_loss(model, batch, normaliser)
 
     def count_targets(self, batch: dict) -> int:

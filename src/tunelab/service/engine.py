@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from ..models.multi_adapter import MultiAdapterModel
+from ..inference import MultiAdapterModel
 from .errors import ApiError, not_found
 from .paths import DataDir
 from .settings import ServiceSettings

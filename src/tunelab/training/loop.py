@@ -27,12 +27,13 @@ from ..errors import UserError
 from ..methods import get_method
 from ..models import load_model
 from ..models.blocks import BLOCK_INDEX
+from ..ops import pick_precision
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
 from .datasets import load_tasks
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
-from .steps import evaluate_loss, pick_precision, train_step
+from .steps import evaluate_loss, train_step
 
 SUMMARY_FILE = "summary.json"
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .loading import load_model
+from ..models import load_model
+from .generate import generate
 
 
 class MultiAdapterModel:
@@ -71,8 +72,6 @@ class MultiAdapterModel:
         return self.peft, (self.peft.disable_adapter() if self.active is None else nullcontext())
 
     def generate(self, conversations: list[list[dict]], **kwargs) -> list[str]:
-        from ..inference import generate
-
         model, context = self.model()
         with context:
             return generate(model, self.tokenizer, conversations, **kwargs)
