@@ -136,12 +136,13 @@ def predict(
 ):
     """Classify every example with a trained head; prints accuracy when the file has answers."""
     from .inference import classify_file, load_for_inference
+    from .inference.generate import classifies
 
-    classifier, tokenizer = load_for_inference(model, adapter)
-    if not hasattr(classifier, "labels"):
+    if not classifies(model, adapter):
         from .errors import UserError
 
         raise UserError(f"{adapter} is not a classification head; use `tunelab generate` for other adapters")
+    classifier, tokenizer = load_for_inference(model, adapter)
     result = classify_file(classifier, tokenizer, data, out, batch_size=batch_size)
     accuracy = "" if result["accuracy"] is None else f"; accuracy {result['accuracy']:.1%}"
     console.print(f"Wrote {result['examples']} predictions to {out}{accuracy}")
@@ -161,8 +162,8 @@ def chat(
     from .inference import load_for_inference, stream_chat
     from .inference.generate import require_generative
 
+    require_generative(model, adapter, "chat")
     llm, tokenizer = load_for_inference(model, adapter)
-    require_generative(llm, "chat")
     messages = [{"role": "system", "content": system}] if system else []
     while True:
         text = prompt if prompt is not None else _ask()
@@ -208,8 +209,8 @@ def generate_cmd(
     from .inference import generate_file, load_for_inference
     from .inference.generate import require_generative
 
+    require_generative(model, adapter, "generate")
     llm, tokenizer = load_for_inference(model, adapter)
-    require_generative(llm, "generate")
     with console.status("generating"):
         n = generate_file(
             llm,

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..data import load_examples, name_labels, split_file
 from ..errors import UserError
 from ..evaluation import EvalConfig, evaluate, forgetting
+from ..methods import REGISTRY, get_method
 
 PROMPTING = ("zero-shot", "few-shot")
 
@@ -129,7 +130,8 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
         results = evaluate(eval_config(config, splits, adapter=adapter), str(run_dir / "eval.json"))[
             "results"
         ]
-        if config.forgetting and method != "head":
+        # Forgetting compares the base with the tuned model: only an adapter that can be switched off.
+        if config.forgetting and get_method(method).artifact == "peft":
             report = forgetting(
                 EvalConfig(model=config.model, adapter=adapter, task="multiple-choice",
                            benchmark=config.forgetting, limit=config.forgetting_limit, seed=config.seed),
@@ -161,7 +163,6 @@ def _child(config_dict: dict, method: str, splits: dict) -> None:
 
 
 def compare(config: CompareConfig, console=None) -> dict:
-    from ..methods import REGISTRY
     from .report import recommend, write_reports
 
     unknown = [m for m in config.methods if m not in PROMPTING and m not in REGISTRY]

@@ -17,7 +17,8 @@ from ..data import Example, load_documents, load_examples, name_labels
 from ..data.batching import collate
 from ..data.tokenize import encode_documents
 from ..errors import UserError
-from ..inference.generate import generate
+from ..inference import classify
+from ..inference.generate import classifies, generate
 from ..ops import causal_lm_loss
 from . import extraction, metrics
 from .benchmarks import LETTERS, parse_benchmark, read_split, stratified_sample
@@ -124,9 +125,7 @@ def classification_probs(model, tokenizer, examples, config: EvalConfig, labels:
         instruction = f"Classify the text. Answer with one of: {', '.join(labels)}."
     style = PromptStyle(config.shots, False, instruction, config.seed)
     prompts = prompts_for(examples, config, style)
-    if hasattr(model, "labels"):  # a trained classification head (--method head) gives probabilities
-        from ..inference import classify
-
+    if classifies(config.model, config.adapter):  # a trained head (--method head) gives probabilities
         if list(model.labels) != list(labels):
             raise UserError(f"the head's labels {model.labels} differ from {labels}")
         rows = classify(

@@ -12,6 +12,7 @@ import yaml
 
 from ..errors import UserError
 from ..methods import get_method
+from ..methods.base import load_peft_adapter
 from ..models import load_model
 from ..ops import virtual_tokens
 
@@ -23,8 +24,8 @@ def load_for_inference(model_spec: str, adapter: str | None = None):
     adapter_config.json); the adapter's own tokenizer files, when present, carry its chat template."""
     from transformers import AutoTokenizer
 
-    if adapter is None and (Path(model_spec) / ADAPTER_CONFIG).is_file():
-        adapter, model_spec = model_spec, base_of_adapter(model_spec)
+    if adapter is None and (adapter := adapter_folder(model_spec, None)):
+        model_spec = base_of_adapter(adapter)
     model, tokenizer = load_model(model_spec)
     if adapter:
         model = attach_adapter(model, adapter)
@@ -34,8 +35,28 @@ def load_for_inference(model_spec: str, adapter: str | None = None):
     return model, tokenizer
 
 
-def require_generative(model, what: str) -> None:
-    if hasattr(model, "labels"):
+def adapter_folder(model_spec: str, adapter: str | None) -> str | None:
+    """The adapter to apply: `adapter`, or `model_spec` itself when that is an adapter folder."""
+    if adapter is None and (Path(model_spec) / ADAPTER_CONFIG).is_file():
+        return model_spec
+    return adapter
+
+
+def adapter_method(folder: str):
+    """The tunelab method that saved this adapter folder, or None for a PEFT adapter (any PEFT method)."""
+    name = read_adapter_config(folder).get("tunelab_method")
+    return get_method(name) if name else None
+
+
+def classifies(model_spec: str, adapter: str | None) -> bool:
+    """Whether the model loaded from these predicts labels (a classification head) instead of generating."""
+    folder = adapter_folder(model_spec, adapter)
+    method = adapter_method(folder) if folder else None
+    return method is not None and method.task == "classification"
+
+
+def require_generative(model_spec: str, adapter: str | None, what: str) -> None:
+    if classifies(model_spec, adapter):
         raise UserError(f"{what}: this adapter is a classification head; use `tunelab predict`")
 
 
@@ -60,9 +81,8 @@ def read_adapter_config(folder: str) -> dict:
 
 def attach_adapter(model, folder: str):
     """PEFT adapters load through PEFT; tunelab's own kinds (marked `tunelab_method`) through their method."""
-    config = read_adapter_config(folder)
-    method = get_method(config.get("tunelab_method", "lora"))
-    return method.load(model, Path(folder))
+    method = adapter_method(folder)
+    return method.load(model, Path(folder)) if method else load_peft_adapter(model, Path(folder))
 
 
 def prompt_messages(messages: list[dict]) -> list[dict]:

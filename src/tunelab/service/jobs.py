@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data.errors import DataError
 from ..data.validate import validate_file
 from ..errors import UserError
-from ..methods import get_method
+from ..methods import REGISTRY, get_method
 from ..training import ConfigError, TrainConfig
 from .errors import ApiError
 from .paths import DataDir
@@ -20,8 +20,6 @@ from .store import Store
 
 MIN_EXAMPLES = 10
 DEFAULTS = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
-# Methods whose artefact is a PEFT adapter the inference engine can switch on the shared base model.
-SERVED_METHODS = ("lora", "ia3")
 # TrainConfig fields the `tunelab` extension may set; paths, the model, the seed and the OpenAI
 # hyperparameters come from the request itself.
 FIXED = set("model data val out resume overwrite init_adapter seed epochs batch_size lr".split())
@@ -78,7 +76,7 @@ def model_name(job: dict) -> str:
 def check_options(extension: dict | None) -> dict:
     """The `tunelab` extension checked against TrainConfig; errors name the field."""
     options = dict(extension or {})
-    options.setdefault("method", "lora")
+    options.setdefault("method", TrainConfig.method)
     unknown = sorted(set(options) - EXTENSION_FIELDS)
     if unknown:
         raise ApiError(
@@ -87,11 +85,12 @@ def check_options(extension: dict | None) -> dict:
             param=f"tunelab.{unknown[0]}",
             code="invalid_value",
         )
-    if options["method"] not in SERVED_METHODS:
+    served = sorted(name for name, method in REGISTRY.items() if method.servable)
+    if options["method"] not in served:
         raise ApiError(
             400,
             f"method '{options['method']}' cannot be served from a shared base model; choose "
-            f"one of {', '.join(SERVED_METHODS)} (train others with `tunelab train`)",
+            f"one of {', '.join(served)} (train others with `tunelab train`)",
             param="tunelab.method",
             code="invalid_value",
         )
