@@ -18,6 +18,7 @@ from ..data import load_examples, name_labels, split_file
 from ..errors import UserError
 from ..evaluation import EvalConfig, evaluate, forgetting
 from ..methods import REGISTRY, get_method
+from ..run_dir import RunDir
 
 PROMPTING = ("zero-shot", "few-shot")
 
@@ -124,7 +125,7 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
             "trainable_params": summary["trainable_params"], "train_time_s": summary["wall_time_s"],
             "tokens_per_s": summary["tokens_per_s"], "artifact_mb": summary["artifact_mb"],
             "weights_mb": summary["weights_mb"], "steps": summary["steps"],
-            "loss_curve": loss_curve(run_dir / "model" / "metrics.jsonl"),
+            "loss_curve": loss_curve(RunDir(run_dir / "model")),
         }  # fmt: skip
         adapter = str(run_dir / "model")
         results = evaluate(eval_config(config, splits, adapter=adapter), str(run_dir / "eval.json"))[
@@ -147,8 +148,8 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
     return row
 
 
-def loss_curve(metrics_path: Path) -> dict:
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+def loss_curve(run: RunDir) -> dict:
+    records = run.read_metrics()
     return {
         "train": [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"],
         "val": [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval"],

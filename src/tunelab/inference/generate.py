@@ -8,20 +8,18 @@ from pathlib import Path
 from threading import Thread
 
 import torch
-import yaml
 
 from ..errors import UserError
 from ..methods import get_method
 from ..methods.base import load_peft_adapter
 from ..models import load_model
 from ..ops import virtual_tokens
-
-ADAPTER_CONFIG = "adapter_config.json"
+from ..run_dir import RunDir
 
 
 def load_for_inference(model_spec: str, adapter: str | None = None):
     """(model, tokenizer) in eval mode. `model_spec` may itself be an adapter folder (its base is read from
-    adapter_config.json); the adapter's own tokenizer files, when present, carry its chat template."""
+    adapter config); the adapter's own tokenizer files, when present, carry its chat template."""
     from transformers import AutoTokenizer
 
     if adapter is None and (adapter := adapter_folder(model_spec, None)):
@@ -29,7 +27,7 @@ def load_for_inference(model_spec: str, adapter: str | None = None):
     model, tokenizer = load_model(model_spec)
     if adapter:
         model = attach_adapter(model, adapter)
-        if (Path(adapter) / "tokenizer_config.json").is_file():
+        if RunDir(adapter).tokenizer_config.is_file():
             tokenizer = AutoTokenizer.from_pretrained(adapter)
     model.eval()
     return model, tokenizer
@@ -37,14 +35,14 @@ def load_for_inference(model_spec: str, adapter: str | None = None):
 
 def adapter_folder(model_spec: str, adapter: str | None) -> str | None:
     """The adapter to apply: `adapter`, or `model_spec` itself when that is an adapter folder."""
-    if adapter is None and (Path(model_spec) / ADAPTER_CONFIG).is_file():
+    if adapter is None and RunDir(model_spec).is_adapter():
         return model_spec
     return adapter
 
 
 def adapter_method(folder: str):
     """The tunelab method that saved this adapter folder, or None for a PEFT adapter (any PEFT method)."""
-    name = read_adapter_config(folder).get("tunelab_method")
+    name = RunDir(folder).read_adapter_config().get("tunelab_method")
     return get_method(name) if name else None
 
 
@@ -61,22 +59,11 @@ def require_generative(model_spec: str, adapter: str | None, what: str) -> None:
 
 
 def base_of_adapter(folder: str) -> str:
-    """The base model spec an adapter was trained on: tunelab.yaml's `model` (portable, e.g. 'default'),
-    else adapter_config.json's base path."""
-    run_config = Path(folder) / "tunelab.yaml"
-    if run_config.is_file():
-        return yaml.safe_load(run_config.read_text())["model"]
-    return read_adapter_config(folder)["base_model_name_or_path"]
-
-
-def read_adapter_config(folder: str) -> dict:
-    path = Path(folder) / ADAPTER_CONFIG
-    if not path.is_file():
-        raise UserError(
-            f"{folder} is not an adapter folder (no {ADAPTER_CONFIG}); a whole model folder (full or "
-            "selective tuning) goes in --model"
-        )
-    return json.loads(path.read_text())
+    """The base model spec an adapter was trained on: the run config's `model` (portable, e.g. 'default'),
+    else the adapter config's base path."""
+    run = RunDir(folder)
+    run_config = run.read_config()
+    return run_config["model"] if run_config else run.read_adapter_config()["base_model_name_or_path"]
 
 
 def attach_adapter(model, folder: str):

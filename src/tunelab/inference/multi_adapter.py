@@ -13,6 +13,7 @@ import torch
 
 from ..errors import UserError
 from ..models import load_model
+from ..run_dir import RunDir
 from .generate import generate
 
 
@@ -34,7 +35,7 @@ class MultiAdapterModel:
 
         if name in self.adapters:
             raise UserError(f"an adapter named '{name}' is already loaded")
-        if not (Path(folder) / "adapter_config.json").is_file():
+        if not RunDir(folder).is_adapter():
             raise UserError(f"{folder} is not an adapter folder")
         if self.peft is None:
             self.peft = PeftModel.from_pretrained(self.base, str(folder), adapter_name=name)

@@ -6,7 +6,6 @@ Generation holds one lock, because the active adapter is state of the shared mod
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from ..inference import MultiAdapterModel
+from ..run_dir import RunDir
 from .errors import ApiError, not_found
 from .paths import DataDir
 from .settings import ServiceSettings
@@ -214,9 +214,9 @@ class Engine:
 
     def _load(self, multi: MultiAdapterModel, target: Target) -> None:
         folder = target.adapter
-        if not (folder / "adapter_model.safetensors").is_file() or list(folder.glob("*.bin")):
+        if not RunDir(folder).adapter_weights.is_file() or list(folder.glob("*.bin")):
             raise ApiError(500, f"model '{target.name}' has no safetensors adapter; it will not be loaded")
-        peft_type = json.loads((folder / "adapter_config.json").read_text()).get("peft_type", "")
+        peft_type = RunDir(folder).read_adapter_config().get("peft_type", "")
         loaded = [k for k, (base, _) in self._adapters.items() if base == target.base]  # oldest first
         # One PeftModel holds adapters of one kind: a new kind makes room first, as does a full LRU.
         for key in [k for k in loaded if self._adapters[k][1] != peft_type]:

@@ -12,7 +12,6 @@ import csv
 import ctypes
 import fcntl
 import io
-import json
 import os
 import shutil
 import signal
@@ -22,9 +21,10 @@ import traceback
 
 from ..data.errors import DataError
 from ..errors import UserError
+from ..run_dir import RunDir
 from ..training import TrainConfig, TrainingDiverged
 from ..training.checkpoint import list_checkpoints, write_atomically
-from ..training.loop import SUMMARY_FILE, Trainer, TrainHooks
+from ..training.loop import Trainer, TrainHooks
 from .jobs import model_name, train_options
 from .paths import DataDir
 from .store import Store, new_id
@@ -134,7 +134,7 @@ def run_job(store: Store, data: DataDir, job: dict) -> None:
     global current_job
     current_job = job_id
     try:
-        if not (run_dir / SUMMARY_FILE).exists():  # else: it finished just before a crash; publish only
+        if not RunDir(run_dir).is_finished():  # else: it finished just before a crash; publish only
             trainer = Trainer(job_config(job, data), None, JobHooks(store, data, job))
             if trainer.config.save_every is None:
                 trainer.config.save_every = trainer.steps_per_epoch  # a checkpoint per epoch, as OpenAI
@@ -193,7 +193,7 @@ def fail(store: Store, data: DataDir, job_id: str, code: str, message: str, para
 def publish(store: Store, data: DataDir, job: dict) -> None:
     """Job `succeeded`, its model and its results file: all in one transaction, or none of it (a job
     cancelled at this very moment stays cancelled and publishes nothing)."""
-    summary = json.loads((data.run_dir(job["id"]) / SUMMARY_FILE).read_text())
+    summary = RunDir(data.run_dir(job["id"])).read_summary()
     results_id = new_id("file-")
     results = data.file(results_id)
     results.write_text(results_csv(data.run_dir(job["id"])))
@@ -209,8 +209,7 @@ def publish(store: Store, data: DataDir, job: dict) -> None:
 def results_csv(run_dir) -> str:
     """step, train_loss, valid_loss per step, as OpenAI's `fine-tune-results` file has them."""
     rows: dict[int, dict] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in RunDir(run_dir).read_metrics():
         if record["kind"] == "train":
             rows.setdefault(record["step"], {})["train_loss"] = record["loss"]
         elif record["kind"] == "eval" and not record.get("baseline"):

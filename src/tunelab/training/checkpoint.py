@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-CHECKPOINTS = "checkpoints"
+from ..run_dir import RunDir
+
 STATE_FILE = "trainer_state.json"
 WEIGHTS = "trainable.safetensors"
 
@@ -73,7 +74,7 @@ def write_atomically(final: Path, write) -> None:
 def save_checkpoint(
     out: Path, step: int, model, optimizer, scheduler, trainer_state: dict, keep: int
 ) -> Path:
-    final = out / CHECKPOINTS / f"step-{step:07d}"
+    final = RunDir(out).checkpoints / f"step-{step:07d}"
 
     def write(folder: Path) -> None:
         save_file(trainable_state(model), folder / WEIGHTS)
@@ -92,7 +93,7 @@ def save_checkpoint(
 
 
 def list_checkpoints(out: Path) -> list[Path]:
-    folder = Path(out) / CHECKPOINTS
+    folder = RunDir(out).checkpoints
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).is_file())
