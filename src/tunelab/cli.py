@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Annotated
 
@@ -44,85 +48,52 @@ ModelOpt = Annotated[
 AdapterOpt = Annotated[str | None, typer.Option(help="adapter folder (LoRA, ...) to apply on the model")]
 
 
-def _help(name: str) -> str:
+def train_flags() -> list[inspect.Parameter]:
+    """One `--flag` per TrainConfig field, with the field's help text. Every default is None (not given),
+    so the YAML file and then TrainConfig's own defaults fill in what the command line leaves out."""
     from .training.config import TrainConfig
 
-    return TrainConfig.__dataclass_fields__[name].metadata["help"]
+    hints = typing.get_type_hints(TrainConfig)
+    flags = []
+    for field in dataclasses.fields(TrainConfig):
+        option = typer.Option(*SHORT_FLAGS.get(field.name, ()), help=field.metadata["help"])
+        annotation = Annotated[flag_type(hints[field.name]) | None, option]
+        flags.append(
+            inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        )
+    return flags
 
 
-def _opt(name: str, *flags: str):
-    return typer.Option(*flags, help=_help(name))
+def flag_type(hint):
+    """The field's type without None: a list field is a repeatable flag, a bool one `--x/--no-x`."""
+    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)]
+    return kinds[0] if isinstance(hint, types.UnionType) else hint
+
+
+SHORT_FLAGS = {"model": ("--model", "-m")}
 
 
 @app.command("train")
 @user_errors
 def train_cmd(
-    data: Annotated[list[str] | None, _opt("data")] = None,
-    out: Annotated[str | None, _opt("out")] = None,
-    model: Annotated[str | None, _opt("model", "--model", "-m")] = None,
-    method: Annotated[str | None, _opt("method")] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML file with the same keys; flags override it")
     ] = None,
-    val: Annotated[list[str] | None, _opt("val")] = None,
-    val_split: Annotated[float | None, _opt("val_split")] = None,
-    format: Annotated[str | None, _opt("format")] = None,
-    objective: Annotated[str | None, _opt("objective")] = None,
-    mix: Annotated[str | None, _opt("mix")] = None,
-    labels: Annotated[str | None, _opt("labels")] = None,
-    epochs: Annotated[float | None, _opt("epochs")] = None,
-    max_steps: Annotated[int | None, _opt("max_steps")] = None,
-    lr: Annotated[float | None, _opt("lr")] = None,
-    batch_size: Annotated[int | None, _opt("batch_size")] = None,
-    grad_accum: Annotated[int | None, _opt("grad_accum")] = None,
-    max_length: Annotated[int | None, _opt("max_length")] = None,
-    warmup: Annotated[float | None, _opt("warmup")] = None,
-    scheduler: Annotated[str | None, _opt("scheduler")] = None,
-    weight_decay: Annotated[float | None, _opt("weight_decay")] = None,
-    max_grad_norm: Annotated[float | None, _opt("max_grad_norm")] = None,
-    dropout: Annotated[float | None, _opt("dropout")] = None,
-    layer_lr_decay: Annotated[float | None, _opt("layer_lr_decay")] = None,
-    head_lr: Annotated[float | None, _opt("head_lr")] = None,
-    lora_r: Annotated[int | None, _opt("lora_r")] = None,
-    lora_alpha: Annotated[int | None, _opt("lora_alpha")] = None,
-    target_modules: Annotated[str | None, _opt("target_modules")] = None,
-    dora: Annotated[bool | None, _opt("dora", "--dora/--no-dora")] = None,
-    rslora: Annotated[bool | None, _opt("rslora", "--rslora/--no-rslora")] = None,
-    init_adapter: Annotated[str | None, _opt("init_adapter")] = None,
-    train_layers: Annotated[str | None, _opt("train_layers")] = None,
-    norms_only: Annotated[bool | None, _opt("norms_only", "--norms-only")] = None,
-    bitfit: Annotated[bool | None, _opt("bitfit", "--bitfit")] = None,
-    adapter_size: Annotated[int | None, _opt("adapter_size")] = None,
-    adapter_placement: Annotated[str | None, _opt("adapter_placement")] = None,
-    num_virtual_tokens: Annotated[int | None, _opt("num_virtual_tokens")] = None,
-    prompt_init: Annotated[str | None, _opt("prompt_init")] = None,
-    unfreeze_top: Annotated[int | None, _opt("unfreeze_top")] = None,
-    train_on_inputs: Annotated[
-        bool | None, _opt("train_on_inputs", "--train-on-inputs/--no-train-on-inputs")
-    ] = None,
-    seed: Annotated[int | None, _opt("seed")] = None,
-    eval_every: Annotated[int | None, _opt("eval_every")] = None,
-    patience: Annotated[int | None, _opt("patience")] = None,
-    save_every: Annotated[int | None, _opt("save_every")] = None,
-    keep_checkpoints: Annotated[int | None, _opt("keep_checkpoints")] = None,
-    resume: Annotated[bool | None, _opt("resume", "--resume")] = None,
-    overwrite: Annotated[bool | None, _opt("overwrite", "--overwrite")] = None,
-    precision: Annotated[str | None, _opt("precision")] = None,
-    gradient_checkpointing: Annotated[
-        bool | None, _opt("gradient_checkpointing", "--gradient-checkpointing")
-    ] = None,
-    log_every: Annotated[int | None, _opt("log_every")] = None,
+    **options,
 ):
     """Fine-tune a model on a data file (or several, for multi-task)."""
     from .training import ConfigError, TrainConfig, train
 
-    overrides = {
-        k: v for k, v in locals().items() if k not in ("config", "TrainConfig", "train", "ConfigError")
-    }
-    cfg = TrainConfig.from_sources(config, **overrides)
+    cfg = TrainConfig.from_sources(config, **options)
     if not cfg.data or not cfg.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
     train(cfg, console=console)
+
+
+# typer reads a command's options from its signature: the YAML path, then one flag per TrainConfig field.
+train_cmd.__signature__ = inspect.signature(train_cmd).replace(
+    parameters=[inspect.signature(train_cmd).parameters["config"], *train_flags()]
+)
 
 
 @app.command()

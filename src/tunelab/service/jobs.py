@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+import typing
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..data.errors import DataError
 from ..data.validate import validate_file
@@ -24,7 +24,7 @@ DEFAULTS = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
 # hyperparameters come from the request itself.
 FIXED = set("model data val out resume overwrite init_adapter seed epochs batch_size lr".split())
 FIXED |= {"format", "objective", "labels", "mix"}  # chat SFT only
-FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
+FIELD_TYPES = typing.get_type_hints(TrainConfig)
 EXTENSION_FIELDS = set(FIELD_TYPES) - FIXED
 WARNINGS_ONLY = {"duplicate_example"}  # such examples still train; the job notes them
 
@@ -104,22 +104,16 @@ def check_options(extension: dict | None) -> dict:
 
 
 def check_option_type(name: str, value) -> None:
-    """Against the TrainConfig field's annotation (a string such as 'int | None' or 'list[str]')."""
-    annotation = FIELD_TYPES[name]
-    for part in (part.strip() for part in annotation.split("|")):
-        if part == "None" and value is None:
-            return
-        if part == "list[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return
-        expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(part)
-        if expected and isinstance(value, expected) and (part == "bool" or not isinstance(value, bool)):
-            return
-    raise ApiError(
-        400,
-        f"tunelab.{name} must be {annotation} (got {value!r})",
-        param=f"tunelab.{name}",
-        code="invalid_value",
-    )
+    """Against the TrainConfig field's type, strictly: 1 is not a bool, "3" not an int, True not a number."""
+    try:
+        TypeAdapter(FIELD_TYPES[name]).validate_python(value, strict=True)
+    except ValidationError as err:
+        raise ApiError(
+            400,
+            f"tunelab.{name}: {err.errors()[0]['msg']} (got {value!r})",
+            param=f"tunelab.{name}",
+            code="invalid_value",
+        ) from None
 
 
 def train_options(job: dict) -> dict:
