@@ -18,12 +18,12 @@ from ..data.batching import collate
 from ..data.tokenize import encode_documents
 from ..errors import UserError
 from ..inference import classify
-from ..inference.generate import classifies, generate
+from ..inference.generate import chat_prompt_ids, classifies, generate
 from ..ops import causal_lm_loss
 from . import extraction, metrics
 from .benchmarks import LETTERS, parse_benchmark, read_split, stratified_sample
 from .prompting import PromptStyle, build_messages, pick_shots
-from .scoring import render_prompt, score_candidates
+from .scoring import score_candidates
 
 TASKS = ("generation", "classification", "multiple-choice", "perplexity")
 
@@ -233,5 +233,5 @@ def eval_perplexity(model, tokenizer, config: EvalConfig):
 
 
 def prompt_token_stats(tokenizer, prompts: list[list[dict]]) -> dict:
-    lengths = [len(render_prompt(tokenizer, p)) for p in prompts[:200]]
+    lengths = [len(chat_prompt_ids(tokenizer, p)) for p in prompts[:200]]
     return {"prompt_tokens_mean": sum(lengths) / len(lengths)} if lengths else {}

@@ -78,7 +78,17 @@ def prompt_messages(messages: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages[:end]]
 
 
-def _generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """The conversation as the model was trained to see it: its chat template, ending where it answers."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    return tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    """`model.generate` arguments: greedy at temperature 0, else sampling with top-p."""
     sampling = temperature > 0
     return {
         "max_new_tokens": max_new_tokens,
@@ -104,14 +114,11 @@ def generate(
 ) -> list[str]:
     """Reply to each conversation; greedy unless temperature > 0. Batches similar lengths together."""
     torch.manual_seed(seed)
-    prompts = [
-        tokenizer.apply_chat_template(prompt_messages(c), tokenize=False, add_generation_prompt=True)
-        for c in conversations
-    ]
+    prompts = [chat_prompt(tokenizer, prompt_messages(c)) for c in conversations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[str] = [""] * len(prompts)
     tokenizer.padding_side = "left"  # generation appends on the right, so pad on the left
-    kwargs = _generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
+    kwargs = generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         enc = tokenizer(
@@ -162,12 +169,10 @@ def stream_chat(
     """Yield the reply piece by piece as it is generated."""
     from transformers import TextIteratorStreamer
 
-    text = tokenizer.apply_chat_template(
-        prompt_messages(messages), tokenize=False, add_generation_prompt=True
-    )
-    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    ids = torch.tensor([chat_prompt_ids(tokenizer, prompt_messages(messages))], device=model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = _generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
+    kwargs = generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     thread = Thread(target=model.generate, kwargs={**enc, **kwargs, "streamer": streamer})
     thread.start()
     yield from streamer

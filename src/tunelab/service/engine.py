@@ -16,6 +16,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from ..inference import MultiAdapterModel
+from ..inference.generate import generation_kwargs
 from ..run_dir import RunDir
 from .errors import ApiError, not_found
 from .paths import DataDir
@@ -89,7 +90,7 @@ class Generation:
 
     def _run(self, engine: Engine, target: Target, prompt_ids: list[int]) -> None:
         sampling, tokenizer = self.sampling, engine.tokenizer(target.base)
-        sample = sampling.temperature > 0
+        kwargs = generation_kwargs(tokenizer, sampling.max_tokens, sampling.temperature, sampling.top_p)
         try:
             with engine.lock:
                 model, adapters_off = engine.activate(target)
@@ -100,13 +101,7 @@ class Generation:
                     model.generate(
                         input_ids=ids,
                         attention_mask=torch.ones_like(ids),
-                        max_new_tokens=sampling.max_tokens,
-                        do_sample=sample,
-                        temperature=sampling.temperature if sample else None,
-                        top_p=sampling.top_p if sample else None,
-                        top_k=None,
-                        pad_token_id=tokenizer.pad_token_id,
-                        eos_token_id=tokenizer.eos_token_id,
+                        **kwargs,
                         streamer=self.streamer,
                         stopping_criteria=StoppingCriteriaList([StopOnEvent(self.stopped)]),
                     )

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...inference.generate import chat_prompt_ids
 from ..deps import Owner, Service, ServiceDep
 from ..engine import Generation, Sampling, Target
 from ..errors import TYPES, ApiError, describe, log
@@ -171,12 +172,6 @@ async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceD
     runs = [(index, ids, choice_seed(sampling, index)) for index in range(request.n)]
     reply = Reply(service, owner, target, "chat.completion", messages, len(ids))
     return await reply.respond(runs, request, client)
-
-
-def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """The conversation as the model was trained to see it: its chat template, ending where it answers."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @router.post("/completions")
