@@ -270,7 +270,7 @@ def eval_cmd(
 @user_errors
 def compare_cmd(
     data: Annotated[
-        str, typer.Option(help="the user's data (split 80/10/10 unless --val and --test are given)")
+        str, typer.Option(help="the user's data; val and test are split off it (10% each) unless given")
     ],
     out: Annotated[str, typer.Option(help="folder for runs/, results.json, report.md and report.html")],
     model: ModelOpt = "default",

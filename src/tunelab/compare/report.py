@@ -14,6 +14,9 @@ COLUMNS = [
     ("value", "quality"),
     ("ci95", "95% CI"),
     ("trainable_params", "trainable params"),
+    ("steps", "steps (planned)"),
+    ("epochs", "epochs"),
+    ("max_lr_reached", "peak lr reached / set"),
     ("train_time_s", "train s"),
     ("eval_time_s", "eval s"),
     ("tokens_per_s", "train tokens/s"),
@@ -49,6 +52,10 @@ def _cell(row: dict, key: str) -> str:
         return "-"
     if key == "ci95":
         return f"[{value[0]:.3f}, {value[1]:.3f}]"
+    if key == "steps":
+        return f"{value:,} ({row.get('planned_steps', '-')})"
+    if key == "max_lr_reached":
+        return f"{value:.2g} / {row.get('peak_lr', 0):.2g}"
     if key == "forgetting":
         return f"{value['change']:+.3f} [{value['ci95'][0]:+.3f}, {value['ci95'][1]:+.3f}]"
     if isinstance(value, float):
@@ -58,14 +65,32 @@ def _cell(row: dict, key: str) -> str:
     return str(value)
 
 
+def scored_on(results: dict) -> str:
+    config, rows = results["config"], results["methods"]
+    test = config["test"] or f"10% split off {config['data']}"
+    examples = rows[0].get("test_examples") if rows else None
+    return f"{examples} test examples from {test}; budget {config['budget']}; model {config['model']}"
+
+
+def starved(rows: list[dict]) -> list[str]:
+    """Trained methods whose schedule never reached its peak learning rate: their rows measure the budget."""
+    return [
+        f"{row['method']} reached {row['max_lr_reached']:.2g} of its peak learning rate {row['peak_lr']:.2g} "
+        f"in {row['steps']} steps: its budget ended during warmup, so it is not compared at its best."
+        for row in rows
+        if row.get("peak_lr") and row["max_lr_reached"] < 0.99 * row["peak_lr"]
+    ]
+
+
 def markdown(results: dict) -> str:
     rows = results["methods"]
     metric = rows[0]["metric"] if rows else ""
-    lines = [f"# tunelab compare: {results['config']['data']} ({metric})", ""]
+    lines = [f"# tunelab compare: {results['config']['data']} ({metric})", "", scored_on(results) + ".", ""]
     lines.append("| " + " | ".join(title for _, title in COLUMNS) + " |")
     lines.append("|" + "---|" * len(COLUMNS))
     for row in rows:
         lines.append("| " + " | ".join(_cell(row, key) for key, _ in COLUMNS) + " |")
+    lines += ["", *(f"**Warning.** {text}" for text in starved(rows))]
     lines += ["", f"**Recommendation.** {results['recommendation']['text']}", ""]
     return "\n".join(lines)
 
@@ -144,8 +169,8 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; font-size: 14px; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 th {{ background: #f3f3f3; }} figure {{ display: inline-block; margin: 1em; }} img {{ width: 480px; }}
 </style></head><body><h1>tunelab compare</h1>
-<p>Data: {html.escape(str(results["config"]["data"]))}; budget {html.escape(results["config"]["budget"])};
-model {html.escape(results["config"]["model"])}.</p>
-{table}<p><b>Recommendation.</b> {html.escape(results["recommendation"]["text"])}</p>
+<p>Data: {html.escape(str(results["config"]["data"]))}; {html.escape(scored_on(results))}.</p>
+{table}{"".join(f"<p><b>Warning.</b> {html.escape(text)}</p>" for text in starved(rows))}
+<p><b>Recommendation.</b> {html.escape(results["recommendation"]["text"])}</p>
 {figures}</body></html>"""
     (out / "report.html").write_text(page)

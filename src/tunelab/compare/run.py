@@ -55,24 +55,28 @@ def budget_fields(budget: str) -> dict:
         return {"max_steps": int(number)}
     if kind == "epochs":
         return {"epochs": number}
+    # The run plans its steps to end at the budget, warmup and decay included; the epochs only cap it.
     return {"epochs": 100, "max_minutes": number}
+
+
+def split_sources(config: CompareConfig, data_dir: Path) -> dict[str, str]:
+    """The train/val/test files: the user's where given, the rest split off `--data` (10% each)."""
+    given = {"val": config.val, "test": config.test}
+    missing = {name: 0.1 for name, path in given.items() if not path}
+    sources = {"train": config.data, **{name: path for name, path in given.items() if path}}
+    if missing:
+        split = split_file(config.data, **{"val": 0, "test": 0} | missing, seed=config.seed,
+                           out_dir=data_dir / "raw")  # fmt: skip
+        sources |= {name: str(path) for name, path in split.items()}
+    return sources
 
 
 def prepare_splits(config: CompareConfig) -> dict[str, Path]:
     """Chat-format train/val/test files under DIR/data, the instruction baked into every question so that
-    prompting and tuned models see exactly the same prompts."""
+    prompting and tuned models see exactly the same prompts. Rewritten on every run (the same inputs give
+    the same files), so a rerun with other data never scores on the old test set."""
     data_dir = Path(config.out) / "data"
-    if (data_dir / "test.jsonl").exists():
-        return {name: data_dir / f"{name}.jsonl" for name in ("train", "val", "test")}
-    if config.val and config.test:
-        sources = {"train": config.data, "val": config.val, "test": config.test}
-    else:
-        sources = {
-            k: str(v)
-            for k, v in split_file(
-                config.data, val=0.1, test=0.1, seed=config.seed, out_dir=data_dir / "raw"
-            ).items()
-        }
+    sources = split_sources(config, data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, source in sources.items():
@@ -125,6 +129,8 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
             "trainable_params": summary["trainable_params"], "train_time_s": summary["wall_time_s"],
             "tokens_per_s": summary["tokens_per_s"], "artifact_mb": summary["artifact_mb"],
             "weights_mb": summary["weights_mb"], "steps": summary["steps"],
+            "planned_steps": summary["planned_steps"], "epochs": summary["epochs_completed"],
+            "peak_lr": summary["peak_lr"], "max_lr_reached": summary["max_lr_reached"],
             "loss_curve": loss_curve(RunDir(run_dir / "model")),
         }  # fmt: skip
         adapter = str(run_dir / "model")
@@ -142,6 +148,7 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
     row |= {
         "metric": results["main_metric"], "value": results["value"], "ci95": results["ci95"],
         "eval_time_s": results["seconds"], "prompt_tokens_per_request": results.get("prompt_tokens_mean"),
+        "test_examples": results["examples"],
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }  # fmt: skip
     (run_dir / "result.json").write_text(json.dumps(row, indent=2))

@@ -45,7 +45,7 @@ class TrainConfig:
     )
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps to run; overrides epochs"})
     max_minutes: float | None = field(
-        default=None, metadata={"help": "stop after this much training time (a time budget)"}
+        default=None, metadata={"help": "time budget: the lr schedule is planned to end at it"}
     )
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: the method's)"})
     batch_size: int = field(default=8, metadata={"help": "examples per micro-batch"})
@@ -124,6 +124,8 @@ class TrainConfig:
             raise ConfigError(f"adapter_placement: '{self.adapter_placement}' is not houlsby or pfeiffer")
         if not 0 <= self.val_split < 1:
             raise ConfigError(f"val_split must be in [0, 1) (got {self.val_split})")
+        if self.val and self.val_split:
+            raise ConfigError("val_split: give either val files or a val_split fraction, not both")
         if self.scheduler not in ("cosine", "linear", "constant"):
             raise ConfigError(f"scheduler: '{self.scheduler}' is not one of cosine, linear, constant")
         if self.precision not in ("auto", "fp32", "bf16"):

@@ -52,7 +52,7 @@ def load_tasks(
     for i, task in enumerate(tasks):
         if len(config.val) == len(tasks):
             val_read[task.name] = read_task(config.val[i], config)
-        elif not config.val and config.val_split:
+        elif config.val_split:
             read[i], val_read[task.name] = hold_out(read[i], config.val_split, config.seed)
     if len(config.val) == 1 and len(tasks) > 1:
         val_read["all"] = read_task(config.val[0], config)

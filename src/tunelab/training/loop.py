@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import get_scheduler
 
 from ..data.batching import collate, epoch_batches
 from ..data.mixture import epoch_indices, mixing_weights
@@ -33,6 +32,7 @@ from .config import ConfigError, TrainConfig
 from .datasets import load_tasks
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
+from .schedule import LRPlan, TimeBudget, lr_scheduler
 from .steps import evaluate_loss, train_step
 
 
@@ -56,6 +56,8 @@ class TrainState:
     last_eval_step: int | None = None
     last_loss: float | None = None
     baseline_val_loss: float | None = None
+    planned_steps: int | None = None  # the schedule's total (re-planned under a time budget)
+    max_lr_factor: float = 0.0  # the highest fraction of the peak learning rate any step used
 
 
 @dataclass
@@ -139,7 +141,11 @@ class Trainer:
         world = self.accelerator.num_processes
         self.micro_per_epoch = len(self._epoch_batches(0)) // world
         self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / config.grad_accum))
-        self.total_steps = config.max_steps or math.ceil(self.steps_per_epoch * config.epochs)
+        total_steps = config.max_steps or math.ceil(self.steps_per_epoch * config.epochs)
+        self.budget = None
+        if config.max_minutes and not config.max_steps:
+            self.budget = TimeBudget(60 * config.max_minutes, cap=total_steps)
+        self.plan = LRPlan(config.scheduler, config.warmup, total_steps)
         self.trainable = sum(p.numel() for _, p in self.method.optimizer_params(model))
         self.total_params = sum(p.numel() for p in model.parameters())
         optimizer, self.scheduler = self._optimizer(model)
@@ -149,14 +155,10 @@ class Trainer:
 
     def _optimizer(self, model):
         config = self.config
-        lr = config.lr or self.method.default_lr
-        optimizer = torch.optim.AdamW(param_groups(self.method.optimizer_params(model), config, lr), lr=lr)
-        warmup = int(config.warmup * self.total_steps) if config.warmup < 1 else int(config.warmup)
-        name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
-        scheduler = get_scheduler(
-            name, optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps
-        )
-        return optimizer, scheduler
+        self.peak_lr = config.lr or self.method.default_lr
+        groups = param_groups(self.method.optimizer_params(model), config, self.peak_lr)
+        optimizer = torch.optim.AdamW(groups, lr=self.peak_lr)
+        return optimizer, lr_scheduler(optimizer, self.plan)
 
     def fit(self) -> TrainResult:
         config, state = self.config, self.state
@@ -164,6 +166,7 @@ class Trainer:
         if config.resume and checkpoints:
             loaded = ckpt.load_checkpoint(checkpoints[-1], self.unwrapped, self.optimizer, self.scheduler)
             state = self.state = TrainState(**loaded)
+            self.plan.total_steps = state.planned_steps or self.plan.total_steps
             self.log(f"Resuming from {checkpoints[-1]} (step {state.step})")
         self.metrics = None
         if self.main:
@@ -178,13 +181,13 @@ class Trainer:
 
     def _run(self) -> None:
         config, state = self.config, self.state
-        self.progress = TrainProgress(self.console, self.total_steps, state.step)
+        self.progress = TrainProgress(self.console, self.plan.total_steps, state.step)
         started = time.perf_counter() - state.elapsed_s
         with self.progress:
             if self.val_sets and state.step == 0:
                 self._evaluate(baseline=True)
             self.model.train()
-            while state.step < self.total_steps and not state.stopped_early:
+            while state.step < self.plan.total_steps and not state.stopped_early:
                 groups = self._epoch_groups(state.epoch)
                 for index in range(state.group_in_epoch, len(groups)):
                     self._step(groups[index], started)
@@ -192,7 +195,7 @@ class Trainer:
                     self._after_step()
                     if self.config.max_minutes and state.elapsed_s >= 60 * self.config.max_minutes:
                         state.stopped_early = True  # the time budget is spent
-                    if state.step >= self.total_steps or state.stopped_early:
+                    if state.step >= self.plan.total_steps or state.stopped_early:
                         break
                 else:
                     state.epoch, state.group_in_epoch = state.epoch + 1, 0
@@ -214,7 +217,8 @@ class Trainer:
 
     def _step(self, group: list[list[int]], started: float) -> None:
         state, pad_id = self.state, self.tokenizer.pad_token_id
-        self.method.on_step(self.unwrapped, state.step, self.total_steps)
+        self.method.on_step(self.unwrapped, state.step, self.plan.total_steps)
+        lr_factor = self.plan.factor(state.step)  # what the scheduler set for this step
         micro = [collate([self.train_items[i] for i in batch], pad_id) for batch in group]
         loss, grad_norm, tokens = train_step(
             self.model, micro, self.optimizer, self.scheduler, self.accelerator, self.config, self.precision,
@@ -230,11 +234,15 @@ class Trainer:
         state.last_loss = loss
         state.tokens_seen += tokens
         state.elapsed_s = time.perf_counter() - started
+        state.max_lr_factor = max(state.max_lr_factor, lr_factor)
+        if self.budget:
+            self.plan.total_steps = self.budget.plan(state.step, state.elapsed_s)
+        state.planned_steps = self.plan.total_steps
         rate = state.tokens_seen / max(state.elapsed_s, 1e-9)
-        self.progress.update(state.step, loss, rate)
+        self.progress.update(state.step, loss, rate, total=self.plan.total_steps)
         if self.main and state.step % self.config.log_every == 0:
             record = {"kind": "train", "step": state.step, "epoch": state.epoch, "loss": loss}
-            record |= {"lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+            record |= {"lr": self.peak_lr * lr_factor, "grad_norm": grad_norm}
             record |= {"tokens_per_s": rate, "elapsed_s": state.elapsed_s}
             self.metrics.log(record)
 
@@ -298,17 +306,20 @@ class Trainer:
             "train_examples": len(self.train_items),
             "val_examples": sum(len(items) for items in self.val_sets.values()),
             "tasks": {task.name: len(task.train) for task in self.tasks},
-            "total_steps": self.total_steps, "padding_pct": round(pct, 2), "precision": self.precision,
+            "total_steps": self.plan.total_steps, "time_budget_s": self.budget and self.budget.seconds,
+            "padding_pct": round(pct, 2), "precision": self.precision,
             **self.data_stats,
         }  # fmt: skip
         if not self.main:
             return
         self.metrics.log(self.header, prefix="run")
+        length = f"{self.plan.total_steps} steps"
+        if self.budget:
+            length = f"a {self.config.max_minutes:g}-minute budget (steps planned as they are timed)"
         self.log(
             f"[bold]{self.method.name}[/]: {self.trainable:,} trainable of {self.total_params:,} "
             f"parameters ({self.header['trainable_pct']:.3f}%); {len(self.train_items)} examples, "
-            f"{self.total_steps} steps, "
-            f"padding {pct:.1f}%, precision {self.precision}"
+            f"{length}, padding {pct:.1f}%, precision {self.precision}"
         )
         if self.data_stats["truncated"]:
             self.log(
@@ -324,7 +335,10 @@ class Trainer:
         summary = {
             "method": self.method.name,
             "steps": state.step,
+            "planned_steps": self.plan.total_steps,
             "epochs_completed": round(state.step / self.steps_per_epoch, 3),
+            "peak_lr": self.peak_lr,
+            "max_lr_reached": self.peak_lr * state.max_lr_factor,
             "final_train_loss": state.last_loss,
             "baseline_val_loss": state.baseline_val_loss,
             "best_val_loss": state.best_val_loss,

@@ -41,9 +41,11 @@ class TrainProgress:
         if self.progress:
             self.progress.stop()
 
-    def update(self, step: int, loss: float, tokens_per_s: float) -> None:
+    def update(self, step: int, loss: float, tokens_per_s: float, total: int) -> None:
         if self.progress:
-            self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", rate=f"{tokens_per_s:,.0f}")
+            self.progress.update(
+                self.task, completed=step, total=total, loss=f"{loss:.4f}", rate=f"{tokens_per_s:,.0f}"
+            )
 
     def note(self, message: str) -> None:
         if self.console is not None:
