@@ -343,9 +343,12 @@ def data_validate(
 ):
     """Report every problem in a training file with its line number; exit 1 if there is any."""
     from .data.validate import print_report, validate_file
-    from .models import load_tokenizer
 
-    tokenizer = None if model == "none" else load_tokenizer(model, log=err_console.print)
+    tokenizer = None
+    if model != "none":  # only then torch and transformers are needed
+        from .models import load_tokenizer
+
+        tokenizer = load_tokenizer(model, log=err_console.print)
     report = validate_file(file, tokenizer=tokenizer, max_length=max_length, format=format)
     print_report(report, console)
     raise typer.Exit(0 if report.ok else 1)
