@@ -19,16 +19,17 @@ from ..run_dir import RunDir
 
 def load_for_inference(model_spec: str, adapter: str | None = None):
     """(model, tokenizer) in eval mode. `model_spec` may itself be an adapter folder (its base is read from
-    adapter config); the adapter's own tokenizer files, when present, carry its chat template."""
+    its config); the adapter's own tokenizer files, when present, carry its chat template."""
     from transformers import AutoTokenizer
 
-    if adapter is None and (adapter := adapter_folder(model_spec, None)):
-        model_spec = base_of_adapter(adapter)
+    folder = adapter_folder(model_spec, adapter)
+    if folder and adapter is None:
+        model_spec = base_of_adapter(folder)
     model, tokenizer = load_model(model_spec)
-    if adapter:
-        model = attach_adapter(model, adapter)
-        if RunDir(adapter).tokenizer_config.is_file():
-            tokenizer = AutoTokenizer.from_pretrained(adapter)
+    if folder:
+        model = attach_adapter(model, folder)
+        if RunDir(folder).tokenizer_config.is_file():
+            tokenizer = AutoTokenizer.from_pretrained(folder)
     model.eval()
     return model, tokenizer
 
