@@ -33,4 +33,7 @@ __all__ = sorted(API)
 def __getattr__(name: str):
     if name not in API:
         raise AttributeError(f"module 'tunelab' has no attribute '{name}'")
-    return getattr(importlib.import_module(f".{API[name]}", __name__), name)
+    package = importlib.import_module(f".{API[name]}", __name__)
+    # Importing `tunelab.compare` bound the name `compare` to that package; the API means its function.
+    globals().update({key: getattr(package, key) for key, where in API.items() if where == API[name]})
+    return globals()[name]
