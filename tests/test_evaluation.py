@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, write_jsonl
+from tunelab.evaluation import evaluate, forgetting, score_predictions
 from tunelab.evaluation.benchmarks import read_split, stratified_sample
-from tunelab.evaluation.evaluate import evaluate, forgetting, score_predictions
 from tunelab.evaluation.prompting import PromptStyle, build_messages, pick_shots
 from tunelab.evaluation.runner import EvalConfig
 from tunelab.evaluation.scoring import _sequence_scores, _single_token_scores, candidate_ids

@@ -14,6 +14,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from .evaluation.config import EvalConfig
+from .training.config import TrainConfig
+
 app = typer.Typer(help="Adapt pretrained language models to your task.", no_args_is_help=True)
 data_app = typer.Typer(help="Check, split and prepare training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -48,18 +51,22 @@ ModelOpt = Annotated[
 AdapterOpt = Annotated[str | None, typer.Option(help="adapter folder (LoRA, ...) to apply on the model")]
 
 
-def train_flags() -> list[inspect.Parameter]:
-    """One `--flag` per TrainConfig field, with the field's help text. Every default is None (not given),
-    so the YAML file and then TrainConfig's own defaults fill in what the command line leaves out."""
-    from .training.config import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
+def config_flags(config_class, given_only: bool) -> list[inspect.Parameter]:
+    """One `--flag` per field of a config dataclass, with the field's help text. With `given_only` every
+    default is None (not given), so a YAML file and then the dataclass's own defaults fill in the rest."""
+    hints = typing.get_type_hints(config_class)
     flags = []
-    for field in dataclasses.fields(TrainConfig):
+    for field in dataclasses.fields(config_class):
         option = typer.Option(*SHORT_FLAGS.get(field.name, ()), help=field.metadata["help"])
-        annotation = Annotated[flag_type(hints[field.name]) | None, option]
+        kind = flag_type(hints[field.name])
+        if given_only or field.default is None:
+            kind, default = kind | None, None
+        else:
+            has_factory = field.default_factory is not dataclasses.MISSING
+            default = field.default_factory() if has_factory else field.default
+        keyword = inspect.Parameter.KEYWORD_ONLY
         flags.append(
-            inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+            inspect.Parameter(field.name, keyword, default=default, annotation=Annotated[kind, option])
         )
     return flags
 
@@ -68,6 +75,13 @@ def flag_type(hint):
     """The field's type without None: a list field is a repeatable flag, a bool one `--x/--no-x`."""
     kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)]
     return kinds[0] if isinstance(hint, types.UnionType) else hint
+
+
+def command_signature(command, config_class, given_only: bool = False):
+    """`command`'s own options, then one flag per field of the config: typer reads options from here."""
+    signature = inspect.signature(command, eval_str=True)  # this module's annotations are strings
+    own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    return signature.replace(parameters=[*own, *config_flags(config_class, given_only)])
 
 
 SHORT_FLAGS = {"model": ("--model", "-m")}
@@ -82,7 +96,7 @@ def train_cmd(
     **options,
 ):
     """Fine-tune a model on a data file (or several, for multi-task)."""
-    from .training import ConfigError, TrainConfig, train
+    from .training import ConfigError, train
 
     cfg = TrainConfig.from_sources(config, **options)
     if not cfg.data or not cfg.out:
@@ -90,10 +104,7 @@ def train_cmd(
     train(cfg, console=console)
 
 
-# typer reads a command's options from its signature: the YAML path, then one flag per TrainConfig field.
-train_cmd.__signature__ = inspect.signature(train_cmd).replace(
-    parameters=[inspect.signature(train_cmd).parameters["config"], *train_flags()]
-)
+train_cmd.__signature__ = command_signature(train_cmd, TrainConfig, given_only=True)
 
 
 @app.command()
@@ -201,69 +212,30 @@ def generate_cmd(
 @user_errors
 def eval_cmd(
     out: Annotated[str, typer.Option(help="results JSON; a .md table and .predictions.jsonl go beside it")],
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    data: Annotated[str | None, typer.Option(help="examples to evaluate on")] = None,
-    task: Annotated[
-        str, typer.Option(help="generation, classification, multiple-choice or perplexity")
-    ] = "generation",
-    metrics: Annotated[
-        str | None, typer.Option(help="comma-separated: rouge,bleu,exact_match,token_f1,accuracy,macro_f1")
-    ] = None,
-    shots: Annotated[int, typer.Option(help="k exemplars as earlier chat turns (k-shot prompting)")] = 0,
-    shots_from: Annotated[
-        str | None,
-        typer.Option(help="file to draw exemplars from (default: the data, never the same example)"),
-    ] = None,
-    cot: Annotated[
-        bool, typer.Option("--cot", help="chain-of-thought: ask for reasoning, then '#### answer'")
-    ] = False,
-    instruction: Annotated[str | None, typer.Option(help="text put before every question")] = None,
-    labels: Annotated[
-        str | None, typer.Option(help="class names in order (turns 0,1,.. labels into words)")
-    ] = None,
-    answer: Annotated[
-        str | None, typer.Option(help="extract before scoring: number (maths) or label")
-    ] = None,
-    benchmark: Annotated[
-        str | None, typer.Option(help="mmlu:PATH for multiple-choice and --forgetting")
-    ] = None,
-    val: Annotated[
-        str | None, typer.Option(help="classification: fit temperature scaling on this file")
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="evaluate on N examples (stratified by subject for MMLU)")
-    ] = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    max_new_tokens: int = 256,
     predictions: Annotated[
         str | None, typer.Option(help="score this predictions JSONL instead of running a model")
     ] = None,
     forgetting: Annotated[
         bool, typer.Option("--forgetting", help="base vs --adapter on --benchmark")
     ] = False,
-    precision: Annotated[str, typer.Option(help="auto (bf16 where native) or fp32")] = "auto",
+    **options,
 ):
     """Evaluate a model: metrics, prompting baselines, benchmarks, forgetting, calibration."""
-    from .evaluation.evaluate import evaluate, score_predictions
-    from .evaluation.evaluate import forgetting as forgetting_report
-    from .evaluation.runner import EvalConfig
+    from .evaluation import evaluate, score_predictions
+    from .evaluation import forgetting as forgetting_report
 
     if predictions:
-        score_predictions(predictions, metrics, out)
+        score_predictions(predictions, ",".join(options["metrics"]) or None, out)
     else:
         if forgetting:
-            task = "multiple-choice"
-        config = EvalConfig(
-            model=model, adapter=adapter, data=data, task=task, metrics=metrics or [], shots=shots,
-            shots_from=shots_from, cot=cot, instruction=instruction, labels=labels, answer=answer,
-            benchmark=benchmark, val=val, limit=limit, seed=seed, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, precision=precision,
-        )  # fmt: skip
-        with console.status(f"evaluating ({task})"):
+            options["task"] = "multiple-choice"
+        config = EvalConfig(**options)
+        with console.status(f"evaluating ({config.task})"):
             (forgetting_report if forgetting else evaluate)(config, out)
     console.print(Path(out).with_suffix(".md").read_text())
+
+
+eval_cmd.__signature__ = command_signature(eval_cmd, EvalConfig)
 
 
 @app.command("compare")

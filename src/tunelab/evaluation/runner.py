@@ -9,7 +9,6 @@ perplexity      mean next-token loss over packed blocks of text
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
@@ -22,41 +21,9 @@ from ..inference.generate import chat_prompt_ids, classifies, generate
 from ..ops import causal_lm_loss
 from . import extraction, metrics
 from .benchmarks import LETTERS, parse_benchmark, read_split, stratified_sample
+from .config import EvalConfig
 from .prompting import PromptStyle, build_messages, pick_shots
 from .scoring import score_candidates
-
-TASKS = ("generation", "classification", "multiple-choice", "perplexity")
-
-
-@dataclass
-class EvalConfig:
-    model: str = "default"
-    adapter: str | None = None
-    data: str | None = None
-    task: str = "generation"
-    metrics: list[str] = field(default_factory=list)
-    shots: int = 0
-    shots_from: str | None = None
-    cot: bool = False
-    instruction: str | None = None
-    labels: list[str] | None = None
-    answer: str | None = None  # extract before scoring: "number" (maths) or "label"
-    benchmark: str | None = None  # mmlu:PATH, for multiple-choice
-    val: str | None = None  # classification: fit temperature scaling on this file
-    limit: int | None = None
-    seed: int = 0
-    batch_size: int = 8
-    max_new_tokens: int = 256
-    max_length: int = 2048
-    precision: str = "auto"  # bf16 autocast where the hardware has it (as in training), or fp32
-
-    def __post_init__(self):
-        if self.task not in TASKS:
-            raise UserError(f"--task {self.task}: choose one of {', '.join(TASKS)}")
-        if isinstance(self.labels, str):
-            self.labels = [label.strip() for label in self.labels.split(",") if label.strip()]
-        if isinstance(self.metrics, str):
-            self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
 
 
 def question_and_answer(example: Example) -> tuple[str, str | None, str | None]:
