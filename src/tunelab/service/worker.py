@@ -101,6 +101,9 @@ class JobHooks(TrainHooks):
             self.reported.add((key, data["step"]))
             self.store.add_event(self.job["id"], message, type="metrics", data=data, step=data["step"])
 
+    def checkpoint_every(self, steps_per_epoch: int) -> int:
+        return steps_per_epoch  # a checkpoint per epoch, as OpenAI makes them
+
     def on_checkpoint(self, trainer: Trainer, step: int) -> None:
         folder = self.data.checkpoint_dir(self.job["id"], step)
         write_atomically(folder, lambda tmp: trainer.method.save(trainer.unwrapped, tmp))
@@ -135,10 +138,7 @@ def run_job(store: Store, data: DataDir, job: dict) -> None:
     current_job = job_id
     try:
         if not RunDir(run_dir).is_finished():  # else: it finished just before a crash; publish only
-            trainer = Trainer(job_config(job, data), None, JobHooks(store, data, job))
-            if trainer.config.save_every is None:
-                trainer.config.save_every = trainer.steps_per_epoch  # a checkpoint per epoch, as OpenAI
-            trainer.fit()
+            Trainer(job_config(job, data), None, JobHooks(store, data, job)).fit()
         publish(store, data, job)
     except JobCancelled:
         store.add_event(job_id, "Fine-tuning job cancelled")

@@ -79,6 +79,10 @@ class TrainHooks:
     def on_checkpoint(self, trainer: Trainer, step: int) -> None:
         """After a checkpoint of `step` is safely on disk."""
 
+    def checkpoint_every(self, steps_per_epoch: int) -> int | None:
+        """Steps between checkpoints when the config sets no `save_every` (None: no checkpoints)."""
+        return None
+
 
 def train(config: TrainConfig, console=None, hooks: TrainHooks | None = None) -> TrainResult:
     """Train `config.method` on `config.data` and write the result to `config.out`."""
@@ -142,6 +146,7 @@ class Trainer:
         self.micro_per_epoch = len(self._epoch_batches(0)) // world
         self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / config.grad_accum))
         total_steps = config.max_steps or math.ceil(self.steps_per_epoch * config.epochs)
+        self.save_every = config.save_every or self.hooks.checkpoint_every(self.steps_per_epoch)
         self.budget = None
         if config.max_minutes and not config.max_steps:
             self.budget = TimeBudget(60 * config.max_minutes, cap=total_steps)
@@ -250,7 +255,7 @@ class Trainer:
         config, state = self.config, self.state
         if self.val_sets and config.eval_every and state.step % config.eval_every == 0:
             self._evaluate()
-        if config.save_every and state.step % config.save_every == 0 and self.main:
+        if self.save_every and state.step % self.save_every == 0 and self.main:
             ckpt.save_checkpoint(
                 self.out, state.step, self.unwrapped, self.optimizer, self.scheduler, asdict(state),
                 config.keep_checkpoints,
