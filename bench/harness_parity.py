@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from tunelab.evaluation.evaluate import evaluate
 
 from tunelab.evaluation import EvalConfig
 from tunelab.evaluation.benchmarks import read_split, stratified_sample
-from tunelab.evaluation.evaluate import evaluate
 from tunelab.models.loading import materialize, resolve
 
 TEMPLATES = {  # lm-evaluation-harness 0.4: tasks/mmlu/default and tasks/mmlu/continuation

@@ -15,8 +15,8 @@ from tunelab.errors import UserError
 from tunelab.inference import generate
 from tunelab.methods import get_method
 from tunelab.methods.adapter import Adapter
+from tunelab.ops import causal_lm_loss
 from tunelab.training import TrainConfig, loop
-from tunelab.training.steps import causal_lm_loss
 
 METHOD = get_method("adapter")
 X = torch.tensor([[1, 5, 9, 12, 3, 40, 7], [2, 8, 8, 30, 100, 4, 6]])

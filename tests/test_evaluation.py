@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, write_jsonl
+from tunelab.evaluation import evaluate, forgetting, score_predictions
 from tunelab.evaluation.benchmarks import read_split, stratified_sample
-from tunelab.evaluation.evaluate import evaluate, forgetting, score_predictions
 from tunelab.evaluation.prompting import PromptStyle, build_messages, pick_shots
 from tunelab.evaluation.runner import EvalConfig
-from tunelab.evaluation.scoring import _sequence_scores, _single_token_scores, candidate_ids, render_prompt
+from tunelab.evaluation.scoring import _sequence_scores, _single_token_scores, candidate_ids
 from tunelab.inference import load_for_inference
+from tunelab.inference.generate import chat_prompt_ids
 from tunelab.training import TrainConfig, train
 
 SUBJECTS = ("algebra", "biology")
@@ -31,7 +32,7 @@ def mmlu_dir(tmp_path):
 def test_single_token_fast_path_equals_full_scoring(tiny_llama_dir):
     model, tokenizer = load_for_inference(str(tiny_llama_dir))
     prompts = [[{"role": "user", "content": "say the quick brown fox"}], [{"role": "user", "content": "x"}]]
-    ids = [render_prompt(tokenizer, p) for p in prompts]
+    ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
     letters = candidate_ids(tokenizer, ["A", "B", "C", "D"])
     assert all(len(c) == 1 for c in letters)
     fast = _single_token_scores(model, ids, [c[0] for c in letters], tokenizer.pad_token_id, batch_size=2)

@@ -4,7 +4,8 @@ import pytest
 
 from conftest import write_jsonl
 from tunelab.errors import UserError
-from tunelab.models import MultiAdapterModel, loading
+from tunelab.inference import MultiAdapterModel
+from tunelab.models import loading
 from tunelab.training import TrainConfig, train
 
 PROMPTS = [[{"role": "user", "content": "say 3"}], [{"role": "user", "content": "say 7"}]]
@@ -29,7 +30,7 @@ def test_switching_adapters_on_one_base(tiny_llama_dir, tmp_path, monkeypatch):
     loads = []
     real_load = loading.load_model
     monkeypatch.setattr(
-        "tunelab.models.multi_adapter.load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k)
+        "tunelab.inference.multi_adapter.load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k)
     )
     multi = MultiAdapterModel(str(tiny_llama_dir))
     base_answers = multi.generate(PROMPTS, max_new_tokens=4)

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import copy_task_rows, write_jsonl
+from tunelab import ops
 from tunelab.data import Example
 from tunelab.data.batching import collate
 from tunelab.data.tokenize import encode_chat
@@ -252,5 +253,5 @@ def test_sparse_logits_loss_equals_transformers_loss(tiny_model_dir, tiny_tokeni
         for u, a in [("say the quick brown fox", "fox"), ("x", "london tokyo great film")]
     ]
     batch = collate(items, tiny_tokenizer.pad_token_id)
-    ours = steps.causal_lm_loss(model, batch, count_label_tokens(batch["labels"]))
+    ours = ops.causal_lm_loss(model, batch, count_label_tokens(batch["labels"]))
     assert torch.allclose(ours, model(**batch).loss, atol=1e-5)

@@ -4,28 +4,36 @@ The Python API mirrors the CLI:
 
     from tunelab import TrainConfig, train, load_for_inference, generate, EvalConfig, evaluate
     result = train(TrainConfig(model="default", data="train.jsonl", out="runs/a", method="lora"))
+
+Names are imported on first use, so `import tunelab` (and the CLI's start) does not load torch.
 """
 
-from .compare import CompareConfig, compare
-from .data import load_examples, validate_file
-from .evaluation import EvalConfig, evaluate
-from .inference import generate, load_for_inference
-from .models import MultiAdapterModel, load_model, load_tokenizer
-from .training import TrainConfig, train
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "CompareConfig",
-    "EvalConfig",
-    "MultiAdapterModel",
-    "TrainConfig",
-    "compare",
-    "evaluate",
-    "generate",
-    "load_examples",
-    "load_for_inference",
-    "load_model",
-    "load_tokenizer",
-    "train",
-    "validate_file",
-]
+# name -> the subpackage that defines it
+API = {
+    "CompareConfig": "compare",
+    "EvalConfig": "evaluation",
+    "MultiAdapterModel": "inference",
+    "TrainConfig": "training",
+    "compare": "compare",
+    "evaluate": "evaluation",
+    "generate": "inference",
+    "load_examples": "data",
+    "load_for_inference": "inference",
+    "load_model": "models",
+    "load_tokenizer": "models",
+    "train": "training",
+    "validate_file": "data",
+}
+__all__ = sorted(API)
+
+
+def __getattr__(name: str):
+    if name not in API:
+        raise AttributeError(f"module 'tunelab' has no attribute '{name}'")
+    package = importlib.import_module(f".{API[name]}", __name__)
+    # Importing `tunelab.compare` bound the name `compare` to that package; the API means its function.
+    globals().update({key: getattr(package, key) for key, where in API.items() if where == API[name]})
+    return globals()[name]

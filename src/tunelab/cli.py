@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from .evaluation.config import EvalConfig
+from .training.config import TrainConfig
 
 app = typer.Typer(help="Adapt pretrained language models to your task.", no_args_is_help=True)
 data_app = typer.Typer(help="Check, split and prepare training data.", no_args_is_help=True)
@@ -44,86 +51,60 @@ ModelOpt = Annotated[
 AdapterOpt = Annotated[str | None, typer.Option(help="adapter folder (LoRA, ...) to apply on the model")]
 
 
-def _help(name: str) -> str:
-    from .training.config import TrainConfig
+def config_flags(config_class, given_only: bool) -> list[inspect.Parameter]:
+    """One `--flag` per field of a config dataclass, with the field's help text. With `given_only` every
+    default is None (not given), so a YAML file and then the dataclass's own defaults fill in the rest."""
+    hints = typing.get_type_hints(config_class)
+    flags = []
+    for field in dataclasses.fields(config_class):
+        option = typer.Option(*SHORT_FLAGS.get(field.name, ()), help=field.metadata["help"])
+        kind = flag_type(hints[field.name])
+        if given_only or field.default is None:
+            kind, default = kind | None, None
+        else:
+            has_factory = field.default_factory is not dataclasses.MISSING
+            default = field.default_factory() if has_factory else field.default
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        flags.append(
+            inspect.Parameter(field.name, keyword, default=default, annotation=Annotated[kind, option])
+        )
+    return flags
 
-    return TrainConfig.__dataclass_fields__[name].metadata["help"]
+
+def flag_type(hint):
+    """The field's type without None: a list field is a repeatable flag, a bool one `--x/--no-x`."""
+    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)]
+    return kinds[0] if isinstance(hint, types.UnionType) else hint
 
 
-def _opt(name: str, *flags: str):
-    return typer.Option(*flags, help=_help(name))
+def command_signature(command, config_class, given_only: bool = False):
+    """`command`'s own options, then one flag per field of the config: typer reads options from here."""
+    signature = inspect.signature(command, eval_str=True)  # this module's annotations are strings
+    own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    return signature.replace(parameters=[*own, *config_flags(config_class, given_only)])
+
+
+SHORT_FLAGS = {"model": ("--model", "-m")}
 
 
 @app.command("train")
 @user_errors
 def train_cmd(
-    data: Annotated[list[str] | None, _opt("data")] = None,
-    out: Annotated[str | None, _opt("out")] = None,
-    model: Annotated[str | None, _opt("model", "--model", "-m")] = None,
-    method: Annotated[str | None, _opt("method")] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML file with the same keys; flags override it")
     ] = None,
-    val: Annotated[list[str] | None, _opt("val")] = None,
-    val_split: Annotated[float | None, _opt("val_split")] = None,
-    format: Annotated[str | None, _opt("format")] = None,
-    objective: Annotated[str | None, _opt("objective")] = None,
-    mix: Annotated[str | None, _opt("mix")] = None,
-    labels: Annotated[str | None, _opt("labels")] = None,
-    epochs: Annotated[float | None, _opt("epochs")] = None,
-    max_steps: Annotated[int | None, _opt("max_steps")] = None,
-    max_minutes: Annotated[float | None, _opt("max_minutes")] = None,
-    lr: Annotated[float | None, _opt("lr")] = None,
-    batch_size: Annotated[int | None, _opt("batch_size")] = None,
-    grad_accum: Annotated[int | None, _opt("grad_accum")] = None,
-    max_length: Annotated[int | None, _opt("max_length")] = None,
-    warmup: Annotated[float | None, _opt("warmup")] = None,
-    scheduler: Annotated[str | None, _opt("scheduler")] = None,
-    weight_decay: Annotated[float | None, _opt("weight_decay")] = None,
-    max_grad_norm: Annotated[float | None, _opt("max_grad_norm")] = None,
-    dropout: Annotated[float | None, _opt("dropout")] = None,
-    layer_lr_decay: Annotated[float | None, _opt("layer_lr_decay")] = None,
-    head_lr: Annotated[float | None, _opt("head_lr")] = None,
-    lora_r: Annotated[int | None, _opt("lora_r")] = None,
-    lora_alpha: Annotated[int | None, _opt("lora_alpha")] = None,
-    target_modules: Annotated[str | None, _opt("target_modules")] = None,
-    dora: Annotated[bool | None, _opt("dora", "--dora/--no-dora")] = None,
-    rslora: Annotated[bool | None, _opt("rslora", "--rslora/--no-rslora")] = None,
-    init_adapter: Annotated[str | None, _opt("init_adapter")] = None,
-    train_layers: Annotated[str | None, _opt("train_layers")] = None,
-    norms_only: Annotated[bool | None, _opt("norms_only", "--norms-only")] = None,
-    bitfit: Annotated[bool | None, _opt("bitfit", "--bitfit")] = None,
-    adapter_size: Annotated[int | None, _opt("adapter_size")] = None,
-    adapter_placement: Annotated[str | None, _opt("adapter_placement")] = None,
-    num_virtual_tokens: Annotated[int | None, _opt("num_virtual_tokens")] = None,
-    prompt_init: Annotated[str | None, _opt("prompt_init")] = None,
-    unfreeze_top: Annotated[int | None, _opt("unfreeze_top")] = None,
-    train_on_inputs: Annotated[
-        bool | None, _opt("train_on_inputs", "--train-on-inputs/--no-train-on-inputs")
-    ] = None,
-    seed: Annotated[int | None, _opt("seed")] = None,
-    eval_every: Annotated[int | None, _opt("eval_every")] = None,
-    patience: Annotated[int | None, _opt("patience")] = None,
-    save_every: Annotated[int | None, _opt("save_every")] = None,
-    keep_checkpoints: Annotated[int | None, _opt("keep_checkpoints")] = None,
-    resume: Annotated[bool | None, _opt("resume", "--resume")] = None,
-    overwrite: Annotated[bool | None, _opt("overwrite", "--overwrite")] = None,
-    precision: Annotated[str | None, _opt("precision")] = None,
-    gradient_checkpointing: Annotated[
-        bool | None, _opt("gradient_checkpointing", "--gradient-checkpointing")
-    ] = None,
-    log_every: Annotated[int | None, _opt("log_every")] = None,
+    **options,
 ):
     """Fine-tune a model on a data file (or several, for multi-task)."""
-    from .training import ConfigError, TrainConfig, train
+    from .training import ConfigError, train
 
-    overrides = {
-        k: v for k, v in locals().items() if k not in ("config", "TrainConfig", "train", "ConfigError")
-    }
-    cfg = TrainConfig.from_sources(config, **overrides)
+    cfg = TrainConfig.from_sources(config, **options)
     if not cfg.data or not cfg.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
     train(cfg, console=console)
+
+
+train_cmd.__signature__ = command_signature(train_cmd, TrainConfig, given_only=True)
 
 
 @app.command()
@@ -137,12 +118,13 @@ def predict(
 ):
     """Classify every example with a trained head; prints accuracy when the file has answers."""
     from .inference import classify_file, load_for_inference
+    from .inference.generate import classifies
 
-    classifier, tokenizer = load_for_inference(model, adapter)
-    if not hasattr(classifier, "labels"):
+    if not classifies(model, adapter):
         from .errors import UserError
 
         raise UserError(f"{adapter} is not a classification head; use `tunelab generate` for other adapters")
+    classifier, tokenizer = load_for_inference(model, adapter)
     result = classify_file(classifier, tokenizer, data, out, batch_size=batch_size)
     accuracy = "" if result["accuracy"] is None else f"; accuracy {result['accuracy']:.1%}"
     console.print(f"Wrote {result['examples']} predictions to {out}{accuracy}")
@@ -162,8 +144,8 @@ def chat(
     from .inference import load_for_inference, stream_chat
     from .inference.generate import require_generative
 
+    require_generative(model, adapter, "chat")
     llm, tokenizer = load_for_inference(model, adapter)
-    require_generative(llm, "chat")
     messages = [{"role": "system", "content": system}] if system else []
     while True:
         text = prompt if prompt is not None else _ask()
@@ -209,8 +191,8 @@ def generate_cmd(
     from .inference import generate_file, load_for_inference
     from .inference.generate import require_generative
 
+    require_generative(model, adapter, "generate")
     llm, tokenizer = load_for_inference(model, adapter)
-    require_generative(llm, "generate")
     with console.status("generating"):
         n = generate_file(
             llm,
@@ -230,75 +212,30 @@ def generate_cmd(
 @user_errors
 def eval_cmd(
     out: Annotated[str, typer.Option(help="results JSON; a .md table and .predictions.jsonl go beside it")],
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    data: Annotated[str | None, typer.Option(help="examples to evaluate on")] = None,
-    task: Annotated[
-        str, typer.Option(help="generation, classification, multiple-choice or perplexity")
-    ] = "generation",
-    metrics: Annotated[
-        str | None, typer.Option(help="comma-separated: rouge,bleu,exact_match,token_f1,accuracy,macro_f1")
-    ] = None,
-    shots: Annotated[int, typer.Option(help="k exemplars as earlier chat turns (k-shot prompting)")] = 0,
-    shots_from: Annotated[
-        str | None,
-        typer.Option(help="file to draw exemplars from (default: the data, never the same example)"),
-    ] = None,
-    cot: Annotated[
-        bool, typer.Option("--cot", help="chain-of-thought: ask for reasoning, then '#### answer'")
-    ] = False,
-    instruction: Annotated[str | None, typer.Option(help="text put before every question")] = None,
-    labels: Annotated[
-        str | None, typer.Option(help="class names in order (turns 0,1,.. labels into words)")
-    ] = None,
-    answer: Annotated[
-        str | None, typer.Option(help="extract before scoring: number (maths) or label")
-    ] = None,
-    benchmark: Annotated[
-        str | None, typer.Option(help="mmlu:PATH or mc:FILE.jsonl for multiple-choice and --forgetting")
-    ] = None,
-    mode: Annotated[
-        str, typer.Option(help="multiple-choice: letter or cloze (lm-evaluation-harness conventions)")
-    ] = "letter",
-    val: Annotated[
-        str | None, typer.Option(help="classification: fit temperature scaling on this file")
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="evaluate on N examples (stratified by subject for MMLU)")
-    ] = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    max_new_tokens: int = 256,
     predictions: Annotated[
         str | None, typer.Option(help="score this predictions JSONL instead of running a model")
     ] = None,
     forgetting: Annotated[
         bool, typer.Option("--forgetting", help="base vs --adapter on --benchmark")
     ] = False,
-    precision: Annotated[str, typer.Option(help="auto (bf16 where native) or fp32")] = "auto",
-    calibrate: Annotated[
-        str | None, typer.Option(help="classification: 'contextual' divides out the prompt's label prior")
-    ] = None,
+    **options,
 ):
     """Evaluate a model: metrics, prompting baselines, benchmarks, forgetting, calibration."""
-    from .evaluation.evaluate import evaluate, score_predictions
-    from .evaluation.evaluate import forgetting as forgetting_report
-    from .evaluation.runner import EvalConfig
+    from .evaluation import evaluate, score_predictions
+    from .evaluation import forgetting as forgetting_report
 
     if predictions:
-        score_predictions(predictions, metrics, out)
+        score_predictions(predictions, ",".join(options["metrics"]) or None, out)
     else:
         if forgetting:
-            task = "multiple-choice"
-        config = EvalConfig(
-            model=model, adapter=adapter, data=data, task=task, metrics=metrics or [], shots=shots,
-            shots_from=shots_from, cot=cot, instruction=instruction, labels=labels, answer=answer,
-            benchmark=benchmark, val=val, limit=limit, seed=seed, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, precision=precision, calibrate=calibrate, mode=mode,
-        )  # fmt: skip
-        with console.status(f"evaluating ({task})"):
+            options["task"] = "multiple-choice"
+        config = EvalConfig(**options)
+        with console.status(f"evaluating ({config.task})"):
             (forgetting_report if forgetting else evaluate)(config, out)
     console.print(Path(out).with_suffix(".md").read_text())
+
+
+eval_cmd.__signature__ = command_signature(eval_cmd, EvalConfig)
 
 
 @app.command("compare")
@@ -382,9 +319,12 @@ def data_validate(
 ):
     """Report every problem in a training file with its line number; exit 1 if there is any."""
     from .data.validate import print_report, validate_file
-    from .models import load_tokenizer
 
-    tokenizer = None if model == "none" else load_tokenizer(model, log=err_console.print)
+    tokenizer = None
+    if model != "none":  # only then torch and transformers are needed
+        from .models import load_tokenizer
+
+        tokenizer = load_tokenizer(model, log=err_console.print)
     report = validate_file(file, tokenizer=tokenizer, max_length=max_length, format=format)
     print_report(report, console)
     raise typer.Exit(0 if report.ok else 1)

@@ -17,11 +17,12 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from ..data import load_examples, split_file
+from ..data import load_examples, name_labels, split_file
 from ..errors import UserError
 from ..evaluation import EvalConfig, evaluate, forgetting
-from ..evaluation.runner import CALIBRATIONS
-from ..training.datasets import name_labels
+from ..evaluation.config import CALIBRATIONS
+from ..methods import REGISTRY, get_method
+from ..run_dir import RunDir
 
 PROMPTING = ("zero-shot", "few-shot")
 
@@ -164,13 +165,14 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
             "weights_mb": summary["weights_mb"], "steps": summary["steps"],
             "planned_steps": summary["planned_steps"], "epochs": summary["epochs_completed"],
             "peak_lr": summary["peak_lr"], "max_lr_reached": summary["max_lr_reached"],
-            "loss_curve": loss_curve(run_dir / "model" / "metrics.jsonl"),
+            "loss_curve": loss_curve(RunDir(run_dir / "model")),
         }  # fmt: skip
         adapter = str(run_dir / "model")
         results = evaluate(eval_config(config, splits, adapter=adapter), str(run_dir / "eval.json"))[
             "results"
         ]
-        if config.forgetting and method != "head":
+        # Forgetting compares the base with the tuned model: only an adapter that can be switched off.
+        if config.forgetting and get_method(method).artifact == "peft":
             report = forgetting(
                 EvalConfig(model=config.model, adapter=adapter, task="multiple-choice",
                            benchmark=config.forgetting, limit=config.forgetting_limit, seed=config.seed),
@@ -187,8 +189,8 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
     return row
 
 
-def loss_curve(metrics_path: Path) -> dict:
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+def loss_curve(run: RunDir) -> dict:
+    records = run.read_metrics()
     return {
         "train": [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"],
         "val": [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval"],
@@ -203,7 +205,6 @@ def _child(config_dict: dict, method: str, splits: dict) -> None:
 
 
 def compare(config: CompareConfig, console=None) -> dict:
-    from ..methods import REGISTRY
     from .report import recommend, write_reports
 
     unknown = [m for m in config.methods if m not in PROMPTING and m not in REGISTRY]

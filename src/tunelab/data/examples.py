@@ -17,3 +17,16 @@ class Example:
     line: int = 0
     source: str = ""
     meta: dict = field(default_factory=dict)
+
+
+def name_labels(examples: list[Example], labels: list[str]) -> list[Example]:
+    """Integer class answers (SST-2's 0/1) become label words, so they can be generated or classified."""
+    for example in examples:
+        answer = example.messages[-1]
+        if (
+            answer["role"] == "assistant"
+            and answer["content"].isdigit()
+            and int(answer["content"]) < len(labels)
+        ):
+            answer["content"] = labels[int(answer["content"])]
+    return examples

@@ -10,60 +10,22 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 
 import torch
 
-from ..data import Example, load_documents, load_examples
+from ..data import Example, load_documents, load_examples, name_labels
 from ..data.batching import collate
 from ..data.tokenize import encode_documents
 from ..errors import UserError
-from ..inference.generate import generate
-from ..training.datasets import name_labels
+from ..inference import classify
+from ..inference.generate import chat_prompt_ids, classifies, generate
+from ..ops import causal_lm_loss
 from . import benchmarks, extraction, metrics
+from .config import EvalConfig
 from .prompting import PromptStyle, build_messages, pick_shots
-from .scoring import render_prompt, score_candidates, score_continuations
+from .scoring import score_candidates, score_continuations
 
-TASKS = ("generation", "classification", "multiple-choice", "perplexity")
-CALIBRATIONS = ("contextual",)
 CONTENT_FREE = ("N/A", "", "[MASK]")  # the content-free inputs of Zhao et al. (2021), averaged
-
-
-@dataclass
-class EvalConfig:
-    model: str = "default"
-    adapter: str | None = None
-    data: str | None = None
-    task: str = "generation"
-    metrics: list[str] = field(default_factory=list)
-    shots: int = 0
-    shots_from: str | None = None
-    cot: bool = False
-    instruction: str | None = None
-    labels: list[str] | None = None
-    answer: str | None = None  # extract before scoring: "number" (maths) or "label"
-    benchmark: str | None = None  # mmlu:PATH or mc:FILE.jsonl, for multiple-choice
-    mode: str = "letter"  # multiple-choice scoring: letter or cloze (lm-evaluation-harness conventions)
-    val: str | None = None  # classification: fit temperature scaling on this file
-    calibrate: str | None = None  # classification with label words: "contextual" (Zhao et al. 2021)
-    limit: int | None = None
-    seed: int = 0
-    batch_size: int = 8
-    max_new_tokens: int = 256
-    max_length: int = 2048
-    precision: str = "auto"  # bf16 autocast where the hardware has it (as in training), or fp32
-
-    def __post_init__(self):
-        if self.task not in TASKS:
-            raise UserError(f"--task {self.task}: choose one of {', '.join(TASKS)}")
-        if self.mode not in benchmarks.MODES:
-            raise UserError(f"--mode {self.mode}: choose one of {', '.join(benchmarks.MODES)}")
-        if self.calibrate not in (None, *CALIBRATIONS):
-            raise UserError(f"--calibrate {self.calibrate}: choose one of {', '.join(CALIBRATIONS)}")
-        if isinstance(self.labels, str):
-            self.labels = [label.strip() for label in self.labels.split(",") if label.strip()]
-        if isinstance(self.metrics, str):
-            self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
 
 
 def question_and_answer(example: Example) -> tuple[str, str | None, str | None]:
@@ -138,9 +100,7 @@ def classification_probs(model, tokenizer, examples, config: EvalConfig, labels:
         instruction = f"Classify the text. Answer with one of: {', '.join(labels)}."
     style = PromptStyle(config.shots, False, instruction, config.seed)
     prompts = prompts_for(examples, config, style)
-    if hasattr(model, "labels"):  # a trained classification head (--method head) gives probabilities
-        from ..inference import classify
-
+    if classifies(config.model, config.adapter):  # a trained head (--method head) gives probabilities
         if config.calibrate:
             raise UserError("--calibrate is for label words scored after a prompt, not a classification head")
         if list(model.labels) != list(labels):
@@ -252,8 +212,6 @@ def eval_multiple_choice(model, tokenizer, config: EvalConfig):
 
 @torch.no_grad()
 def eval_perplexity(model, tokenizer, config: EvalConfig):
-    from ..training.steps import causal_lm_loss
-
     if not config.data:
         raise UserError("--data is required for --task perplexity")
     if config.data.endswith(".txt"):
@@ -279,5 +237,5 @@ def eval_perplexity(model, tokenizer, config: EvalConfig):
 
 
 def prompt_token_stats(tokenizer, prompts: list[list[dict]]) -> dict:
-    lengths = [len(render_prompt(tokenizer, p)) for p in prompts[:200]]
+    lengths = [len(chat_prompt_ids(tokenizer, p)) for p in prompts[:200]]
     return {"prompt_tokens_mean": sum(lengths) / len(lengths)} if lengths else {}

@@ -12,11 +12,7 @@ import torch
 
 from ..data.batching import collate
 from ..data.tokenize import EncodedExample
-
-
-def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+from ..inference.generate import chat_prompt_ids
 
 
 def candidate_ids(tokenizer, candidates: list[str]) -> list[list[int]]:
@@ -35,7 +31,7 @@ def score_candidates(
     """(N, C) summed log-probabilities of each candidate answer after each prompt."""
     model.eval()
     cands = candidate_ids(tokenizer, candidates)
-    prompt_ids = [render_prompt(tokenizer, p)[-max_length:] for p in prompts]
+    prompt_ids = [chat_prompt_ids(tokenizer, p)[-max_length:] for p in prompts]
     if all(len(c) == 1 for c in cands):
         return _single_token_scores(
             model, prompt_ids, [c[0] for c in cands], tokenizer.pad_token_id, batch_size

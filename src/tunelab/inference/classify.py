@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from ..data import Example
+from ..data import Example, load_examples, name_labels
 from ..data.batching import collate
 from ..data.tokenize import encode_for_classification
 from .generate import prompt_messages
@@ -33,9 +33,6 @@ def classify(model, tokenizer, examples, batch_size: int = 16, max_length: int =
 
 def classify_file(model, tokenizer, data: str, out: str, **kwargs) -> dict:
     """Write predictions as JSONL; returns accuracy when the file has answers."""
-    from ..data import load_examples
-    from ..training.datasets import name_labels
-
     examples = load_examples(data, for_training=False)
     examples = name_labels(examples, model.labels)  # integer answers (0, 1) read as the head's labels
     results = classify(model, tokenizer, examples, **kwargs)

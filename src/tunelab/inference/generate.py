@@ -8,60 +8,69 @@ from pathlib import Path
 from threading import Thread
 
 import torch
-import yaml
 
 from ..errors import UserError
 from ..methods import get_method
+from ..methods.base import load_peft_adapter
 from ..models import load_model
-
-ADAPTER_CONFIG = "adapter_config.json"
+from ..ops import virtual_tokens
+from ..run_dir import RunDir
 
 
 def load_for_inference(model_spec: str, adapter: str | None = None):
     """(model, tokenizer) in eval mode. `model_spec` may itself be an adapter folder (its base is read from
-    adapter_config.json); the adapter's own tokenizer files, when present, carry its chat template."""
+    its config); the adapter's own tokenizer files, when present, carry its chat template."""
     from transformers import AutoTokenizer
 
-    if adapter is None and (Path(model_spec) / ADAPTER_CONFIG).is_file():
-        adapter, model_spec = model_spec, base_of_adapter(model_spec)
+    folder = adapter_folder(model_spec, adapter)
+    if folder and adapter is None:
+        model_spec = base_of_adapter(folder)
     model, tokenizer = load_model(model_spec)
-    if adapter:
-        model = attach_adapter(model, adapter)
-        if (Path(adapter) / "tokenizer_config.json").is_file():
-            tokenizer = AutoTokenizer.from_pretrained(adapter)
+    if folder:
+        model = attach_adapter(model, folder)
+        if RunDir(folder).tokenizer_config.is_file():
+            tokenizer = AutoTokenizer.from_pretrained(folder)
     model.eval()
     return model, tokenizer
 
 
-def require_generative(model, what: str) -> None:
-    if hasattr(model, "labels"):
+def adapter_folder(model_spec: str, adapter: str | None) -> str | None:
+    """The adapter to apply: `adapter`, or `model_spec` itself when that is an adapter folder."""
+    if adapter is None and RunDir(model_spec).is_adapter():
+        return model_spec
+    return adapter
+
+
+def adapter_method(folder: str):
+    """The tunelab method that saved this adapter folder, or None for a PEFT adapter (any PEFT method)."""
+    name = RunDir(folder).read_adapter_config().get("tunelab_method")
+    return get_method(name) if name else None
+
+
+def classifies(model_spec: str, adapter: str | None) -> bool:
+    """Whether the model loaded from these predicts labels (a classification head) instead of generating."""
+    folder = adapter_folder(model_spec, adapter)
+    method = adapter_method(folder) if folder else None
+    return method is not None and method.task == "classification"
+
+
+def require_generative(model_spec: str, adapter: str | None, what: str) -> None:
+    if classifies(model_spec, adapter):
         raise UserError(f"{what}: this adapter is a classification head; use `tunelab predict`")
 
 
 def base_of_adapter(folder: str) -> str:
-    """The base model spec an adapter was trained on: tunelab.yaml's `model` (portable, e.g. 'default'),
-    else adapter_config.json's base path."""
-    run_config = Path(folder) / "tunelab.yaml"
-    if run_config.is_file():
-        return yaml.safe_load(run_config.read_text())["model"]
-    return read_adapter_config(folder)["base_model_name_or_path"]
-
-
-def read_adapter_config(folder: str) -> dict:
-    path = Path(folder) / ADAPTER_CONFIG
-    if not path.is_file():
-        raise UserError(
-            f"{folder} is not an adapter folder (no {ADAPTER_CONFIG}); a whole model folder (full or "
-            "selective tuning) goes in --model"
-        )
-    return json.loads(path.read_text())
+    """The base model spec an adapter was trained on: the run config's `model` (portable, e.g. 'default'),
+    else the adapter config's base path."""
+    run = RunDir(folder)
+    run_config = run.read_config()
+    return run_config["model"] if run_config else run.read_adapter_config()["base_model_name_or_path"]
 
 
 def attach_adapter(model, folder: str):
     """PEFT adapters load through PEFT; tunelab's own kinds (marked `tunelab_method`) through their method."""
-    config = read_adapter_config(folder)
-    method = get_method(config.get("tunelab_method", "lora"))
-    return method.load(model, Path(folder))
+    method = adapter_method(folder)
+    return method.load(model, Path(folder)) if method else load_peft_adapter(model, Path(folder))
 
 
 def prompt_messages(messages: list[dict]) -> list[dict]:
@@ -70,8 +79,22 @@ def prompt_messages(messages: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages[:end]]
 
 
-def _generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
-    sampling = temperature > 0
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """The conversation as the model was trained to see it: its chat template, ending where it answers."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    return tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+# Below this, logits divided by the temperature overflow to inf and sampling fails; it is greedy anyway.
+MIN_TEMPERATURE = 1e-3
+
+
+def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    """`model.generate` arguments: greedy at temperature 0 (or below MIN_TEMPERATURE), else top-p sampling."""
+    sampling = temperature >= MIN_TEMPERATURE
     return {
         "max_new_tokens": max_new_tokens,
         "do_sample": sampling,
@@ -96,14 +119,11 @@ def generate(
 ) -> list[str]:
     """Reply to each conversation; greedy unless temperature > 0. Batches similar lengths together."""
     torch.manual_seed(seed)
-    prompts = [
-        tokenizer.apply_chat_template(prompt_messages(c), tokenize=False, add_generation_prompt=True)
-        for c in conversations
-    ]
+    prompts = [chat_prompt(tokenizer, prompt_messages(c)) for c in conversations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[str] = [""] * len(prompts)
     tokenizer.padding_side = "left"  # generation appends on the right, so pad on the left
-    kwargs = _generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
+    kwargs = generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         enc = tokenizer(
@@ -118,8 +138,6 @@ def generate(
 
 def _generate_new_tokens(model, enc, kwargs) -> torch.Tensor:
     """Only the generated tokens, (B, new)."""
-    from ..training.steps import virtual_tokens
-
     n_virtual = virtual_tokens(model)
     if not n_virtual:
         return model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
@@ -156,12 +174,10 @@ def stream_chat(
     """Yield the reply piece by piece as it is generated."""
     from transformers import TextIteratorStreamer
 
-    text = tokenizer.apply_chat_template(
-        prompt_messages(messages), tokenize=False, add_generation_prompt=True
-    )
-    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    ids = torch.tensor([chat_prompt_ids(tokenizer, prompt_messages(messages))], device=model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = _generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
+    kwargs = generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     thread = Thread(target=model.generate, kwargs={**enc, **kwargs, "streamer": streamer})
     thread.start()
     yield from streamer

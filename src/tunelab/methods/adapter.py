@@ -9,14 +9,13 @@ Adapters are inserted without touching transformers' code: each becomes a child 
 `model.layers.3.mlp.adapter.down.weight`), and a forward hook on that module passes its output through
 it, before the block adds its residual. Any model whose blocks have `self_attn` and `mlp` works.
 
-The saved folder looks like a PEFT adapter (adapter_config.json + adapter_model.safetensors holding only
+The saved folder looks like a PEFT adapter (an adapter config + safetensors weights holding only
 adapter weights) but PEFT has no bottleneck-adapter tuner, so only tunelab can load it:
 `get_method("adapter").load(base_model, folder)`; `tunelab_method` in the config says so.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -25,10 +24,9 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.blocks import decoder_blocks
+from ..run_dir import RunDir
 from .base import Method, register
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU}
 PLACEMENTS = {"houlsby": ("self_attn", "mlp"), "pfeiffer": ("mlp",)}
 REQUIRED = ("adapter_size", "placement", "activation", "hidden_size", "num_layers")
@@ -104,13 +102,8 @@ def settings_of(model) -> dict:
 
 
 def read_settings(folder: Path) -> dict:
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise UserError(f"{folder}: no {CONFIG_FILE}; not a saved adapter folder")
-    try:
-        settings = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON: {err}") from err
+    path = RunDir(folder).adapter_config
+    settings = RunDir(folder).read_adapter_config()
     if settings.get("tunelab_method") != "adapter":
         raise UserError(
             f"{path}: not a bottleneck adapter (tunelab_method is {settings.get('tunelab_method')})"
@@ -138,7 +131,7 @@ def check_compatible(model, settings: dict, folder: Path) -> None:
 
 def load_weights(model, folder: Path) -> None:
     """Copy saved adapter weights into the model's adapters; every name and shape must match."""
-    state = load_file(Path(folder) / WEIGHTS_FILE)
+    state = load_file(RunDir(folder).adapter_weights)
     params = {name: p for name, p in model.named_parameters() if ".adapter." in name}
     missing, unexpected = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
     if missing or unexpected:
@@ -195,9 +188,8 @@ class BottleneckAdapter(Method):
             "base_model_name_or_path": model.name_or_path,
             **settings_of(model),
         }
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        save_file(adapter_state(model), Path(out_dir) / WEIGHTS_FILE)
+        RunDir(out_dir).write_adapter_config(config)
+        save_file(adapter_state(model), RunDir(out_dir).adapter_weights)
 
     def load(self, base_model, folder: Path):
         settings = read_settings(folder)

@@ -2,6 +2,8 @@
 
 The training loop is shared; a method only decides which parameters train (`prepare`) and what the
 artefact on disk looks like (`save`, `load`). Checkpoints hold exactly the parameters that require grad.
+What a method can do is declared by its class attributes (`task`, `artifact`, `mergeable`, `servable`);
+callers ask the method, never compare its name.
 
 Adding a method: write `methods/<name>.py` with a `Method` subclass, call `register(...)` at its bottom,
 import it in `methods/__init__.py`, add its row to the method table in tests/test_methods.py and a README
@@ -16,6 +18,7 @@ import torch
 
 from ..data.batching import count_label_tokens
 from ..errors import UserError
+from ..ops import causal_lm_loss
 
 
 class Method:
@@ -25,8 +28,13 @@ class Method:
     # What `save` writes: "peft" (a PEFT adapter), "model" (a whole Hugging Face model folder) or
     # "tunelab" (an adapter folder only tunelab loads); the model card and loaders follow it.
     artifact: str = "peft"
-    # "causal-lm" learns next tokens; "classification" learns one class per example (see head.py).
+    # "causal-lm" learns next tokens; "classification" learns one class per example with a new head
+    # (see head.py), so its model predicts labels and does not generate.
     task: str = "causal-lm"
+    # Its trained weights can be folded into the base model's own (PEFT's merge_and_unload).
+    mergeable: bool = False
+    # The service can serve it: a PEFT adapter switched on the shared base model at request time.
+    servable: bool = False
 
     def prepare(self, model, config):
         """Return the model to train, with `requires_grad` set on exactly the parameters to train."""
@@ -38,8 +46,6 @@ class Method:
 
     def loss(self, model, batch: dict, normaliser) -> torch.Tensor:
         """Summed loss over the batch's targets divided by `normaliser` (targets in the whole step)."""
-        from ..training.steps import causal_lm_loss
-
         return causal_lm_loss(model, batch, normaliser)
 
     def count_targets(self, batch: dict) -> int:
@@ -58,9 +64,14 @@ class Method:
             from transformers import AutoModelForCausalLM
 
             return AutoModelForCausalLM.from_pretrained(folder, dtype=base_model.dtype)
-        from peft import PeftModel
+        return load_peft_adapter(base_model, folder)
 
-        return PeftModel.from_pretrained(base_model, str(folder))
+
+def load_peft_adapter(base_model, folder: Path):
+    """Any PEFT adapter (whichever method, or tool, trained it) on `base_model`."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, str(folder))
 
 
 REGISTRY: dict[str, Method] = {}

@@ -4,13 +4,12 @@ The example's prompt goes through the chat template (as for generation); the hid
 real token is pooled and a linear `classifier` maps it to the classes, trained with cross-entropy. With
 `--unfreeze-top K` the top K blocks are unfrozen one by one during training (gradual unfreezing).
 
-Saved like an adapter: adapter_config.json (`tunelab_method: head`, labels) and adapter_model.safetensors
+Saved like an adapter: an adapter config (`tunelab_method: head`, labels) and adapter weights
 with the head and any unfrozen block weights; only tunelab loads it (`tunelab predict`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -20,10 +19,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.blocks import decoder_blocks
+from ..run_dir import RunDir
 from .base import Method, register
-
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 class SequenceClassifier(nn.Module):
@@ -99,22 +96,21 @@ class ClassificationHead(Method):
         return int(batch["targets"].shape[0])
 
     def save(self, model, out_dir: Path) -> None:
-        out_dir = Path(out_dir)
         config = {
             "tunelab_method": "head",
             "base_model_name_or_path": model.name_or_path,
             "labels": model.labels,
             "unfreeze_top": model.unfreeze_top,
         }
-        (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        RunDir(out_dir).write_adapter_config(config)
         weights = {n: p.detach().contiguous() for n, p in self.optimizer_params(model)}
-        save_file(weights, out_dir / WEIGHTS_FILE)
+        save_file(weights, RunDir(out_dir).adapter_weights)
 
     def load(self, base_model, folder: Path):
-        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
+        config = RunDir(folder).read_adapter_config()
         model = SequenceClassifier(base_model, config["labels"])
         model.unfreeze_top = config.get("unfreeze_top", 0)
-        missing, unexpected = model.load_state_dict(load_file(Path(folder) / WEIGHTS_FILE), strict=False)
+        missing, unexpected = model.load_state_dict(load_file(RunDir(folder).adapter_weights), strict=False)
         if unexpected or any(name.startswith("classifier") for name in missing):
             raise UserError(
                 f"{folder}: head weights do not fit this base model ({(unexpected or missing)[:3]})"

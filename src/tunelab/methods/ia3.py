@@ -34,6 +34,8 @@ class IA3(Method):
     name = "ia3"
     default_lr = 3e-3  # T-Few's learning rate for (IA)^3
     summary = "trains vectors that rescale keys, values and MLP activations; smallest adapter"
+    mergeable = True
+    servable = True
 
     def prepare(self, model, config):
         targets, feedforward = ia3_modules(model)

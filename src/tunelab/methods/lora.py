@@ -9,6 +9,8 @@ class LoRA(Method):
     name = "lora"
     default_lr = 2e-4
     summary = "low-rank updates to frozen linear layers; small artefact, near full-tuning quality"
+    mergeable = True
+    servable = True
 
     def prepare(self, model, config):
         lora_config = LoraConfig(

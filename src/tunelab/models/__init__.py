@@ -1,4 +1,4 @@
-"""Models: resolve `--model` specs, load base models and tokenizers, attach adapters."""
+"""Models: resolve `--model` specs, load base models and tokenizers."""
 
 from .loading import (
     DEFAULT_MODEL,
@@ -8,12 +8,10 @@ from .loading import (
     materialize,
     resolve,
 )
-from .multi_adapter import MultiAdapterModel
 
 __all__ = [
     "DEFAULT_MODEL",
     "ModelLoadError",
-    "MultiAdapterModel",
     "load_model",
     "load_tokenizer",
     "materialize",

@@ -6,7 +6,6 @@ Generation holds one lock, because the active adapter is state of the shared mod
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -16,14 +15,13 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from ..models.multi_adapter import MultiAdapterModel
+from ..inference import MultiAdapterModel
+from ..inference.generate import generation_kwargs
+from ..run_dir import RunDir
 from .errors import ApiError, not_found
 from .paths import DataDir
 from .settings import ServiceSettings
 from .store import Store
-
-# Below this, logits divided by the temperature overflow to inf and sampling fails; it is greedy anyway.
-MIN_TEMPERATURE = 1e-3
 
 
 @dataclass
@@ -92,7 +90,7 @@ class Generation:
 
     def _run(self, engine: Engine, target: Target, prompt_ids: list[int]) -> None:
         sampling, tokenizer = self.sampling, engine.tokenizer(target.base)
-        sample = sampling.temperature >= MIN_TEMPERATURE
+        kwargs = generation_kwargs(tokenizer, sampling.max_tokens, sampling.temperature, sampling.top_p)
         try:
             with engine.lock:
                 model, adapters_off = engine.activate(target)
@@ -103,13 +101,7 @@ class Generation:
                     model.generate(
                         input_ids=ids,
                         attention_mask=torch.ones_like(ids),
-                        max_new_tokens=sampling.max_tokens,
-                        do_sample=sample,
-                        temperature=sampling.temperature if sample else None,
-                        top_p=sampling.top_p if sample else None,
-                        top_k=None,
-                        pad_token_id=tokenizer.pad_token_id,
-                        eos_token_id=tokenizer.eos_token_id,
+                        **kwargs,
                         streamer=self.streamer,
                         stopping_criteria=StoppingCriteriaList([StopOnEvent(self.stopped)]),
                     )
@@ -217,9 +209,9 @@ class Engine:
 
     def _load(self, multi: MultiAdapterModel, target: Target) -> None:
         folder = target.adapter
-        if not (folder / "adapter_model.safetensors").is_file() or list(folder.glob("*.bin")):
+        if not RunDir(folder).adapter_weights.is_file() or list(folder.glob("*.bin")):
             raise ApiError(500, f"model '{target.name}' has no safetensors adapter; it will not be loaded")
-        peft_type = json.loads((folder / "adapter_config.json").read_text()).get("peft_type", "")
+        peft_type = RunDir(folder).read_adapter_config().get("peft_type", "")
         loaded = [k for k, (base, _) in self._adapters.items() if base == target.base]  # oldest first
         # One PeftModel holds adapters of one kind: a new kind makes room first, as does a full LRU.
         for key in [k for k in loaded if self._adapters[k][1] != peft_type]:

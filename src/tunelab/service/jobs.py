@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..data.errors import DataError
 from ..data.validate import validate_file
 from ..errors import UserError
-from ..methods import get_method
+from ..methods import REGISTRY, get_method
 from ..training import ConfigError, TrainConfig
 from .errors import ApiError, internal_error
 from .paths import DataDir
@@ -21,13 +21,11 @@ from .store import Store
 
 MIN_EXAMPLES = 10
 DEFAULTS = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
-# Methods whose artefact is a PEFT adapter the inference engine can switch on the shared base model.
-SERVED_METHODS = ("lora", "ia3")
 # TrainConfig fields the `tunelab` extension may set; paths, the model, the seed and the OpenAI
 # hyperparameters come from the request itself.
 FIXED = set("model data val out resume overwrite init_adapter seed epochs batch_size lr".split())
 FIXED |= {"format", "objective", "labels", "mix"}  # chat SFT only
-FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
+FIELD_TYPES = typing.get_type_hints(TrainConfig)
 EXTENSION_FIELDS = set(FIELD_TYPES) - FIXED
 WARNINGS_ONLY = {"duplicate_example"}  # such examples still train; the job notes them
 MAX_STEPS = 100_000
@@ -108,7 +106,7 @@ def check_options(extension: dict | None, max_minutes: float) -> dict:
     """The `tunelab` extension checked against TrainConfig and our bounds; errors name the field. Every
     job gets a time budget, at most `max_minutes` (the server's --max-job-minutes)."""
     options = dict(extension or {})
-    options.setdefault("method", "lora")
+    options.setdefault("method", TrainConfig.method)
     options.setdefault("max_minutes", max_minutes)
     unknown = sorted(set(options) - EXTENSION_FIELDS)
     if unknown:
@@ -118,11 +116,12 @@ def check_options(extension: dict | None, max_minutes: float) -> dict:
             param=f"tunelab.{unknown[0]}",
             code="invalid_value",
         )
-    if options["method"] not in SERVED_METHODS:
+    served = sorted(name for name, method in REGISTRY.items() if method.servable)
+    if options["method"] not in served:
         raise ApiError(
             400,
             f"method '{options['method']}' cannot be served from a shared base model; choose "
-            f"one of {', '.join(SERVED_METHODS)} (train others with `tunelab train`)",
+            f"one of {', '.join(served)} (train others with `tunelab train`)",
             param="tunelab.method",
             code="invalid_value",
         )
@@ -137,22 +136,16 @@ def check_options(extension: dict | None, max_minutes: float) -> dict:
 
 
 def check_option_type(name: str, value) -> None:
-    """Against the TrainConfig field's annotation (a string such as 'int | None' or 'list[str]')."""
-    annotation = FIELD_TYPES[name]
-    for part in (part.strip() for part in annotation.split("|")):
-        if part == "None" and value is None:
-            return
-        if part == "list[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return
-        expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(part)
-        if expected and isinstance(value, expected) and (part == "bool" or not isinstance(value, bool)):
-            return
-    raise ApiError(
-        400,
-        f"tunelab.{name} must be {annotation} (got {value!r})",
-        param=f"tunelab.{name}",
-        code="invalid_value",
-    )
+    """Against the TrainConfig field's type, strictly: 1 is not a bool, "3" not an int, True not a number."""
+    try:
+        TypeAdapter(FIELD_TYPES[name]).validate_python(value, strict=True)
+    except ValidationError as err:
+        raise ApiError(
+            400,
+            f"tunelab.{name}: {err.errors()[0]['msg']} (got {value!r})",
+            param=f"tunelab.{name}",
+            code="invalid_value",
+        ) from None
 
 
 def check_option_size(name: str, value, bounds: dict) -> None:

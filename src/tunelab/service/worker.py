@@ -12,7 +12,6 @@ import argparse
 import csv
 import fcntl
 import io
-import json
 import logging
 import os
 import shutil
@@ -21,9 +20,10 @@ import time
 
 from ..data.errors import DataError
 from ..errors import UserError
+from ..run_dir import RunDir
 from ..training import TrainConfig, TrainingDiverged
 from ..training.checkpoint import list_checkpoints, write_atomically
-from ..training.loop import SUMMARY_FILE, Trainer, TrainHooks
+from ..training.loop import Trainer, TrainHooks
 from .errors import internal_error
 from .jobs import data_error_message, model_name, train_options
 from .paths import DataDir, open_private
@@ -102,6 +102,9 @@ class JobHooks(TrainHooks):
             self.reported.add((key, data["step"]))
             self.store.add_event(self.job["id"], message, type="metrics", data=data, step=data["step"])
 
+    def checkpoint_every(self, steps_per_epoch: int) -> int:
+        return steps_per_epoch  # a checkpoint per epoch, as OpenAI makes them
+
     def on_checkpoint(self, trainer: Trainer, step: int) -> None:
         folder = self.data.checkpoint_dir(self.job["id"], step)
         write_atomically(folder, lambda tmp: trainer.method.save(trainer.unwrapped, tmp))
@@ -135,11 +138,8 @@ def run_job(store: Store, data: DataDir, job: dict) -> None:
     global current_job
     current_job = job_id
     try:
-        if not (run_dir / SUMMARY_FILE).exists():  # else: it finished just before a crash; publish only
-            trainer = Trainer(job_config(job, data), None, JobHooks(store, data, job))
-            if trainer.config.save_every is None:
-                trainer.config.save_every = trainer.steps_per_epoch  # a checkpoint per epoch, as OpenAI
-            trainer.fit()
+        if not RunDir(run_dir).is_finished():  # else: it finished just before a crash; publish only
+            Trainer(job_config(job, data), None, JobHooks(store, data, job)).fit()
         publish(store, data, job)
     except JobCancelled:
         store.add_event(job_id, "Fine-tuning job cancelled")
@@ -196,7 +196,7 @@ def fail(store: Store, data: DataDir, job_id: str, code: str, message: str, para
 def publish(store: Store, data: DataDir, job: dict) -> None:
     """Job `succeeded`, its model and its results file: all in one transaction, or none of it (a job
     cancelled at this very moment stays cancelled and publishes nothing)."""
-    summary = json.loads((data.run_dir(job["id"]) / SUMMARY_FILE).read_text())
+    summary = RunDir(data.run_dir(job["id"])).read_summary()
     results_id = new_id("file-")
     results = data.file(results_id)
     with open_private(results) as out:
@@ -213,8 +213,7 @@ def publish(store: Store, data: DataDir, job: dict) -> None:
 def results_csv(run_dir) -> str:
     """step, train_loss, valid_loss per step, as OpenAI's `fine-tune-results` file has them."""
     rows: dict[int, dict] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in RunDir(run_dir).read_metrics():
         if record["kind"] == "train":
             rows.setdefault(record["step"], {})["train_loss"] = record["loss"]
         elif record["kind"] == "eval" and not record.get("baseline"):

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-CHECKPOINTS = "checkpoints"
+from ..run_dir import RunDir
+
 STATE_FILE = "trainer_state.json"
 WEIGHTS = "trainable.safetensors"
 
@@ -81,7 +82,7 @@ def save_checkpoint(
     rng_states: list[tuple[dict, dict]] | None = None,
 ) -> Path:
     """`rng_states`: every rank's `rng_state()`, in rank order (default: this process's alone)."""
-    final = out / CHECKPOINTS / f"step-{step:07d}"
+    final = RunDir(out).checkpoints / f"step-{step:07d}"
     rng_states = rng_states or [rng_state()]
 
     def write(folder: Path) -> None:
@@ -100,7 +101,7 @@ def save_checkpoint(
 
 
 def list_checkpoints(out: Path) -> list[Path]:
-    folder = Path(out) / CHECKPOINTS
+    folder = RunDir(out).checkpoints
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).is_file())

@@ -141,10 +141,8 @@ class TrainConfig:
             raise ConfigError("epochs must be positive (or set max_steps)")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be positive (got {self.lr})")
-        if isinstance(self.labels, str):
-            self.labels = [label.strip() for label in self.labels.split(",") if label.strip()]
-        if isinstance(self.target_modules, str):
-            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        self.labels = comma_separated(self.labels)
+        self.target_modules = comma_separated(self.target_modules)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,6 +155,14 @@ class TrainConfig:
             values.update(load_yaml(yaml_path))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def comma_separated(value: str | list[str] | None) -> list[str] | None:
+    """'a,b' or ['a,b', 'c'] (a repeated flag) as ['a', 'b', 'c']; None stays None."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
 
 
 def load_yaml(path: str | Path) -> dict:

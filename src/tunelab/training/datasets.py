@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..data import Example, load_documents, load_examples
+from ..data import load_documents, load_examples, name_labels
 from ..data.mixture import Task, hold_out, parse_data_spec
 from ..data.tokenize import EncodedExample, encode_documents, encode_examples, encode_for_classification
 from .config import ConfigError, TrainConfig
@@ -16,19 +16,6 @@ def read_task(path: str, config: TrainConfig) -> list:
         return load_documents(path)
     examples = load_examples(path, format=config.format)
     return name_labels(examples, config.labels) if config.labels else examples
-
-
-def name_labels(examples: list[Example], labels: list[str]) -> list[Example]:
-    """Integer class answers (SST-2's 0/1) become label words, so they can be generated or classified."""
-    for example in examples:
-        answer = example.messages[-1]
-        if (
-            answer["role"] == "assistant"
-            and answer["content"].isdigit()
-            and int(answer["content"]) < len(labels)
-        ):
-            answer["content"] = labels[int(answer["content"])]
-    return examples
 
 
 def encode(

@@ -7,7 +7,6 @@ count that normalises the loss is summed over ranks and micro-batches (see steps
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import shutil
@@ -26,15 +25,15 @@ from ..errors import UserError
 from ..methods import get_method
 from ..models import load_model
 from ..models.blocks import BLOCK_INDEX
+from ..ops import pick_precision
+from ..run_dir import RunDir
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
 from .datasets import load_tasks
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
 from .schedule import LRPlan, TimeBudget, lr_scheduler
-from .steps import evaluate_loss, pick_precision, train_step
-
-SUMMARY_FILE = "summary.json"
+from .steps import evaluate_loss, train_step
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -76,10 +75,14 @@ class TrainHooks:
         """After each optimizer step."""
 
     def on_record(self, record: dict) -> None:
-        """Every metrics record (kinds: run, train, eval, summary), as written to metrics.jsonl."""
+        """Every metrics record (kinds: run, train, eval, summary), as written to the metrics log."""
 
     def on_checkpoint(self, trainer: Trainer, step: int) -> None:
         """After a checkpoint of `step` is safely on disk."""
+
+    def checkpoint_every(self, steps_per_epoch: int) -> int | None:
+        """Steps between checkpoints when the config sets no `save_every` (None: no checkpoints)."""
+        return None
 
 
 def train(config: TrainConfig, console=None, hooks: TrainHooks | None = None) -> TrainResult:
@@ -92,7 +95,7 @@ def check_out_dir(out: Path, config: TrainConfig) -> None:
     if config.overwrite:
         shutil.rmtree(out, ignore_errors=True)
         return
-    if (out / SUMMARY_FILE).exists():
+    if RunDir(out).is_finished():
         raise ConfigError(f"{out} already holds a finished run; choose another --out or pass --overwrite")
     if ckpt.list_checkpoints(out) and not config.resume:
         raise ConfigError(
@@ -144,6 +147,7 @@ class Trainer:
         self.micro_per_epoch = len(self._epoch_batches(0)) // world
         self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / config.grad_accum))
         total_steps = config.max_steps or math.ceil(self.steps_per_epoch * config.epochs)
+        self.save_every = config.save_every or self.hooks.checkpoint_every(self.steps_per_epoch)
         self.budget = None
         if config.max_minutes and not config.max_steps:
             self.budget = TimeBudget(60 * config.max_minutes, cap=total_steps)
@@ -260,7 +264,7 @@ class Trainer:
         config, state = self.config, self.state
         if self.val_sets and config.eval_every and state.step % config.eval_every == 0:
             self._evaluate()
-        if config.save_every and state.step % config.save_every == 0:
+        if self.save_every and state.step % self.save_every == 0:
             # Every rank's RNG state (dropout differs per rank), so a resumed DDP run continues exactly.
             rng_states = gather_object([ckpt.rng_state()])
             if self.main:
@@ -298,7 +302,8 @@ class Trainer:
             state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
             if self.main:
                 weights = ckpt.trainable_state(self.unwrapped)
-                ckpt.write_atomically(self.out / "best", lambda f: ckpt.save_file(weights, f / ckpt.WEIGHTS))
+                best = RunDir(self.out).best
+                ckpt.write_atomically(best, lambda f: ckpt.save_file(weights, f / ckpt.WEIGHTS))
         else:
             state.evals_without_improvement += 1
         state.stopped_early = bool(config.patience and state.evals_without_improvement >= config.patience)
@@ -343,7 +348,7 @@ class Trainer:
         state = self.state
         if state.best_step is not None and state.best_step != state.step:
             self.log(f"Keeping the best weights: step {state.best_step} (val loss {state.best_val_loss:.4f})")
-            ckpt.load_trainable_state(self.unwrapped, ckpt.load_file(self.out / "best" / ckpt.WEIGHTS))
+            ckpt.load_trainable_state(self.unwrapped, ckpt.load_file(RunDir(self.out).best / ckpt.WEIGHTS))
         summary = {
             "method": self.method.name,
             "steps": state.step,
@@ -369,7 +374,7 @@ class Trainer:
             self.out, self.unwrapped, self.tokenizer, self.method, self.config, summary
         )
         self.metrics.log({"kind": "summary", "step": state.step, **summary}, prefix="summary")
-        (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # last: marks the run finished
+        RunDir(self.out).write_summary(summary)  # last: marks the run finished
         self.log(
             f"Saved {self.method.name} model to {self.out} ({summary['artifact_mb']} MB, weights "
             f"{summary['weights_mb']} MB); "

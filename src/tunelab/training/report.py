@@ -1,4 +1,5 @@
-"""What a run leaves behind: the artefact, metrics.jsonl, TensorBoard events, loss.png and a model card."""
+"""What a run leaves behind: the artefact, the metrics log, TensorBoard events, a loss plot and a model card
+(their file names: `RunDir`)."""
 
 from __future__ import annotations
 
@@ -6,23 +7,21 @@ import json
 import shutil
 from pathlib import Path
 
-import yaml
-
-METRICS_FILE = "metrics.jsonl"
+from ..run_dir import RunDir
 
 
 class MetricsLog:
-    """Appends records to metrics.jsonl and mirrors numbers to TensorBoard."""
+    """Appends records to the run's metrics log and mirrors numbers to TensorBoard."""
 
     def __init__(self, out: Path, resume_step: int | None = None, on_record=None):
-        self.path = out / METRICS_FILE
+        self.path = RunDir(out).metrics
         self.on_record = on_record
         if resume_step is not None:
             self._drop_after(resume_step)
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step hides events a killed run wrote after the checkpoint it resumes from.
-        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
+        self.writer = SummaryWriter(str(RunDir(out).tensorboard), purge_step=resume_step)
 
     def _drop_after(self, step: int) -> None:
         if not self.path.exists():
@@ -48,18 +47,13 @@ class MetricsLog:
         self.writer.close()
 
 
-def read_metrics(out: Path) -> list[dict]:
-    path = Path(out) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def plot_loss(out: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_metrics(out)
+    records = RunDir(out).read_metrics()
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval"]
     if not train:
@@ -73,7 +67,7 @@ def plot_loss(out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(out) / "loss.png"
+    path = RunDir(out).loss_plot
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -90,7 +84,7 @@ LOADERS = {
 
 
 def write_model_card(folder: Path, out: Path, config: dict, summary: dict, base, artifact: str) -> None:
-    """README.md in `folder` for a model that will live at `out`."""
+    """The model card in `folder` for a model that will live at `out`."""
     method = config["method"]
     library, loading = LOADERS[artifact]
     loading = loading.format(out=out, model=config["model"])
@@ -123,7 +117,7 @@ Or: `tunelab chat {chat_args}`
 |---|---|
 {hyper}
 """
-    (Path(folder) / "README.md").write_text(text)
+    RunDir(folder).model_card.write_text(text)
 
 
 def save_final(out: Path, model, tokenizer, method, config, summary: dict) -> tuple[float, float]:
@@ -132,12 +126,12 @@ def save_final(out: Path, model, tokenizer, method, config, summary: dict) -> tu
     Returns its size in MB: all of it (what you ship, tokenizer included) and the weights alone."""
     from ..models import resolve
 
-    tmp = out / ".tmp-final"
+    tmp = RunDir(out).staging
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     method.save(model, tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "tunelab.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    RunDir(tmp).write_config(config.to_dict())
     size_mb = round(sum(f.stat().st_size for f in tmp.iterdir()) / 2**20, 2)
     weights_mb = round(sum(f.stat().st_size for f in tmp.glob("*.safetensors")) / 2**20, 3)
     card_summary = {**summary, "artifact_mb": size_mb, "weights_mb": weights_mb}

@@ -1,67 +1,15 @@
-"""The numerical core of a training step: precision, the token-normalised loss, one optimizer step."""
+"""One optimizer step over micro-batches (the token-normalised mean loss), and the val loss."""
 
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..data.batching import collate
-from ..data.tokenize import IGNORE_INDEX, EncodedExample
-
-
-def pick_precision(choice: str) -> str:
-    """'bf16' (autocast) or 'fp32'. bf16 only where the hardware does it natively (CUDA with bf16, or CPUs
-    with AVX512-BF16/AMX): elsewhere it is emulated and about 10x slower than fp32."""
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "fp32"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    # Our own autocast rather than Accelerator(mixed_precision=...): accelerate keeps that setting in a
-    # process-wide singleton, so a second run with another precision in the same process would fail.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def causal_lm_loss(model, batch: dict, normaliser) -> torch.Tensor:
-    """Summed next-token loss over labelled positions, divided by `normaliser`.
-
-    Logits are computed only at positions that predict a label (`logits_to_keep`): the vocabulary
-    projection and softmax over 49k tokens at every prompt position would cost about a third of the step.
-    """
-    labels = batch["labels"]
-    positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,)
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        logits_to_keep=positions + virtual_tokens(model),
-    ).logits  # (B, P, V)
-    targets = labels[:, positions + 1]  # (B, P)
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return loss / normaliser
-
-
-def virtual_tokens(model) -> int:
-    """Positions a soft prompt prepends to the sequence the model sees (PEFT prompt tuning), else 0."""
-    config = getattr(getattr(model, "module", model), "active_peft_config", None)  # DDP wraps in .module
-    if config is None or not config.is_prompt_learning or config.peft_type == "PREFIX_TUNING":
-        return 0
-    return config.num_virtual_tokens
+from ..data.tokenize import EncodedExample
+from ..ops import autocast
 
 
 def train_step(

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
+from ...inference.generate import chat_prompt_ids
 from ..deps import Owner, Service, ServiceDep
 from ..engine import Generation, Sampling, Target
 from ..errors import ApiError, error_body, internal_error
@@ -175,6 +176,10 @@ async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceD
         {"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
         for i, m in enumerate(request.messages)
     ]
+    if not tokenizer.chat_template:
+        raise ApiError(
+            400, "this model has no chat template; use /v1/completions", param="model", code="invalid_value"
+        )
     ids = chat_prompt_ids(tokenizer, messages)
     requested = request.max_completion_tokens or request.max_tokens
     sampling = sampling_for(
@@ -187,16 +192,6 @@ async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceD
     runs = [(index, ids, choice_seed(sampling, index)) for index in range(request.n)]
     reply = Reply(service, owner, target, "chat.completion", messages, len(ids))
     return await reply.respond(runs, request, client)
-
-
-def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """The conversation as the model was trained to see it: its chat template, ending where it answers."""
-    if not tokenizer.chat_template:
-        raise ApiError(
-            400, "this model has no chat template; use /v1/completions", param="model", code="invalid_value"
-        )
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @router.post("/completions")

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .loading import load_model
+from ..models import load_model
+from ..run_dir import RunDir
+from .generate import generate
 
 
 class MultiAdapterModel:
@@ -33,7 +35,7 @@ class MultiAdapterModel:
 
         if name in self.adapters:
             raise UserError(f"an adapter named '{name}' is already loaded")
-        if not (Path(folder) / "adapter_config.json").is_file():
+        if not RunDir(folder).is_adapter():
             raise UserError(f"{folder} is not an adapter folder")
         if self.peft is None:
             self.peft = PeftModel.from_pretrained(self.base, str(folder), adapter_name=name)
@@ -71,8 +73,6 @@ class MultiAdapterModel:
         return self.peft, (self.peft.disable_adapter() if self.active is None else nullcontext())
 
     def generate(self, conversations: list[list[dict]], **kwargs) -> list[str]:
-        from ..inference import generate
-
         model, context = self.model()
         with context:
             return generate(model, self.tokenizer, conversations, **kwargs)

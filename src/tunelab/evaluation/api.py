@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..inference import load_for_inference
-from ..training.steps import autocast, pick_precision
+from ..ops import autocast, pick_precision
 from . import metrics
 from .runner import (
     EvalConfig,
