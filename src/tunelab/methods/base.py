@@ -27,6 +27,10 @@ class Method:
     artifact: str = "peft"
     # "causal-lm" learns next tokens; "classification" learns one class per example (see head.py).
     task: str = "causal-lm"
+    # Whether `tunelab export` can fold the result into plain weights of the base architecture; when not,
+    # `not_mergeable` says why (the export error shows it).
+    mergeable: bool = True
+    not_mergeable: str = ""
 
     def prepare(self, model, config):
         """Return the model to train, with `requires_grad` set on exactly the parameters to train."""
