@@ -29,14 +29,15 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 class SequenceClassifier(nn.Module):
     """A causal LM's body with a linear head on the last real token's hidden state."""
 
-    def __init__(self, causal_lm, labels: list[str]):
+    def __init__(self, causal_lm, labels: list[str], bias: bool = False):
         super().__init__()
         self.lm = causal_lm
         self.labels = list(labels)
         hidden = causal_lm.config.get_text_config().hidden_size
-        self.classifier = nn.Linear(hidden, len(labels))
+        # No bias, like transformers' own `score` head: the head then exports exactly as an
+        # AutoModelForSequenceClassification. (`bias` only loads heads saved before that.)
+        self.classifier = nn.Linear(hidden, len(labels), bias=bias)
         nn.init.normal_(self.classifier.weight, std=hidden**-0.5)
-        nn.init.zeros_(self.classifier.bias)
 
     @property
     def config(self):
@@ -112,9 +113,10 @@ class ClassificationHead(Method):
 
     def load(self, base_model, folder: Path):
         config = json.loads((Path(folder) / CONFIG_FILE).read_text())
-        model = SequenceClassifier(base_model, config["labels"])
+        weights = load_file(Path(folder) / WEIGHTS_FILE)
+        model = SequenceClassifier(base_model, config["labels"], bias="classifier.bias" in weights)
         model.unfreeze_top = config.get("unfreeze_top", 0)
-        missing, unexpected = model.load_state_dict(load_file(Path(folder) / WEIGHTS_FILE), strict=False)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or any(name.startswith("classifier") for name in missing):
             raise UserError(
                 f"{folder}: head weights do not fit this base model ({(unexpected or missing)[:3]})"
