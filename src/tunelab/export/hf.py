@@ -103,12 +103,12 @@ def save_hf(model, tokenizer, folder: Path, quant: str = "f32") -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
-    generation = model.generation_config
-    eos = generation.eos_token_id if isinstance(generation.eos_token_id, list) else [generation.eos_token_id]
-    generation.eos_token_id = list(
-        dict.fromkeys([tokenizer.eos_token_id, *(i for i in eos if i is not None)])
-    )
-    generation.pad_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)  # a sequence classifier generates nothing
+    if generation is not None:
+        eos = generation.eos_token_id
+        eos = [i for i in (eos if isinstance(eos, list) else [eos]) if i is not None]
+        generation.eos_token_id = list(dict.fromkeys([tokenizer.eos_token_id, *eos]))
+        generation.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
