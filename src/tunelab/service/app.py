@@ -16,7 +16,7 @@ from .engine import Engine
 from .errors import install as install_error_handlers
 from .jobs import validate_job_files
 from .paths import DataDir
-from .routes import completions, dashboard, feedback, files, jobs, models
+from .routes import completions, dashboard, exports, feedback, files, jobs, models
 from .settings import ServiceSettings, owner_of, resolve_api_keys
 from .store import Store, now
 
@@ -100,6 +100,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     def health():
         return {"status": "ok", "worker": app.state.worker.alive}
 
-    for module in (files, jobs, models, completions, feedback, dashboard):
+    for module in (files, jobs, models, exports, completions, feedback, dashboard):
         app.include_router(module.router)
     return app
