@@ -367,7 +367,8 @@ def export_cmd(
     """Ship a tuned model: merged Hugging Face weights, GGUF, a llama.cpp LoRA or an Ollama Modelfile."""
     from .export import ExportConfig, export
 
-    config = ExportConfig(out, model, adapter, format, quant, system, overwrite)
+    config = ExportConfig(out=out, model=model, adapter=adapter, format=format, quant=quant, system=system,
+                          overwrite=overwrite)  # fmt: skip
     with console.status(f"exporting ({format})"):
         result = export(config, log=err_console.print)
     for name, size in result.files.items():

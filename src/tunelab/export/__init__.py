@@ -67,14 +67,15 @@ class ExportResult:
 
 def export(config: ExportConfig, log=print) -> ExportResult:
     out = Path(config.out)
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise ExportError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not config.overwrite:
+        raise ExportError(f"--out {out} exists and is not an empty folder; pass --overwrite to replace it")
     start = time.time()
     source = find_source(config.model, config.adapter)  # refuses unmergeable methods before any loading
     if source.method.task == "classification" and config.format != "hf":
         raise ExportError("a classification head exports as hf only (it has no text to generate)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
     try:
         command = _write(config, source, tmp, out.name, log)
         files = {f.name: round(f.stat().st_size / 2**20, 2) for f in sorted(tmp.iterdir()) if f.is_file()}
