@@ -27,3 +27,7 @@ def test_export_route_gives_a_zip_of_the_export(tmp_path, tiny_llama_dir):
         assert json.loads(archive.read("export.json"))["format"] == "hf"
         again = client.get("/v1/models/tiny/export?format=hf", headers=KEY)  # kept, not made again
         assert again.content == response.content
+
+        client.cookies.set("tunelab_key", "key-one")  # the dashboard's model list links the same downloads
+        assert 'href="/v1/models/tiny/export?format=gguf&amp;quant=q8_0"' in client.get("/").text
+        assert client.get("/v1/models/tiny/export?format=hf").content == response.content

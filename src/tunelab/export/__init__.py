@@ -105,7 +105,7 @@ def _write(config: ExportConfig, source, folder: Path, name: str, log) -> str:
     """Write the export's files into `folder`; returns the command that runs it."""
     if config.format == "gguf-lora":
         return _write_gguf_lora(config, source, folder, name, log)
-    model, tokenizer = merged_model(source, log)
+    model, tokenizer = merged_model(source)
     if config.format == "hf":
         save_hf(model, tokenizer, folder, config.quant)
         write_card(folder, source, "hf", hf_usage(config.out, source))

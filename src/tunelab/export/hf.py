@@ -65,7 +65,7 @@ def find_source(model: str, adapter: str | None) -> Source:
     return Source(model, adapter, method, run)
 
 
-def merged_model(source: Source, log=print):
+def merged_model(source: Source):
     """(model, tokenizer): the adapter folded into the base; a head as a sequence classifier."""
     model, tokenizer = load_for_inference(source.model, source.adapter)
     if source.method.task == "classification":

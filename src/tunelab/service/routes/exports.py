@@ -4,6 +4,7 @@ what `tunelab export` writes). Each export is made once and kept beside the job'
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -14,6 +15,8 @@ from ..deps import Owner, ServiceDep
 from ..errors import ApiError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+# One export at a time: two requests for the same one would write the same files, and each is CPU-bound.
+EXPORT_LOCK = threading.Lock()
 
 
 @router.get("/{model_id}/export")
@@ -25,19 +28,26 @@ def export_model(model_id: str, owner: Owner, service: ServiceDep, format: str =
     base = service.settings.base_models[target.base]
     folder = exports_dir(service, target) / f"{format}-{quant or 'default'}"
     archive = folder.with_suffix(".zip")
-    if not archive.is_file():
-        try:
-            config = ExportConfig(str(folder), base, str(target.adapter) if target.adapter else None, format,
-                                  quant or None, overwrite=True)  # fmt: skip
-            export(config, log=lambda *_: None)
-        except ExportError as err:
-            raise ApiError(400, str(err), param="format", code="export_not_possible") from err
-        # Zipped beside the folder and renamed: a half-written archive is never served.
-        partial = shutil.make_archive(str(folder) + ".partial", "zip", folder)
-        Path(partial).rename(archive)
-        shutil.rmtree(folder)
+    with EXPORT_LOCK:
+        if not archive.is_file():
+            make_archive(folder, archive, base, target, format, quant)
     filename = f"{model_id.replace(':', '_')}-{format}-{quant or 'default'}.zip"
     return FileResponse(archive, media_type="application/zip", filename=filename)
+
+
+def make_archive(folder: Path, archive: Path, base: str, target, format: str, quant: str) -> None:
+    """`tunelab export` into `folder`, then zipped beside it and renamed: no half archive is served."""
+    adapter = str(target.adapter) if target.adapter else None
+    try:
+        config = ExportConfig(out=str(folder), model=base, adapter=adapter, format=format,
+                              quant=quant or None, overwrite=True)  # fmt: skip
+        export(config, log=lambda *_: None)
+    except ExportError as err:
+        param = "quant" if str(err).startswith("--quant") else "format"
+        raise ApiError(400, str(err), param=param, code="export_not_possible") from err
+    partial = shutil.make_archive(str(folder) + ".partial", "zip", folder)
+    Path(partial).rename(archive)
+    shutil.rmtree(folder)
 
 
 def exports_dir(service, target) -> Path:
