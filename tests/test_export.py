@@ -228,3 +228,12 @@ def test_llama_cpp_answers_like_the_adapter(smol_base, smol_lora, tmp_path):
         for c in conversations
     ]
     assert [g.strip() for g in got] == expected
+
+
+def test_k_quants_without_llama_quantize_say_how_to_get_it(tiny_llama_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no llama-quantize anywhere
+    monkeypatch.delenv("TUNELAB_LLAMA_QUANTIZE", raising=False)
+    result = runner.invoke(app, ["export", "--model", str(tiny_llama_dir), "--format", "gguf",
+                                 "--quant", "q4_k_m", "--out", str(tmp_path / "q")])  # fmt: skip
+    assert result.exit_code == 1 and "llama-quantize" in result.output and "q8_0" in result.output
+    assert not (tmp_path / "q").exists()

@@ -19,7 +19,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .hf import DTYPES, find_source, hf_usage, merged_model, save_hf, write_card
-from .llama_cpp import CONVERTER_QUANTS, QUANTIZE_QUANTS, ExportError, hf_to_gguf, lora_to_gguf
+from .llama_cpp import (
+    CONVERTER_QUANTS,
+    QUANTIZE_QUANTS,
+    ExportError,
+    hf_to_gguf,
+    lora_to_gguf,
+    quantize_tool,
+)
 from .ollama import chat_shape, go_template, modelfile, stop_tokens
 
 FORMATS = ("hf", "gguf", "gguf-lora", "ollama")
@@ -73,6 +80,8 @@ def export(config: ExportConfig, log=print) -> ExportResult:
     source = find_source(config.model, config.adapter)  # refuses unmergeable methods before any loading
     if source.method.task == "classification" and config.format != "hf":
         raise ExportError("a classification head exports as hf only (it has no text to generate)")
+    if config.quant in QUANTIZE_QUANTS:
+        quantize_tool(config.quant)  # a missing llama-quantize is said now, not after the conversion
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
