@@ -34,7 +34,7 @@ def main() -> None:
     conversations = [e.messages for e in test]
 
     tuned, tokenizer = load_for_inference("default", str(adapter))
-    reference = generate(tuned, tokenizer, conversations, max_new_tokens=40)
+    reference = generate(tuned, tokenizer, conversations, max_new_tokens=40, batch_size=50)
     print(f"adapter: exact match {exact_match(reference, test):.1%}")
 
     hf = export(ExportConfig(out=str(out / "hf"), adapter=str(adapter), overwrite=True))
@@ -52,7 +52,7 @@ def main() -> None:
         name = next(f for f in result.files if f.endswith(".gguf"))
         start = time.time()
         back = AutoModelForCausalLM.from_pretrained(result.out, gguf_file=name, dtype=torch.float32)
-        answers = generate(back, tokenizer, conversations, max_new_tokens=40)
+        answers = generate(back, tokenizer, conversations, max_new_tokens=40, batch_size=50)
         same = sum(a == r for a, r in zip(answers, reference, strict=True))
         print(
             f"gguf {quant}: {same}/{len(test)} answers identical to the adapter's; exact match "
