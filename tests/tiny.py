@@ -44,12 +44,13 @@ def make_tokenizer():
     return fast
 
 
-def make_model_dir(folder: Path, arch: str = "llama") -> Path:
-    """Save a randomly initialised 2-layer model of a real architecture with the tiny tokenizer."""
+def make_model_dir(folder: Path, arch: str = "llama", tokenizer=None) -> Path:
+    """Save a randomly initialised 2-layer model of a real architecture with the tiny tokenizer (or the
+    one given: llama.cpp's converter only knows real tokenizers, such as the embedded model's)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = make_tokenizer()
+    tokenizer = tokenizer or make_tokenizer()
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=32,

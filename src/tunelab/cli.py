@@ -298,6 +298,34 @@ def demo(
         raise typer.Exit(1)
 
 
+@app.command("export")
+@user_errors
+def export_cmd(
+    out: Annotated[str, typer.Option(help="folder to create (written in full, or not at all)")],
+    model: ModelOpt = "default",
+    adapter: AdapterOpt = None,
+    format: Annotated[str, typer.Option(help="hf, gguf, gguf-lora or ollama")] = "hf",
+    quant: Annotated[
+        str | None, typer.Option(help="f32, f16, bf16, q8_0 or a k-quant (q4_k_m, ...: needs llama-quantize)")
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="ollama: the Modelfile's SYSTEM prompt")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
+):
+    """Ship a tuned model: merged Hugging Face weights, GGUF, a llama.cpp LoRA or an Ollama Modelfile."""
+    from .export import ExportConfig, export
+
+    config = ExportConfig(out=out, model=model, adapter=adapter, format=format, quant=quant, system=system,
+                          overwrite=overwrite)  # fmt: skip
+    with console.status(f"exporting ({format})"):
+        result = export(config, log=err_console.print)
+    for name, size in result.files.items():
+        console.print(f"  {name}  {size} MB")
+    console.print(
+        f"Exported {result.method} as {result.format} ({result.quant}) in {result.seconds} s to {out}"
+    )
+    console.print(f"  {result.command}")
+
+
 @app.command()
 def methods():
     """List the tuning methods."""

@@ -156,6 +156,8 @@ class BottleneckAdapter(Method):
     default_lr = 5e-4
     artifact = "tunelab"
     summary = "small residual bottleneck MLPs after attention and/or MLP; base frozen, tiny artefact"
+    mergeable = False
+    not_mergeable = "its bottleneck MLPs are extra layers that the base architecture does not have"
 
     def prepare(self, model, config):
         model.requires_grad_(False)

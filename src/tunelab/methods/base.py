@@ -31,8 +31,10 @@ class Method:
     # "causal-lm" learns next tokens; "classification" learns one class per example with a new head
     # (see head.py), so its model predicts labels and does not generate.
     task: str = "causal-lm"
-    # Its trained weights can be folded into the base model's own (PEFT's merge_and_unload).
-    mergeable: bool = False
+    # Whether `tunelab export` can fold the result into plain weights of the base architecture; when not,
+    # `not_mergeable` says why (the export error shows it).
+    mergeable: bool = True
+    not_mergeable: str = ""
     # The service can serve it: a PEFT adapter switched on the shared base model at request time.
     servable: bool = False
 

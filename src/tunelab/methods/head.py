@@ -26,14 +26,15 @@ from .base import Method, register
 class SequenceClassifier(nn.Module):
     """A causal LM's body with a linear head on the last real token's hidden state."""
 
-    def __init__(self, causal_lm, labels: list[str]):
+    def __init__(self, causal_lm, labels: list[str], bias: bool = False):
         super().__init__()
         self.lm = causal_lm
         self.labels = list(labels)
         hidden = causal_lm.config.get_text_config().hidden_size
-        self.classifier = nn.Linear(hidden, len(labels))
+        # No bias, like transformers' own `score` head: the head then exports exactly as an
+        # AutoModelForSequenceClassification. (`bias` only loads heads saved before that.)
+        self.classifier = nn.Linear(hidden, len(labels), bias=bias)
         nn.init.normal_(self.classifier.weight, std=hidden**-0.5)
-        nn.init.zeros_(self.classifier.bias)
 
     @property
     def config(self):
@@ -107,10 +108,12 @@ class ClassificationHead(Method):
         save_file(weights, RunDir(out_dir).adapter_weights)
 
     def load(self, base_model, folder: Path):
-        config = RunDir(folder).read_adapter_config()
-        model = SequenceClassifier(base_model, config["labels"])
+        run = RunDir(folder)
+        config = run.read_adapter_config()
+        weights = load_file(run.adapter_weights)
+        model = SequenceClassifier(base_model, config["labels"], bias="classifier.bias" in weights)
         model.unfreeze_top = config.get("unfreeze_top", 0)
-        missing, unexpected = model.load_state_dict(load_file(RunDir(folder).adapter_weights), strict=False)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or any(name.startswith("classifier") for name in missing):
             raise UserError(
                 f"{folder}: head weights do not fit this base model ({(unexpected or missing)[:3]})"

@@ -15,6 +15,8 @@ class PrefixTuning(Method):
     name = "prefix-tuning"
     default_lr = 1e-2  # PEFT's prefix tuning guide; no reparameterisation MLP, so no need for less
     summary = "trains key/value prefixes in every attention layer; small artefact"
+    mergeable = False
+    not_mergeable = "its prefixes are extra keys and values in every layer's cache, not changed weights"
 
     def prepare(self, model, config):
         if config.gradient_checkpointing:

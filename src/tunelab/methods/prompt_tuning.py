@@ -14,6 +14,8 @@ class PromptTuning(Method):
     name = "prompt-tuning"
     default_lr = 3e-2  # PEFT's causal-LM prompt tuning guide; a soft prompt needs large steps
     summary = "trains only a soft prompt of virtual tokens; tiny artefact, weaker on small models"
+    mergeable = False
+    not_mergeable = "its soft prompt is extra input embeddings, not a change to any weight"
 
     def prepare(self, model, config):
         if config.prompt_init:

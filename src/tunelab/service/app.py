@@ -18,7 +18,7 @@ from .errors import log
 from .jobs import validate_job_files
 from .paths import DataDir, open_private
 from .quotas import Quotas
-from .routes import completions, dashboard, feedback, files, jobs, models
+from .routes import completions, dashboard, exports, feedback, files, jobs, models
 from .security import SecurityHeaders, reject_lone_surrogates
 from .settings import ServiceSettings, owner_of, resolve_api_keys
 from .store import Store, now
@@ -126,6 +126,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     def health():
         return {"status": "ok", "worker": app.state.worker.alive}
 
-    for module in (files, jobs, models, completions, feedback, dashboard):
+    for module in (files, jobs, models, exports, completions, feedback, dashboard):
         app.include_router(module.router)
     return app
