@@ -42,8 +42,8 @@ def test_replanning_takes_effect_at_the_next_step():
 
 def test_time_budget_plans_from_the_measured_time_per_step():
     budget = TimeBudget(seconds=10, cap=1000)
-    assert budget.plan(1, 3.0) == 1000  # the first step timed (slow, after the baseline) sets the origin
-    assert budget.plan(5, 5.0) == 5 + 10  # 0.5 s a step since, 5 s left
+    assert budget.plan(1, 3.0) == 1 + 2  # the first step alone (slow): 3 s a step, 7 s left
+    assert budget.plan(5, 5.0) == 5 + 10  # 0.5 s a step since that first one, 5 s left
     assert budget.plan(18, 10.2) == 18  # over time: end now
     assert TimeBudget(seconds=1e6, cap=30).plan(5, 1.0) == 30  # the epochs still cap it
 
@@ -81,3 +81,17 @@ def test_a_minutes_budget_ends_with_its_schedule_complete(tiny_llama_dir, tmp_pa
 def test_val_files_and_a_val_split_together_are_refused():
     with pytest.raises(ValueError, match="val_split"):
         TrainConfig(val=["v.jsonl"], val_split=0.1)
+
+
+def test_a_budget_of_a_few_slow_steps_still_reaches_the_peak(tiny_llama_dir, tmp_path, monkeypatch):
+    """Three steps fit: the first runs before anything is timed, so warmup is one step and the second
+    runs at the peak (a loaded machine once gave LoRA 3 steps that never got past a quarter of it)."""
+    clock = FakeClock()
+    clock.ticks = itertools.chain([0.0], itertools.repeat(70.0))  # no val set: no baseline
+    monkeypatch.setattr(loop, "time", clock)
+    data = write_jsonl(tmp_path / "copy.jsonl", copy_task_rows(48))
+    config = TrainConfig(model=str(tiny_llama_dir), data=str(data), out=str(tmp_path / "run"),
+                         max_minutes=4, epochs=100, lr=1e-3, batch_size=8)  # fmt: skip
+    summary = train(config).summary
+    assert summary["steps"] == summary["planned_steps"] == 3
+    assert summary["max_lr_reached"] == pytest.approx(1e-3)

@@ -32,7 +32,7 @@ from .config import ConfigError, TrainConfig
 from .datasets import load_tasks
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
-from .schedule import LRPlan, TimeBudget, lr_scheduler
+from .schedule import LRPlan, TimeBudget, apply_plan, lr_scheduler
 from .steps import evaluate_loss, train_step
 
 
@@ -151,7 +151,7 @@ class Trainer:
         self.budget = None
         if config.max_minutes and not config.max_steps:
             self.budget = TimeBudget(60 * config.max_minutes, cap=total_steps)
-        self.plan = LRPlan(config.scheduler, config.warmup, total_steps)
+        self.plan = LRPlan(config.scheduler, config.warmup, total_steps, min_warmup=1 if self.budget else 0)
         self.trainable = sum(p.numel() for _, p in self.method.optimizer_params(model))
         self.total_params = sum(p.numel() for p in model.parameters())
         optimizer, self.scheduler = self._optimizer(model)
@@ -251,6 +251,7 @@ class Trainer:
         state.max_lr_factor = max(state.max_lr_factor, lr_factor)
         if self.budget:
             self.plan.total_steps = self.budget.plan(state.step, self._train_s())
+            apply_plan(self.scheduler)
         state.planned_steps = self.plan.total_steps
         rate = state.tokens_seen / max(self._train_s(), 1e-9)
         self.progress.update(state.step, loss, rate, total=self.plan.total_steps)

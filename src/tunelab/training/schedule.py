@@ -18,9 +18,11 @@ class LRPlan:
     kind: str  # cosine | linear | constant
     warmup: float  # a fraction of the total if < 1, else steps
     total_steps: int
+    min_warmup: int = 0  # a time budget needs 1: its first step runs before the total is known
 
     def warmup_steps(self) -> int:
-        return int(self.warmup * self.total_steps) if self.warmup < 1 else int(self.warmup)
+        steps = int(self.warmup * self.total_steps) if self.warmup < 1 else int(self.warmup)
+        return max(self.min_warmup, steps)
 
     def factor(self, step: int) -> float:
         """Multiplier of the peak learning rate for the optimizer step that follows `step` done steps."""
@@ -40,15 +42,24 @@ def lr_scheduler(optimizer, plan: LRPlan) -> LambdaLR:
     return LambdaLR(optimizer, plan.factor)
 
 
+def apply_plan(scheduler: LambdaLR) -> None:
+    """Set the learning rates of the step about to run from the plan as it is now: the scheduler computed
+    them at the end of the last step, before the plan was re-made."""
+    for group, base, factor in zip(
+        scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * factor(scheduler.last_epoch)
+
+
 @dataclass
 class TimeBudget:
     """Plans the total steps of a run that must end after `seconds` of training.
 
     Times are training seconds (the baseline evaluation is not in the budget). The time per step is the
-    mean over the steps since the first one timed in this process: that first step only sets the origin,
-    since it carries one-off costs (lazy initialisation, allocator warm-up). Periodic evaluations are
-    counted in. The total is re-planned after each step and never exceeds `cap` (the steps the run's
-    epochs allow).
+    mean over the steps since the first one timed in this process, which carries one-off costs (lazy
+    initialisation, allocator warm-up); after that first step alone, the mean over all steps so far.
+    Periodic evaluations are counted in. The total is re-planned after each step and never exceeds `cap`
+    (the steps the run's epochs allow).
     """
 
     seconds: float
@@ -56,10 +67,13 @@ class TimeBudget:
     origin: tuple[int, float] | None = None  # (step, elapsed seconds) where timing began
 
     def plan(self, step: int, elapsed_s: float) -> int:
-        if self.origin is None or step <= self.origin[0]:
-            self.origin = self.origin or (step, elapsed_s)
+        if self.origin is None:  # until a second step is timed: the mean over every step so far
+            self.origin = (step, elapsed_s)
+            origin_step, origin_s = 0, 0.0
+        else:
+            origin_step, origin_s = self.origin
+        if step <= origin_step:
             return self.cap
-        origin_step, origin_s = self.origin
         per_step = (elapsed_s - origin_s) / (step - origin_step)
         fits = int((self.seconds - elapsed_s) // per_step) if per_step > 0 else self.cap
         return max(step, min(self.cap, step + fits))
