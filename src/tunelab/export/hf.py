@@ -115,7 +115,7 @@ def save_hf(model, tokenizer, folder: Path, quant: str = "f32") -> None:
 
 
 def write_card(folder: Path, source: Source, fmt: str, use: str) -> None:
-    """README.md: where the export comes from and how to use it."""
+    """The model card (the folder's README): where the export comes from and how to use it."""
     base = source.run.get("model", source.model)
     run = json.dumps(source.run, indent=2, default=str) if source.run else "(no run config)"
     text = f"""---
@@ -136,7 +136,7 @@ Exported by `tunelab export --format {fmt}` from a **{source.method.name}** run 
 {run}
 ```
 """
-    (folder / "README.md").write_text(text)
+    RunDir(folder).model_card.write_text(text)
 
 
 def hf_usage(folder: str, source: Source) -> str:
