@@ -19,9 +19,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from tunelab.evaluation.evaluate import evaluate
 
-from tunelab.evaluation import EvalConfig
+from tunelab.evaluation import EvalConfig, evaluate
 from tunelab.evaluation.benchmarks import read_split, stratified_sample
 from tunelab.models.loading import materialize, resolve
 
