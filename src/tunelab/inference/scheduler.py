@@ -287,7 +287,7 @@ def sample(logits: torch.Tensor, request: SequenceRequest, generator: torch.Gene
 
 
 def left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, heads, T, head_dim) -> (B, heads, width, head_dim), zeros first (masked out by the batch's mask)."""
+    """(B, heads, T, head_dim) -> (B, heads, width, head_dim), zeros first (the batch mask hides them)."""
     missing = width - states.shape[2]
     if missing == 0:
         return states

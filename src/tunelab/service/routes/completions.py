@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import suppress
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from typing import Literal
 
 from fastapi import APIRouter, Request
