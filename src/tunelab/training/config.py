@@ -50,6 +50,12 @@ class TrainConfig:
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: the method's)"})
     batch_size: int = field(default=8, metadata={"help": "examples per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    batch_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "cut each batch into pieces of at most this many padded tokens: less memory, same step"
+        },
+    )
     max_length: int = field(default=1024, metadata={"help": "tokens per example; longer ones are truncated"})
     warmup: float = field(
         default=0.05, metadata={"help": "warmup: a fraction of the steps if < 1, else steps"}
@@ -133,7 +139,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_length", "keep_checkpoints", "log_every", "lora_r"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("max_steps", "eval_every", "save_every", "patience"):
+        for name in ("max_steps", "eval_every", "save_every", "patience", "batch_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1 when set (got {value})")

@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 
-from ..data.batching import collate, epoch_batches
+from ..data.batching import collate, epoch_batches, split_by_tokens
 from ..data.mixture import epoch_indices, mixing_weights
 from ..data.tokenize import EncodedExample
 from ..errors import UserError
@@ -233,6 +233,10 @@ class Trainer:
         state, pad_id = self.state, self.tokenizer.pad_token_id
         self.method.on_step(self.unwrapped, state.step, self.plan.total_steps)
         lr_factor = self.plan.factor(state.step)  # what the scheduler set for this step
+        if self.config.batch_tokens:
+            group = [
+                m for batch in group for m in split_by_tokens(batch, self.lengths, self.config.batch_tokens)
+            ]
         micro = [collate([self.train_items[i] for i in batch], pad_id) for batch in group]
         loss, grad_norm, tokens = train_step(
             self.model, micro, self.optimizer, self.scheduler, self.accelerator, self.config, self.precision,
