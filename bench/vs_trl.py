@@ -33,7 +33,8 @@ from trl import SFTConfig, SFTTrainer
 
 model_dir, data, out, r, alpha, batch, max_length, lr = sys.argv[1:9]
 rows = [json.loads(line) for line in open(data)]
-dataset = Dataset.from_list([{"prompt": row["messages"][:-1], "completion": row["messages"][-1:]} for row in rows])
+pairs = [{"prompt": row["messages"][:-1], "completion": row["messages"][-1:]} for row in rows]
+dataset = Dataset.from_list(pairs)
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 config = SFTConfig(
@@ -63,9 +64,9 @@ from tunelab.run_dir import RunDir
 from tunelab.training import TrainConfig, train
 
 data, out, r, alpha, batch, max_length, lr = sys.argv[1:8]
-config = TrainConfig(model="default", data=data, out=out, method="lora", lora_r=int(r), lora_alpha=int(alpha),
-                     batch_size=int(batch), max_length=int(max_length), lr=float(lr), epochs=1, precision="fp32",
-                     scheduler="cosine", warmup=0.05, seed=0)
+config = TrainConfig(model="default", data=data, out=out, method="lora", lora_r=int(r),
+                     lora_alpha=int(alpha), batch_size=int(batch), max_length=int(max_length), lr=float(lr),
+                     epochs=1, precision="fp32", scheduler="cosine", warmup=0.05, seed=0)
 summary = train(config).summary
 losses = [m["loss"] for m in RunDir(out).read_metrics() if m.get("kind") == "train"]
 print(json.dumps({"tokens_per_s": summary["tokens_per_s"], "seconds": summary["wall_time_s"],
