@@ -78,3 +78,25 @@ def test_token_budget_micro_batches_give_the_same_step_as_example_counts(tiny_ll
         method.loss(model, collate([items[i] for i in m], tokenizer.pad_token_id), n_targets) for m in micro
     ]
     assert sum(p.item() for p in pieces) == pytest.approx(one.item(), abs=1e-6)
+
+
+def test_dry_run_predicts_and_a_memory_budget_cuts_batches_to_fit(tiny_llama_dir, tmp_path):
+    from conftest import copy_task_rows, write_jsonl
+    from tunelab.training import TrainConfig, train
+    from tunelab.training.config import ConfigError
+
+    data = write_jsonl(tmp_path / "train.jsonl", copy_task_rows(16))
+    base = dict(model=str(tiny_llama_dir), data=str(data), max_steps=2, batch_size=8)
+    dry = train(TrainConfig(**base, out=str(tmp_path / "dry"), dry_run=True)).summary
+    assert not (tmp_path / "dry").exists()  # a dry run writes nothing
+    assert dry["predicted_peak_mb"] > dry["fixed_mb"] > 0 and dry["activation_mb_per_token"] > 0
+    assert dry["largest_micro_batch"].startswith("8 x ")
+
+    fixed_gib = dry["fixed_mb"] / 1024
+    fitted = TrainConfig(
+        **base, out=str(tmp_path / "fit"), memory_budget=f"{fixed_gib + 0.2:.3f}GiB", dry_run=True
+    )
+    tight = train(fitted).summary
+    assert fitted.batch_tokens and tight["predicted_peak_mb"] <= (fixed_gib + 0.2) * 1024
+    with pytest.raises(ConfigError, match="memory_budget 1MB is below"):
+        train(TrainConfig(**base, out=str(tmp_path / "no"), memory_budget="1MB"))

@@ -116,6 +116,15 @@ class TrainConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "trade compute for activation memory"}
     )
+    memory_budget: str | None = field(
+        default=None,
+        metadata={
+            "help": "peak memory to stay under, e.g. 4GB: sets batch_tokens (and checkpointing if needed)"
+        },
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "print the predicted peak memory and speed, then stop"}
+    )
     log_every: int = field(default=1, metadata={"help": "write train metrics every N steps"})
 
     def __post_init__(self):
