@@ -30,7 +30,7 @@ from ..run_dir import RunDir
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
 from .datasets import load_tasks
-from .memory import MemoryModel, batch_tokens_for, measure, parse_bytes
+from .memory import MemoryModel, batch_tokens_for, measure, parse_bytes, resident_rss
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
 from .schedule import LRPlan, TimeBudget, apply_plan, lr_scheduler
@@ -174,7 +174,8 @@ class Trainer:
         trainable = sum(p.numel() for _, p in self.method.optimizer_params(model))
         vocab = model.get_output_embeddings().weight.shape[0]
         device = next(model.parameters()).device
-        memory = measure(model, self.method, trainable, vocab, device, self.precision)
+        rss = resident_rss(model, device)
+        memory = measure(model, self.method, trainable, vocab, device, self.precision, rss)
         if not config.memory_budget:
             return memory
         budget = parse_bytes(config.memory_budget)
@@ -182,7 +183,7 @@ class Trainer:
         if tokens is None and not config.gradient_checkpointing:
             enable_checkpointing(model)
             config.gradient_checkpointing = True
-            memory = measure(model, self.method, trainable, vocab, device, self.precision)
+            memory = measure(model, self.method, trainable, vocab, device, self.precision, rss)
             tokens = batch_tokens_for(memory, budget, longest, config.batch_size)
         if tokens is None:
             need = memory.peak(1, longest) / 2**30

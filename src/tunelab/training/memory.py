@@ -52,17 +52,34 @@ class MemoryModel:
         return int((budget - self.fixed - self.head) // max(self.activations(1, length), 1))
 
 
-def measure(model, method, trainable: int, vocab: int, device, precision: str) -> MemoryModel:
-    """Probe the model as the run will train it (same method, dtype, checkpointing)."""
-    saved = [_saved_bytes(model, method, length, device, precision) for length in PROBE_LENGTHS]
-    (t1, t2, t3), (s1, s2, s3) = PROBE_LENGTHS, saved
+def measure(model, method, trainable: int, vocab: int, device, precision: str, rss: float) -> MemoryModel:
+    """Probe the model as the run will train it (same method, dtype, checkpointing). `rss`: the process's
+    memory before any probe (`current_rss()`), the fixed part, as probes leave freed memory behind."""
+    fixed = rss + trainable * (4 + ADAM_BYTES)  # + gradients and AdamW's moments
+    model.train()  # as the run trains it: dropout keeps its masks, checkpointing acts only in training
+    per_row = _per_row(model, method, device, precision)
+    if checkpointed(model):
+        # The backward pass recomputes one block at a time: one block's full activations on top.
+        model.gradient_checkpointing_disable()
+        b, c = _per_row(model, method, device, precision)
+        model.gradient_checkpointing_enable()
+        layers = model.config.num_hidden_layers
+        per_row = (per_row[0] + b / layers, per_row[1] + c / layers)
+    head = 3 * LOSS_CHUNK * vocab * 4
+    return MemoryModel(fixed, per_row, head, _seconds_per_token(model, method, device, precision))
+
+
+def checkpointed(model) -> bool:
+    return bool(getattr(model, "is_activation_checkpointing", False))
+
+
+def _per_row(model, method, device, precision: str) -> tuple[float, float]:
+    """(b, c) of the bytes one row of T tokens keeps for the backward pass: b*T + c*T^2."""
+    (t1, t2, t3) = PROBE_LENGTHS
+    s1, s2, s3 = (_saved_bytes(model, method, length, device, precision) for length in PROBE_LENGTHS)
     c = ((s3 - s2) / (t3 - t2) - (s2 - s1) / (t2 - t1)) / (t3 - t1)  # second divided difference
     b = (s2 - s1) / (t2 - t1) - c * (t1 + t2)
-    c, b = max(c, 0.0), max(b, 0.0)
-    grads = trainable * (4 + ADAM_BYTES)
-    fixed = current_rss() + grads
-    head = 3 * LOSS_CHUNK * vocab * 4
-    return MemoryModel(fixed, (b, c), head, _seconds_per_token(model, method, device, precision))
+    return max(b, 0.0), max(c, 0.0)
 
 
 def _probe_batch(length: int, device) -> dict:
@@ -89,15 +106,24 @@ def _saved_bytes(model, method, length: int, device, precision: str) -> float:
 
 
 def _seconds_per_token(model, method, device, precision: str) -> float:
-    """One forward and backward of a 256-token row, timed (the gradients are thrown away)."""
+    """Forward and backward of a 256-token row, timed after one warm-up (gradients thrown away)."""
     batch = _probe_batch(PROBE_LENGTHS[-1], device)
-    start = time.perf_counter()
-    with autocast(device, precision):
-        loss = method.loss(model, batch, 1)
-    loss.backward()
-    seconds = time.perf_counter() - start
+    for _ in range(2):
+        start = time.perf_counter()
+        with autocast(device, precision):
+            loss = method.loss(model, batch, 1)
+        loss.backward()
+        seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     return seconds / PROBE_LENGTHS[-1]
+
+
+def resident_rss(model, device) -> float:
+    """The process's memory with every weight resident: loaded weights may be mapped from their file and
+    not yet read, so one short forward pass touches them first."""
+    with torch.no_grad():
+        model(input_ids=torch.ones(1, 4, dtype=torch.long, device=device))
+    return current_rss()
 
 
 def current_rss() -> float:
