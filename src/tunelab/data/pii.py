@@ -23,9 +23,10 @@ KINDS = ("EMAIL", "URL", "IBAN", "CREDIT_CARD", "IP_ADDRESS", "PHONE", "PERSON",
 EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"'`]+", re.IGNORECASE)
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-CARD = re.compile(r"(?<![\d.-])(?:\d[ -]?){12,18}\d(?![\d.-])")
-# Not after a letter or "v": "v1.2.3.4" and "build 1.2.3.4" style versions are not addresses.
-IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
+# Digits may end a sentence ("... 1111."), but not go on as a longer number or version ("1111.5").
+CARD = re.compile(r"(?<![\d-])(?<!\d\.)(?:\d[ -]?){12,18}\d(?![\d-])(?!\.\d)")
+# Not after a letter or "v": "v1.2.3.4" style versions are not addresses.
+IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 
 
@@ -61,6 +62,8 @@ def _card(match: re.Match) -> bool:
 
 
 def _ip(match: re.Match) -> bool:
+    if sum(c in "0123456789abcdefABCDEF" for c in match.group()) < 2:
+        return False  # "::" alone is an address, but in text it is Haskell or C++ punctuation
     try:
         ipaddress.ip_address(match.group())
     except ValueError:
