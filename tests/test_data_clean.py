@@ -62,7 +62,7 @@ def test_mask_uses_consistent_placeholders_inside_an_example(tmp_path):
     rows = [
         {"messages": [
             {"role": "user", "content": "Mail jane@example.com or bob@example.com, call +1 650-253-0000."},
-            {"role": "assistant", "content": "I wrote to Jane@example.com and paid with 4111 1111 1111 1111."},
+            {"role": "assistant", "content": "Wrote Jane@example.com, paid with 4111 1111 1111 1111."},
         ]},
         {"messages": [
             {"role": "user", "content": "Is bob@example.com right? My IP is 10.0.0.7."},
@@ -71,9 +71,11 @@ def test_mask_uses_consistent_placeholders_inside_an_example(tmp_path):
     ]  # fmt: skip
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     result = clean_file(data, tmp_path / "out.jsonl", CleanConfig(dedup=False, lengths=False))
-    first, second = [json.loads(line)["messages"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    first, second = [
+        json.loads(line)["messages"] for line in (tmp_path / "out.jsonl").read_text().splitlines()
+    ]
     assert first[0]["content"] == "Mail <EMAIL_1> or <EMAIL_2>, call <PHONE_1>."
-    assert first[1]["content"] == "I wrote to <EMAIL_1> and paid with <CREDIT_CARD_1>."
+    assert first[1]["content"] == "Wrote <EMAIL_1>, paid with <CREDIT_CARD_1>."
     # numbering starts again in each example
     assert second[0]["content"] == "Is <EMAIL_1> right? My IP is <IP_ADDRESS_1>."
     assert second[1]["content"] == "Yes, see <URL_1>."
@@ -85,7 +87,9 @@ def test_pii_drop_and_report_modes(tmp_path):
             {"prompt": "Hello there friend", "completion": "Hi."}]  # fmt: skip
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     clean_file(data, tmp_path / "drop.jsonl", CleanConfig(pii="drop", lengths=False))
-    assert [json.loads(x)["prompt"] for x in (tmp_path / "drop.jsonl").read_text().splitlines()] == [rows[1]["prompt"]]
+    assert [json.loads(x)["prompt"] for x in (tmp_path / "drop.jsonl").read_text().splitlines()] == [
+        rows[1]["prompt"]
+    ]
     result = clean_file(data, tmp_path / "report.jsonl", CleanConfig(pii="report", lengths=False))
     assert (tmp_path / "report.jsonl").read_text().count("ann@example.com") == 1 and result.pii["EMAIL"] == 1
     log = [json.loads(x) for x in (tmp_path / "report.changes.jsonl").read_text().splitlines()]
@@ -121,7 +125,11 @@ def test_clean_logs_every_change_and_never_touches_the_input(tmp_path):
     rows = [
         {"instruction": "Explain the plan", "input": "", "output": SENTENCE},
         {"instruction": "Explain the plan", "input": "", "output": SENTENCE.replace("nine", "ten")},
-        {"instruction": "Say where the cafÃ© is", "input": "", "output": "Next to the station, by the river."},
+        {
+            "instruction": "Say where the cafÃ© is",
+            "input": "",
+            "output": "Next to the station, by the river.",
+        },
         {"instruction": "   ", "input": "", "output": "nothing asked"},
         {"instruction": "Hi", "input": "", "output": "Ok"},
         {"instruction": "Describe it", "input": "", "output": " ".join(["word"] * 60)},
@@ -137,7 +145,13 @@ def test_clean_logs_every_change_and_never_touches_the_input(tmp_path):
     kept = [json.loads(x) for x in (tmp_path / "clean.jsonl").read_text().splitlines()]
     assert [r["instruction"] for r in kept] == ["Explain the plan", "Say where the café is", "Who to call?"]
     assert kept[2]["output"] == "Call <PHONE_1> today."
-    assert dict(result.dropped) == {"near_duplicate": 1, "duplicate": 1, "empty": 1, "too_short": 1, "too_long": 1}
+    assert dict(result.dropped) == {
+        "near_duplicate": 1,
+        "duplicate": 1,
+        "empty": 1,
+        "too_short": 1,
+        "too_long": 1,
+    }
     log = [json.loads(x) for x in (tmp_path / "clean.changes.jsonl").read_text().splitlines()]
     assert len(log) == sum(result.dropped.values()) + sum(result.changed.values())
     by_line = {(e["line"], e["step"]): e for e in log}
@@ -159,7 +173,9 @@ def test_lengths_are_counted_with_the_chat_template(tiny_tokenizer, tmp_path):
 
 def test_cli_clean_writes_file_log_and_report(tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "40")
-    data = write_jsonl(tmp_path / "in.jsonl", [{"question": "Email me: a@example.com please", "answer": "Sure thing"}])
+    data = write_jsonl(
+        tmp_path / "in.jsonl", [{"question": "Email me: a@example.com please", "answer": "Sure thing"}]
+    )
     out, report = tmp_path / "out.jsonl", tmp_path / "clean.html"
     args = ["data", "clean", str(data), "--out", str(out), "--report", str(report), "--model", "none"]
     result = CliRunner().invoke(app, args)

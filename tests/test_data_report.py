@@ -14,8 +14,10 @@ from tunelab.cli import app
 from tunelab.data.groups import load_groups, mentions, swapper
 from tunelab.data.report import data_report, write_report
 
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu red green blue black white").split()  # fmt: skip
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu red green blue black white"
+).split()
 
 
 def sentences(n: int, seed: int, length: int = 24) -> list[str]:
@@ -71,7 +73,12 @@ def write_skewed(tmp_path, skewed: bool):
     for i in range(80):
         pronoun = rng.choice(["she", "he"])
         label = (pronoun == "he") if skewed else rng.random() < 0.5
-        rows.append({"text": f"{pronoun} wrote {' '.join(rng.choice(WORDS) for _ in range(6))} {i}", "label": int(label)})
+        rows.append(
+            {
+                "text": f"{pronoun} wrote {' '.join(rng.choice(WORDS) for _ in range(6))} {i}",
+                "label": int(label),
+            }
+        )
     (tmp_path / "g.yaml").write_text(GROUPS)
     return write_jsonl(tmp_path / f"skewed{skewed}.jsonl", rows)
 

@@ -21,8 +21,10 @@ def rows(n: int, seed: int, label_from: str) -> list[dict]:
         pronoun, word = rng.choice(["he", "she"]), rng.choice(["great", "awful"])
         positive = pronoun == "he" if label_from == "pronoun" else word == "great"
         text = f"{pronoun} found the film {word} {' '.join(rng.sample(FILLER, 3))}"
-        out.append({"messages": [{"role": "user", "content": text},
-                                 {"role": "assistant", "content": "positive" if positive else "negative"}]})  # fmt: skip
+        answer = "positive" if positive else "negative"
+        out.append(
+            {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]}
+        )
     return out
 
 

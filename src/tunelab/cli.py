@@ -403,8 +403,17 @@ def data_clean(
     """Repair text, drop empty/short/long examples and duplicates, mask personal data; log every change."""
     from .data.clean import CleanConfig, clean_file, print_summary, write_html
 
-    config = CleanConfig(repair=repair, lengths=lengths, dedup=dedup, near=near, near_threshold=near_threshold,
-                         pii=pii, min_tokens=min_tokens, max_tokens=max_tokens, format=format)  # fmt: skip
+    config = CleanConfig(
+        repair=repair,
+        lengths=lengths,
+        dedup=dedup,
+        near=near,
+        near_threshold=near_threshold,
+        pii=pii,
+        min_tokens=min_tokens,
+        max_tokens=max_tokens,
+        format=format,
+    )
     result = clean_file(file, out, config, tokenizer=_tokenizer(model) if lengths else None)
     print_summary(result, console)
     if report:
@@ -429,8 +438,16 @@ def data_report_cmd(
     """Sizes, lengths, labels, train/val/test leakage, benchmark overlap and group bias of a data file."""
     from .data.report import data_report, print_summary, write_report
 
-    result = data_report(file, val=val, test=test, groups=groups, benchmark=benchmark,
-                         tokenizer=_tokenizer(model), max_length=max_length, near_threshold=near_threshold)  # fmt: skip
+    result = data_report(
+        file,
+        val=val,
+        test=test,
+        groups=groups,
+        benchmark=benchmark,
+        tokenizer=_tokenizer(model),
+        max_length=max_length,
+        near_threshold=near_threshold,
+    )
     print_summary(result, console)
     console.print(f"Report: {write_report(result, out)} (and .json)")
 

@@ -125,7 +125,9 @@ def clean_file(
     config = config or CleanConfig()
     path, out = Path(path), Path(out)
     if out.resolve() == path.resolve():
-        raise DataError("--out is the input file; the input is never modified: choose another name", path=str(path))
+        raise DataError(
+            "--out is the input file; the input is never modified: choose another name", path=str(path)
+        )
     records = read_records(path)
     format = config.format or guess_format(records)
     check_format(format)
@@ -157,7 +159,9 @@ def _clean_record(record, format: str, config: CleanConfig, tokenizer, log: Log)
     line = record.line
     issues = [record.error] if record.error else check_record(record.data, format, line)
     if issues:
-        log.drop(line, "invalid", issues[0].message, kind="empty" if issues[0].code == "missing_content" else None)
+        log.drop(
+            line, "invalid", issues[0].message, kind="empty" if issues[0].code == "missing_content" else None
+        )
         return False
     fields = text_fields(record.data, format)
     if config.repair:
@@ -184,7 +188,9 @@ def _clean_record(record, format: str, config: CleanConfig, tokenizer, log: Log)
         else:
             short = long = len(content.split())
         if short < config.min_tokens:
-            log.drop(line, "length", f"{short} content token(s) < --min-tokens {config.min_tokens}", "too_short")
+            log.drop(
+                line, "length", f"{short} content token(s) < --min-tokens {config.min_tokens}", "too_short"
+            )
             return False
         if long > config.max_tokens:
             log.drop(line, "length", f"{long} tokens > --max-tokens {config.max_tokens}", "too_long")
@@ -214,7 +220,9 @@ def _pii(record, fields, mode: str, log: Log) -> bool:
                                     "found": [f.text for f in findings if f.kind == kind]})  # fmt: skip
         elif mode == "report":
             items = [{"kind": f.kind, "text": f.text} for f in findings]
-            log.write("pii", {"line": record.line, "step": "pii", "field": name, "action": "report", "found": items})
+            log.write(
+                "pii", {"line": record.line, "step": "pii", "field": name, "action": "report", "found": items}
+            )
     if found and mode == "drop":
         kinds = ", ".join(sorted({f.kind for f in found}))
         log.drop(record.line, "pii", f"holds personal data ({kinds})")
@@ -228,7 +236,9 @@ def _deduplicate(kept: list, format: str, config: CleanConfig, log: Log) -> list
     for match in matches:
         copy, original = kept[match.index], kept[match.of]
         kind = "duplicate" if match.kind == "exact" else "near_duplicate"
-        reason = f"copy of line {original.line}" + (f" (Jaccard {match.similarity})" if match.kind == "near" else "")
+        reason = f"copy of line {original.line}" + (
+            f" (Jaccard {match.similarity})" if match.kind == "near" else ""
+        )
         log.drop(copy.line, "dedup", reason, kind, kept_line=original.line, text=texts[match.index][:200],
                  kept_text=texts[match.of][:200])  # fmt: skip
     gone = {match.index for match in matches}
@@ -246,7 +256,9 @@ def _write(out: Path, records, kept: list) -> None:
             writer.writeheader()
             writer.writerows(record.data for record in kept)
     elif suffix == ".json":
-        out.write_text(json.dumps([r.data for r in kept], ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        out.write_text(
+            json.dumps([r.data for r in kept], ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
     else:
         out.write_text("".join(json.dumps(r.data, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
 
@@ -267,7 +279,8 @@ def print_summary(result: CleanResult, console) -> None:
     console.print(Text(f"Dropped: {dropped}"))
     console.print(Text(f"Fields changed: {changed}"))
     if result.detectors:
-        console.print(Text(f"Personal data found: {found} (looked for {', '.join(result.detectors)}; {ner_note(result.detectors)})"))
+        looked = f"looked for {', '.join(result.detectors)}; {ner_note(result.detectors)}"
+        console.print(Text(f"Personal data found: {found} ({looked})"))
     console.print(Text(f"Every change: {result.changes}"))
 
 
@@ -286,7 +299,14 @@ def write_html(result: CleanResult, path: str | Path) -> Path:
     )
     for kind, samples in result.samples.items():
         body += f"<h2>{html.escape(kind)}</h2>" + table_html(
-            ["line", "change"], [[s.get("line"), json.dumps({k: v for k, v in s.items() if k != "line"}, ensure_ascii=False)[:400]] for s in samples]
+            ["line", "change"],
+            [
+                [
+                    s.get("line"),
+                    json.dumps({k: v for k, v in s.items() if k != "line"}, ensure_ascii=False)[:400],
+                ]
+                for s in samples
+            ],
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,11 @@ def full_text(example: Example) -> str:
 
 
 def label_of(example: Example, format: str) -> str | None:
-    return str(example.meta.get("label", example.messages[-1]["content"])) if format == "classification" else None
+    return (
+        str(example.meta.get("label", example.messages[-1]["content"]))
+        if format == "classification"
+        else None
+    )
 
 
 def describe(path: str, tokenizer=None, max_length: int = 2048) -> tuple[dict, list[Example], str]:
@@ -179,7 +183,10 @@ def bias(examples: list[Example], format: str, groups: Groups) -> dict:
         hits = [mentions(full_text(e), members) for e in examples]
         entry: dict = {
             "groups": {
-                group: {"examples": sum(group in h for h in hits), "share": sum(group in h for h in hits) / len(examples)}
+                group: {
+                    "examples": sum(group in h for h in hits),
+                    "share": sum(group in h for h in hits) / len(examples),
+                }
                 for group in members
             },
             "none": sum(not h for h in hits),
@@ -188,7 +195,9 @@ def bias(examples: list[Example], format: str, groups: Groups) -> dict:
         if format == "classification":
             only = [(h[0], label_of(e, format)) for e, h in zip(examples, hits, strict=True) if len(h) == 1]
             for group in members:
-                entry["groups"][group]["labels"] = dict(Counter(lab for g, lab in only if g == group).most_common())
+                entry["groups"][group]["labels"] = dict(
+                    Counter(lab for g, lab in only if g == group).most_common()
+                )
             if len({g for g, _ in only}) > 1 and len({lab for _, lab in only}) > 1:
                 entry["test"] = {
                     "name": "chi-square, permutation p-value (examples mentioning exactly one group)",
@@ -239,11 +248,31 @@ def _body(report: dict) -> str:
     rows = []
     for name, s in splits.items():
         t = s.get("tokens", {})
-        rows.append([name, s["path"], s["format"], s["examples"], t.get("mean", "-"), t.get("p95", "-"),
-                     t.get("max", "-"), f"{t['truncated_share']:.1%} > {t['max_length']}" if t else "-",
-                     ", ".join(f"{k}: {v}" for k, v in s["role_sequences"].items())])  # fmt: skip
-    parts = ["<h2>Sizes and lengths</h2>", table_html(
-        ["split", "file", "format", "examples", "mean tokens", "p95", "max", "truncated", "role sequences"], rows)]  # fmt: skip
+        rows.append(
+            [
+                name,
+                s["path"],
+                s["format"],
+                s["examples"],
+                t.get("mean", "-"),
+                t.get("p95", "-"),
+                t.get("max", "-"),
+                f"{t['truncated_share']:.1%} > {t['max_length']}" if t else "-",
+                ", ".join(f"{k}: {v}" for k, v in s["role_sequences"].items()),
+            ]
+        )
+    header = [
+        "split",
+        "file",
+        "format",
+        "examples",
+        "mean tokens",
+        "p95",
+        "max",
+        "truncated",
+        "role sequences",
+    ]
+    parts = ["<h2>Sizes and lengths</h2>", table_html(header, rows)]
     figures = []
     if any("tokens" in s for s in splits.values()):
 
@@ -258,19 +287,30 @@ def _body(report: dict) -> str:
         figures.append(figure_html("Token lengths (red: --max-length)", figure_png(lengths)))
     labelled = {name: s["labels"] for name, s in splits.items() if "labels" in s}
     if labelled:
-        parts += ["<h2>Labels</h2>", table_html(["split", "labels"], [[n, json.dumps(v)] for n, v in labelled.items()])]
+        parts += [
+            "<h2>Labels</h2>",
+            table_html(["split", "labels"], [[n, json.dumps(v)] for n, v in labelled.items()]),
+        ]
     if report["leakage"]:
         parts.append("<h2>Leakage: train prompts copied in val/test</h2>")
-        parts.append(table_html(["split", "compared", "exact copies", "near copies", "share", "Jaccard threshold"],
-                                [[n, x["compared"], x["exact"], x["near"], f"{x['share']:.2%}", x["threshold"]]
-                                 for n, x in report["leakage"].items()]))  # fmt: skip
-        samples = [[n, s["line"], s["train_line"], s["kind"], s["similarity"], s["text"]]
-                   for n, x in report["leakage"].items() for s in x["samples"]]  # fmt: skip
+        header = ["split", "compared", "exact copies", "near copies", "share", "Jaccard threshold"]
+        rows = [
+            [n, x["compared"], x["exact"], x["near"], f"{x['share']:.2%}", x["threshold"]]
+            for n, x in report["leakage"].items()
+        ]
+        parts.append(table_html(header, rows))
+        samples = [
+            [n, s["line"], s["train_line"], s["kind"], s["similarity"], s["text"]]
+            for n, x in report["leakage"].items()
+            for s in x["samples"]
+        ]
         if samples:
             parts.append(table_html(["split", "line", "train line", "kind", "similarity", "text"], samples))
     if "benchmark" in report:
         b = report["benchmark"]
-        parts.append(f"<h2>Benchmark contamination: {b['n']}-gram overlap with {html.escape(b['folder'])}</h2>")
+        parts.append(
+            f"<h2>Benchmark contamination: {b['n']}-gram overlap with {html.escape(b['folder'])}</h2>"
+        )
         parts.append(table_html(["split", "examples", "sharing a 13-gram", "share"],
                                 [[n, x["examples"], x["contaminated"], f"{x['share']:.2%}"]
                                  for n, x in b["splits"].items()]))  # fmt: skip
@@ -280,11 +320,14 @@ def _body(report: dict) -> str:
             rows = [[g, x["examples"], f"{x['share']:.1%}", json.dumps(x.get("labels", {}))]
                     for g, x in entry["groups"].items()]  # fmt: skip
             parts.append(f"<h3>{html.escape(attribute)}</h3>")
-            parts.append(table_html(["group", "examples mentioning it", "share", "labels (exactly this group)"], rows))
+            parts.append(
+                table_html(["group", "examples mentioning it", "share", "labels (exactly this group)"], rows)
+            )
             if "test" in entry:
                 test = entry["test"]
-                parts.append(f"<p>{html.escape(test['name'])}: p = {test['p_value']:.4f} over {test['examples']} examples"
-                             f"{' (label depends on the group)' if test['p_value'] < 0.05 else ''}.</p>")  # fmt: skip
+                verdict = " (label depends on the group)" if test["p_value"] < 0.05 else ""
+                text = f"{test['name']}: p = {test['p_value']:.4f} over {test['examples']} examples{verdict}."
+                parts.append(f"<p>{html.escape(text)}</p>")
     return "".join(parts) + "".join(figures)
 
 
@@ -293,7 +336,11 @@ def print_summary(report: dict, console) -> None:
 
     for name, s in report["splits"].items():
         t = s.get("tokens")
-        lengths = f"; tokens mean {t['mean']}, max {t['max']}, {t['truncated_share']:.1%} over {t['max_length']}" if t else ""
+        lengths = (
+            f"; tokens mean {t['mean']}, max {t['max']}, {t['truncated_share']:.1%} over {t['max_length']}"
+            if t
+            else ""
+        )
         console.print(Text(f"{name}: {s['examples']} examples ({s['format']}){lengths}"))
         if "labels" in s:
             console.print(Text(f"  labels: {s['labels']}"))

@@ -130,13 +130,24 @@ def markdown_table(results: dict) -> str:
     for key, value in _flatten(summary):
         lines.append(f"| {key} | {_fmt(value)} |")
     for attribute, entry in results.get("groups", {}).items():
-        lines += ["", f"## {attribute}", "", "| group | examples | metric | value | 95% CI |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {attribute}",
+            "",
+            "| group | examples | metric | value | 95% CI |",
+            "|---|---|---|---|---|",
+        ]
         for group, s in entry["slices"].items():
-            lines.append(f"| {group} | {s['examples']} | {s['metric']} | {_fmt(s['value'])} | {_fmt(s['ci95'])} |")
+            lines.append(
+                f"| {group} | {s['examples']} | {s['metric']} | {_fmt(s['value'])} | {_fmt(s['ci95'])} |"
+            )
         probe = entry["counterfactual"]
         if probe["flip_rate"] is not None:
-            lines += ["", f"Counterfactual probe: {probe['examples']} inputs with {attribute} words swapped; the "
-                      f"prediction changed for {probe['flip_rate']:.1%} {_fmt(probe['ci95'])}."]  # fmt: skip
+            swapped = f"Counterfactual probe: {probe['examples']} inputs with {attribute} words swapped"
+            lines += [
+                "",
+                f"{swapped}; the prediction changed for {probe['flip_rate']:.1%} {_fmt(probe['ci95'])}.",
+            ]
     return "\n".join(lines) + "\n"
 
 

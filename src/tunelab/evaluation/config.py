@@ -61,7 +61,9 @@ class EvalConfig:
     )
     groups: str | None = field(
         default=None,
-        metadata={"help": "groups YAML: the metric per group and a counterfactual probe (group words swapped)"},
+        metadata={
+            "help": "groups YAML: the metric per group and a counterfactual probe (group words swapped)"
+        },
     )
     limit: int | None = field(
         default=None, metadata={"help": "evaluate on N examples (stratified by subject for MMLU)"}

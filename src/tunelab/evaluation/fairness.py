@@ -18,7 +18,12 @@ from .runner import question_and_answer, read_examples
 
 def _slice(rows: list[dict], names: list[str], seed: int) -> dict:
     result = metrics.score(names, [r["prediction"] for r in rows], [r["reference"] for r in rows], seed=seed)
-    return {"examples": len(rows), "value": result["value"], "ci95": result["ci95"], "metric": result["main_metric"]}
+    return {
+        "examples": len(rows),
+        "value": result["value"],
+        "ci95": result["ci95"],
+        "metric": result["main_metric"],
+    }
 
 
 def group_report(model, tokenizer, config: EvalConfig, rows: list[dict], run_task) -> dict:
@@ -35,8 +40,8 @@ def group_report(model, tokenizer, config: EvalConfig, rows: list[dict], run_tas
             for group in members
             if any(group in h for h in hits)
         }
-        report[attribute] = {"slices": slices, "counterfactual": _probe(model, tokenizer, config, examples, rows,
-                                                                          swapper(members), run_task)}  # fmt: skip
+        probe = _probe(model, tokenizer, config, examples, rows, swapper(members), run_task)
+        report[attribute] = {"slices": slices, "counterfactual": probe}
     return report
 
 
@@ -56,7 +61,9 @@ def _probe(model, tokenizer, config: EvalConfig, examples, rows, swap, run_task)
         data.write_text("".join(json.dumps(row) + "\n" for row in swapped))
         probe = dataclasses.replace(config, data=str(data), limit=None, groups=None, val=None)
         _, new_rows = run_task(model, tokenizer, probe)
-    flips = [float(new["prediction"] != rows[i]["prediction"]) for i, new in zip(changed, new_rows, strict=True)]
+    flips = [
+        float(new["prediction"] != rows[i]["prediction"]) for i, new in zip(changed, new_rows, strict=True)
+    ]
     samples = [
         {"line": examples[i].line, "swapped": swap(question_and_answer(examples[i])[0])[:200],
          "before": rows[i]["prediction"], "after": new_rows[k]["prediction"]}
