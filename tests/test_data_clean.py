@@ -117,7 +117,7 @@ def test_near_duplicates_with_one_word_changed_are_removed_and_distinct_ones_kep
 
 
 def test_repairs_mojibake_unicode_control_characters_and_spacing():
-    assert repair_text("cafÃ©  \r\nna\u0308ive\x00 text   \n\n\n\nend ") == "café\nnaïve text\n\nend"
+    assert repair_text("cafÃ©  \r\nnai\u0308ve\x00 text   \n\n\n\nend ") == "café\nnaïve text\n\nend"
     assert repair_text("    indented code\n        stays") == "indented code\n        stays"
 
 

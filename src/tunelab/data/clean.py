@@ -129,6 +129,8 @@ def clean_file(
             "--out is the input file; the input is never modified: choose another name", path=str(path)
         )
     records = read_records(path)
+    if records.kind == "json" and records.records and records.records[0].error:
+        raise DataError.from_issue(records.records[0].error, str(path))  # the whole array is unreadable
     format = config.format or guess_format(records)
     check_format(format)
     if format == "text":

@@ -110,8 +110,10 @@ def find_pii(text: str, region: str = "US") -> list[Finding]:
             if check is None or check(match):
                 end = match.start() + (_url_end(match.group()) if kind == "URL" else len(match.group()))
                 found.append(Finding(kind, match.start(), end, text[match.start() : end]))
-    # VALID leniency: the number must be a real one for its region, which rules out dates and versions.
-    for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+    # STRICT_GROUPING: a valid number for its region, its digits grouped as that country writes them, which
+    # rules out dates, versions and order numbers such as "ORD-2023-000451" (VALID alone flags that one).
+    leniency = phonenumbers.Leniency.STRICT_GROUPING
+    for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=leniency):
         found.append(Finding("PHONE", match.start, match.end, match.raw_string))
     nlp = _ner()
     if nlp is not None:
