@@ -77,7 +77,8 @@ class CleanResult:
 def repair_text(text: str) -> str:
     """Mojibake and NFC (ftfy), control and zero-width characters, line ends, trailing spaces and runs of
     blank lines. Spaces inside a line are kept: they may be code indentation."""
-    text = ftfy.fix_text(text, normalization="NFC")
+    # Curly quotes and full-width forms are correct text, not errors: ftfy would straighten them by default.
+    text = ftfy.fix_text(text, normalization="NFC", uncurl_quotes=False, fix_character_width=False)
     text = CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     text = "\n".join(line.rstrip() for line in text.split("\n"))
     return re.sub(r"\n{3,}", "\n\n", text).strip()
@@ -214,7 +215,15 @@ def _pii(record, fields, mode: str, log: Log) -> bool:
         if mode == "mask":
             before = container[key]
             container[key] = pii.mask(before, findings, placeholders)
-            log.change(record.line, "pii", name, before, container[key], kinds=kinds)
+            log.change(
+                record.line,
+                "pii",
+                name,
+                before,
+                container[key],
+                kinds=kinds,
+                found=[f.text for f in findings],
+            )
             for kind in kinds:  # samples per type, for the summary
                 samples = log.result.samples.setdefault(f"pii:{kind}", [])
                 if len(samples) < SAMPLES:
