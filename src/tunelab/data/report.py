@@ -279,7 +279,9 @@ def _body(report: dict) -> str:
         def lengths(ax):
             for name, s in splits.items():
                 ax.hist(s["tokens"]["counts"], bins=30, alpha=0.5, label=name)
-            ax.axvline(next(iter(splits.values()))["tokens"]["max_length"], color="red", linestyle="--")
+            limit = next(iter(splits.values()))["tokens"]["max_length"]
+            if limit < 2 * max(s["tokens"]["max"] for s in splits.values()):  # else it squeezes the bars
+                ax.axvline(limit, color="red", linestyle="--")
             ax.set_xlabel("tokens with the chat template")
             ax.set_ylabel("examples")
             ax.legend()
