@@ -195,6 +195,18 @@ def test_good_file_is_queued_and_cancellable(client):
     assert again.status_code == 400 and again.json()["error"]["code"] == "invalid_job_status"
 
 
+def test_personal_data_in_the_training_file_is_a_warning_event(client):
+    rows = copy_task_rows(12)
+    rows[0]["messages"][0]["content"] += " Write to ann@example.com or bob@example.com"
+    rows[1]["messages"][-1]["content"] += " Call +1 650-253-0000"
+    job = create_job(client, jsonl(rows))
+    assert job["status"] == "queued"  # the user decides
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=K1).json()["data"]
+    (warning,) = [e for e in events if "personal data" in e["message"]]
+    assert warning["level"] == "warn" and warning["data"] == {"pii": {"EMAIL": 2, "PHONE": 1}}
+    assert "2 EMAIL" in warning["message"] and "tunelab data clean" in warning["message"]
+
+
 @pytest.mark.parametrize(
     "body, param",
     [

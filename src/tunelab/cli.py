@@ -335,6 +335,15 @@ def methods():
         console.print(f"[bold]{name}[/]: {method.summary} (default lr {method.default_lr})")
 
 
+def _tokenizer(model: str):
+    """The model's tokenizer for lengths with its chat template; None for `--model none`."""
+    if model == "none":
+        return None
+    from .models import load_tokenizer  # only then torch and transformers are needed
+
+    return load_tokenizer(model, log=err_console.print)
+
+
 @data_app.command("validate")
 @user_errors
 def data_validate(
@@ -348,12 +357,7 @@ def data_validate(
     """Report every problem in a training file with its line number; exit 1 if there is any."""
     from .data.validate import print_report, validate_file
 
-    tokenizer = None
-    if model != "none":  # only then torch and transformers are needed
-        from .models import load_tokenizer
-
-        tokenizer = load_tokenizer(model, log=err_console.print)
-    report = validate_file(file, tokenizer=tokenizer, max_length=max_length, format=format)
+    report = validate_file(file, tokenizer=_tokenizer(model), max_length=max_length, format=format)
     print_report(report, console)
     raise typer.Exit(0 if report.ok else 1)
 
@@ -375,6 +379,77 @@ def data_split(
             path.suffix == ".csv"
         )
         console.print(f"{name}: {path} ({rows} rows)")
+
+
+@data_app.command("clean")
+@user_errors
+def data_clean(
+    file: Annotated[str, typer.Argument(help="data file (JSONL, JSON array or CSV); never modified")],
+    out: Annotated[str, typer.Option(help="cleaned file; OUT.changes.jsonl logs every change")],
+    report: Annotated[str | None, typer.Option(help="also write this HTML summary")] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="tokenizer for lengths; 'none' counts words")
+    ] = "default",
+    repair: Annotated[bool, typer.Option(help="Unicode NFC, mojibake, control characters, spacing")] = True,
+    lengths: Annotated[bool, typer.Option(help="drop too-short and too-long examples")] = True,
+    min_tokens: Annotated[int, typer.Option(help="fewest content tokens an example may have")] = 2,
+    max_tokens: Annotated[int, typer.Option(help="most tokens with the chat template")] = 2048,
+    dedup: Annotated[bool, typer.Option(help="drop exact copies (the first is kept)")] = True,
+    near: Annotated[bool, typer.Option(help="drop near copies too (MinHash LSH)")] = True,
+    near_threshold: Annotated[float, typer.Option(help="Jaccard similarity of word 3-grams")] = 0.8,
+    pii: Annotated[str, typer.Option(help="personal data: mask, drop, report or off")] = "mask",
+    format: Annotated[str | None, typer.Option()] = None,
+):
+    """Repair text, drop empty/short/long examples and duplicates, mask personal data; log every change."""
+    from .data.clean import CleanConfig, clean_file, print_summary, write_html
+
+    config = CleanConfig(
+        repair=repair,
+        lengths=lengths,
+        dedup=dedup,
+        near=near,
+        near_threshold=near_threshold,
+        pii=pii,
+        min_tokens=min_tokens,
+        max_tokens=max_tokens,
+        format=format,
+    )
+    result = clean_file(file, out, config, tokenizer=_tokenizer(model) if lengths else None)
+    print_summary(result, console)
+    if report:
+        console.print(f"Report: {write_html(result, report)}")
+
+
+@data_app.command("report")
+@user_errors
+def data_report_cmd(
+    file: Annotated[str, typer.Argument(help="training file")],
+    out: Annotated[str, typer.Option(help="report.html (a .json beside it)")],
+    val: Annotated[str | None, typer.Option(help="validation file: checked for copies of train")] = None,
+    test: Annotated[str | None, typer.Option(help="test file: checked for copies of train")] = None,
+    groups: Annotated[str | None, typer.Option(help="groups YAML: mentions and labels per group")] = None,
+    benchmark: Annotated[str | None, typer.Option(help="folder of benchmark files: 13-gram overlap")] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="tokenizer for lengths; 'none' to skip")
+    ] = "default",
+    max_length: Annotated[int, typer.Option(help="the training --max-length: share truncated")] = 2048,
+    near_threshold: Annotated[float, typer.Option(help="Jaccard similarity for near copies")] = 0.8,
+):
+    """Sizes, lengths, labels, train/val/test leakage, benchmark overlap and group bias of a data file."""
+    from .data.report import data_report, print_summary, write_report
+
+    result = data_report(
+        file,
+        val=val,
+        test=test,
+        groups=groups,
+        benchmark=benchmark,
+        tokenizer=_tokenizer(model),
+        max_length=max_length,
+        near_threshold=near_threshold,
+    )
+    print_summary(result, console)
+    console.print(f"Report: {write_report(result, out)} (and .json)")
 
 
 @data_app.command("from-feedback")

@@ -3,11 +3,11 @@ file with its plots inline), plus a recommendation computed from the numbers."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
+
+from ..data.report import STYLE, figure_html, figure_png
 
 COLUMNS = [
     ("method", "method"),
@@ -95,22 +95,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _figure_png(draw) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    draw(ax)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def plots(rows: list[dict]) -> dict[str, str]:
     metric = rows[0]["metric"]
 
@@ -138,13 +122,13 @@ def plots(rows: list[dict]) -> dict[str, str]:
         ax.legend(fontsize=7)
 
     return {
-        "Quality vs trainable parameters (log; prompting shown at 1)": _figure_png(
+        "Quality vs trainable parameters (log; prompting shown at 1)": figure_png(
             lambda ax: scatter(ax, "trainable_params", "trainable parameters", log=True)
         ),
-        "Quality vs wall time (train + eval)": _figure_png(
+        "Quality vs wall time (train + eval)": figure_png(
             lambda ax: scatter(ax, "total_time_s", "seconds", log=False)
         ),
-        "Loss curves": _figure_png(losses),
+        "Loss curves": figure_png(losses),
     }
 
 
@@ -154,20 +138,14 @@ def write_reports(results: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     text = markdown(results)
     (out / "report.md").write_text(text)
-    figures = "".join(
-        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
-        f"<figcaption>{html.escape(title)}</figcaption></figure>"
-        for title, png in plots(results["methods"]).items()
-    )
+    figures = "".join(figure_html(title, png) for title, png in plots(results["methods"]).items())
     rows = results["methods"]
     table = "<table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>"
     for row in rows:
         table += "<tr>" + "".join(f"<td>{html.escape(_cell(row, k))}</td>" for k, _ in COLUMNS) + "</tr>"
     table += "</table>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab compare</title><style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; font-size: 14px; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
-th {{ background: #f3f3f3; }} figure {{ display: inline-block; margin: 1em; }} img {{ width: 480px; }}
+{STYLE}
 </style></head><body><h1>tunelab compare</h1>
 <p>Data: {html.escape(str(results["config"]["data"]))}; {html.escape(scored_on(results))}.</p>
 {table}{"".join(f"<p><b>Warning.</b> {html.escape(text)}</p>" for text in starved(rows))}

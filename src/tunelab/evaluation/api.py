@@ -48,6 +48,12 @@ def evaluate(config: EvalConfig, out: str | None = None) -> dict:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     summary, rows = run_task(model, tokenizer, config, out_path.parent if out_path else None)
     results = {"config": config.__dict__, "results": summary}
+    if config.groups:
+        if config.task not in ("classification", "generation"):
+            raise UserError("--groups is for --task classification or generation")
+        from .fairness import group_report
+
+        results["groups"] = group_report(model, tokenizer, config, rows, run_task)
     if out_path:
         write_results(results, rows, out_path)
     return results
@@ -123,6 +129,25 @@ def markdown_table(results: dict) -> str:
     ]
     for key, value in _flatten(summary):
         lines.append(f"| {key} | {_fmt(value)} |")
+    for attribute, entry in results.get("groups", {}).items():
+        lines += [
+            "",
+            f"## {attribute}",
+            "",
+            "| group | examples | metric | value | 95% CI |",
+            "|---|---|---|---|---|",
+        ]
+        for group, s in entry["slices"].items():
+            lines.append(
+                f"| {group} | {s['examples']} | {s['metric']} | {_fmt(s['value'])} | {_fmt(s['ci95'])} |"
+            )
+        probe = entry["counterfactual"]
+        if probe["flip_rate"] is not None:
+            swapped = f"Counterfactual probe: {probe['examples']} inputs with {attribute} words swapped"
+            lines += [
+                "",
+                f"{swapped}; the prediction changed for {probe['flip_rate']:.1%} {_fmt(probe['ci95'])}.",
+            ]
     return "\n".join(lines) + "\n"
 
 

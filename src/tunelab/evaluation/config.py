@@ -59,6 +59,12 @@ class EvalConfig:
         default=None,
         metadata={"help": "classification: 'contextual' divides out the prompt's label prior (Zhao 2021)"},
     )
+    groups: str | None = field(
+        default=None,
+        metadata={
+            "help": "groups YAML: the metric per group and a counterfactual probe (group words swapped)"
+        },
+    )
     limit: int | None = field(
         default=None, metadata={"help": "evaluate on N examples (stratified by subject for MMLU)"}
     )

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..data.errors import DataError
+from ..data.formats import load_examples
+from ..data.pii import detectors, scan_texts
 from ..data.validate import validate_file
 from ..errors import UserError
 from ..methods import REGISTRY, get_method
@@ -198,6 +200,7 @@ def validate_job_files(store: Store, data: DataDir, job: dict) -> None:
         for param in ("training_file", "validation_file"):
             if job[param]:
                 check_file(store, job["id"], data, job[param], param)
+        pii_warning(store, job["id"], data, job["training_file"])
     except Exception as err:  # a bug here must not leave the job validating forever
         if not isinstance(err, ApiError):
             body = internal_error(err, f"validating the files of {job['id']}")
@@ -208,6 +211,22 @@ def validate_job_files(store: Store, data: DataDir, job: dict) -> None:
         return
     if store.set_status(job["id"], "queued", only_from=("validating_files",)):
         store.add_event(job["id"], "Files validated; job queued")
+
+
+def pii_warning(store: Store, job_id: str, data: DataDir, file_id: str) -> None:
+    """A warning with the personal data found per type, as `tunelab data clean` finds it; training still
+    runs: the user decides whether to clean the file."""
+    examples = load_examples(data.file(file_id))
+    counts = scan_texts(m["content"] for e in examples for m in e.messages)
+    if counts:
+        found = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+        store.add_event(
+            job_id,
+            f"training_file: personal data found ({found}; looked for {', '.join(detectors())}); it still "
+            "trains: clean it with `tunelab data clean --pii mask` if it should not",
+            level="warn",
+            data={"pii": dict(counts)},
+        )
 
 
 def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: str) -> None:

@@ -1,0 +1,358 @@
+"""`tunelab data report`: what is in a training file before training on it, as JSON and one HTML page.
+
+Sizes, token lengths with the model's chat template and the share `--max-length` would truncate, role and
+turn structure, labels; leakage (exact and near copies of train prompts in val/test, and 13-gram overlap
+with a benchmark folder, as in the GPT-3 contamination study); and, with a groups file, how often each
+group is mentioned and the label distribution per group, with a permutation chi-square test.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from . import dedup
+from .examples import Example
+from .formats import detect_format, load_examples
+from .groups import Groups, load_groups, mentions
+from .validate import ValidationReport, count_tokens
+
+SAMPLES = 5
+BENCHMARK_FILES = (".csv", ".jsonl", ".json", ".txt", ".tsv")
+STYLE = """body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; font-size: 14px; } td, th { border: 1px solid #ccc; padding: 4px 8px; }
+th { background: #f3f3f3; } figure { display: inline-block; margin: 1em; } img { width: 480px; }"""
+
+
+def figure_png(draw) -> str:
+    """A matplotlib figure drawn by `draw(ax)`, as base64 PNG for an inline <img>."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    draw(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def figure_html(title: str, png: str) -> str:
+    return (
+        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
+        f"<figcaption>{html.escape(title)}</figcaption></figure>"
+    )
+
+
+def table_html(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def page(title: str, body: str) -> str:
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>\n{STYLE}\n</style></head><body><h1>{html.escape(title)}</h1>\n{body}</body></html>"
+    )
+
+
+def prompt_text(example: Example) -> str:
+    return "\n".join(m["content"] for m in example.messages if m["role"] != "assistant")
+
+
+def full_text(example: Example) -> str:
+    return "\n".join(m["content"] for m in example.messages)
+
+
+def label_of(example: Example, format: str) -> str | None:
+    return (
+        str(example.meta.get("label", example.messages[-1]["content"]))
+        if format == "classification"
+        else None
+    )
+
+
+def describe(path: str, tokenizer=None, max_length: int = 2048) -> tuple[dict, list[Example], str]:
+    format = detect_format(path)
+    examples = load_examples(path, format, for_training=False)
+    turns = Counter(sum(m["role"] == "user" for m in e.messages) for e in examples)
+    shapes = Counter(">".join(m["role"] for m in e.messages) for e in examples)
+    stats: dict = {
+        "path": path,
+        "format": format,
+        "examples": len(examples),
+        "user_turns": {str(k): v for k, v in sorted(turns.items())},
+        "role_sequences": dict(shapes.most_common(5)),
+    }
+    if tokenizer is not None:
+        counts = [count_tokens(tokenizer, e.messages) for e in examples]
+        histogram = ValidationReport(path, format, token_counts=counts).length_histogram(12)
+        stats["tokens"] = {
+            "total": sum(counts),
+            "mean": round(sum(counts) / len(counts), 1),
+            "p50": int(np.percentile(counts, 50)),
+            "p95": int(np.percentile(counts, 95)),
+            "max": max(counts),
+            "max_length": max_length,
+            "truncated_share": sum(n > max_length for n in counts) / len(counts),
+            "histogram": histogram,
+            "counts": counts,
+        }
+    if format == "classification":
+        stats["labels"] = dict(Counter(label_of(e, format) for e in examples).most_common())
+    return stats, examples, format
+
+
+def leakage(train: list[Example], other: list[Example], threshold: float) -> dict:
+    """Val/test examples whose prompt copies a train prompt exactly or nearly (Jaccard >= threshold)."""
+    matches = dedup.overlap([prompt_text(e) for e in train], [prompt_text(e) for e in other], threshold)
+    found = {
+        "compared": len(other),
+        "exact": sum(m.kind == "exact" for m in matches),
+        "near": sum(m.kind == "near" for m in matches),
+        "share": len(matches) / len(other) if other else 0.0,
+        "threshold": threshold,
+    }
+    found["samples"] = [
+        {"line": other[m.index].line, "train_line": train[m.of].line, "kind": m.kind,
+         "similarity": m.similarity, "text": prompt_text(other[m.index])[:200]}
+        for m in matches[:SAMPLES]
+    ]  # fmt: skip
+    found["lines"] = [other[m.index].line for m in matches]
+    return found
+
+
+def benchmark_overlap(folder: str, splits: dict[str, list[Example]], n: int = 13) -> dict:
+    """Examples sharing at least one word n-gram with any file of the benchmark folder."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in BENCHMARK_FILES)
+    grams: set[int] = set()
+    for file in files:
+        for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+            grams |= dedup.ngrams(line, n)
+    result = {"folder": folder, "files": len(files), "n": n, "splits": {}}
+    for name, examples in splits.items():
+        hits = [e for e in examples if dedup.ngrams(full_text(e), n) & grams]
+        result["splits"][name] = {
+            "examples": len(examples),
+            "contaminated": len(hits),
+            "share": len(hits) / len(examples) if examples else 0.0,
+            "samples": [{"line": e.line, "text": full_text(e)[:200]} for e in hits[:SAMPLES]],
+        }
+    return result
+
+
+def chi_square(table: np.ndarray) -> float:
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    mask = expected > 0
+    return float(((table - expected)[mask] ** 2 / expected[mask]).sum())
+
+
+def permutation_p(groups: list[str], labels: list[str], permutations: int = 2000, seed: int = 0) -> float:
+    """P-value of the chi-square statistic of group x label by shuffling labels (exact for small counts,
+    where the chi-square approximation is not, and no scipy needed)."""
+    g_index = {g: i for i, g in enumerate(sorted(set(groups)))}
+    l_index = {lab: i for i, lab in enumerate(sorted(set(labels)))}
+    g = np.array([g_index[x] for x in groups])
+    lab = np.array([l_index[x] for x in labels])
+
+    def statistic(lab_codes):
+        table = np.zeros((len(g_index), len(l_index)))
+        np.add.at(table, (g, lab_codes), 1)
+        return chi_square(table)
+
+    observed = statistic(lab)
+    rng = np.random.default_rng(seed)
+    as_large = sum(statistic(rng.permutation(lab)) >= observed - 1e-9 for _ in range(permutations))
+    return (as_large + 1) / (permutations + 1)
+
+
+def bias(examples: list[Example], format: str, groups: Groups) -> dict:
+    result = {}
+    for attribute, members in groups.items():
+        hits = [mentions(full_text(e), members) for e in examples]
+        entry: dict = {
+            "groups": {
+                group: {
+                    "examples": sum(group in h for h in hits),
+                    "share": sum(group in h for h in hits) / len(examples),
+                }
+                for group in members
+            },
+            "none": sum(not h for h in hits),
+            "several": sum(len(h) > 1 for h in hits),
+        }
+        if format == "classification":
+            only = [(h[0], label_of(e, format)) for e, h in zip(examples, hits, strict=True) if len(h) == 1]
+            for group in members:
+                entry["groups"][group]["labels"] = dict(
+                    Counter(lab for g, lab in only if g == group).most_common()
+                )
+            if len({g for g, _ in only}) > 1 and len({lab for _, lab in only}) > 1:
+                entry["test"] = {
+                    "name": "chi-square, permutation p-value (examples mentioning exactly one group)",
+                    "examples": len(only),
+                    "p_value": permutation_p([g for g, _ in only], [lab for _, lab in only]),
+                }
+        result[attribute] = entry
+    return result
+
+
+def data_report(
+    path: str,
+    val: str | None = None,
+    test: str | None = None,
+    groups: str | None = None,
+    benchmark: str | None = None,
+    tokenizer=None,
+    max_length: int = 2048,
+    near_threshold: float = 0.8,
+) -> dict:
+    splits, examples, formats = {}, {}, {}
+    for name, file in (("train", path), ("val", val), ("test", test)):
+        if file:
+            splits[name], examples[name], formats[name] = describe(file, tokenizer, max_length)
+    report: dict = {"splits": splits, "leakage": {}}
+    for name in ("val", "test"):
+        if name in examples:
+            report["leakage"][name] = leakage(examples["train"], examples[name], near_threshold)
+    if benchmark:
+        report["benchmark"] = benchmark_overlap(benchmark, examples)
+    if groups:
+        report["bias"] = bias(examples["train"], formats["train"], load_groups(groups))
+        report["groups_file"] = groups
+    return report
+
+
+def write_report(report: dict, out: str | Path) -> Path:
+    """`out` (.html) and the same name with .json; the per-example token counts go only in the JSON."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    out.with_suffix(".html").write_text(page("tunelab data report", _body(report)))
+    return out.with_suffix(".html")
+
+
+def _body(report: dict) -> str:
+    splits = report["splits"]
+    rows = []
+    for name, s in splits.items():
+        t = s.get("tokens", {})
+        rows.append(
+            [
+                name,
+                s["path"],
+                s["format"],
+                s["examples"],
+                t.get("mean", "-"),
+                t.get("p95", "-"),
+                t.get("max", "-"),
+                f"{t['truncated_share']:.1%} > {t['max_length']}" if t else "-",
+                ", ".join(f"{k}: {v}" for k, v in s["role_sequences"].items()),
+            ]
+        )
+    header = [
+        "split",
+        "file",
+        "format",
+        "examples",
+        "mean tokens",
+        "p95",
+        "max",
+        "truncated",
+        "role sequences",
+    ]
+    parts = ["<h2>Sizes and lengths</h2>", table_html(header, rows)]
+    figures = []
+    if any("tokens" in s for s in splits.values()):
+
+        def lengths(ax):
+            for name, s in splits.items():
+                ax.hist(s["tokens"]["counts"], bins=30, alpha=0.5, label=name)
+            limit = next(iter(splits.values()))["tokens"]["max_length"]
+            if limit < 2 * max(s["tokens"]["max"] for s in splits.values()):  # else it squeezes the bars
+                ax.axvline(limit, color="red", linestyle="--")
+            ax.set_xlabel("tokens with the chat template")
+            ax.set_ylabel("examples")
+            ax.legend()
+
+        figures.append(figure_html("Token lengths (red: --max-length)", figure_png(lengths)))
+    labelled = {name: s["labels"] for name, s in splits.items() if "labels" in s}
+    if labelled:
+        parts += [
+            "<h2>Labels</h2>",
+            table_html(["split", "labels"], [[n, json.dumps(v)] for n, v in labelled.items()]),
+        ]
+    if report["leakage"]:
+        parts.append("<h2>Leakage: train prompts copied in val/test</h2>")
+        header = ["split", "compared", "exact copies", "near copies", "share", "Jaccard threshold"]
+        rows = [
+            [n, x["compared"], x["exact"], x["near"], f"{x['share']:.2%}", x["threshold"]]
+            for n, x in report["leakage"].items()
+        ]
+        parts.append(table_html(header, rows))
+        samples = [
+            [n, s["line"], s["train_line"], s["kind"], s["similarity"], s["text"]]
+            for n, x in report["leakage"].items()
+            for s in x["samples"]
+        ]
+        if samples:
+            parts.append(table_html(["split", "line", "train line", "kind", "similarity", "text"], samples))
+    if "benchmark" in report:
+        b = report["benchmark"]
+        parts.append(
+            f"<h2>Benchmark contamination: {b['n']}-gram overlap with {html.escape(b['folder'])}</h2>"
+        )
+        parts.append(table_html(["split", "examples", "sharing a 13-gram", "share"],
+                                [[n, x["examples"], x["contaminated"], f"{x['share']:.2%}"]
+                                 for n, x in b["splits"].items()]))  # fmt: skip
+    if "bias" in report:
+        parts.append(f"<h2>Groups ({html.escape(report['groups_file'])})</h2>")
+        for attribute, entry in report["bias"].items():
+            rows = [[g, x["examples"], f"{x['share']:.1%}", json.dumps(x.get("labels", {}))]
+                    for g, x in entry["groups"].items()]  # fmt: skip
+            parts.append(f"<h3>{html.escape(attribute)}</h3>")
+            parts.append(
+                table_html(["group", "examples mentioning it", "share", "labels (exactly this group)"], rows)
+            )
+            if "test" in entry:
+                test = entry["test"]
+                verdict = " (label depends on the group)" if test["p_value"] < 0.05 else ""
+                text = f"{test['name']}: p = {test['p_value']:.4f} over {test['examples']} examples{verdict}."
+                parts.append(f"<p>{html.escape(text)}</p>")
+    return "".join(parts) + "".join(figures)
+
+
+def print_summary(report: dict, console) -> None:
+    from rich.text import Text
+
+    for name, s in report["splits"].items():
+        t = s.get("tokens")
+        lengths = (
+            f"; tokens mean {t['mean']}, max {t['max']}, {t['truncated_share']:.1%} over {t['max_length']}"
+            if t
+            else ""
+        )
+        console.print(Text(f"{name}: {s['examples']} examples ({s['format']}){lengths}"))
+        if "labels" in s:
+            console.print(Text(f"  labels: {s['labels']}"))
+    for name, x in report["leakage"].items():
+        console.print(Text(f"leakage train -> {name}: {x['exact']} exact and {x['near']} near copies of "
+                           f"{x['compared']} ({x['share']:.2%})"))  # fmt: skip
+    if "benchmark" in report:
+        for name, x in report["benchmark"]["splits"].items():
+            console.print(Text(f"benchmark 13-gram overlap, {name}: {x['contaminated']} of {x['examples']}"))
+    for attribute, entry in report.get("bias", {}).items():
+        shares = ", ".join(f"{g} {x['share']:.1%}" for g, x in entry["groups"].items())
+        p = f"; label vs group p = {entry['test']['p_value']:.4f}" if "test" in entry else ""
+        console.print(Text(f"{attribute}: mentioned {shares}{p}"))
