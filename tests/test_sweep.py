@@ -53,14 +53,15 @@ def test_four_trials_then_a_killed_sweep_resumes_with_only_the_missing_trials(se
         return train(config, console, hooks)
 
     monkeypatch.setattr(sweep_run, "train", dies_at_the_third)
+    never = optuna.pruners.NopPruner()  # pruning has its own test: here every trial runs to the end
     with pytest.raises(KeyboardInterrupt):
-        sweep(setup(4))
+        sweep(setup(4), pruner=never)
     assert len(finished_runs(out)) == 2 and (out / "study.db").exists()
     stamps = {p: RunDir(p).summary.stat().st_mtime_ns for p in finished_runs(out)}
 
     calls.clear()
     monkeypatch.setattr(sweep_run, "train", train)
-    results = sweep(setup(4))
+    results = sweep(setup(4), pruner=never)
     runs = finished_runs(out)
     assert len(runs) == 4  # the interrupted trial's partial folder is gone, its options ran again
     assert {p: RunDir(p).summary.stat().st_mtime_ns for p in runs if p in stamps} == stamps
@@ -69,7 +70,7 @@ def test_four_trials_then_a_killed_sweep_resumes_with_only_the_missing_trials(se
     assert results["trials"][3]["params"] == results["trials"][2]["params"]
     assert all(row["steps"] == 4 for row in results["trials"] if row["state"] == "complete")
 
-    again = sweep(setup(4))  # nothing left to do
+    again = sweep(setup(4), pruner=never)  # nothing left to do
     assert [row["number"] for row in again["trials"]] == [0, 1, 2, 3, 4]
 
     report = (out / "report.md").read_text()

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+import torch
+
 from ..errors import UserError
 from ..evaluation import EvalConfig, evaluate
 from ..evaluation.metrics import METRICS
@@ -31,7 +33,7 @@ from ..methods import get_method
 from ..run_dir import RunDir
 from ..training import TrainConfig, train
 from ..training.loop import TrainHooks
-from .space import Space, default_space, load_space
+from .space import NOT_SEARCHED, Space, default_space, load_space
 
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
 
@@ -67,6 +69,9 @@ def budget_seconds(budget: str | None) -> float | None:
 def check(config: SweepConfig) -> Space:
     if config.objective != "val_loss" and config.objective not in METRICS:
         raise UserError(f"--objective {config.objective}: choose val_loss or one of {', '.join(METRICS)}")
+    given = sorted(set(config.train) & NOT_SEARCHED)
+    if given:
+        raise UserError(f"--config: {', '.join(given)} are the sweep's own (its flags); leave them out")
     if config.trials < 1:
         raise UserError(f"--trials must be at least 1 (got {config.trials})")
     budget_seconds(config.budget)
@@ -140,7 +145,8 @@ def run_trial(study, trial, params: dict, config: SweepConfig, space: Space, key
         trial.set_user_attr("seconds", time.perf_counter() - started)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return "pruned: " + str(pruned)
-    except UserError as err:  # a diverged run or options that do not go together: a result, not a crash
+    except (UserError, MemoryError, torch.cuda.OutOfMemoryError) as err:
+        # A diverged run, options that do not go together, a batch too big: a result, not a crash.
         trial.set_user_attr("note", str(err))
         trial.set_user_attr("seconds", time.perf_counter() - started)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -228,11 +234,10 @@ def collect(study, config: SweepConfig, space: Space, key: str) -> dict:
     """Every trial of this study as a row, the best one and its options."""
     rows = []
     for trial in study.trials:
-        run = RunDir(trial.user_attrs.get("run", ""))
+        run = RunDir(trial.user_attrs.get("run", Path(config.out) / "trials" / "not-started"))
         summary = run.read_summary() if run.is_finished() else {}
-        losses = [
-            r["val_loss"] for r in run.read_metrics() if r.get("kind") == "eval" and not r.get("baseline")
-        ]
+        records = run.read_metrics()
+        losses = [r["val_loss"] for r in records if r.get("kind") == "eval" and not r.get("baseline")]
         rows.append({
             "number": trial.number, "state": trial.state.name.lower(), "params": trial.params,
             "value": trial.value, "val_loss": summary.get("best_val_loss", min(losses, default=None)),
