@@ -171,7 +171,8 @@ def open_study(config: SweepConfig, key: str, pruner=None):
     for stale in study.get_trials(deep=False, states=[optuna.trial.TrialState.RUNNING]):
         study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # with no note: interrupted
         study.enqueue_trial(stale.params, user_attrs={"retry_of": stale.number})
-        shutil.rmtree(stale.user_attrs.get("run", ""), ignore_errors=True)
+        if "run" in stale.user_attrs:  # its half-trained folder: the retry gets a folder of its own
+            shutil.rmtree(stale.user_attrs["run"], ignore_errors=True)
     return study
 
 
@@ -275,8 +276,10 @@ def importances(study) -> dict:
     complete = study.get_trials(deep=False, states=[optuna.trial.TrialState.COMPLETE])
     if len(complete) < 3:
         return {}
+    # Its docs advise at least 5 trials better than the baseline quantile; at most the better half.
+    quantile = max(0.1, min(0.5, 5 / len(complete)))
     try:
-        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator(baseline_quantile=quantile)
         return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
     except (RuntimeError, ValueError):  # too few distinct values to tell
         return {}
