@@ -78,7 +78,7 @@ def test_four_trials_then_a_killed_sweep_resumes_with_only_the_missing_trials(se
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 3  # history + one per option
 
     # best.yaml, as it is, retrains the best trial: same seed, same val loss
-    best = results["best"]
+    best = results["best_trial"]
     config = TrainConfig.from_sources(out / "best.yaml")
     assert config.lr == pytest.approx(best["params"]["lr"]) and config.lora_r == best["params"]["lora_r"]
     retrained = train(config).summary
@@ -90,7 +90,7 @@ def test_a_pruned_trial_is_marked_pruned(setup, tmp_path):
     assert [row["state"] for row in results["trials"]] == ["pruned", "pruned"]
     assert all("val loss" in row["note"] for row in results["trials"])
     assert not RunDir(results["trials"][0]["run"]).is_finished()
-    assert results["best"] is None and not (tmp_path / "sweep" / "best.yaml").exists()
+    assert results["best_trial"] is None and not (tmp_path / "sweep" / "best.yaml").exists()
     assert "2 pruned" in (tmp_path / "sweep" / "report.md").read_text()
 
 

@@ -326,7 +326,7 @@ def sweep_cmd(
         console=console,
     )  # fmt: skip
     console.print(Path(out, "report.md").read_text())
-    if results["best"]:
+    if results["best_trial"]:
         console.print(
             f"Best options: {Path(out, 'best.yaml')}  (tunelab train --config {Path(out, 'best.yaml')})"
         )

@@ -212,7 +212,7 @@ def train_method(
     results = sweep(SweepConfig(**data, out=str(run_dir / "sweep"), method=method, model=config.model,
                                 trials=config.sweep, budget=config.budget if minutes else None,
                                 seed=config.seed, train=fixed))  # fmt: skip
-    best = results["best"]
+    best = results["best_trial"]
     if not best:
         raise UserError(f"compare: no trial of {method} completed; see {run_dir / 'sweep' / 'report.md'}")
     chosen = {"trials": len(results["trials"]), "best_trial": best["number"], "params": best["params"]}

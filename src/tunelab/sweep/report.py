@@ -24,7 +24,7 @@ def _number(value) -> str:
 def table(results: dict) -> tuple[list[str], list[list[str]]]:
     names = [param["name"] for param in results["space"]["params"]]
     headers = ["trial", "state", *names, results["objective"], "best val loss", "steps", "seconds", "note"]
-    best = results["best"]["number"] if results["best"] else None
+    best = results["best_trial"]["number"] if results["best_trial"] else None
     rows = [
         [
             f"{row['number']}{' (best)' if row['number'] == best else ''}", row["state"],
@@ -47,7 +47,7 @@ def summary_lines(results: dict) -> list[str]:
         f"{len(trials)} trials: {states['complete']} complete, {states['pruned']} pruned, "
         f"{states['fail']} failed.",
     ]
-    best = results["best"]
+    best = results["best_trial"]
     if best:
         chosen = ", ".join(f"{name}={_number(value)}" for name, value in best["params"].items())
         lines.append(
@@ -105,8 +105,8 @@ def plots(results: dict) -> dict[str, str]:
 
 
 def write_reports(results: dict, out: Path) -> None:
-    if results["best"]:
-        (out / "best.yaml").write_text(yaml.safe_dump(results["best"]["config"], sort_keys=False))
+    if results["best_trial"]:
+        (out / "best.yaml").write_text(yaml.safe_dump(results["best_trial"]["config"], sort_keys=False))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     lines = [f"# tunelab sweep: {results['config']['data']} ({results['objective']})", ""]
     lines += [*summary_lines(results), "", *markdown_table(*table(results)), ""]

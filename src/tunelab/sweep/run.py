@@ -168,7 +168,7 @@ def open_study(config: SweepConfig, key: str, pruner=None):
     pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=2)
     study = optuna.create_study(study_name=f"sweep-{key}", storage=storage, direction=direction,
                                 pruner=pruner, load_if_exists=True)  # fmt: skip
-    for stale in study.get_trials(deep=False, states=[optuna.trial.TrialState.RUNNING]):
+    for stale in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
         study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # with no note: interrupted
         study.enqueue_trial(stale.params, user_attrs={"retry_of": stale.number})
         if "run" in stale.user_attrs:  # its half-trained folder: the retry gets a folder of its own
@@ -252,7 +252,7 @@ def collect(study, config: SweepConfig, space: Space, key: str) -> dict:
         best = next(row for row in rows if row["number"] == best_trial.number)
         best = {**best, "config": best_options(RunDir(best["run"]), Path(config.out) / "best-model")}
     return {"config": asdict(config), "key": key, "space": asdict(space), "objective": config.objective,
-            "direction": study.direction.name.lower(), "trials": rows, "best": best,
+            "direction": study.direction.name.lower(), "trials": rows, "best_trial": best,
             "importances": importances(study)}  # fmt: skip
 
 
@@ -273,13 +273,13 @@ def importances(study) -> dict:
     trials are complete."""
     import optuna
 
-    complete = study.get_trials(deep=False, states=[optuna.trial.TrialState.COMPLETE])
+    complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     if len(complete) < 3:
         return {}
-    # Its docs advise at least 5 trials better than the baseline quantile; at most the better half.
+    # Its docs advise at least 5 trials inside the target quantile; at most the better half.
     quantile = max(0.1, min(0.5, 5 / len(complete)))
     try:
-        evaluator = optuna.importance.PedAnovaImportanceEvaluator(baseline_quantile=quantile)
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile)
         return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
     except (RuntimeError, ValueError):  # too few distinct values to tell
         return {}
