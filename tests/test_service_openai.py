@@ -53,7 +53,7 @@ def test_openai_client_upload_train_chat_cancel_delete(tmp_path):
         assert hyper.learning_rate_multiplier == pytest.approx(0.707, abs=1e-3)  # sqrt(4 / 8)
 
         events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
-        assert any("auto hyperparameters" in e.message for e in events)
+        assert any("auto hyperparameters from the data" in e.message for e in events)
         metrics = [e for e in events if e.type == "metrics"]
         assert sorted(e.data["step"] for e in metrics) == [1, 2, 3, 4]
         checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data

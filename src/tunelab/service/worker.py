@@ -71,7 +71,8 @@ class JobHooks(TrainHooks):
             if record.get("auto"):  # the job shows the numbers its run picked, and a resume keeps them
                 hyper = picked_hyperparameters(self.store.get_job(job_id), record["auto"])
                 self.store.set_hyperparameters(job_id, hyper)
-                message += "; auto hyperparameters: " + ", ".join(f"{k}={v}" for k, v in hyper.items())
+                picked = ", ".join(f"{key}={value}" for key, value in hyper.items())
+                self.store.add_event(job_id, f"Picked the auto hyperparameters from the data: {picked}")
             if not self.store.count_events(job_id, message):
                 self.store.add_event(job_id, message)
                 if record.get("truncated"):  # the file check counts no tokens; training does
