@@ -94,6 +94,17 @@ def test_a_pruned_trial_is_marked_pruned(setup, tmp_path):
     assert "2 pruned" in (tmp_path / "sweep" / "report.md").read_text()
 
 
+def test_a_budget_is_shared_and_best_yaml_pins_the_steps_the_trial_ran(setup, tmp_path):
+    results = sweep(setup(2, budget="minutes:30"))
+    configs = [RunDir(row["run"]).read_config() for row in results["trials"]]
+    first, second = (config["max_minutes"] for config in configs)
+    assert first == 15 and 15 < second < 30  # an equal share of what is left: unused time carries over
+    best = yaml.safe_load((tmp_path / "sweep" / "best.yaml").read_text())
+    assert best["max_minutes"] is None and best["max_steps"] == results["best_trial"]["steps"]
+    with pytest.raises(Exception, match="minutes:M"):
+        sweep(setup(2, budget="epochs:1"))
+
+
 def test_another_space_starts_another_study(setup, tmp_path):
     first = sweep(setup(1))
     (tmp_path / "space.yaml").write_text(SPACE.replace("max_steps: 4", "max_steps: 3"))
@@ -150,3 +161,18 @@ def test_example_spaces_parse():
     assert spaces
     for path in spaces:
         load_space(path)
+
+
+def test_the_command_says_what_is_wrong(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    config = setup(1)
+    base = tmp_path / "base.yaml"
+    base.write_text("data: other.jsonl\nlora_alpha: 8\n")
+    args = ["sweep", "--data", config.data, "--val", config.val, "--out", config.out, "--space", config.space]
+    result = CliRunner().invoke(app, [*args, "--config", str(base)])
+    assert result.exit_code == 1 and "--config: data are the sweep's own" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, [*args, "--budget", "steps:3"])
+    assert result.exit_code == 1 and "a sweep's budget is minutes:M" in " ".join(result.output.split())
