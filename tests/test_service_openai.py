@@ -50,7 +50,7 @@ def test_openai_client_upload_train_chat_cancel_delete(tmp_path):
         # "auto" n_epochs and learning rate were picked from the data when the run started
         hyper = job.hyperparameters
         assert hyper.batch_size == 4 and isinstance(hyper.n_epochs, int) and hyper.n_epochs >= 1
-        assert hyper.learning_rate_multiplier == pytest.approx(0.707, abs=1e-3)  # sqrt(4 / 8)
+        assert hyper.learning_rate_multiplier == pytest.approx(0.707, abs=5e-3)  # sqrt(4 / 8), lr to 3 digits
 
         events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
         assert any("auto hyperparameters from the data" in e.message for e in events)
