@@ -68,6 +68,7 @@ def test_four_trials_then_a_killed_sweep_resumes_with_only_the_missing_trials(se
     states = [row["state"] for row in results["trials"]]
     assert states == ["complete", "complete", "fail", "complete", "complete"]
     assert results["trials"][3]["params"] == results["trials"][2]["params"]
+    assert results["trials"][2]["note"].startswith("interrupted")
     assert all(row["steps"] == 4 for row in results["trials"] if row["state"] == "complete")
 
     again = sweep(setup(4), pruner=never)  # nothing left to do

@@ -243,7 +243,7 @@ def collect(study, config: SweepConfig, space: Space, key: str) -> dict:
             "number": trial.number, "state": trial.state.name.lower(), "params": trial.params,
             "value": trial.value, "val_loss": summary.get("best_val_loss", min(losses, default=None)),
             "steps": summary.get("steps"), "seconds": trial.user_attrs.get("seconds"),
-            "note": trial.user_attrs.get("note"), "run": str(run.root),
+            "note": trial.user_attrs.get("note") or interrupted(trial), "run": str(run.root),
         })  # fmt: skip
     complete = [row for row in rows if row["state"] == "complete"]
     best = None
@@ -254,6 +254,11 @@ def collect(study, config: SweepConfig, space: Space, key: str) -> dict:
     return {"config": asdict(config), "key": key, "space": asdict(space), "objective": config.objective,
             "direction": study.direction.name.lower(), "trials": rows, "best_trial": best,
             "importances": importances(study)}  # fmt: skip
+
+
+def interrupted(trial) -> str | None:
+    """The note of a trial a killed sweep left running (open_study marked it failed, with no note)."""
+    return "interrupted; its options ran again" if trial.state.name == "FAIL" else None
 
 
 def best_options(run: RunDir, out: Path) -> dict:
