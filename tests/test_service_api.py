@@ -344,8 +344,7 @@ def test_a_client_leaving_mid_stream_stops_its_generation(client):
 
     chunks = asyncio.run(read_a_little_then_leave())
     assert len(chunks) == 3
-    assert service.engine.lock.acquire(timeout=30)  # the generation let go of the model
-    service.engine.lock.release()
+    assert all(s.wait_idle(30) for s in service.engine.schedulers)  # the generation let go of its row
     assert chat(client, max_tokens=2).status_code == 200
     assert service.store.get_completion(reply.id, service.keys["key-one"]) is None  # never finished
 
@@ -559,8 +558,7 @@ def test_a_client_leaving_a_plain_request_stops_its_generation(client):
             return True
 
     assert asyncio.run(reply.whole(runs, HungUp())) is None
-    assert service.engine.lock.acquire(timeout=30)
-    service.engine.lock.release()
+    assert all(s.wait_idle(30) for s in service.engine.schedulers)
     assert service.store.get_completion(reply.id, service.keys["key-one"]) is None
 
 
@@ -572,3 +570,26 @@ def test_files_page_with_a_cursor(client):
     assert [f["id"] for f in rest["data"]] == [ids[0]] and not rest["has_more"]
     oldest = client.get("/v1/files", headers=K1, params={"order": "asc", "limit": 1}).json()
     assert oldest["data"][0]["id"] == ids[0]
+
+
+def test_metrics_in_prometheus_text_count_requests_tokens_batches_and_jobs(client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reply = chat(client, max_tokens=3).json()
+    create_job(client, jsonl(copy_task_rows(12)))
+    assert client.get("/metrics").status_code == 401
+    response = client.get("/metrics", headers=K1)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    chat_ok = (("method", "POST"), ("route", "/v1/chat/completions"), ("status", "200"))
+    assert samples[("tunelab_requests_total", chat_ok)] == 1
+    assert samples[("tunelab_tokens_total", (("kind", "completion"),))] == reply["usage"]["completion_tokens"]
+    assert samples[("tunelab_tokens_total", (("kind", "prompt"),))] == reply["usage"]["prompt_tokens"]
+    assert samples[("tunelab_batch_rows_count", ())] == 2  # 3 tokens: the prefill's, then 2 decode steps
+    assert samples[("tunelab_first_token_seconds_count", ())] == 1
+    assert samples[("tunelab_jobs", (("status", "queued"),))] == 1
+    assert samples[("tunelab_queued_sequences", ())] == 0

@@ -466,8 +466,18 @@ def serve(
     max_body_kb: Annotated[int, typer.Option(help="largest request body other than an upload")] = 1024,
     max_loaded_adapters: Annotated[int, typer.Option(help="fine-tuned adapters kept loaded at once")] = 4,
     max_generations_per_key: Annotated[
-        int, typer.Option(help="chat/completion requests a key may have running at once (more: 429)")
-    ] = 4,
+        int, typer.Option(help="sequences a key may have generating at once; n choices count n (more: 429)")
+    ] = 8,
+    max_batch: Annotated[
+        int,
+        typer.Option(help="sequences decoded together in one batch per base model (more wait their turn)"),
+    ] = 16,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="inference by 'tunelab' (in process, CPU or GPU) or 'vllm' (a GPU, vLLM installed)"
+        ),
+    ] = "tunelab",
     max_queued_jobs_per_key: Annotated[
         int, typer.Option(help="jobs a key may have waiting to train (more: 429)")
     ] = 8,
@@ -496,7 +506,7 @@ def serve(
         "behind_tls_proxy": behind_tls_proxy,
     }
     options |= {"max_loaded_adapters": max_loaded_adapters, "max_job_minutes": max_job_minutes}
-    options |= {"max_generations_per_key": max_generations_per_key}
+    options |= {"max_generations_per_key": max_generations_per_key, "max_batch": max_batch, "engine": engine}
     options["max_queued_jobs_per_key"] = max_queued_jobs_per_key
     if base_model:
         pairs = [item.partition("=") for item in base_model]

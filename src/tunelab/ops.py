@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .data.tokenize import IGNORE_INDEX
 
@@ -31,27 +32,47 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+# Labelled positions per slice of the vocabulary projection: 512 x 49k fp32 logits are 100 MB (and the
+# slice's softmax and gradient as much again each).
+LOSS_CHUNK = 512
+
+
 def causal_lm_loss(model, batch: dict, normaliser) -> torch.Tensor:
     """Summed next-token loss over labelled positions, divided by `normaliser`.
 
-    Logits are computed only at positions that predict a label (`logits_to_keep`): the vocabulary
-    projection and softmax over 49k tokens at every prompt position would cost about a third of the step.
+    Full-vocabulary logits are never held for all positions at once (the idea behind Liger's fused linear
+    cross-entropy and Cut Cross-Entropy, whose kernels are GPU-only): the model runs without its head, and
+    the head and loss run on the labelled positions only, in slices whose logits are recomputed in the
+    backward pass instead of kept. With a 49k vocabulary that is most of a step's activation memory.
     """
     labels = batch["labels"]
-    positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,)
-    logits = model(
+    out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        logits_to_keep=positions + virtual_tokens(model),
-    ).logits  # (B, P, V)
-    targets = labels[:, positions + 1]  # (B, P)
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
+        logits_to_keep=torch.zeros(0, dtype=torch.long, device=labels.device),  # no logits at all
+        output_hidden_states=True,
     )
+    hidden = out.hidden_states[-1][:, virtual_tokens(model) :]  # (B, T, H), after the final norm
+    predicts = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): positions whose next token is a label
+    hidden, targets = hidden[:, :-1][predicts], labels[:, 1:][predicts]  # (N, H), (N,)
+    unwrapped = getattr(model, "module", model)  # DDP wraps in .module
+    head = unwrapped.get_output_embeddings()
+    softcap = getattr(unwrapped.config, "final_logit_softcapping", None)
+    loss = hidden.sum() * 0.0  # keeps the graph when nothing is labelled
+    for start in range(0, len(targets), LOSS_CHUNK):
+        piece = slice(start, start + LOSS_CHUNK)
+        loss = loss + checkpoint(
+            _head_loss, head, softcap, hidden[piece], targets[piece], use_reentrant=False
+        )
     return loss / normaliser
+
+
+def _head_loss(head, softcap, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden)  # (n, V), in fp32 at least (autocast's bf16 would lose the small probabilities)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if softcap:  # Gemma 2/3 cap their logits; the loss must see the same ones
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, targets, reduction="sum")
 
 
 def virtual_tokens(model) -> int:

@@ -33,6 +33,18 @@ def epoch_batches(
     return batches
 
 
+def split_by_tokens(batch: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """A batch cut into micro-batches of at most `max_tokens` padded tokens (rows x longest row), longest
+    first, so one long example does not set every micro-batch's size; one longer than that goes alone."""
+    micro: list[list[int]] = []
+    for i in sorted(batch, key=lambda i: lengths[i], reverse=True):
+        if micro and (len(micro[-1]) + 1) * lengths[micro[-1][0]] <= max_tokens:
+            micro[-1].append(i)
+        else:
+            micro.append([i])
+    return micro
+
+
 def collate(items: list[EncodedExample], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Pad to the longest item. Labels are padded with -100 explicitly, never derived from the pad id:
     many tokenizers reuse the end-of-turn token as pad, and masking by id would hide the real one."""

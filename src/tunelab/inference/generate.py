@@ -163,6 +163,37 @@ def _generate_new_tokens(model, enc, kwargs) -> torch.Tensor:
     )
 
 
+class IncrementalDecoder:
+    """Turns tokens into text as they come, a piece per token as soon as it is whole (as TGI and vLLM
+    detokenize): transformers' TextStreamer holds text back to the next space, which delays every first
+    token by a word. A few prompt tokens give the first piece its context (a leading space, say)."""
+
+    CONTEXT = 5
+
+    def __init__(self, tokenizer, prompt_ids: list[int]):
+        self.tokenizer = tokenizer
+        self.ids = list(prompt_ids[-self.CONTEXT :])
+        self.prefix, self.read = 0, len(self.ids)  # decoded before / up to here
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.prefix, self.read)
+        text = self._decode(self.prefix, len(self.ids))
+        if len(text) <= len(before) or text.endswith("\ufffd"):  # a character cut in two: wait for the rest
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(before) :]
+
+    def flush(self) -> str:
+        """What is left at the end (bytes that never made a whole character)."""
+        before, text = self._decode(self.prefix, self.read), self._decode(self.prefix, len(self.ids))
+        self.prefix = self.read = len(self.ids)
+        return text[len(before) :]
+
+    def _decode(self, start: int, end: int) -> str:
+        return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=True)
+
+
 def stream_chat(
     model,
     tokenizer,

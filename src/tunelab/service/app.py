@@ -9,13 +9,14 @@ import sys
 import threading
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Response
 
-from .deps import Service
+from .deps import Owner, Service
 from .engine import Engine
 from .errors import install as install_error_handlers
 from .errors import log
 from .jobs import validate_job_files
+from .metrics import Metrics, RequestMetrics
 from .paths import DataDir, open_private
 from .quotas import Quotas
 from .routes import completions, dashboard, exports, feedback, files, jobs, models
@@ -81,8 +82,17 @@ class WorkerProcess:
                 self.process.kill()
 
 
+def engine_class(settings: ServiceSettings) -> type[Engine]:
+    if settings.engine == "vllm":
+        from .vllm_engine import VllmEngine  # imports vLLM
+
+        return VllmEngine
+    return Engine
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -93,7 +103,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         keys, _ = resolve_api_keys(settings)
         quotas = Quotas(settings.max_generations_per_key, settings.max_queued_jobs_per_key)
         owners = {k: owner_of(k) for k in keys}
-        service = Service(settings, data, store, Engine(settings, data, store), owners, now(), quotas)
+        engine = engine_class(settings)(settings, data, store, metrics)
+        service = Service(settings, data, store, engine, owners, now(), quotas, metrics)
+        metrics.watch(service)
         app.state.service = service
         for job in store.jobs_with_status("validating_files"):  # the server stopped while checking them
             threading.Thread(target=validate_job_files, args=(store, data, job), daemon=True).start()
@@ -120,11 +132,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         dependencies=[Depends(reject_lone_surrogates)],
     )
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestMetrics, metrics=metrics)
     install_error_handlers(app)
 
     @app.get("/health", tags=["health"])
     def health():
         return {"status": "ok", "worker": app.state.worker.alive}
+
+    @app.get("/metrics", tags=["health"])
+    def prometheus_metrics(owner: Owner):
+        """For an operator's Prometheus (scrape with any API key as the bearer token); totals only."""
+        body, content_type = metrics.text()
+        return Response(body, media_type=content_type)
 
     for module in (files, jobs, models, exports, completions, feedback, dashboard):
         app.include_router(module.router)

@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from .engine import Engine
 from .errors import ApiError
+from .metrics import Metrics
 from .paths import DataDir
 from .quotas import Quotas
 from .security import check_same_origin
@@ -30,6 +31,7 @@ class Service:
     keys: dict[str, str]  # API key -> owner
     started_at: int
     quotas: Quotas
+    metrics: Metrics
 
 
 def get_service(request: Request) -> Service:

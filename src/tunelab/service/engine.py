@@ -1,24 +1,27 @@
-"""Inference for the service: one loaded base model per base name, fine-tuned adapters switched on it
-(a small LRU of them), and generation that streams, honours stop strings and stops when the client goes.
+"""Inference for the service: one loaded base model per base name with a small LRU of fine-tuned adapters
+on it, and generation that streams, honours stop strings and stops when the client goes.
 
-Generation holds one lock, because the active adapter is state of the shared model; requests queue on it.
+Requests on one base share a continuously batched decode loop (`inference.scheduler`): rows of one batch
+may use different LoRA adapters and the base itself.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
 from ..inference import MultiAdapterModel
-from ..inference.generate import generation_kwargs
+from ..inference.generate import IncrementalDecoder
+from ..inference.scheduler import BatchScheduler, SequenceRequest
 from ..run_dir import RunDir
 from .errors import ApiError, not_found
+from .metrics import Metrics
 from .paths import DataDir
 from .settings import ServiceSettings
 from .store import Store
@@ -44,99 +47,78 @@ class Sampling:
     seed: int | None = None
 
 
-class StopOnEvent(StoppingCriteria):
-    """Ends generation when the event is set: a stop string was seen, or the client disconnected."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
-
-
-class CountingStreamer(TextIteratorStreamer):
-    """TextIteratorStreamer that also counts the tokens generated (the prompt is skipped)."""
-
-    def __init__(self, tokenizer):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.generated = 0
-        self.last_token: int | None = None
-
-    def put(self, value):
-        if not self.next_tokens_are_prompt:
-            self.generated += value.numel()
-            self.last_token = int(value.reshape(-1)[-1])
-        super().put(value)
-
-
 class Generation:
-    """One completion, produced on a background thread; iterate `pieces()` for the text as it comes.
+    """One completion, generated in its base model's shared batch (`inference.scheduler`); iterate
+    `pieces()` for the text as it comes.
 
     After iterating, `finish_reason` is 'stop' (end of text or a stop string) or 'length', and
     `completion_tokens` is set. `cancel()` stops it early (the client went away)."""
 
     def __init__(self, engine: Engine, target: Target, prompt_ids: list[int], sampling: Sampling):
         self.sampling = sampling
-        self.stopped = threading.Event()
-        self.streamer = CountingStreamer(engine.tokenizer(target.base))
+        tokenizer = engine.tokenizer(target.base)
+        self.decoder = IncrementalDecoder(tokenizer, prompt_ids)
+        self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # text pieces, then None
         self.error: Exception | None = None
         self.finish_reason = "stop"
         self.completion_tokens = 0
         self.text = ""
-        self.thread = threading.Thread(target=self._run, args=(engine, target, prompt_ids), daemon=True)
-        self.thread.start()
+        self.first_token_s = engine.metrics.first_token.observe
+        self.started = time.perf_counter()
+        self.request = SequenceRequest(
+            prompt_ids,
+            sampling.max_tokens,
+            on_token=self._token,
+            on_end=self._end,
+            adapter=target.name if target.adapter else None,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            eos_token_ids=(tokenizer.eos_token_id,),
+        )
+        engine.submit(target, self.request)
 
-    def _run(self, engine: Engine, target: Target, prompt_ids: list[int]) -> None:
-        sampling, tokenizer = self.sampling, engine.tokenizer(target.base)
-        kwargs = generation_kwargs(tokenizer, sampling.max_tokens, sampling.temperature, sampling.top_p)
-        try:
-            with engine.lock:
-                model, adapters_off = engine.activate(target)
-                ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)  # (1, T)
-                if sampling.seed is not None:
-                    torch.manual_seed(sampling.seed)
-                with adapters_off, torch.no_grad():
-                    model.generate(
-                        input_ids=ids,
-                        attention_mask=torch.ones_like(ids),
-                        **kwargs,
-                        streamer=self.streamer,
-                        stopping_criteria=StoppingCriteriaList([StopOnEvent(self.stopped)]),
-                    )
-        except Exception as err:  # handed to the reader, who raises it in the request
-            self.error = err
-            self.streamer.end()
+    def _token(self, token: int) -> None:
+        if not self.completion_tokens:
+            self.first_token_s(time.perf_counter() - self.started)
+        self.completion_tokens += 1
+        if piece := self.decoder.add(token):
+            self.queue.put(piece)
+
+    def _end(self, finish_reason: str, error: Exception | None) -> None:
+        self.finish_reason, self.error = finish_reason, error
+        self.queue.put(self.decoder.flush())
+        self.queue.put(None)
+
+    def _received(self) -> Iterator[str]:
+        while (piece := self.queue.get()) is not None:
+            yield piece
 
     def cancel(self) -> None:
-        self.stopped.set()
+        self.request.cancelled.set()
 
     def pieces(self) -> Iterator[str]:
         stops = self.sampling.stop
         hold = max((len(s) for s in stops), default=1) - 1  # text that may still grow into a stop string
-        buffer = ""
-        for piece in self.streamer:
+        buffer, hit_stop = "", False
+        received = self._received()
+        for piece in received:
             buffer += piece
             hits = [i for i in (buffer.find(s) for s in stops) if i >= 0]
             if hits:
-                buffer = buffer[: min(hits)]
-                self.stopped.set()
-                for _ in self.streamer:  # let the generating thread finish its last step
+                buffer, hit_stop = buffer[: min(hits)], True
+                self.cancel()
+                for _ in received:  # until the scheduler has let the sequence go
                     pass
                 break
             if len(buffer) > hold:
                 yield from self._emit(buffer[: len(buffer) - hold])
                 buffer = buffer[len(buffer) - hold :]
         yield from self._emit(buffer)
-        self.thread.join()
         if self.error is not None:
             raise self.error
-        self.completion_tokens = self.streamer.generated
-        hit_stop = bool(stops) and self.stopped.is_set()
-        ended = self.streamer.last_token == self.streamer.tokenizer.eos_token_id  # it said all it had to
-        if not hit_stop and not ended and self.completion_tokens >= self.sampling.max_tokens:
-            self.finish_reason = "length"
+        if hit_stop:
+            self.finish_reason = "stop"
 
     def _emit(self, text: str) -> Iterator[str]:
         if text:
@@ -150,12 +132,17 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, settings: ServiceSettings, data: DataDir, store: Store):
-        self.settings, self.data, self.store = settings, data, store
-        self.lock = threading.Lock()  # held while a generation runs
+    """The base models (loaded on first use), each with its batch scheduler and the adapters on it. Adapters
+    are loaded, switched and unloaded on the scheduler's thread only, between decode steps."""
+
+    def __init__(self, settings: ServiceSettings, data: DataDir, store: Store, metrics: Metrics):
+        self.settings, self.data, self.store, self.metrics = settings, data, store, metrics
         self._load_lock = threading.Lock()
         self._bases: dict[str, MultiAdapterModel] = {}
-        self._adapters: OrderedDict[str, tuple[str, str]] = OrderedDict()  # adapter -> (base, peft type)
+        self._schedulers: dict[str, BatchScheduler] = {}
+        self._adapters: OrderedDict[str, str] = OrderedDict()  # loaded adapter -> its base, oldest first
+        self._folders: dict[str, Path] = {}  # adapter name -> its folder, as last resolved
+        self._kinds: dict[str, tuple[str, bool]] = {}  # adapter name -> (PEFT type, whether rows may mix it)
 
     def resolve(self, name: str, owner: str) -> Target:
         """A base name, one of the key's `ft:` models, or one of its checkpoints; else 404."""
@@ -185,6 +172,11 @@ class Engine:
         with self._load_lock:
             if name not in self._bases:
                 self._bases[name] = MultiAdapterModel(self.settings.base_models[name])
+                self._schedulers[name] = BatchScheduler(
+                    lambda adapters, base=name: self._model_for(base, adapters),
+                    self.settings.max_batch,
+                    on_step=self.metrics.batch_rows.observe,
+                )
             return self._bases[name]
 
     def tokenizer(self, base: str):
@@ -194,36 +186,85 @@ class Engine:
         config = self.base(base).base.config
         return getattr(config, "max_position_embeddings", None) or 2048
 
-    def activate(self, target: Target):
-        """(model, context) to generate with `target`; call with `self.lock` held."""
-        multi = self.base(target.base)
-        if target.adapter is None:
-            multi.use_adapter(None)
-            return multi.model()
-        key = target.name
-        if key not in self._adapters:
-            self._load(multi, target)
-        self._adapters.move_to_end(key)
-        multi.use_adapter(key)
-        return multi.model()
+    def submit(self, target: Target, request: SequenceRequest) -> None:
+        self.base(target.base)
+        if target.adapter is not None:
+            self._folders[target.name] = target.adapter
+        self._schedulers[target.base].submit(request)
 
-    def _load(self, multi: MultiAdapterModel, target: Target) -> None:
-        folder = target.adapter
+    @property
+    def schedulers(self) -> list[BatchScheduler]:
+        return list(self._schedulers.values())
+
+    def _model_for(self, base: str, adapters: set[str | None]):
+        """(model, context, mixed) to run these adapters (None: the base alone) in one batch, loading them
+        as needed; None when they cannot share one. Runs on `base`'s scheduler thread."""
+        multi = self._bases[base]
+        names = sorted(a for a in adapters if a is not None)
+        kinds = {self._kind(name) for name in names}
+        if len({peft_type for peft_type, _ in kinds}) > 1 or len(names) > self.settings.max_loaded_adapters:
+            return None
+        if len(adapters) > 1 and not all(mixable for _, mixable in kinds):
+            return None
+        for name in names:
+            if name not in self._adapters:
+                self._load(multi, base, name, keep=set(names))
+            self._adapters.move_to_end(name)
+        loaded_mix = multi.peft is not None and all(self._kind(a)[1] for a in multi.adapters)
+        if len(adapters) > 1 or (not names and loaded_mix):  # base rows by name: no toggling per step
+            return multi.peft, nullcontext(), True
+        if multi.active != (names[0] if names else None):  # switching walks every layer: only on a change
+            multi.use_adapter(names[0] if names else None)
+        return (*multi.model(), False)
+
+    def _kind(self, name: str) -> tuple[str, bool]:
+        if name not in self._kinds:
+            config = RunDir(self._folder(name)).read_adapter_config()
+            peft_type = config.get("peft_type", "")
+            # PEFT runs rows of one batch through different adapters for plain LoRA only (not DoRA).
+            self._kinds[name] = (peft_type, peft_type == "LORA" and not config.get("use_dora"))
+        return self._kinds[name]
+
+    def _load(self, multi: MultiAdapterModel, base: str, name: str, keep: set[str]) -> None:
+        folder = self._folder(name)
         if not RunDir(folder).adapter_weights.is_file() or list(folder.glob("*.bin")):
-            raise ApiError(500, f"model '{target.name}' has no safetensors adapter; it will not be loaded")
-        peft_type = RunDir(folder).read_adapter_config().get("peft_type", "")
-        loaded = [k for k, (base, _) in self._adapters.items() if base == target.base]  # oldest first
+            raise ApiError(500, f"model '{name}' has no safetensors adapter; it will not be loaded")
+        loaded = [a for a, b in self._adapters.items() if b == base and a not in keep]  # oldest first
         # One PeftModel holds adapters of one kind: a new kind makes room first, as does a full LRU.
-        for key in [k for k in loaded if self._adapters[k][1] != peft_type]:
-            self.unload(key)
-            loaded.remove(key)
-        while len(loaded) >= self.settings.max_loaded_adapters:
-            self.unload(loaded.pop(0))
-        multi.load_adapter(target.name, folder)
-        self._adapters[target.name] = (target.base, peft_type)
+        for other in [a for a in loaded if self._kind(a)[0] != self._kind(name)[0]]:
+            self._unload(base, other)
+            loaded.remove(other)
+        while loaded and len(multi.adapters) >= self.settings.max_loaded_adapters:
+            self._unload(base, loaded.pop(0))
+        multi.load_adapter(name, folder)
+        self._adapters[name] = base
 
-    def unload(self, name: str) -> None:
-        """Forget an adapter (its model was deleted, or the LRU is full)."""
-        if name in self._adapters:
-            base, _ = self._adapters.pop(name)
+    def _folder(self, name: str) -> Path:
+        if name not in self._folders:  # deleted while the request waited for its turn
+            raise not_found("model", name, param="model")
+        return self._folders[name]
+
+    def unload(self, name: str, timeout: float = 60.0) -> None:
+        """Forget an adapter (its model was deleted): its running sequences end, then it is unloaded between
+        two decode steps; returns once that is done (or after `timeout` seconds, when it is left to do)."""
+        base = self._adapters.get(name)
+        self._folders.pop(name, None)
+        if base is None:
+            return
+        scheduler, done = self._schedulers[base], threading.Event()
+
+        def unload_now() -> None:
+            try:
+                scheduler.end_adapter(name)
+                self._unload(base, name)
+            finally:
+                done.set()
+
+        scheduler.call_soon(unload_now)
+        done.wait(timeout)
+
+    def _unload(self, base: str, name: str) -> None:
+        if self._adapters.get(name) == base:
+            del self._adapters[name]
+            self._kinds.pop(name, None)
             self._bases[base].unload_adapter(name)

@@ -24,6 +24,7 @@ MIN_EXAMPLES = 10
 # hyperparameters come from the request itself.
 FIXED = set("model data val out resume overwrite init_adapter seed epochs batch_size lr".split())
 FIXED |= {"format", "objective", "labels", "mix"}  # chat SFT only
+FIXED |= {"dry_run"}  # a job trains
 FIELD_TYPES = typing.get_type_hints(TrainConfig)
 EXTENSION_FIELDS = set(FIELD_TYPES) - FIXED
 WARNINGS_ONLY = {"duplicate_example"}  # such examples still train; the job notes them
@@ -33,6 +34,7 @@ MAX_STEPS = 100_000
 # max_minutes is bounded by the server's --max-job-minutes instead.
 BOUNDS = {
     "adapter_size": (1, 4096),
+    "batch_tokens": (1, 1_048_576),
     "dropout": (0.0, 0.9),
     "eval_every": (1, MAX_STEPS),
     "grad_accum": (1, 64),

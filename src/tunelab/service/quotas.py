@@ -1,5 +1,5 @@
 """Per-key and per-client limits, answered with 429 and Retry-After as OpenAI does: sign-in attempts
-(a moving window, from the `limits` library), concurrent generations and queued jobs per key."""
+(a moving window, from the `limits` library), sequences generating at once and queued jobs per key."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from .errors import too_many
+from .errors import ApiError, too_many
 
 LOGIN_FAILURES_PER_MINUTE = 10
 GENERATION_RETRY_S = 1  # a generation takes seconds: soon there is room again
@@ -28,30 +28,37 @@ class Quotas:
         self._logins = MovingWindowRateLimiter(MemoryStorage())
         self._login_rate = RateLimitItemPerMinute(LOGIN_FAILURES_PER_MINUTE)
 
-    def take_generation(self, owner: str) -> Release:
-        """A generation slot of `owner`'s, or 429; give it back with the returned callable (once is
-        enough, twice is harmless)."""
+    def take_generation(self, owner: str, sequences: int = 1) -> Release:
+        """`sequences` generation slots of `owner`'s, or 429 (400 for more than a key ever has); give them
+        back with the returned callable (once is enough, twice is harmless)."""
+        if sequences > self.max_generations:
+            raise ApiError(
+                400,
+                f"n is {sequences}, but this server generates at most {self.max_generations} sequence(s) at "
+                "once per API key (`tunelab serve --max-generations-per-key`)",
+                param="n",
+            )
         with self._lock:
-            if self._running[owner] >= self.max_generations:
+            if self._running[owner] + sequences > self.max_generations:
                 raise too_many(
-                    f"this API key already has {self.max_generations} generation(s) running "
-                    "(`tunelab serve --max-generations-per-key`)",
+                    f"this API key already has {self._running[owner]} of its {self.max_generations} "
+                    "sequence(s) generating (`tunelab serve --max-generations-per-key`)",
                     GENERATION_RETRY_S,
                 )
-            self._running[owner] += 1
-        return Release(self, owner)
+            self._running[owner] += sequences
+        return Release(self, owner, sequences)
 
     @contextmanager
-    def generation(self, owner: str):
-        release = self.take_generation(owner)
+    def generation(self, owner: str, sequences: int = 1):
+        release = self.take_generation(owner, sequences)
         try:
             yield
         finally:
             release()
 
-    def _give_back(self, owner: str) -> None:
+    def _give_back(self, owner: str, sequences: int) -> None:
         with self._lock:
-            self._running[owner] -= 1
+            self._running[owner] -= sequences
             if self._running[owner] <= 0:
                 del self._running[owner]
 
@@ -78,10 +85,10 @@ class Quotas:
 
 
 class Release:
-    def __init__(self, quotas: Quotas, owner: str):
-        self.quotas, self.owner, self.done = quotas, owner, False
+    def __init__(self, quotas: Quotas, owner: str, sequences: int):
+        self.quotas, self.owner, self.sequences, self.done = quotas, owner, sequences, False
 
     def __call__(self) -> None:
         if not self.done:
             self.done = True
-            self.quotas._give_back(self.owner)
+            self.quotas._give_back(self.owner, self.sequences)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import secrets
 import stat
@@ -14,6 +15,7 @@ from ..models.loading import DEFAULT_MODEL
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 KEY_FILE = "api_key"
+ENGINES = ("tunelab", "vllm")
 
 
 @dataclass
@@ -26,16 +28,18 @@ class ServiceSettings:
     max_upload_mb: float = 512.0
     max_body_kb: int = 1024  # any request body but an upload (JSON, forms)
     max_loaded_adapters: int = 4  # adapters kept on the base model at once (least recently used goes)
+    max_batch: int = 16  # sequences decoded together on one base model; more wait for a free row
     default_max_tokens: int = 512  # when a request gives no max_tokens
-    max_generations_per_key: int = 4  # chat and completion requests in flight at once, per key
+    max_generations_per_key: int = 8  # sequences generating at once per key (a request's n choices count n)
     max_queued_jobs_per_key: int = 8  # jobs waiting to train (validating_files or queued), per key
     max_job_minutes: float = 24 * 60  # a job stops (and publishes what it has) after this long
     session_hours: float = 12.0  # a dashboard sign-in lasts this long
     behind_tls_proxy: bool = False  # served as https by a proxy: cookies are Secure, origins https
     start_worker: bool = True  # tests of the API alone turn it off
+    engine: str = "tunelab"  # who runs inference: "tunelab" (in process, CPU or GPU) or "vllm" (GPU)
 
     def __post_init__(self):
-        counts = ("max_loaded_adapters", "default_max_tokens", "max_body_kb")
+        counts = ("max_loaded_adapters", "max_batch", "default_max_tokens", "max_body_kb")
         counts += ("max_generations_per_key", "max_queued_jobs_per_key")
         for name in counts:
             if getattr(self, name) < 1:
@@ -43,6 +47,13 @@ class ServiceSettings:
         for name in ("max_upload_mb", "max_job_minutes", "session_hours"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} must be positive (got {getattr(self, name)})")
+        if self.engine not in ENGINES:
+            raise UserError(f"engine must be one of {', '.join(ENGINES)} (got '{self.engine}')")
+        if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise UserError(
+                "--engine vllm needs vLLM installed (`pip install vllm`, on a machine with a CUDA GPU); "
+                "the default engine needs nothing more"
+            )
         for name in self.base_models:
             if ":" in name or not name:
                 raise UserError(f"base model name '{name}' must be non-empty and hold no ':'")

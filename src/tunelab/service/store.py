@@ -370,6 +370,11 @@ class Store:
     def end_session(self, token: str) -> None:
         self.run("DELETE FROM sessions WHERE token_hash = ?", token_hash(token))
 
+    def job_counts(self) -> dict[str, int]:
+        """Every key's jobs, counted by status."""
+        rows = self.all("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}
+
     def waiting_jobs(self, owner: str) -> int:
         """The key's jobs not training yet (validating_files or queued)."""
         sql = "SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND status IN ('validating_files', 'queued')"

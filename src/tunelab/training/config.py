@@ -57,6 +57,12 @@ class TrainConfig:
         default=8, metadata={"help": "examples per micro-batch; auto: from the lengths and free memory"}
     )
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    batch_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "cut each batch into pieces of at most this many padded tokens: less memory, same step"
+        },
+    )
     max_length: int = field(default=1024, metadata={"help": "tokens per example; longer ones are truncated"})
     warmup: float = field(
         default=0.05, metadata={"help": "warmup: a fraction of the steps if < 1, else steps"}
@@ -117,6 +123,15 @@ class TrainConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "trade compute for activation memory"}
     )
+    memory_budget: str | None = field(
+        default=None,
+        metadata={
+            "help": "peak memory to stay under, e.g. 4GB: sets batch_tokens (and checkpointing if needed)"
+        },
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "print the predicted peak memory and speed, then stop"}
+    )
     log_every: int = field(default=1, metadata={"help": "write train metrics every N steps"})
 
     def __post_init__(self):
@@ -143,7 +158,7 @@ class TrainConfig:
         for name in ("grad_accum", "max_length", "keep_checkpoints", "log_every", "lora_r"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("max_steps", "eval_every", "save_every", "patience"):
+        for name in ("max_steps", "eval_every", "save_every", "patience", "batch_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1 when set (got {value})")

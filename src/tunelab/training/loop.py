@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 
-from ..data.batching import collate, epoch_batches
+from ..data.batching import collate, epoch_batches, split_by_tokens
 from ..data.mixture import epoch_indices, mixing_weights
 from ..data.tokenize import EncodedExample
 from ..errors import UserError
@@ -31,6 +31,7 @@ from . import auto
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
 from .datasets import load_tasks
+from .memory import MemoryModel, batch_tokens_for, measure, parse_bytes
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
 from .schedule import LRPlan, TimeBudget, apply_plan, lr_scheduler
@@ -104,6 +105,11 @@ def check_out_dir(out: Path, config: TrainConfig) -> None:
         )
 
 
+def enable_checkpointing(model) -> None:
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
+
+
 def padding_fraction(items: list[EncodedExample], batches: list[list[int]]) -> float:
     real = sum(len(items[i].input_ids) for b in batches for i in b)
     padded = sum(len(b) * max(len(items[i].input_ids) for i in b) for b in batches)
@@ -123,7 +129,7 @@ class Trainer:
         self.main = self.accelerator.is_main_process
         self.console = console if self.main else None
         self.log = self.console.print if self.console else (lambda *a, **k: None)
-        if self.main:
+        if self.main and not config.dry_run:
             check_out_dir(self.out, config)
             self.out.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
@@ -142,10 +148,12 @@ class Trainer:
         self.config = config  # classification runs now know their labels, auto settings their values
         model = self.method.prepare(model, config)
         if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
+            enable_checkpointing(model)
         self.train_items = [item for task in self.tasks for item in task.train]
         self.lengths = [len(item.input_ids) for item in self.train_items]
+        self.memory = None
+        if config.memory_budget or config.dry_run:
+            self.memory = self._fit_memory(model)
         self.task_sizes = [len(task.train) for task in self.tasks]
         self.mix = mixing_weights(self.tasks, config.mix)
 
@@ -165,6 +173,54 @@ class Trainer:
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.state = TrainState()
 
+    def _fit_memory(self, model) -> MemoryModel:
+        """Measure what the run will cost; under `memory_budget`, cut batches to fit (checkpointing the
+        activations when even one example would not)."""
+        config, longest = self.config, max(self.lengths)
+        trainable = sum(p.numel() for _, p in self.method.optimizer_params(model))
+        vocab = model.get_output_embeddings().weight.shape[0]
+        device = next(model.parameters()).device
+        memory = measure(model, self.method, trainable, vocab, device, self.precision)
+        if not config.memory_budget:
+            return memory
+        budget = parse_bytes(config.memory_budget)
+        tokens = batch_tokens_for(memory, budget, longest, config.batch_size)
+        if tokens is None and not config.gradient_checkpointing:
+            enable_checkpointing(model)
+            config.gradient_checkpointing = True
+            memory = measure(model, self.method, trainable, vocab, device, self.precision)
+            tokens = batch_tokens_for(memory, budget, longest, config.batch_size)
+        if tokens is None:
+            need = memory.peak(1, longest) / 2**30
+            raise ConfigError(
+                f"memory_budget {config.memory_budget} is below what one {longest}-token example needs even "
+                f"with gradient checkpointing (about {need:.1f} GiB); raise it or lower max_length"
+            )
+        config.batch_tokens = tokens
+        self.log(
+            f"memory budget {config.memory_budget}: micro-batches of at most {tokens} tokens"
+            f"{', gradient checkpointing' if config.gradient_checkpointing else ''}"
+        )
+        return memory
+
+    def predicted(self) -> dict:
+        """Peak memory and speed this run should reach, from `self.memory` and its first epoch's batches."""
+        micro = [m for group in self._epoch_groups(0) for batch in group for m in self._micro(batch)]
+        worst = max(micro, key=lambda m: self.memory.activations(len(m), max(self.lengths[i] for i in m)))
+        rows, length = len(worst), max(self.lengths[i] for i in worst)
+        return {
+            "predicted_peak_mb": round(self.memory.peak(rows, length) / 2**20, 1),
+            "fixed_mb": round(self.memory.fixed / 2**20, 1),
+            "activation_mb_per_token": round(self.memory.activations(1, length) / length / 2**20, 4),
+            "largest_micro_batch": f"{rows} x {length} tokens",
+            "predicted_tokens_per_s": round(1 / self.memory.seconds_per_token, 1),
+        }
+
+    def _micro(self, batch: list[int]) -> list[list[int]]:
+        if not self.config.batch_tokens:
+            return [batch]
+        return split_by_tokens(batch, self.lengths, self.config.batch_tokens)
+
     def _optimizer(self, model):
         config = self.config
         self.peak_lr = config.lr or self.method.default_lr
@@ -174,6 +230,10 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         config, state = self.config, self.state
+        if config.dry_run:  # nothing is written
+            prediction = self.predicted()
+            self.log(", ".join(f"{key.replace('_', ' ')}: {value}" for key, value in prediction.items()))
+            return TrainResult(self.out, prediction)
         checkpoints = ckpt.list_checkpoints(self.out)
         if config.resume and checkpoints:
             rank = self.accelerator.process_index
@@ -239,7 +299,9 @@ class Trainer:
         state, pad_id = self.state, self.tokenizer.pad_token_id
         self.method.on_step(self.unwrapped, state.step, self.plan.total_steps)
         lr_factor = self.plan.factor(state.step)  # what the scheduler set for this step
-        micro = [collate([self.train_items[i] for i in batch], pad_id) for batch in group]
+        micro = [
+            collate([self.train_items[i] for i in m], pad_id) for batch in group for m in self._micro(batch)
+        ]
         loss, grad_norm, tokens = train_step(
             self.model, micro, self.optimizer, self.scheduler, self.accelerator, self.config, self.precision,
             self.method,

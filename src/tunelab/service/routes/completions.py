@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -252,62 +252,55 @@ class Reply:
         self.service.store.add_completion(self.id, self.owner, self.target.name, self.prompt, first_text)
 
     async def respond(self, runs: list, request: GenerationRequest, client: Request):
-        """Within the key's generation slots: a stream gives its slot back when it ends, or when it never
-        started because the client left first (the background task)."""
+        """Within the key's generation slots, one a choice: a stream gives them back when it ends, or when
+        it never started because the client left first (the background task)."""
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            release = self.service.quotas.take_generation(self.owner)
+            release = self.service.quotas.take_generation(self.owner, len(runs))
             return StreamingResponse(
                 self.stream(runs, include_usage, release),
                 media_type="text/event-stream",
                 background=BackgroundTask(release),
             )
-        with self.service.quotas.generation(self.owner):
+        with self.service.quotas.generation(self.owner, len(runs)):
             return await self.whole(runs, client)
+
+    def start(self, runs: list) -> list[Generation]:
+        """Every choice joins the batch at once, so n choices take about the time of one."""
+        return [Generation(self.service.engine, self.target, ids, sampling) for _, ids, sampling in runs]
 
     async def whole(self, runs: list, client: Request) -> dict | None:
         """All choices at once. A client that hangs up meanwhile stops the generation (nothing is returned:
         nobody is there to read it)."""
-        generations: list[Generation] = []
-        gone = threading.Event()
-
-        def generate_all() -> None:
-            for _, ids, sampling in runs:
-                if gone.is_set():
-                    return
-                generation = Generation(self.service.engine, self.target, ids, sampling)
-                generations.append(generation)
-                generation.run()
-
-        work = asyncio.ensure_future(asyncio.to_thread(generate_all))
+        generations = await asyncio.to_thread(self.start, runs)
+        work = asyncio.ensure_future(asyncio.to_thread(lambda: [g.run() for g in generations]))
         while not work.done():
             await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
             if not work.done() and await client.is_disconnected():
-                gone.set()
                 for generation in generations:
                     generation.cancel()
+                with suppress(Exception):
+                    await work
+                return None
         await work
-        if gone.is_set():
-            return None
         choices = [
             self._choice(index, g.text, g.finish_reason)
             for (index, _, _), g in zip(runs, generations, strict=True)
         ]
         self._keep(generations[0].text)
+        self.service.metrics.count_tokens(self.prompt_tokens, sum(g.completion_tokens for g in generations))
         return {
             **self._envelope(choices),
             "usage": usage(self.prompt_tokens, sum(g.completion_tokens for g in generations)),
         }
 
     async def stream(self, runs: list, include_usage: bool, release=lambda: None) -> AsyncIterator[str]:
-        generation: Generation | None = None
-        completion_tokens, first_text = 0, None
+        """The choices generate together; their chunks are sent one choice after another."""
+        generations: list[Generation] = []
         try:
-            for index, ids, sampling in runs:
-                # Built off the event loop: it may wait for the engine's lock on loading a model.
-                generation = await asyncio.to_thread(
-                    Generation, self.service.engine, self.target, ids, sampling
-                )
+            # Built off the event loop: the first request on a base model loads it.
+            generations = await asyncio.to_thread(self.start, runs)
+            for (index, _, _), generation in zip(runs, generations, strict=True):
                 if self.chat:
                     yield sse(
                         self._envelope(
@@ -318,32 +311,23 @@ class Reply:
                 while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
                     delta = {"content": piece} if self.chat else None
                     yield sse(self._envelope([self._choice(index, piece, None, delta)], True))
-                yield sse(
-                    self._envelope(
-                        [
-                            self._choice(
-                                index,
-                                "" if not self.chat else None,
-                                generation.finish_reason,
-                                {} if self.chat else None,
-                            )
-                        ],
-                        True,
-                    )
-                )
-                completion_tokens += generation.completion_tokens
-                first_text = generation.text if first_text is None else first_text
-                generation = None
+                end = {} if self.chat else None
+                text = None if self.chat else ""
+                yield sse(self._envelope([self._choice(index, text, generation.finish_reason, end)], True))
             if include_usage:
-                yield sse({**self._envelope([], True), "usage": usage(self.prompt_tokens, completion_tokens)})
+                tokens = sum(g.completion_tokens for g in generations)
+                yield sse({**self._envelope([], True), "usage": usage(self.prompt_tokens, tokens)})
             yield "data: [DONE]\n\n"
-            self._keep(first_text or "")
+            self._keep(generations[0].text)
+            self.service.metrics.count_tokens(
+                self.prompt_tokens, sum(g.completion_tokens for g in generations)
+            )
         except ApiError as err:  # the status line is sent already: the error goes in the stream
             yield sse(error_body(err.status, err.message, err.param, err.code))
         except Exception as err:
             yield sse(internal_error(err, f"streaming {self.id}"))
         finally:
-            if generation is not None:  # the client went away mid-answer: stop generating for it
+            for generation in generations:  # stops those still running if the client went away
                 generation.cancel()
             release()
 

@@ -60,9 +60,8 @@ def delete_model(model_id: str, owner: Owner, service: ServiceDep):
             )
     service.store.delete_model(model_id, owner)
     service.store.drop_checkpoints(row["job_id"])
-    with service.engine.lock:  # not while a request is generating with it
-        for name in (model_id, *checkpoints):
-            service.engine.unload(name)
+    for name in (model_id, *checkpoints):
+        service.engine.unload(name)
     shutil.rmtree(service.data.run_dir(row["job_id"]), ignore_errors=True)
     shutil.rmtree(service.data.checkpoints_dir(row["job_id"]), ignore_errors=True)
     return {"id": model_id, "object": "model", "deleted": True}

@@ -1,0 +1,294 @@
+"""Continuous batching for one model: sequences that arrive while others generate join the running batch
+at the next decode step and leave the step they finish, each with its own adapter, sampling settings and
+stop. One thread runs the model; callers get their tokens through a callback, as they come.
+
+Written here because transformers' own continuous batching packs every sequence into one row of a paged
+cache, where PEFT's per-row `adapter_names` (the S-LoRA/Punica idea: one batch, many LoRA adapters) cannot
+apply. Each new sequence is prefilled alone, so its first token is exactly what it would be alone; its KV
+cache is then left-padded into the batch's, and every decode step runs the whole batch at once.
+Caches are plain (full-attention) layers: a sliding-window model attends to its whole context here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from .generate import MIN_TEMPERATURE
+
+log = logging.getLogger(__name__)
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class SequenceRequest:
+    """What to generate. `on_token(id)` receives each new token (an end-of-text one included, as
+    `generate` gives it to a streamer), and `on_end(finish_reason, error)` comes once at the end, error None
+    unless the model failed; both are called from the scheduler's thread."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    on_token: Callable[[int], None]
+    on_end: Callable[[str, Exception | None], None]
+    adapter: str | None = None  # None: the base model alone
+    temperature: float = 0.0  # below MIN_TEMPERATURE: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set it to end the sequence
+
+
+@dataclass
+class Row:
+    """A sequence in the running batch."""
+
+    request: SequenceRequest
+    length: int  # real tokens in the cache
+    next_token: int = -1  # sampled, not yet in the cache
+    generated: int = 0
+    generator: torch.Generator | None = None
+
+
+class BatchScheduler:
+    """Runs the batch on its own thread. `model_for(adapters)` returns (model, context, mixed) to run a set
+    of adapters (None: the base) in one batch, `mixed` meaning rows name their adapter through PEFT's
+    `adapter_names`; or None when those cannot share a batch (the caller knows which PEFT kinds mix). It is
+    called from the scheduler's thread only, the one thread that touches the model."""
+
+    def __init__(
+        self, model_for: Callable, max_batch: int = 16, on_step: Callable[[int], None] | None = None
+    ):
+        self.model_for, self.max_batch = model_for, max_batch
+        self.on_step = on_step  # told the number of rows of each decode step
+        self.pending: deque[SequenceRequest] = deque()
+        self.calls: deque[Callable[[], None]] = deque()  # to run on this thread between steps
+        self.rows: list[Row] = []
+        self.cache: DynamicCache | None = None
+        self.wake = threading.Condition()  # new work, or (notify_all) nothing left to do
+        self.thread = threading.Thread(target=self._loop, name="batch-scheduler", daemon=True)
+        self.thread.start()
+
+    def submit(self, request: SequenceRequest) -> None:
+        with self.wake:
+            self.pending.append(request)
+            self.wake.notify_all()
+
+    def call_soon(self, function: Callable[[], None]) -> None:
+        """Run `function` on the scheduler's thread before the next step (e.g. to change the model)."""
+        with self.wake:
+            self.calls.append(function)
+            self.wake.notify_all()
+
+    def end_adapter(self, adapter: str) -> None:
+        """End the running sequences that use `adapter` (call it from the scheduler's thread)."""
+        for row in self.rows:
+            if row.request.adapter == adapter:
+                row.request.cancelled.set()
+        self._retire()
+
+    @property
+    def queued(self) -> int:
+        return len(self.pending)
+
+    @property
+    def running(self) -> int:
+        return len(self.rows)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every sequence ended (and none waits) within `timeout` seconds."""
+        with self.wake:
+            return self.wake.wait_for(self._idle, timeout)
+
+    def _idle(self) -> bool:
+        return not self.pending and not self.rows and not self.calls
+
+    def _loop(self) -> None:
+        while True:
+            with self.wake:
+                while self._idle():
+                    self.wake.notify_all()
+                    self.wake.wait()
+            try:
+                while self.calls:
+                    call = self.calls.popleft()
+                    try:
+                        call()
+                    except Exception:  # the caller's own work failed; the batch goes on
+                        log.exception("call on the scheduler's thread failed")
+                self._admit()
+                self._retire()  # those cancelled since the last step, or done at their first token
+                if self.rows:
+                    self._step()
+                    self._retire()
+            except Exception as err:  # a model failure ends every sequence in the batch, not the server
+                for row in self.rows:
+                    row.request.on_end("stop", err)
+                self.rows, self.cache = [], None
+
+    def _admit(self) -> None:
+        """New sequences in arrival order, while the batch has room and they can share it (the first one
+        that cannot waits for the batch to drain, and those behind it too, so none is passed over); those
+        admitted together are prefilled in one forward pass."""
+        admitted: list[SequenceRequest] = []
+        while self.pending and len(self.rows) + len(admitted) < self.max_batch:
+            request = self.pending[0]
+            try:
+                if not request.cancelled.is_set() and not self._fits([*admitted, request]):
+                    break
+            except Exception as err:  # this request's own failure (e.g. its adapter); the others go on
+                self.pending.popleft()
+                request.on_end("stop", err)
+                continue
+            self.pending.popleft()
+            if request.cancelled.is_set():
+                request.on_end("stop", None)
+            else:
+                admitted.append(request)
+        if admitted:
+            try:
+                self._prefill(admitted)
+            except Exception as err:
+                for request in admitted:
+                    request.on_end("stop", err)
+
+    def _fits(self, requests: list[SequenceRequest]) -> bool:
+        adapters = {row.request.adapter for row in self.rows} | {r.adapter for r in requests}
+        return self.model_for(adapters) is not None
+
+    @torch.no_grad()
+    def _prefill(self, requests: list[SequenceRequest]) -> None:
+        """The prompts left-padded into one batch, as the running batch's cache keeps them."""
+        model, context, mixed = self.model_for({r.adapter for r in requests})
+        device, width = model.device, max(len(r.prompt_ids) for r in requests)
+        ids = torch.zeros(len(requests), width, dtype=torch.long, device=device)  # (B, T)
+        mask = torch.zeros_like(ids)
+        for r, request in enumerate(requests):
+            ids[r, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids, device=device)
+            mask[r, width - len(request.prompt_ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each prompt from position 0, after its padding
+        extra = {"adapter_names": [r.adapter or BASE for r in requests]} if mixed else {}
+        with context:
+            # logits of the last position only: the head over a whole prompt costs as much as a layer
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=DynamicCache(),
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
+            )
+        rows = [Row(r, length=len(r.prompt_ids), generator=generator_for(r, device)) for r in requests]
+        for r, row in enumerate(rows):
+            self._take(row, out.logits[r, -1])
+        self._join(rows, out.past_key_values)
+
+    def _join(self, rows: list[Row], cache: DynamicCache) -> None:
+        """Rows and their cache into the running batch (finished ones leave at the next `_retire`)."""
+        if self.cache is None:
+            self.rows, self.cache = rows, cache
+            return
+        width = max(self.cache.get_seq_length(), cache.get_seq_length())
+        merged = []
+        for ours, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            keys = torch.cat([left_pad(ours.keys, width), left_pad(theirs.keys, width)])
+            values = torch.cat([left_pad(ours.values, width), left_pad(theirs.values, width)])
+            merged.append((keys, values))  # (B, heads, width, head_dim)
+        self.cache = DynamicCache(ddp_cache_data=merged)
+        self.rows += rows
+
+    @torch.no_grad()
+    def _step(self) -> None:
+        """One token for every row: each row's last sampled token, at its own position."""
+        model, context, mixed = self.model_for({row.request.adapter for row in self.rows})
+        width, device = self.cache.get_seq_length(), model.device
+        ids = torch.tensor([[row.next_token] for row in self.rows], device=device)  # (B, 1)
+        positions = torch.tensor([[row.length] for row in self.rows], device=device)  # (B, 1)
+        mask = torch.zeros(len(self.rows), width + 1, dtype=torch.long, device=device)  # (B, width + 1)
+        for r, row in enumerate(self.rows):
+            mask[r, width - row.length :] = 1  # the left padding stays 0
+        extra = {"adapter_names": [row.request.adapter or BASE for row in self.rows]} if mixed else {}
+        with context:
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=self.cache,
+                use_cache=True,
+                **extra,
+            )
+        self.cache = out.past_key_values
+        if self.on_step:
+            self.on_step(len(self.rows))
+        for r, row in enumerate(self.rows):
+            row.length += 1
+            self._take(row, out.logits[r, -1])
+
+    def _take(self, row: Row, logits: torch.Tensor) -> None:
+        row.next_token = sample(logits, row.request, row.generator)
+        row.generated += 1
+        row.request.on_token(row.next_token)
+
+    def _retire(self) -> None:
+        """End finished rows; drop them and the cache columns that are padding in every row left."""
+        reasons = [finish_reason(row) for row in self.rows]
+        if not any(reasons):
+            return
+        for row, reason in zip(self.rows, reasons, strict=True):
+            if reason:
+                row.request.on_end(reason, None)
+        keep = [r for r, reason in enumerate(reasons) if not reason]
+        self.rows = [self.rows[r] for r in keep]
+        if not self.rows:
+            self.cache = None
+            return
+        start = self.cache.get_seq_length() - max(row.length for row in self.rows)
+        index = torch.tensor(keep, device=self.cache.layers[0].keys.device)
+        self.cache = DynamicCache(
+            ddp_cache_data=[
+                (layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self.cache.layers
+            ]
+        )
+
+
+def generator_for(request: SequenceRequest, device) -> torch.Generator | None:
+    """The row's own random numbers when it samples (seeded when asked), so rows never share a stream."""
+    if request.temperature < MIN_TEMPERATURE:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(request.seed if request.seed is not None else torch.seed())
+    return generator
+
+
+def finish_reason(row: Row) -> str | None:
+    """'stop' (end of text, or cancelled), 'length' (max_tokens), or None while it goes on."""
+    request = row.request
+    if request.cancelled.is_set() or row.next_token in request.eos_token_ids:
+        return "stop"
+    return "length" if row.generated >= request.max_tokens else None
+
+
+def sample(logits: torch.Tensor, request: SequenceRequest, generator: torch.Generator | None) -> int:
+    """Greedy without a generator, else top-p sampling at the request's temperature. (V,) -> token id"""
+    if generator is None:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / request.temperature, dim=-1)
+    if request.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > request.top_p  # the top token always stays
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs.masked_fill(outside, 0.0))
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, heads, T, head_dim) -> (B, heads, width, head_dim), zeros first (the batch mask hides them)."""
+    missing = width - states.shape[2]
+    if missing == 0:
+        return states
+    return torch.nn.functional.pad(states, (0, 0, missing, 0))

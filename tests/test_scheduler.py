@@ -1,0 +1,148 @@
+"""Continuous batching in the service's engine: rows of one batch with different adapters (and the base)
+give exactly their greedy tokens alone; a row's stop, max_tokens or cancel ends it and not the others;
+a request that arrives mid-run joins the running batch."""
+
+import threading
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from tunelab.models import load_model
+from tunelab.service.engine import Engine, Generation, Sampling, Target
+from tunelab.service.metrics import Metrics
+from tunelab.service.paths import DataDir
+from tunelab.service.settings import ServiceSettings
+
+PROMPTS = ["say bob", "the quick brown fox jumps over the lazy dog and then", "tokyo", "name age city json"]
+
+
+def random_lora(model_dir, folder, seed, use_dora=False):
+    """A LoRA adapter with random (not zero) B, so it really changes the answers."""
+    torch.manual_seed(seed)
+    model, _ = load_model(str(model_dir))
+    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, use_dora=use_dora)
+    get_peft_model(model, config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_llama_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "a": random_lora(tiny_llama_dir, root / "a", 1),
+        "b": random_lora(tiny_llama_dir, root / "b", 2),
+        "dora": random_lora(tiny_llama_dir, root / "dora", 3, use_dora=True),
+    }
+
+
+@pytest.fixture
+def engine(tiny_llama_dir, tmp_path):
+    settings = ServiceSettings(data_dir=str(tmp_path), base_models={"tiny": str(tiny_llama_dir)})
+    engine = Engine(settings, DataDir(tmp_path), store=None, metrics=Metrics())
+    engine.base("tiny")
+    return engine
+
+
+def alone(model_dir, adapter, prompt_ids, max_tokens):
+    """The reference: transformers' own greedy `generate`, one sequence, that adapter only."""
+    from peft import PeftModel
+
+    model, tokenizer = load_model(str(model_dir))
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    ids = torch.tensor([prompt_ids])
+    out = model.eval().generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_tokens,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def greedy(max_tokens, **options):
+    return Sampling(max_tokens=max_tokens, temperature=0.0, **options)
+
+
+def target(name, adapters):
+    return Target(name, "tiny", adapters[name]) if name else Target("tiny", "tiny")
+
+
+def held(engine):
+    """Holds the scheduler between steps until released, so requests submitted meanwhile start together."""
+    gate = threading.Event()
+    engine.schedulers[0].call_soon(gate.wait)
+    return gate
+
+
+def test_a_batch_mixing_two_adapters_and_the_base_gives_each_row_its_greedy_tokens_alone(
+    engine, adapters, tiny_llama_dir
+):
+    tokenizer = engine.tokenizer("tiny")
+    rows = [(name, prompt) for name in ("a", "b", None) for prompt in PROMPTS[:2]] + [("a", PROMPTS[2])]
+    sizes = []
+    engine.schedulers[0].on_step = sizes.append
+    gate = held(engine)
+    generations = [
+        Generation(engine, target(name, adapters), tokenizer(prompt)["input_ids"], greedy(10))
+        for name, prompt in rows
+    ]
+    gate.set()
+    texts = [g.run() for g in generations]
+    assert max(sizes) == len(rows), "all rows decoded in one batch"
+    for (name, prompt), text in zip(rows, texts, strict=True):
+        reference = alone(tiny_llama_dir, adapters.get(name), tokenizer(prompt)["input_ids"], 10)
+        assert text == reference, (name, prompt)
+    assert len({texts[0], texts[2], texts[4]}) == 3, "the adapters change the answer"
+
+
+def test_max_tokens_a_stop_string_or_a_cancel_ends_one_row_and_not_the_others(
+    engine, adapters, tiny_llama_dir
+):
+    tokenizer = engine.tokenizer("tiny")
+    ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    full = alone(tiny_llama_dir, adapters["a"], ids[0], 12)
+    stop = full[4:6]
+    gate = held(engine)
+    short = Generation(engine, target("a", adapters), ids[0], greedy(3))
+    stopped = Generation(engine, target("a", adapters), ids[0], greedy(12, stop=(stop,)))
+    cancelled = Generation(engine, target("b", adapters), ids[1], greedy(200))
+    long = Generation(engine, target(None, adapters), ids[3], greedy(12))
+    gate.set()
+    pieces = cancelled.pieces()
+    next(pieces)
+    cancelled.cancel()
+    list(pieces)
+    assert short.run() and short.finish_reason == "length" and short.completion_tokens == 3
+    assert stopped.run() == full[: full.index(stop)] and stopped.finish_reason == "stop"
+    assert cancelled.completion_tokens < 200
+    assert long.run() == alone(tiny_llama_dir, None, ids[3], 12)
+
+
+def test_a_request_arriving_mid_run_joins_the_batch_and_ends_first(engine, adapters):
+    tokenizer = engine.tokenizer("tiny")
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    long = Generation(engine, target(None, adapters), ids, Sampling(max_tokens=300, temperature=1.0, seed=0))
+    pieces = long.pieces()
+    next(pieces)  # the long one is running
+    short = Generation(engine, target("a", adapters), ids, greedy(2))
+    short.run()
+    assert long.completion_tokens < 300, "the short request did not wait for the long one"
+    list(pieces)
+
+
+def test_adapters_that_cannot_share_a_batch_take_turns_and_stay_exact(engine, adapters, tiny_llama_dir):
+    tokenizer = engine.tokenizer("tiny")
+    ids = tokenizer(PROMPTS[1])["input_ids"]
+    sizes = []
+    engine.schedulers[0].on_step = sizes.append
+    gate = held(engine)
+    dora = Generation(engine, target("dora", adapters), ids, greedy(8))
+    base = Generation(engine, target(None, adapters), ids, greedy(8))
+    gate.set()
+    assert dora.run() == alone(tiny_llama_dir, adapters["dora"], ids, 8)
+    assert base.run() == alone(tiny_llama_dir, None, ids, 8)
+    assert max(sizes) == 1, "PEFT does not mix DoRA rows with others: they run one batch after another"

@@ -1,0 +1,125 @@
+"""`tunelab serve --engine vllm` without a GPU: a stand-in for vLLM's few classes checks what tunelab hands
+it (the base folder, each `ft:` model as a LoRARequest with a stable id, sampling settings, aborts) and that
+its tokens come back through the same OpenAI API. The real engine runs only where vLLM and CUDA are."""
+
+import importlib.machinery
+import importlib.util
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from peft import IA3Config, LoraConfig
+
+from test_service_api import K1, chat, fake_fine_tuned_model, settings_for
+from tunelab.errors import UserError
+from tunelab.inference.generate import chat_prompt_ids
+from tunelab.service import ServiceSettings, create_app
+
+ANSWER = "bob paris london"
+
+
+class FakeAsyncLLMEngine:
+    made: list = []
+
+    def __init__(self, args):
+        self.args, self.requests, self.aborted = args, [], []
+
+    @classmethod
+    def from_engine_args(cls, args):
+        FakeAsyncLLMEngine.made.append(cls(args))
+        return FakeAsyncLLMEngine.made[-1]
+
+    async def generate(self, prompt, params, request_id, lora_request=None):
+        self.requests.append((prompt, params, lora_request))
+        tokens = self.tokenizer(ANSWER)["input_ids"][: params["max_tokens"]]
+        for end in range(1, len(tokens) + 1):
+            done = end == len(tokens)
+            completion = SimpleNamespace(token_ids=tokens[:end], finish_reason="length" if done else None)
+            yield SimpleNamespace(outputs=[completion], finished=done)
+
+    async def abort(self, request_id):
+        self.aborted.append(request_id)
+
+
+def module(name, **attributes):
+    made = types.ModuleType(name)
+    made.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    made.__dict__.update(attributes)
+    return made
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tiny_tokenizer):
+    FakeAsyncLLMEngine.made = []
+    FakeAsyncLLMEngine.tokenizer = tiny_tokenizer
+    keywords = lambda **kwargs: kwargs  # noqa: E731  (vLLM's argument classes, as plain dicts)
+    modules = {
+        "vllm": module(
+            "vllm", AsyncEngineArgs=keywords, AsyncLLMEngine=FakeAsyncLLMEngine, SamplingParams=keywords
+        ),
+        "vllm.inputs": module("vllm.inputs", TokensPrompt=keywords),
+        "vllm.lora": module("vllm.lora"),
+        "vllm.lora.request": module("vllm.lora.request", LoRARequest=lambda *args: args),
+    }
+    for name, fake in modules.items():
+        monkeypatch.setitem(sys.modules, name, fake)
+    return FakeAsyncLLMEngine
+
+
+def test_ft_models_reach_vllm_as_lora_requests_and_answers_come_back(tmp_path, tiny_llama_dir, fake_vllm):
+    settings = settings_for(tmp_path, tiny_llama_dir, engine="vllm", max_loaded_adapters=3)
+    with TestClient(create_app(settings)) as client:
+        lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        tuned = fake_fine_tuned_model(client, tiny_llama_dir, "ft:tiny:o::a", lora)
+        service = client.app.state.service
+        base_reply = chat(client, max_tokens=2).json()
+        tuned_reply = chat(client, model=tuned, max_tokens=8, temperature=0.7, top_p=0.9, seed=3).json()
+        again = chat(client, model=tuned, max_tokens=8).json()
+        (engine,) = fake_vllm.made
+        assert engine.args["model"] == str(tiny_llama_dir.resolve()) and engine.args["enable_lora"]
+        assert engine.args["max_loras"] == 3
+        (prompt, params, base_lora), (_, tuned_params, lora_request), (_, _, same) = engine.requests
+        assert base_lora is None and params["temperature"] == 0.0 and params["max_tokens"] == 2
+        folder = str(service.data.run_dir(service.store.get_model(tuned, service.keys["key-one"])["job_id"]))
+        assert lora_request == (tuned, 1, folder) and same == lora_request  # one stable id per adapter
+        assert tuned_params | {"stop_token_ids": None} == {
+            "n": 1, "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop_token_ids": None
+        }  # fmt: skip
+        assert prompt["prompt_token_ids"] == chat_prompt_ids(
+            fake_vllm.tokenizer, [{"role": "user", "content": "say bob"}]
+        )
+        assert tuned_reply["choices"][0]["message"]["content"] == ANSWER
+        assert tuned_reply["usage"]["completion_tokens"] == len(fake_vllm.tokenizer(ANSWER)["input_ids"])
+        assert again["choices"][0]["finish_reason"] == "length"
+        two_tokens = fake_vllm.tokenizer.decode(fake_vllm.tokenizer(ANSWER)["input_ids"][:2])
+        assert base_reply["choices"][0]["message"]["content"] == two_tokens.strip()
+
+
+def test_adapters_vllm_cannot_serve_are_a_clear_400(tmp_path, tiny_llama_dir, fake_vllm):
+    with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir, engine="vllm"))) as client:
+        ia3 = IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])
+        name = fake_fine_tuned_model(client, tiny_llama_dir, "ft:tiny:o::ia3", ia3)
+        reply = chat(client, model=name, max_tokens=2)
+        assert reply.status_code == 400
+        assert "IA3 adapter; vLLM serves plain LoRA only" in reply.json()["error"]["message"]
+
+
+def test_engine_vllm_without_vllm_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed
+    with pytest.raises(UserError, match="needs vLLM installed"):
+        ServiceSettings(data_dir=str(tmp_path), engine="vllm")
+    with pytest.raises(UserError, match="engine must be one of"):
+        ServiceSettings(data_dir=str(tmp_path), engine="tgi")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None or not torch.cuda.is_available(),
+    reason="vLLM's engine needs vLLM installed and a CUDA GPU",
+)
+def test_real_vllm_answers_through_the_api(tmp_path, tiny_llama_dir):
+    with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir, engine="vllm"))) as client:
+        reply = chat(client, max_tokens=4, headers=K1)
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
