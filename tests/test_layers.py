@@ -11,14 +11,14 @@ import tunelab
 
 # Bottom to top; a unit (a top-level module or package of tunelab) may import its own layer and those below.
 LAYERS = [
-    {"errors", "quiet"},
+    {"errors", "quiet", "report_page"},
     {"data", "models", "run_dir"},
     {"ops"},
     {"methods"},
     {"training"},
     {"inference"},
     {"evaluation"},
-    {"compare", "service", "export"},
+    {"compare", "sweep", "service", "export"},
     {"demo", "cli", "__init__"},
 ]
 LAYER_OF = {unit: index for index, units in enumerate(LAYERS) for unit in units}

@@ -187,7 +187,11 @@ def test_malformed_file_error_names_the_line(client):
 def test_good_file_is_queued_and_cancellable(client):
     job = create_job(client, jsonl(copy_task_rows(12)), suffix="mine", seed=7, metadata={"team": "a"})
     assert job["status"] == "queued"
-    assert job["hyperparameters"] == {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
+    assert job["hyperparameters"] == {
+        "n_epochs": "auto",
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
+    }
     assert job["seed"] == 7 and job["metadata"] == {"team": "a"} and job["tunelab"]["method"] == "lora"
     cancelled = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=K1).json()
     assert cancelled["status"] == "cancelled"
@@ -499,7 +503,7 @@ def test_adapters_share_one_base_in_a_small_lru(tmp_path, tiny_llama_dir):
 def test_explicit_auto_hyperparameters_and_strict_types(client):
     auto = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
     job = create_job(client, jsonl(copy_task_rows(12)), hyperparameters=auto)
-    assert job["hyperparameters"] == {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
+    assert job["hyperparameters"] == auto  # picked from the data when the job runs
     file_id = job["training_file"]
     for bad in ({"n_epochs": True}, {"batch_size": "3"}):
         body = {"model": "tiny", "training_file": file_id, "hyperparameters": bad}

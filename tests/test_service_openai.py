@@ -47,8 +47,13 @@ def test_openai_client_upload_train_chat_cancel_delete(tmp_path):
         assert job.status == "succeeded", job.error
         assert job.fine_tuned_model == f"ft:{BASE}:{job.organization_id}:demo:{job.id.removeprefix('ftjob-')}"
         assert job.trained_tokens > 0 and job.result_files
+        # "auto" n_epochs and learning rate were picked from the data when the run started
+        hyper = job.hyperparameters
+        assert hyper.batch_size == 4 and isinstance(hyper.n_epochs, int) and hyper.n_epochs >= 1
+        assert hyper.learning_rate_multiplier == pytest.approx(0.707, abs=5e-3)  # sqrt(4 / 8), lr to 3 digits
 
         events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+        assert any("auto hyperparameters from the data" in e.message for e in events)
         metrics = [e for e in events if e.type == "metrics"]
         assert sorted(e.data["step"] for e in metrics) == [1, 2, 3, 4]
         checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data

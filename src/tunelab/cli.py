@@ -72,8 +72,11 @@ def config_flags(config_class, given_only: bool) -> list[inspect.Parameter]:
 
 
 def flag_type(hint):
-    """The field's type without None: a list field is a repeatable flag, a bool one `--x/--no-x`."""
+    """The field's type without None: a list field is a repeatable flag, a bool one `--x/--no-x`, a number
+    that may also be `auto` a text (the config turns it into a number)."""
     kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)]
+    if any(typing.get_origin(kind) is typing.Literal for kind in kinds):
+        return str
     return kinds[0] if isinstance(hint, types.UnionType) else hint
 
 
@@ -265,6 +268,9 @@ def compare_cmd(
     ] = None,
     forgetting: Annotated[str | None, typer.Option(help="mmlu:PATH: also measure forgetting")] = None,
     limit: Annotated[int | None, typer.Option(help="use the first N test examples")] = None,
+    sweep: Annotated[
+        int, typer.Option(help="N: tune each trained method's learning rate over N trials within its budget")
+    ] = 0,
     seed: int = 0,
     batch_size: int = 8,
 ):
@@ -275,13 +281,55 @@ def compare_cmd(
         data=data, out=out, model=model, val=val, test=test, task=task, methods=methods.split(","),
         budget=budget, labels=labels.split(",") if labels else None, instruction=instruction, shots=shots,
         calibrate=calibrate,
-        forgetting=forgetting, limit=limit, seed=seed, batch_size=batch_size,
+        forgetting=forgetting, limit=limit, seed=seed, batch_size=batch_size, sweep=sweep,
     )  # fmt: skip
     results = compare(config, console=console)
     console.print(Path(out, "report.md").read_text())
     console.print(
         f"Report: {Path(out, 'report.html')}  ({results['recommendation']['best_quality']} is best)"
     )
+
+
+@app.command("sweep")
+@user_errors
+def sweep_cmd(
+    data: Annotated[str, typer.Option(help="training file")],
+    val: Annotated[str, typer.Option(help="validation file: the trials are scored on it")],
+    out: Annotated[
+        str, typer.Option(help="folder for the study, the trials' runs, best.yaml and the report")
+    ],
+    space: Annotated[
+        Path | None, typer.Option(help="YAML: a distribution or a fixed value per training option")
+    ] = None,
+    method: Annotated[str, typer.Option(help="tuning method (the space may search it too)")] = "lora",
+    model: ModelOpt = "default",
+    trials: Annotated[
+        int, typer.Option(help="trials to run in all (a rerun adds only the missing ones)")
+    ] = 20,
+    budget: Annotated[str | None, typer.Option(help="minutes:M for all the trials together")] = None,
+    objective: Annotated[
+        str, typer.Option(help="val_loss, or an eval metric on the val set: accuracy, macro_f1, rouge, ...")
+    ] = "val_loss",
+    config: Annotated[
+        Path | None, typer.Option(help="YAML of fixed training options (train's keys) under the space")
+    ] = None,
+    seed: int = 0,
+):
+    """Search training options (Optuna: TPE, pruning on val loss); the best ones go to best.yaml."""
+    from .sweep import SweepConfig, sweep
+    from .training.config import load_yaml
+
+    fixed = load_yaml(config) if config else {}
+    results = sweep(
+        SweepConfig(data=data, val=val, out=out, space=str(space) if space else None, method=method,
+                    model=model, trials=trials, budget=budget, objective=objective, seed=seed, train=fixed),
+        console=console,
+    )  # fmt: skip
+    console.print(Path(out, "report.md").read_text())
+    if results["best_trial"]:
+        console.print(
+            f"Best options: {Path(out, 'best.yaml')}  (tunelab train --config {Path(out, 'best.yaml')})"
+        )
 
 
 @app.command()

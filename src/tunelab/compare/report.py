@@ -7,7 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from ..data.report import STYLE, figure_html, figure_png
+from ..report_page import figure_png, figures_html, html_page, html_table, markdown_table
 
 COLUMNS = [
     ("method", "method"),
@@ -24,6 +24,7 @@ COLUMNS = [
     ("artifact_mb", "artefact MB"),
     ("prompt_tokens_per_request", "prompt tokens/request"),
     ("forgetting", "forgetting (MMLU change)"),
+    ("sweep", "swept: the best trial"),
 ]
 
 
@@ -56,6 +57,11 @@ def _cell(row: dict, key: str) -> str:
         return f"{value:,} ({row.get('planned_steps', '-')})"
     if key == "max_lr_reached":
         return f"{value:.2g} / {row.get('peak_lr', 0):.2g}"
+    if key == "sweep":
+        chosen = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in value["params"].items()
+        )
+        return f"{chosen} (trial {value['best_trial']} of {value['trials']})"
     if key == "forgetting":
         return f"{value['change']:+.3f} [{value['ci95'][0]:+.3f}, {value['ci95'][1]:+.3f}]"
     if isinstance(value, float):
@@ -65,11 +71,19 @@ def _cell(row: dict, key: str) -> str:
     return str(value)
 
 
+def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    columns = [
+        (key, title) for key, title in COLUMNS if key != "sweep" or any(row.get("sweep") for row in rows)
+    ]
+    return [title for _, title in columns], [[_cell(row, key) for key, _ in columns] for row in rows]
+
+
 def scored_on(results: dict) -> str:
     config, rows = results["config"], results["methods"]
     test = config["test"] or f"10% split off {config['data']}"
     examples = rows[0].get("test_examples") if rows else None
-    return f"{examples} test examples from {test}; budget {config['budget']}; model {config['model']}"
+    swept = f"; each tuned method the best of {config['sweep']} trials" if config.get("sweep") else ""
+    return f"{examples} test examples from {test}; budget {config['budget']}{swept}; model {config['model']}"
 
 
 def starved(rows: list[dict]) -> list[str]:
@@ -86,10 +100,7 @@ def markdown(results: dict) -> str:
     rows = results["methods"]
     metric = rows[0]["metric"] if rows else ""
     lines = [f"# tunelab compare: {results['config']['data']} ({metric})", "", scored_on(results) + ".", ""]
-    lines.append("| " + " | ".join(title for _, title in COLUMNS) + " |")
-    lines.append("|" + "---|" * len(COLUMNS))
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row, key) for key, _ in COLUMNS) + " |")
+    lines += markdown_table(*table(rows))
     lines += ["", *(f"**Warning.** {text}" for text in starved(rows))]
     lines += ["", f"**Recommendation.** {results['recommendation']['text']}", ""]
     return "\n".join(lines)
@@ -138,17 +149,9 @@ def write_reports(results: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     text = markdown(results)
     (out / "report.md").write_text(text)
-    figures = "".join(figure_html(title, png) for title, png in plots(results["methods"]).items())
     rows = results["methods"]
-    table = "<table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>"
-    for row in rows:
-        table += "<tr>" + "".join(f"<td>{html.escape(_cell(row, k))}</td>" for k, _ in COLUMNS) + "</tr>"
-    table += "</table>"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab compare</title><style>
-{STYLE}
-</style></head><body><h1>tunelab compare</h1>
-<p>Data: {html.escape(str(results["config"]["data"]))}; {html.escape(scored_on(results))}.</p>
-{table}{"".join(f"<p><b>Warning.</b> {html.escape(text)}</p>" for text in starved(rows))}
+    body = f"""<p>Data: {html.escape(str(results["config"]["data"]))}; {html.escape(scored_on(results))}.</p>
+{html_table(*table(rows))}{"".join(f"<p><b>Warning.</b> {html.escape(text)}</p>" for text in starved(rows))}
 <p><b>Recommendation.</b> {html.escape(results["recommendation"]["text"])}</p>
-{figures}</body></html>"""
-    (out / "report.html").write_text(page)
+{figures_html(plots(rows))}"""
+    (out / "report.html").write_text(html_page("tunelab compare", body))

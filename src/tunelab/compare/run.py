@@ -50,6 +50,7 @@ class CompareConfig:
     limit: int | None = None  # test examples
     seed: int = 0
     batch_size: int = 8
+    sweep: int = 0  # N > 0: each tuned method's row is its best of N trials (its learning rate searched)
 
 
 def budget_fields(budget: str) -> dict:
@@ -133,7 +134,7 @@ def run_key(config: CompareConfig, method: str, splits: dict) -> str:
         settings.add("shots")
     elif method not in PROMPTING:
         used |= {"train", "val"}
-        settings |= {"budget", "forgetting", "forgetting_limit"}
+        settings |= {"budget", "forgetting", "forgetting_limit"} | ({"sweep"} if config.sweep else set())
     payload = {"method": method, "tunelab": version("tunelab")}
     payload |= {name: getattr(config, name) for name in sorted(settings)}
     payload |= {f"{name}_sha256": file_hash(splits[name]) for name in sorted(used)}
@@ -154,24 +155,16 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
         row |= {"trainable_params": 0, "train_time_s": 0.0, "tokens_per_s": None, "artifact_mb": 0.0}
         results = evaluate(eval_config(config, splits, shots=shots), str(run_dir / "eval.json"))["results"]
     else:
-        from ..training import TrainConfig, train
-
-        train_config = TrainConfig(
-            model=config.model, data=[str(splits["train"])], val=[str(splits["val"])],
-            out=str(run_dir / "model"), method=method, seed=config.seed, batch_size=config.batch_size,
-            labels=config.labels, overwrite=True,
-            **budget_fields(config.budget),
-        )  # fmt: skip
-        summary = train(train_config).summary
+        model_dir, summary, row["sweep"] = train_method(config, method, splits, run_dir)
         row |= {
             "trainable_params": summary["trainable_params"], "train_time_s": summary["wall_time_s"],
             "tokens_per_s": summary["tokens_per_s"], "artifact_mb": summary["artifact_mb"],
             "weights_mb": summary["weights_mb"], "steps": summary["steps"],
             "planned_steps": summary["planned_steps"], "epochs": summary["epochs_completed"],
             "peak_lr": summary["peak_lr"], "max_lr_reached": summary["max_lr_reached"],
-            "loss_curve": loss_curve(RunDir(run_dir / "model")),
+            "loss_curve": loss_curve(RunDir(model_dir)),
         }  # fmt: skip
-        adapter = str(run_dir / "model")
+        adapter = str(model_dir)
         results = evaluate(eval_config(config, splits, adapter=adapter), str(run_dir / "eval.json"))[
             "results"
         ]
@@ -191,6 +184,39 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
     }  # fmt: skip
     (run_dir / "result.json").write_text(json.dumps(row, indent=2))
     return row
+
+
+def train_method(
+    config: CompareConfig, method: str, splits: dict, run_dir: Path
+) -> tuple[Path, dict, dict | None]:
+    """The trained model's folder and summary; with `sweep`, those of the best of its trials (a minutes
+    budget is shared by the trials, a steps or epochs budget is each trial's), and what the sweep chose."""
+    fixed = budget_fields(config.budget)
+    options = {
+        "model": config.model,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "labels": config.labels,
+    }
+    data = {"data": str(splits["train"]), "val": str(splits["val"])}
+    if not config.sweep:
+        from ..training import TrainConfig, train
+
+        train_config = TrainConfig(**options, **fixed, **{k: [v] for k, v in data.items()}, method=method,
+                                   out=str(run_dir / "model"), overwrite=True)  # fmt: skip
+        return run_dir / "model", train(train_config).summary, None
+    from ..sweep import SweepConfig, sweep
+
+    minutes = fixed.pop("max_minutes", None)
+    fixed |= {"batch_size": config.batch_size, "labels": config.labels}
+    results = sweep(SweepConfig(**data, out=str(run_dir / "sweep"), method=method, model=config.model,
+                                trials=config.sweep, budget=config.budget if minutes else None,
+                                seed=config.seed, train=fixed))  # fmt: skip
+    best = results["best_trial"]
+    if not best:
+        raise UserError(f"compare: no trial of {method} completed; see {run_dir / 'sweep' / 'report.md'}")
+    chosen = {"trials": len(results["trials"]), "best_trial": best["number"], "params": best["params"]}
+    return Path(best["run"]), RunDir(best["run"]).read_summary(), chosen
 
 
 def loss_curve(run: RunDir) -> dict:

@@ -22,7 +22,6 @@ from .paths import DataDir
 from .store import Store
 
 MIN_EXAMPLES = 10
-DEFAULTS = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
 # TrainConfig fields the `tunelab` extension may set; paths, the model, the seed and the OpenAI
 # hyperparameters come from the request itself.
 FIXED = set("model data val out resume overwrite init_adapter seed epochs batch_size lr".split())
@@ -72,7 +71,8 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: Annotated[float, Field(gt=0, le=100, strict=True)] | Auto = "auto"
 
     def resolved(self) -> dict:
-        return {key: DEFAULTS[key] if value == "auto" else value for key, value in self.model_dump().items()}
+        """What the job stores: "auto" stays until the run picks it from the data (training/auto.py)."""
+        return self.model_dump()
 
 
 class Supervised(BaseModel):
@@ -184,14 +184,26 @@ def train_options(job: dict) -> dict:
     extension = json.loads(job["tunelab"])
     hyper = json.loads(job["hyperparameters"])
     method = get_method(extension["options"]["method"])
+    multiplier = hyper["learning_rate_multiplier"]
     return {
         **extension["options"],
         "model": extension["base_spec"],
         "init_adapter": extension["init_adapter"],
         "epochs": hyper["n_epochs"],
         "batch_size": hyper["batch_size"],
-        "lr": method.default_lr * hyper["learning_rate_multiplier"],
+        "lr": "auto" if multiplier == "auto" else method.default_lr * multiplier,
     }
+
+
+def picked_hyperparameters(job: dict, picks: dict) -> dict:
+    """The job's hyperparameters with the run's `auto` picks in OpenAI's names."""
+    hyper = json.loads(job["hyperparameters"])
+    method = get_method(json.loads(job["tunelab"])["options"]["method"])
+    names = {"epochs": "n_epochs", "batch_size": "batch_size"}
+    hyper |= {names[name]: value for name, value in picks.items() if name in names}
+    if "lr" in picks:
+        hyper["learning_rate_multiplier"] = round(picks["lr"] / method.default_lr, 4)
+    return hyper
 
 
 def validate_job_files(store: Store, data: DataDir, job: dict) -> None:

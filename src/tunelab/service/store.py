@@ -182,6 +182,9 @@ class Store:
             args += list(only_from)
         return self.run(sql, *args) > 0
 
+    def set_hyperparameters(self, job_id: str, hyperparameters: dict) -> None:
+        self.run("UPDATE jobs SET hyperparameters = ? WHERE id = ?", json.dumps(hyperparameters), job_id)
+
     def job_status(self, job_id: str) -> str | None:
         row = self.one("SELECT status FROM jobs WHERE id = ?", job_id)
         return row["status"] if row else None

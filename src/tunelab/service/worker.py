@@ -25,7 +25,7 @@ from ..training import TrainConfig, TrainingDiverged
 from ..training.checkpoint import list_checkpoints, write_atomically
 from ..training.loop import Trainer, TrainHooks
 from .errors import internal_error
-from .jobs import data_error_message, model_name, train_options
+from .jobs import data_error_message, model_name, picked_hyperparameters, train_options
 from .paths import DataDir, open_private
 from .store import Store, new_id
 
@@ -68,6 +68,11 @@ class JobHooks(TrainHooks):
                 f"Training {record['method']} on {record['train_examples']} examples for "
                 f"{record['total_steps']} steps ({record['trainable_params']:,} trainable parameters)"
             )
+            if record.get("auto"):  # the job shows the numbers its run picked, and a resume keeps them
+                hyper = picked_hyperparameters(self.store.get_job(job_id), record["auto"])
+                self.store.set_hyperparameters(job_id, hyper)
+                picked = ", ".join(f"{key}={value}" for key, value in hyper.items())
+                self.store.add_event(job_id, f"Picked the auto hyperparameters from the data: {picked}")
             if not self.store.count_events(job_id, message):
                 self.store.add_event(job_id, message)
                 if record.get("truncated"):  # the file check counts no tokens; training does

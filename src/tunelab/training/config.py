@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -40,15 +41,21 @@ class TrainConfig:
         default=None, metadata={"help": "force the data format instead of detecting it"}
     )
     method: str = field(default="lora", metadata={"help": "tuning method (see `tunelab methods`)"})
-    epochs: float = field(
-        default=3, metadata={"help": "passes over the data (ignored when max_steps is set)"}
+    epochs: float | Literal["auto"] = field(
+        default=3,
+        metadata={"help": "passes over the data (ignored when max_steps is set); auto: from the data"},
     )
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps to run; overrides epochs"})
     max_minutes: float | None = field(
         default=None, metadata={"help": "time budget: the lr schedule is planned to end at it"}
     )
-    lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: the method's)"})
-    batch_size: int = field(default=8, metadata={"help": "examples per micro-batch"})
+    lr: float | Literal["auto"] | None = field(
+        default=None,
+        metadata={"help": "peak learning rate (default: the method's; auto: scaled to the batch)"},
+    )
+    batch_size: int | Literal["auto"] = field(
+        default=8, metadata={"help": "examples per micro-batch; auto: from the lengths and free memory"}
+    )
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     batch_tokens: int | None = field(
         default=None,
@@ -145,19 +152,32 @@ class TrainConfig:
             raise ConfigError(f"scheduler: '{self.scheduler}' is not one of cosine, linear, constant")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision: '{self.precision}' is not one of auto, fp32, bf16")
-        for name in ("batch_size", "grad_accum", "max_length", "keep_checkpoints", "log_every", "lora_r"):
+        self._numbers_or_auto()
+        if self.batch_size != "auto" and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1 (got {self.batch_size})")
+        for name in ("grad_accum", "max_length", "keep_checkpoints", "log_every", "lora_r"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
         for name in ("max_steps", "eval_every", "save_every", "patience", "batch_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1 when set (got {value})")
-        if self.max_steps is None and self.epochs <= 0:
+        if self.max_steps is None and self.epochs != "auto" and self.epochs <= 0:
             raise ConfigError("epochs must be positive (or set max_steps)")
-        if self.lr is not None and self.lr <= 0:
+        if self.lr not in (None, "auto") and self.lr <= 0:
             raise ConfigError(f"lr must be positive (got {self.lr})")
         self.labels = comma_separated(self.labels)
         self.target_modules = comma_separated(self.target_modules)
+
+    def _numbers_or_auto(self) -> None:
+        """`--epochs 2` arrives as the text "2" (these flags also take `auto`): make it a number."""
+        for name, kind in (("epochs", float), ("batch_size", int), ("lr", float)):
+            value = getattr(self, name)
+            if isinstance(value, str) and value != "auto":
+                try:
+                    setattr(self, name, kind(value))
+                except ValueError:
+                    raise ConfigError(f"{name}: '{value}' is not a number or 'auto'") from None
 
     def to_dict(self) -> dict:
         return asdict(self)

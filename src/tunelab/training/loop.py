@@ -27,6 +27,7 @@ from ..models import load_model
 from ..models.blocks import BLOCK_INDEX
 from ..ops import pick_precision
 from ..run_dir import RunDir
+from . import auto
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
 from .datasets import load_tasks
@@ -139,7 +140,12 @@ class Trainer:
         config, self.tasks, self.val_sets, self.data_stats = load_tasks(
             config, self.tokenizer, self.method.task
         )
-        self.config = config  # classification runs now know their labels
+        lengths = [len(item.input_ids) for task in self.tasks for item in task.train]
+        config, self.auto = auto.resolve(config, lengths, self.method.default_lr, model.config)
+        if self.auto:
+            picked = ", ".join(f"{name} {value:g}" for name, value in self.auto.items())
+            self.log(f"auto settings for {len(lengths)} examples: {picked} (rule: README, Training)")
+        self.config = config  # classification runs now know their labels, auto settings their values
         model = self.method.prepare(model, config)
         if config.gradient_checkpointing:
             enable_checkpointing(model)
@@ -388,7 +394,7 @@ class Trainer:
             "val_examples": sum(len(items) for items in self.val_sets.values()),
             "tasks": {task.name: len(task.train) for task in self.tasks},
             "total_steps": self.plan.total_steps, "time_budget_s": self.budget and self.budget.seconds,
-            "padding_pct": round(pct, 2), "precision": self.precision,
+            "padding_pct": round(pct, 2), "precision": self.precision, "auto": self.auto,
             **self.data_stats,
         }  # fmt: skip
         if not self.main:
