@@ -29,9 +29,9 @@ def figure_png(draw) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def html_table(headers: list[str], rows: list[list[str]]) -> str:
+def html_table(headers: list[str], rows: list[list]) -> str:
     head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table>{head}{body}</table>"
 
 

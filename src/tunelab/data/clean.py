@@ -297,7 +297,7 @@ def print_summary(result: CleanResult, console) -> None:
 
 def write_html(result: CleanResult, path: str | Path) -> Path:
     """A one-page summary with the first changes of each kind, in the look of the other reports."""
-    from .report import page, table_html
+    from ..report_page import html_page, html_table
 
     counts = [["dropped: " + k, n] for k, n in result.dropped.most_common()]
     counts += [["changed: " + k, n] for k, n in result.changed.most_common()]
@@ -306,10 +306,10 @@ def write_html(result: CleanResult, path: str | Path) -> Path:
         f"<p>{result.kept} of {result.examples} examples kept from {html.escape(result.input)} in "
         f"{html.escape(result.output)}; every change is in {html.escape(result.changes)}.</p>"
         f"<p>Personal data looked for: {html.escape(', '.join(result.detectors) or 'nothing (--pii off)')}; "
-        f"{html.escape(ner_note(result.detectors))}.</p>" + table_html(["what", "count"], counts)
+        f"{html.escape(ner_note(result.detectors))}.</p>" + html_table(["what", "count"], counts)
     )
     for kind, samples in result.samples.items():
-        body += f"<h2>{html.escape(kind)}</h2>" + table_html(
+        body += f"<h2>{html.escape(kind)}</h2>" + html_table(
             ["line", "change"],
             [
                 [
@@ -321,5 +321,5 @@ def write_html(result: CleanResult, path: str | Path) -> Path:
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page("tunelab data clean", body), encoding="utf-8")
+    path.write_text(html_page("tunelab data clean", body), encoding="utf-8")
     return path

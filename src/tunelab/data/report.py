@@ -8,15 +8,14 @@ group is mentioned and the label distribution per group, with a permutation chi-
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from ..report_page import figure_png, figures_html, html_page, html_table
 from . import dedup
 from .examples import Example
 from .formats import detect_format, load_examples
@@ -25,46 +24,6 @@ from .validate import ValidationReport, count_tokens
 
 SAMPLES = 5
 BENCHMARK_FILES = (".csv", ".jsonl", ".json", ".txt", ".tsv")
-STYLE = """body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; font-size: 14px; } td, th { border: 1px solid #ccc; padding: 4px 8px; }
-th { background: #f3f3f3; } figure { display: inline-block; margin: 1em; } img { width: 480px; }"""
-
-
-def figure_png(draw) -> str:
-    """A matplotlib figure drawn by `draw(ax)`, as base64 PNG for an inline <img>."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    draw(ax)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def figure_html(title: str, png: str) -> str:
-    return (
-        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
-        f"<figcaption>{html.escape(title)}</figcaption></figure>"
-    )
-
-
-def table_html(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def page(title: str, body: str) -> str:
-    return (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>\n{STYLE}\n</style></head><body><h1>{html.escape(title)}</h1>\n{body}</body></html>"
-    )
 
 
 def prompt_text(example: Example) -> str:
@@ -239,7 +198,7 @@ def write_report(report: dict, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    out.with_suffix(".html").write_text(page("tunelab data report", _body(report)))
+    out.with_suffix(".html").write_text(html_page("tunelab data report", _body(report)))
     return out.with_suffix(".html")
 
 
@@ -272,7 +231,7 @@ def _body(report: dict) -> str:
         "truncated",
         "role sequences",
     ]
-    parts = ["<h2>Sizes and lengths</h2>", table_html(header, rows)]
+    parts = ["<h2>Sizes and lengths</h2>", html_table(header, rows)]
     figures = []
     if any("tokens" in s for s in splits.values()):
 
@@ -286,12 +245,12 @@ def _body(report: dict) -> str:
             ax.set_ylabel("examples")
             ax.legend()
 
-        figures.append(figure_html("Token lengths (red: --max-length)", figure_png(lengths)))
+        figures.append(figures_html({"Token lengths (red: --max-length)": figure_png(lengths)}))
     labelled = {name: s["labels"] for name, s in splits.items() if "labels" in s}
     if labelled:
         parts += [
             "<h2>Labels</h2>",
-            table_html(["split", "labels"], [[n, json.dumps(v)] for n, v in labelled.items()]),
+            html_table(["split", "labels"], [[n, json.dumps(v)] for n, v in labelled.items()]),
         ]
     if report["leakage"]:
         parts.append("<h2>Leakage: train prompts copied in val/test</h2>")
@@ -300,20 +259,20 @@ def _body(report: dict) -> str:
             [n, x["compared"], x["exact"], x["near"], f"{x['share']:.2%}", x["threshold"]]
             for n, x in report["leakage"].items()
         ]
-        parts.append(table_html(header, rows))
+        parts.append(html_table(header, rows))
         samples = [
             [n, s["line"], s["train_line"], s["kind"], s["similarity"], s["text"]]
             for n, x in report["leakage"].items()
             for s in x["samples"]
         ]
         if samples:
-            parts.append(table_html(["split", "line", "train line", "kind", "similarity", "text"], samples))
+            parts.append(html_table(["split", "line", "train line", "kind", "similarity", "text"], samples))
     if "benchmark" in report:
         b = report["benchmark"]
         parts.append(
             f"<h2>Benchmark contamination: {b['n']}-gram overlap with {html.escape(b['folder'])}</h2>"
         )
-        parts.append(table_html(["split", "examples", "sharing a 13-gram", "share"],
+        parts.append(html_table(["split", "examples", "sharing a 13-gram", "share"],
                                 [[n, x["examples"], x["contaminated"], f"{x['share']:.2%}"]
                                  for n, x in b["splits"].items()]))  # fmt: skip
     if "bias" in report:
@@ -323,7 +282,7 @@ def _body(report: dict) -> str:
                     for g, x in entry["groups"].items()]  # fmt: skip
             parts.append(f"<h3>{html.escape(attribute)}</h3>")
             parts.append(
-                table_html(["group", "examples mentioning it", "share", "labels (exactly this group)"], rows)
+                html_table(["group", "examples mentioning it", "share", "labels (exactly this group)"], rows)
             )
             if "test" in entry:
                 test = entry["test"]
