@@ -18,7 +18,7 @@ LAYERS = [
     {"training"},
     {"inference"},
     {"evaluation"},
-    {"compare", "service", "export"},
+    {"compare", "service", "export", "compress"},
     {"demo", "cli", "__init__"},
 ]
 LAYER_OF = {unit: index for index, units in enumerate(LAYERS) for unit in units}

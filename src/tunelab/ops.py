@@ -32,10 +32,23 @@ def autocast(device: torch.device, precision: str):
 
 
 def causal_lm_loss(model, batch: dict, normaliser) -> torch.Tensor:
-    """Summed next-token loss over labelled positions, divided by `normaliser`.
+    """Summed next-token loss over labelled positions, divided by `normaliser`."""
+    logits, targets = labelled_logits(model, batch)
+    loss = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss / normaliser
 
-    Logits are computed only at positions that predict a label (`logits_to_keep`): the vocabulary
-    projection and softmax over 49k tokens at every prompt position would cost about a third of the step.
+
+def labelled_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (B, P, V), targets (B, P)) at the positions that predict a label in any row of the batch;
+    targets are IGNORE_INDEX where that row has no label.
+
+    Logits are computed only at those positions (`logits_to_keep`): the vocabulary projection and softmax
+    over 49k tokens at every prompt position would cost about a third of the step.
     """
     labels = batch["labels"]
     positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,)
@@ -44,14 +57,7 @@ def causal_lm_loss(model, batch: dict, normaliser) -> torch.Tensor:
         attention_mask=batch["attention_mask"],
         logits_to_keep=positions + virtual_tokens(model),
     ).logits  # (B, P, V)
-    targets = labels[:, positions + 1]  # (B, P)
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return loss / normaliser
+    return logits, labels[:, positions + 1]
 
 
 def virtual_tokens(model) -> int:

@@ -46,7 +46,7 @@ def recommend(rows: list[dict]) -> dict:
     }
 
 
-def _cell(row: dict, key: str) -> str:
+def cell(row: dict, key: str) -> str:
     value = row.get(key)
     if value is None:
         return "-"
@@ -86,16 +86,19 @@ def markdown(results: dict) -> str:
     rows = results["methods"]
     metric = rows[0]["metric"] if rows else ""
     lines = [f"# tunelab compare: {results['config']['data']} ({metric})", "", scored_on(results) + ".", ""]
-    lines.append("| " + " | ".join(title for _, title in COLUMNS) + " |")
-    lines.append("|" + "---|" * len(COLUMNS))
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row, key) for key, _ in COLUMNS) + " |")
+    lines.append(markdown_table(COLUMNS, rows, cell))
     lines += ["", *(f"**Warning.** {text}" for text in starved(rows))]
     lines += ["", f"**Recommendation.** {results['recommendation']['text']}", ""]
     return "\n".join(lines)
 
 
-def _figure_png(draw) -> str:
+def markdown_table(columns: list[tuple[str, str]], rows: list[dict], cell) -> str:
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row, key) for key, _ in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def figure_png(draw) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,13 +141,13 @@ def plots(rows: list[dict]) -> dict[str, str]:
         ax.legend(fontsize=7)
 
     return {
-        "Quality vs trainable parameters (log; prompting shown at 1)": _figure_png(
+        "Quality vs trainable parameters (log; prompting shown at 1)": figure_png(
             lambda ax: scatter(ax, "trainable_params", "trainable parameters", log=True)
         ),
-        "Quality vs wall time (train + eval)": _figure_png(
+        "Quality vs wall time (train + eval)": figure_png(
             lambda ax: scatter(ax, "total_time_s", "seconds", log=False)
         ),
-        "Loss curves": _figure_png(losses),
+        "Loss curves": figure_png(losses),
     }
 
 
@@ -154,23 +157,36 @@ def write_reports(results: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     text = markdown(results)
     (out / "report.md").write_text(text)
-    figures = "".join(
+    rows = results["methods"]
+    warnings = "".join(f"<p><b>Warning.</b> {html.escape(text)}</p>" for text in starved(rows))
+    body = f"""<p>Data: {html.escape(str(results["config"]["data"]))}; {html.escape(scored_on(results))}.</p>
+{html_table(COLUMNS, rows, cell)}{warnings}
+<p><b>Recommendation.</b> {html.escape(results["recommendation"]["text"])}</p>
+{figures_html(plots(rows))}"""
+    (out / "report.html").write_text(html_page("tunelab compare", body))
+
+
+def html_table(columns: list[tuple[str, str]], rows: list[dict], cell) -> str:
+    """A table of `rows`: one column per (key, title), each value shown by `cell(row, key)`."""
+    table = "<table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in columns) + "</tr>"
+    for row in rows:
+        table += "<tr>" + "".join(f"<td>{html.escape(cell(row, k))}</td>" for k, _ in columns) + "</tr>"
+    return table + "</table>"
+
+
+def figures_html(figures: dict[str, str]) -> str:
+    """Each (caption, base64 PNG) inline, so the page is one self-contained file."""
+    return "".join(
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
         f"<figcaption>{html.escape(title)}</figcaption></figure>"
-        for title, png in plots(results["methods"]).items()
+        for title, png in figures.items()
     )
-    rows = results["methods"]
-    table = "<table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>"
-    for row in rows:
-        table += "<tr>" + "".join(f"<td>{html.escape(_cell(row, k))}</td>" for k, _ in COLUMNS) + "</tr>"
-    table += "</table>"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab compare</title><style>
+
+
+def html_page(title: str, body: str) -> str:
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; font-size: 14px; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 th {{ background: #f3f3f3; }} figure {{ display: inline-block; margin: 1em; }} img {{ width: 480px; }}
-</style></head><body><h1>tunelab compare</h1>
-<p>Data: {html.escape(str(results["config"]["data"]))}; {html.escape(scored_on(results))}.</p>
-{table}{"".join(f"<p><b>Warning.</b> {html.escape(text)}</p>" for text in starved(rows))}
-<p><b>Recommendation.</b> {html.escape(results["recommendation"]["text"])}</p>
-{figures}</body></html>"""
-    (out / "report.html").write_text(page)
+</style></head><body><h1>{html.escape(title)}</h1>
+{body}</body></html>"""
