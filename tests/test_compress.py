@@ -134,6 +134,7 @@ def test_logit_distillation_runs_through_the_training_loop(tiny_llama_dir, tmp_p
     result = distill(config, DistillConfig(teacher=str(tiny_llama_dir)))
     assert result.summary["method"] == "lora" and result.summary["steps"] == 2
     assert RunDir(tmp_path / "s").is_adapter()
+    assert json.loads(RunDir(tmp_path / "s").compression.read_text())["distill"]["mode"] == "logits"
 
 
 def test_sequence_distillation_trains_on_the_teachers_answers(tiny_llama_dir, tmp_path):

@@ -13,7 +13,7 @@ the teacher) learns what a teacher does.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -105,18 +105,22 @@ def distill(train_config: TrainConfig, config: DistillConfig, console=None) -> T
     teacher, tokenizer = load_for_inference(config.teacher, config.teacher_adapter)
     if tokenizer.get_vocab() != load_tokenizer(train_config.model, log).get_vocab():
         raise UserError(f"distill: the student {train_config.model} has another tokenizer than the teacher")
+    out = Path(train_config.out)
     if config.mode == "logits":
         method = with_distillation(get_method(train_config.method), teacher, config.temperature, config.alpha)
-        return train(train_config, console, method=method)
-    out = Path(train_config.out)
-    check_out_dir(out, train_config)  # before the teacher spends minutes answering
-    answers = RunDir(out).teacher_answers
-    if not (train_config.resume and answers.is_file()):
-        out.mkdir(parents=True, exist_ok=True)
-        count = teacher_answers(teacher, tokenizer, train_config.data, answers, config)
-        log(f"The teacher answered {count} prompts: {answers}")
-    del teacher
-    return train(replace(train_config, data=[str(answers)], overwrite=False), console)
+        result = train(train_config, console, method=method)
+    else:
+        check_out_dir(out, train_config)  # before the teacher spends minutes answering
+        answers = RunDir(out).teacher_answers
+        if not (train_config.resume and answers.is_file()):
+            out.mkdir(parents=True, exist_ok=True)
+            count = teacher_answers(teacher, tokenizer, train_config.data, answers, config)
+            log(f"The teacher answered {count} prompts: {answers}")
+        del teacher
+        result = train(replace(train_config, data=[str(answers)], overwrite=False), console)
+    # The run's own config names the student and its data; this says which teacher and how.
+    RunDir(out).compression.write_text(json.dumps({"distill": asdict(config)}, indent=2) + "\n")
+    return result
 
 
 def teacher_answers(teacher, tokenizer, data: list[str], out: Path, config: DistillConfig) -> int:
