@@ -18,7 +18,7 @@ LAYERS = [
     {"training"},
     {"inference"},
     {"evaluation"},
-    {"compare", "sweep", "service", "export"},
+    {"compare", "sweep", "service", "export", "compress"},
     {"demo", "cli", "__init__"},
 ]
 LAYER_OF = {unit: index for index, units in enumerate(LAYERS) for unit in units}

@@ -7,6 +7,7 @@ from tunelab.run_dir import RunDir
 
 NAMES = ["config", "metrics", "summary", "model_card", "loss_plot", "tensorboard", "checkpoints", "best"]
 NAMES += ["staging", "adapter_config", "adapter_weights", "tokenizer_config"]
+NAMES += ["compression", "quantized_weights", "teacher_answers"]
 
 
 def spelled(name: str, text: str) -> bool:

@@ -374,6 +374,116 @@ def export_cmd(
     console.print(f"  {result.command}")
 
 
+def without(signature: inspect.Signature, *names: str) -> inspect.Signature:
+    return signature.replace(parameters=[p for p in signature.parameters.values() if p.name not in names])
+
+
+@app.command("distill")
+@user_errors
+def distill_cmd(
+    teacher: Annotated[str, typer.Option(help="the teacher: model spec, folder, or its adapter folder")],
+    student: Annotated[str, typer.Option(help="the student (same tokenizer), e.g. a `tunelab prune` folder")],
+    teacher_adapter: Annotated[str | None, typer.Option(help="adapter folder applied on the teacher")] = None,
+    mode: Annotated[
+        str, typer.Option(help="logits (KL to the teacher's distribution) or sequence (its answers)")
+    ] = "logits",
+    temperature: Annotated[float, typer.Option(help="logits: softmax temperature T")] = 2.0,
+    alpha: Annotated[float, typer.Option(help="logits: weight of the KL term (1 - alpha: labels)")] = 0.5,
+    max_new_tokens: Annotated[int, typer.Option(help="sequence: longest teacher answer")] = 256,
+    config: Annotated[Path | None, typer.Option(help="YAML file of training options")] = None,
+    **options,
+):
+    """Train a smaller student to imitate a teacher (its logits, or its answers); any --method."""
+    from .compress.distill import DistillConfig, distill
+    from .training import ConfigError
+
+    train_config = TrainConfig.from_sources(config, **options, model=student)
+    if not train_config.data or not train_config.out:
+        raise ConfigError("--data and --out are required (as flags or in --config)")
+    distill_config = DistillConfig(teacher, teacher_adapter, mode, temperature, alpha, max_new_tokens)
+    distill(train_config, distill_config, console=console)
+
+
+distill_cmd.__signature__ = without(command_signature(distill_cmd, TrainConfig, given_only=True), "model")
+
+
+@app.command("prune")
+@user_errors
+def prune_cmd(
+    out: Annotated[str, typer.Option(help="folder for the pruned Hugging Face model")],
+    model: ModelOpt = "default",
+    adapter: AdapterOpt = None,
+    data: Annotated[
+        str | None, typer.Option(help="calibration examples (to rank blocks and channels)")
+    ] = None,
+    keep_layers: Annotated[int | None, typer.Option(help="keep this many decoder blocks")] = None,
+    mlp_keep: Annotated[float | None, typer.Option(help="keep this fraction of MLP channels")] = None,
+    sparsity: Annotated[float | None, typer.Option(help="zero this fraction of weights (no smaller)")] = None,
+    calibration_rows: Annotated[int, typer.Option(help="calibration examples used")] = 64,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
+):
+    """Cut decoder blocks and MLP channels by measured importance: a smaller Hugging Face model."""
+    from .compress.prune import PruneConfig, prune
+
+    config = PruneConfig(model=model, out=out, adapter=adapter, data=data, keep_layers=keep_layers,
+                         mlp_keep=mlp_keep, sparsity=sparsity, calibration_rows=calibration_rows,
+                         overwrite=overwrite)  # fmt: skip
+    with console.status("pruning"):
+        record = prune(config, log=err_console.print)
+    console.print(
+        f"{record['params_before']:,} -> {record['params_after']:,} parameters, weights "
+        f"{record['weights_mb']} MB, in {out}. Recover it with `tunelab distill --student {out}`."
+    )
+
+
+@app.command("quantize")
+@user_errors
+def quantize_cmd(
+    out: Annotated[str, typer.Option(help="folder for the quantized model")],
+    model: ModelOpt = "default",
+    adapter: AdapterOpt = None,
+    scheme: Annotated[str, typer.Option(help="int8-dynamic (CPU); GGUF quants: tunelab export")] = (
+        "int8-dynamic"
+    ),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
+):
+    """int8 weights for CPU inference (PyTorch dynamic quantization of the linear layers)."""
+    from .compress.quantize import QuantizeConfig, quantize
+
+    config = QuantizeConfig(model=model, out=out, adapter=adapter, scheme=scheme, overwrite=overwrite)
+    with console.status("quantizing"):
+        record = quantize(config, log=err_console.print)
+    console.print(f"Quantized ({scheme}): weights {record['weights_mb']} MB in {out} (loads with tunelab)")
+
+
+@app.command("compress-report")
+@user_errors
+def compress_report_cmd(
+    model: Annotated[
+        list[str], typer.Option("--model", "-m", help="a model to measure (repeat; first is the reference)")
+    ],
+    test: Annotated[str, typer.Option(help="test examples (quality)")],
+    out: Annotated[str, typer.Option(help="folder for results.json, report.md and report.html")],
+    task: Annotated[str, typer.Option(help="classification or generation")] = "classification",
+    labels: Annotated[str | None, typer.Option(help="class names in order (for integer labels)")] = None,
+    instruction: Annotated[str | None, typer.Option(help="put before every question")] = None,
+    metrics: Annotated[str | None, typer.Option(help="generation metrics, e.g. exact_match")] = None,
+    limit: Annotated[int | None, typer.Option(help="use the first N test examples")] = None,
+    speed_prompts: Annotated[int, typer.Option(help="prompts timed for generation speed")] = 8,
+    new_tokens: Annotated[int, typer.Option(help="tokens generated per timed prompt")] = 32,
+):
+    """Size, memory, speed and quality of models side by side (e.g. teacher, pruned student, int8)."""
+    from .compress.report import ReportConfig, compress_report
+
+    config = ReportConfig(
+        models=model, test=test, out=out, task=task, labels=labels.split(",") if labels else None,
+        instruction=instruction, metrics=metrics.split(",") if metrics else [], limit=limit,
+        speed_prompts=speed_prompts, new_tokens=new_tokens,
+    )  # fmt: skip
+    compress_report(config, log=err_console.print)
+    console.print(Path(out, "report.md").read_text())
+
+
 @app.command()
 def methods():
     """List the tuning methods."""

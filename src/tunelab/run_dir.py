@@ -77,6 +77,26 @@ class RunDir:
     def tokenizer_config(self) -> Path:
         return self.root / "tokenizer_config.json"
 
+    # what `tunelab prune`, `quantize` and `distill` add to a model folder
+
+    @property
+    def compression(self) -> Path:
+        """What prune or quantize did: the source, what was kept and why, the sizes before and after."""
+        return self.root / "compression.json"
+
+    @property
+    def quantized_weights(self) -> Path:
+        """int8 dynamic-quantized weights, a torch state file: safetensors cannot hold packed int8 modules."""
+        return self.root / "model_int8.pt"
+
+    @property
+    def teacher_answers(self) -> Path:
+        """Sequence-level distillation: the teacher's answers to the prompts, the student's training data."""
+        return self.root / "teacher_answers.jsonl"
+
+    def is_quantized(self) -> bool:
+        return self.quantized_weights.is_file()
+
     def is_adapter(self) -> bool:
         return self.adapter_config.is_file()
 

@@ -22,7 +22,7 @@ from ..data.batching import collate, epoch_batches, split_by_tokens
 from ..data.mixture import epoch_indices, mixing_weights
 from ..data.tokenize import EncodedExample
 from ..errors import UserError
-from ..methods import get_method
+from ..methods import Method, get_method
 from ..models import load_model
 from ..models.blocks import BLOCK_INDEX
 from ..ops import pick_precision
@@ -87,9 +87,13 @@ class TrainHooks:
         return None
 
 
-def train(config: TrainConfig, console=None, hooks: TrainHooks | None = None) -> TrainResult:
-    """Train `config.method` on `config.data` and write the result to `config.out`."""
-    return Trainer(config, console, hooks).fit()
+def train(
+    config: TrainConfig, console=None, hooks: TrainHooks | None = None, method: Method | None = None
+) -> TrainResult:
+    """Train `config.method` on `config.data` and write the result to `config.out`.
+
+    `method` replaces the registered one, e.g. with another loss (distillation, compress/distill.py)."""
+    return Trainer(config, console, hooks, method).fit()
 
 
 def check_out_dir(out: Path, config: TrainConfig) -> None:
@@ -119,11 +123,13 @@ def padding_fraction(items: list[EncodedExample], batches: list[list[int]]) -> f
 class Trainer:
     """Sets a run up (model, method, data, optimizer), runs it, and writes its artefacts."""
 
-    def __init__(self, config: TrainConfig, console=None, hooks: TrainHooks | None = None):
+    def __init__(
+        self, config: TrainConfig, console=None, hooks: TrainHooks | None = None, method: Method | None = None
+    ):
         if not config.out:
             raise ConfigError("out: an output folder is required")
         self.config, self.out = config, Path(config.out)
-        self.method = get_method(config.method)
+        self.method = method or get_method(config.method)
         self.hooks = hooks or TrainHooks()
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: DDP over gloo on CPUs
         self.main = self.accelerator.is_main_process

@@ -1,0 +1,143 @@
+"""`tunelab distill`: a student (any model with the teacher's tokenizer, e.g. one `tunelab prune` cut from
+the teacher) learns what a teacher does.
+
+- logits (Hinton et al., 2015): on the labelled positions, the student's loss is
+  (1 - alpha) * cross-entropy + alpha * T^2 * KL(teacher || student) at temperature T, the teacher's logits
+  computed on the fly in the same batch. It runs through the one training loop with any text method: the
+  method's class is extended with this loss (`with_distillation`) and nothing else changes. The val loss
+  stays the method's own cross-entropy, so it compares with runs that were not distilled.
+- sequence (Kim and Rush, 2016): the teacher answers the prompts of `--data` (batched greedy generation),
+  and the student is tuned on those answers by an ordinary run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data import load_examples
+from ..data.mixture import parse_data_spec
+from ..data.tokenize import IGNORE_INDEX
+from ..errors import UserError
+from ..inference import generate, load_for_inference
+from ..inference.generate import prompt_messages, require_generative
+from ..methods import Method, get_method
+from ..models import load_tokenizer
+from ..ops import labelled_logits
+from ..run_dir import RunDir
+from ..training import TrainConfig
+from ..training.loop import TrainResult, check_out_dir, train
+
+MODES = ("logits", "sequence")
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = "default"
+    teacher_adapter: str | None = None
+    mode: str = "logits"  # or "sequence"
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the distillation term; 1 - alpha weighs the cross-entropy on the labels
+    max_new_tokens: int = 256  # sequence: the longest teacher answer
+    generate_batch_size: int = 16
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise UserError(f"--mode {self.mode}: choose one of {', '.join(MODES)}")
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1:
+            raise UserError("--temperature must be positive and --alpha in [0, 1]")
+
+
+def kd_loss(student_logits, teacher_logits, mask, temperature: float) -> torch.Tensor:
+    """Sum over the positions in `mask` of T^2 * KL(softmax(teacher/T) || softmax(student/T)).
+
+    Its gradient with respect to the student's logits at a position is T * (softmax(s/T) - softmax(t/T)):
+    the T^2 keeps it on the scale of the cross-entropy's gradient whatever the temperature."""
+    student = F.log_softmax(student_logits.float()[mask] / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float()[mask] / temperature, dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
+
+
+class KDLoss:
+    """Mixed into a method's class: its training loss becomes the distillation mix (see the module doc)."""
+
+    teacher = None
+    temperature = 2.0
+    alpha = 0.5
+
+    def loss(self, model, batch: dict, normaliser) -> torch.Tensor:
+        if not model.training:  # the val loss: the method's own, comparable with other runs
+            return super().loss(model, batch, normaliser)
+        logits, targets = labelled_logits(model, batch)
+        if self.teacher.device != logits.device:
+            self.teacher.to(logits.device)
+        with torch.no_grad():
+            teacher_logits, _ = labelled_logits(self.teacher, batch)
+        if teacher_logits.shape != logits.shape:
+            raise UserError(
+                f"distill: teacher and student disagree on the vocabulary ({teacher_logits.shape[-1]} vs "
+                f"{logits.shape[-1]} logits); the student needs the teacher's tokenizer"
+            )
+        mask = targets != IGNORE_INDEX
+        ce = F.cross_entropy(logits.float()[mask], targets[mask], reduction="sum")
+        kd = kd_loss(logits, teacher_logits, mask, self.temperature)
+        return ((1 - self.alpha) * ce + self.alpha * kd) / normaliser
+
+
+def with_distillation(method: Method, teacher, temperature: float, alpha: float) -> Method:
+    """The same method (what trains, how it is saved) with the distillation loss."""
+    if method.task != "causal-lm":
+        raise UserError(f"--method {method.name}: distillation needs a method that learns next tokens")
+    distilled = type(f"Distilled{type(method).__name__}", (KDLoss, type(method)), {})()
+    distilled.teacher = teacher.eval().requires_grad_(False)
+    distilled.temperature, distilled.alpha = temperature, alpha
+    return distilled
+
+
+def distill(train_config: TrainConfig, config: DistillConfig, console=None) -> TrainResult:
+    """Train `train_config.model` (the student) to imitate the teacher; writes an ordinary run folder."""
+    log = console.print if console else print
+    require_generative(config.teacher, config.teacher_adapter, "distill --teacher")
+    teacher, tokenizer = load_for_inference(config.teacher, config.teacher_adapter)
+    if tokenizer.get_vocab() != load_tokenizer(train_config.model, log).get_vocab():
+        raise UserError(f"distill: the student {train_config.model} has another tokenizer than the teacher")
+    out = Path(train_config.out)
+    if config.mode == "logits":
+        method = with_distillation(get_method(train_config.method), teacher, config.temperature, config.alpha)
+        result = train(train_config, console, method=method)
+    else:
+        check_out_dir(out, train_config)  # before the teacher spends minutes answering
+        answers = RunDir(out).teacher_answers
+        if not (train_config.resume and answers.is_file()):
+            out.mkdir(parents=True, exist_ok=True)
+            count = teacher_answers(teacher, tokenizer, train_config.data, answers, config)
+            log(f"The teacher answered {count} prompts: {answers}")
+        del teacher
+        result = train(replace(train_config, data=[str(answers)], overwrite=False), console)
+    # The run's own config names the student and its data; this says which teacher and how.
+    RunDir(out).compression.write_text(json.dumps({"distill": asdict(config)}, indent=2) + "\n")
+    return result
+
+
+def teacher_answers(teacher, tokenizer, data: list[str], out: Path, config: DistillConfig) -> int:
+    """Write one chat example per prompt of `data`, the teacher's greedy answer as its assistant turn."""
+    prompts = [
+        prompt_messages(example.messages)
+        for spec in data
+        for example in load_examples(parse_data_spec(spec).path, for_training=False)
+    ]
+    replies = generate(
+        teacher, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
+        batch_size=config.generate_batch_size,
+    )  # fmt: skip
+    rows = [
+        {"messages": [*prompt, {"role": "assistant", "content": reply}]}
+        for prompt, reply in zip(prompts, replies, strict=True)
+        if reply
+    ]
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return len(rows)

@@ -1,0 +1,94 @@
+"""`tunelab quantize --scheme int8-dynamic`: int8 weights for CPU inference, with PyTorch's own dynamic
+quantization (`torch.ao.quantization.quantize_dynamic`): every nn.Linear, the output head included, keeps
+int8 weights with one scale per tensor and quantizes its input on the fly; fbgemm/x86 int8 kernels run it.
+
+PyTorch marks this API deprecated in favour of torchao, whose int8 CPU path is only fast under
+torch.compile; until that is a drop-in for eager CPU inference this stays the dependable one (its
+warnings are silenced). GGUF quantization (q8_0, k-quants) for llama.cpp lives in `tunelab export`.
+
+The folder holds config.json, the tokenizer and a torch state file: safetensors cannot hold packed int8
+modules, so it loads with tunelab only (`load_quantized`), not with plain transformers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..models import load_tokenizer
+from ..run_dir import RunDir
+from .source import load_merged, parameter_count, write_folder
+
+SCHEMES = ("int8-dynamic",)
+CARD = """---
+tags: [tunelab, quantized, int8-dynamic]
+---
+# {name}
+
+`{source}` with every linear layer quantized to int8 (PyTorch dynamic quantization, for CPU inference).
+It is a torch state file, not safetensors (which cannot hold packed int8 modules): load it with tunelab.
+
+```python
+from tunelab.compress.quantize import load_quantized
+model, tokenizer = load_quantized("{name}")
+```
+"""
+
+
+@dataclass
+class QuantizeConfig:
+    model: str
+    out: str
+    adapter: str | None = None
+    scheme: str = "int8-dynamic"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise UserError(
+                f"--scheme {self.scheme}: choose one of {', '.join(SCHEMES)} (GGUF quants: tunelab export)"
+            )
+
+
+def quantize_linear(model):
+    """The model with int8 dynamic-quantized linear layers (in place)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation notices, see the module doc
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def quantize(config: QuantizeConfig, log=print) -> dict:
+    model, tokenizer = load_merged(config.model, config.adapter)
+    record = {"config": asdict(config), "params_before": parameter_count(model)}
+    model = quantize_linear(model)
+    record["params_after"] = parameter_count(model)
+
+    def fill(folder: Path) -> dict:
+        model.config.save_pretrained(folder)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        torch.save(model.state_dict(), RunDir(folder).quantized_weights)
+        source = config.model + (f" + {config.adapter}" if config.adapter else "")
+        RunDir(folder).model_card.write_text(CARD.format(name=Path(config.out).name, source=source))
+        return record
+
+    return write_folder(config.out, config.overwrite, fill)
+
+
+def load_quantized(folder: str | Path):
+    """(model, tokenizer) from a `tunelab quantize` folder, in eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)).eval()
+    model = quantize_linear(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = torch.load(RunDir(folder).quantized_weights, weights_only=True)
+    model.load_state_dict(state)
+    return model, load_tokenizer(str(folder))
