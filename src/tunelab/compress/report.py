@@ -183,7 +183,8 @@ def write_reports(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = results["models"]
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    text = f"# tunelab compress-report\n\n{measured_on(results)}\n\n{chr(10).join(markdown_table(*table(rows)))}\n"
+    lines = ["# tunelab compress-report", "", measured_on(results), "", *markdown_table(*table(rows))]
+    text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
 
     def size_vs_quality(ax):
