@@ -63,11 +63,12 @@ def main() -> None:
 
     lora = export(ExportConfig(out=str(out / "gguf-lora"), adapter=str(adapter), format="gguf-lora",
                                quant="f32", overwrite=True))  # fmt: skip
-    files = {kind: next(f for f in lora.files if f"-{kind}-" in f) for kind in ("base", "lora")}
+    files = {
+        kind: next(f for f in lora.files if f.endswith(f"-{kind}-f32.gguf")) for kind in ("base", "lora")
+    }
     print(f"gguf-lora: base {lora.files[files['base']]} MB + adapter {lora.files[files['lora']]} MB")
-    in_llama_cpp(
-        lora.out / files["base"], lora.out / files["lora"], conversations, reference, test, "gguf-lora"
-    )
+    folder = Path(lora.out)
+    in_llama_cpp(folder / files["base"], folder / files["lora"], conversations, reference, test, "gguf-lora")
 
 
 def in_llama_cpp(model_file, lora_file, conversations, reference, test, label) -> None:
