@@ -8,6 +8,8 @@ uses the same names, so `RunDir` works on any of them.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import yaml
@@ -134,3 +136,15 @@ class RunDir:
     def write_adapter_config(self, values: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.adapter_config.write_text(json.dumps(values, indent=2))
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` at `out`, replacing what is there with two renames (never half of
+    either is visible)."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)

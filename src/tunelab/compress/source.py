@@ -4,7 +4,6 @@ into a temporary folder beside `--out`, renamed into place when complete."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..export.hf import find_source, merged_model
-from ..run_dir import RunDir
+from ..run_dir import RunDir, replace_folder
 
 
 def load_merged(model: str, adapter: str | None):
@@ -55,13 +54,7 @@ def write_folder(out: str | Path, overwrite: bool, fill: Callable[[Path], dict])
         record = fill(tmp)
         record["weights_mb"] = weights_mb(tmp)
         RunDir(tmp).compression.write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,13 +11,13 @@ failed export leaves nothing behind. `export.json` in `out` records what was mad
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..run_dir import replace_folder
 from .hf import DTYPES, find_source, hf_usage, merged_model, save_hf, write_card
 from .llama_cpp import (
     CONVERTER_QUANTS,
@@ -93,21 +93,11 @@ def export(config: ExportConfig, log=print) -> ExportResult:
             command,
         )  # fmt: skip
         (tmp / EXPORT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
-        _move_into_place(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
 
 
 def _write(config: ExportConfig, source, folder: Path, name: str, log) -> str:
