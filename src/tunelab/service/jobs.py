@@ -218,11 +218,10 @@ def validate_job_files(store: Store, data: DataDir, job: dict) -> None:
             body = internal_error(err, f"validating the files of {job['id']}")
             err = ApiError(500, body["error"]["message"], code="server_error")
         error = {"code": err.code, "message": err.message, "param": err.param}
-        if store.set_status(job["id"], "failed", only_from=("validating_files",), error=error):
-            store.add_event(job["id"], err.message, level="error")
+        store.set_status(job["id"], "failed", only_from=("validating_files",), error=error, event=err.message)
         return
-    if store.set_status(job["id"], "queued", only_from=("validating_files",)):
-        store.add_event(job["id"], "Files validated; job queued")
+    validated = "Files validated; job queued"
+    store.set_status(job["id"], "queued", only_from=("validating_files",), event=validated)
 
 
 def pii_warning(store: Store, job_id: str, data: DataDir, file_id: str) -> None:

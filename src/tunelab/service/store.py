@@ -166,9 +166,17 @@ class Store:
         return self.all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid", *statuses)
 
     def set_status(
-        self, job_id: str, status: str, *, only_from: tuple[str, ...] = (), error: dict | None = None
+        self,
+        job_id: str,
+        status: str,
+        *,
+        only_from: tuple[str, ...] = (),
+        error: dict | None = None,
+        event: str | None = None,
     ) -> bool:
-        """Move a job to `status` (only from the given statuses, when named); False if it was not there."""
+        """Move a job to `status` (only from the given statuses, when named); False if it was not there.
+        `event` is logged in the same transaction (no other event can come between), at error level for a
+        failure."""
         fields = {"status": status}
         if status in FINISHED:
             fields["finished_at"] = now()
@@ -180,7 +188,11 @@ class Store:
         if only_from:
             sql += f" AND status IN ({', '.join('?' for _ in only_from)})"
             args += list(only_from)
-        return self.run(sql, *args) > 0
+        with self.connect() as db:
+            moved = db.execute(sql, args).rowcount > 0
+            if moved and event:
+                _insert_event(db, job_id, event, level="error" if status == "failed" else "info")
+        return moved
 
     def set_hyperparameters(self, job_id: str, hyperparameters: dict) -> None:
         self.run("UPDATE jobs SET hyperparameters = ? WHERE id = ?", json.dumps(hyperparameters), job_id)
@@ -201,18 +213,8 @@ class Store:
         data: dict | None = None,
         step: int | None = None,
     ) -> None:
-        self.run(
-            "INSERT INTO events (id, job_id, created_at, level, message, type, data, step) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            new_id("ftevent-"),
-            job_id,
-            now(),
-            level,
-            message,
-            type,
-            json.dumps(data) if data is not None else None,
-            step,
-        )
+        with self.connect() as db:
+            _insert_event(db, job_id, message, level=level, type=type, data=data, step=step)
 
     def count_events(self, job_id: str, message: str) -> int:
         return self.one("SELECT COUNT(*) AS n FROM events WHERE job_id = ? AND message = ?", job_id, message)[
@@ -379,3 +381,12 @@ class Store:
         """The key's jobs not training yet (validating_files or queued)."""
         sql = "SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND status IN ('validating_files', 'queued')"
         return self.one(sql, owner)["n"]
+
+
+def _insert_event(db, job_id: str, message: str, *, level="info", type="message", data=None, step=None):
+    encoded = json.dumps(data) if data is not None else None
+    db.execute(
+        "INSERT INTO events (id, job_id, created_at, level, message, type, data, step) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (new_id("ftevent-"), job_id, now(), level, message, type, encoded, step),
+    )

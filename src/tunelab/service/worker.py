@@ -192,10 +192,10 @@ def job_config(job: dict, data: DataDir) -> TrainConfig:
 def fail(store: Store, data: DataDir, job_id: str, code: str, message: str, param: str | None = None) -> None:
     """Mark the job failed; it publishes nothing, so its checkpoints are withdrawn too."""
     error = {"code": code, "message": message, "param": param}
-    if store.set_status(job_id, "failed", only_from=("running",), error=error):
+    event = f"Fine-tuning job failed: {message}"
+    if store.set_status(job_id, "failed", only_from=("running",), error=error, event=event):
         store.drop_checkpoints(job_id)
         shutil.rmtree(data.checkpoints_dir(job_id), ignore_errors=True)
-        store.add_event(job_id, f"Fine-tuning job failed: {message}", level="error")
 
 
 def publish(store: Store, data: DataDir, job: dict) -> None:

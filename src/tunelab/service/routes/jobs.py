@@ -123,13 +123,14 @@ def get_job(job_id: str, owner: Owner, service: ServiceDep):
 def cancel_job(job_id: str, owner: Owner, service: ServiceDep):
     job = owned_job(service, owner, job_id)
     # The worker sees the new status at its next step and stops; a job it already finished keeps its end.
-    if not service.store.set_status(job_id, "cancelled", only_from=CANCELLABLE):
+    if not service.store.set_status(
+        job_id, "cancelled", only_from=CANCELLABLE, event="Cancellation requested"
+    ):
         raise ApiError(
             400,
             f"job {job_id} has already {job['status']}; only {', '.join(CANCELLABLE)} jobs can be cancelled",
             code="invalid_job_status",
         )
-    service.store.add_event(job_id, "Cancellation requested")
     return job_object(service.store.get_job(job_id))
 
 
