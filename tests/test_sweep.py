@@ -90,6 +90,7 @@ def test_a_pruned_trial_is_marked_pruned(setup, tmp_path):
     results = sweep(setup(2), pruner=optuna.pruners.ThresholdPruner(upper=0.0))  # any val loss is too high
     assert [row["state"] for row in results["trials"]] == ["pruned", "pruned"]
     assert all("val loss" in row["note"] for row in results["trials"])
+    assert all(row["value"] is None for row in results["trials"])  # no objective value, not its val loss
     assert not RunDir(results["trials"][0]["run"]).is_finished()
     assert results["best_trial"] is None and not (tmp_path / "sweep" / "best.yaml").exists()
     assert "2 pruned" in (tmp_path / "sweep" / "report.md").read_text()

@@ -235,13 +235,15 @@ def collect(study, config: SweepConfig, space: Space, key: str) -> dict:
     """Every trial of this study as a row, the best one and its options."""
     rows = []
     for trial in study.trials:
+        # Optuna keeps a pruned trial's last reported (signed) val loss as its value: not an objective.
+        value = trial.value if trial.state.name == "COMPLETE" else None
         run = RunDir(trial.user_attrs.get("run", Path(config.out) / "trials" / "not-started"))
         summary = run.read_summary() if run.is_finished() else {}
         records = run.read_metrics()
         losses = [r["val_loss"] for r in records if r.get("kind") == "eval" and not r.get("baseline")]
         rows.append({
             "number": trial.number, "state": trial.state.name.lower(), "params": trial.params,
-            "value": trial.value, "val_loss": summary.get("best_val_loss", min(losses, default=None)),
+            "value": value, "val_loss": summary.get("best_val_loss", min(losses, default=None)),
             "steps": summary.get("steps"), "seconds": trial.user_attrs.get("seconds"),
             "note": trial.user_attrs.get("note") or interrupted(trial), "run": str(run.root),
         })  # fmt: skip

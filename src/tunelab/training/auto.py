@@ -11,6 +11,8 @@ import math
 import os
 from dataclasses import replace
 
+from .memory import loss_slice_bytes
+
 AUTO = "auto"
 AUTO_FIELDS = ("epochs", "batch_size", "lr")
 
@@ -43,12 +45,11 @@ def pick(n_examples: int, length: int, default_lr: float, memory_mb: float, mb_p
 
 def activation_mb_per_token(model_config) -> float:
     """Training memory one token of a micro-batch takes, in fp32: about 68 bytes per hidden unit per layer
-    kept for the backward pass (Korthikanti et al., 2022, at 34 in 16-bit), plus the logits, their softmax
-    and its gradient over the vocabulary."""
+    kept for the backward pass (Korthikanti et al., 2022, at 34 in 16-bit). The vocabulary costs nothing
+    per token: the loss runs over slices of positions (`loss_slice_bytes`, once per micro-batch)."""
     hidden = getattr(model_config, "hidden_size", 768)
     layers = getattr(model_config, "num_hidden_layers", 12)
-    vocab = getattr(model_config, "vocab_size", 32_000)
-    return (68 * hidden * layers + 12 * vocab) / 2**20
+    return 68 * hidden * layers / 2**20
 
 
 def free_memory_mb() -> float:
@@ -75,8 +76,9 @@ def resolve(config, lengths: list[int], default_lr: float, model_config) -> tupl
     wanted = [name for name in AUTO_FIELDS if getattr(config, name) == AUTO]
     if not wanted:
         return config, {}
-    picks = pick(len(lengths), percentile_95(lengths), default_lr, free_memory_mb(),
-                 activation_mb_per_token(model_config))  # fmt: skip
+    memory_mb = free_memory_mb() - loss_slice_bytes(getattr(model_config, "vocab_size", 32_000)) / 2**20
+    per_token = activation_mb_per_token(model_config)
+    picks = pick(len(lengths), percentile_95(lengths), default_lr, memory_mb, per_token)
     if config.batch_size != AUTO:  # the lr follows the batch size the run really uses
         picks["lr"] = float(f"{default_lr * math.sqrt(config.batch_size / REFERENCE_BATCH):.3g}")
     chosen = {name: picks[name] for name in wanted}

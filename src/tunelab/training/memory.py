@@ -65,8 +65,13 @@ def measure(model, method, trainable: int, vocab: int, device, precision: str, r
         model.gradient_checkpointing_enable()
         layers = model.config.num_hidden_layers
         per_row = (per_row[0] + b / layers, per_row[1] + c / layers)
-    head = 3 * LOSS_CHUNK * vocab * 4
-    return MemoryModel(fixed, per_row, head, _seconds_per_token(model, method, device, precision))
+    seconds_per_token = _seconds_per_token(model, method, device, precision)
+    return MemoryModel(fixed, per_row, loss_slice_bytes(vocab), seconds_per_token)
+
+
+def loss_slice_bytes(vocab: int) -> int:
+    """The chunked loss's logits, softmax and gradient for one slice of LOSS_CHUNK positions, in fp32."""
+    return 3 * LOSS_CHUNK * vocab * 4
 
 
 def checkpointed(model) -> bool:
