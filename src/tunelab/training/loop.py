@@ -31,7 +31,7 @@ from . import auto
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
 from .datasets import load_tasks
-from .memory import MemoryModel, batch_tokens_for, measure, parse_bytes, resident_rss
+from .memory import MemoryModel, batch_tokens_for, measure, parse_bytes
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
 from .schedule import LRPlan, TimeBudget, apply_plan, lr_scheduler
@@ -186,8 +186,7 @@ class Trainer:
         trainable = sum(p.numel() for _, p in self.method.optimizer_params(model))
         vocab = model.get_output_embeddings().weight.shape[0]
         device = next(model.parameters()).device
-        rss = resident_rss(model, device)
-        memory = measure(model, self.method, trainable, vocab, device, self.precision, rss)
+        memory = measure(model, self.method, trainable, vocab, device, self.precision, longest)
         if not config.memory_budget:
             return memory
         budget = parse_bytes(config.memory_budget)
@@ -195,7 +194,7 @@ class Trainer:
         if tokens is None and not config.gradient_checkpointing:
             enable_checkpointing(model)
             config.gradient_checkpointing = True
-            memory = measure(model, self.method, trainable, vocab, device, self.precision, rss)
+            memory = measure(model, self.method, trainable, vocab, device, self.precision, longest)
             tokens = batch_tokens_for(memory, budget, longest, config.batch_size)
         if tokens is None:
             need = memory.peak(1, longest) / 2**30

@@ -1,9 +1,12 @@
-"""Peak memory before a run starts: measured per-token activation cost, the fixed cost of weights and
-optimizer state, and the micro-batch size (tokens) that keeps a run inside `--memory-budget`.
+"""Peak memory before a run starts: the fixed cost of weights and optimizer state, the measured peak of a
+training step per row of T tokens, and the micro-batch size (tokens) that keeps a run inside
+`--memory-budget`.
 
-The activation cost is measured, not derived from formulas per architecture: a few short forward passes
-record the bytes autograd keeps for the backward pass (`saved_tensors_hooks`) at three prompt lengths, and
-a quadratic in the length (attention kept as a matrix grows with its square) is fitted to them.
+The step's cost is measured, not derived from formulas per architecture or from what autograd saves (that
+missed the backward pass's buffers and the allocator's high-water mark, about half of the real peak): the
+peak memory of a real forward and backward pass (the process's RSS high-water mark, reset before each, or
+CUDA's peak allocation) at three lengths, fitted with a constant plus a quadratic in the length (attention
+kept as a matrix grows with its square).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ..data.tokenize import EncodedExample
 from ..errors import UserError
 from ..ops import LOSS_CHUNK, autocast
 
-PROBE_LENGTHS = (64, 128, 256)
+MIN_PROBE = 128  # shortest probe length; probes are a quarter, half and all of the longest example
 ADAM_BYTES = 8  # two fp32 moments per trained parameter
 UNITS = {"": 1, "b": 1, "kb": 2**10, "mb": 2**20, "gb": 2**30, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -35,9 +38,9 @@ def parse_bytes(text: str) -> int:
 
 @dataclass
 class MemoryModel:
-    fixed: float  # bytes: the process with the model loaded, plus gradients and optimizer state
-    per_row: tuple[float, float]  # activation bytes of one row of length T: b*T + c*T^2
-    head: float  # the loss's vocabulary slice: logits, softmax and their gradient
+    fixed: float  # bytes: the process with the model loaded, plus optimizer state
+    step: float  # bytes a step takes whatever its size: gradients, the loss's vocabulary slice, workspaces
+    per_row: tuple[float, float]  # bytes one row of length T adds at the step's peak: b*T + c*T^2
     seconds_per_token: float
 
     def activations(self, rows: int, length: int) -> float:
@@ -45,28 +48,46 @@ class MemoryModel:
         return rows * (b * length + c * length * length)
 
     def peak(self, rows: int, length: int) -> float:
-        return self.fixed + self.activations(rows, length) + self.head
+        return self.fixed + self.step + self.activations(rows, length)
 
     def fit(self, budget: float, length: int) -> int:
         """Rows of `length` tokens a micro-batch may hold within `budget` bytes (0: not even one)."""
-        return int((budget - self.fixed - self.head) // max(self.activations(1, length), 1))
+        return int((budget - self.fixed - self.step) // max(self.activations(1, length), 1))
 
 
-def measure(model, method, trainable: int, vocab: int, device, precision: str, rss: float) -> MemoryModel:
-    """Probe the model as the run will train it (same method, dtype, checkpointing). `rss`: the process's
-    memory before any probe (`current_rss()`), the fixed part, as probes leave freed memory behind."""
-    fixed = rss + trainable * (4 + ADAM_BYTES)  # + gradients and AdamW's moments
+def measure(model, method, trainable: int, vocab: int, device, precision: str, longest: int) -> MemoryModel:
+    """Probe the model as the run will train it (same method, dtype, checkpointing), with one row of a
+    quarter, half and all of `longest` tokens."""
+    resident = resident_bytes(model, device)
     model.train()  # as the run trains it: dropout keeps its masks, checkpointing acts only in training
-    per_row = _per_row(model, method, device, precision)
-    if checkpointed(model):
-        # The backward pass recomputes one block at a time: one block's full activations on top.
-        model.gradient_checkpointing_disable()
-        b, c = _per_row(model, method, device, precision)
-        model.gradient_checkpointing_enable()
-        layers = model.config.num_hidden_layers
-        per_row = (per_row[0] + b / layers, per_row[1] + c / layers)
-    seconds_per_token = _seconds_per_token(model, method, device, precision)
-    return MemoryModel(fixed, per_row, loss_slice_bytes(vocab), seconds_per_token)
+    top = max(longest, 4 * MIN_PROBE)
+    lengths = (top // 4, top // 2, top)
+    peaks, seconds = [], 0.0
+    for length in lengths:
+        reset_peak(device)
+        start = time.perf_counter()
+        with autocast(device, precision):
+            loss = method.loss(model, _probe_batch(length, vocab, device), 1)
+        loss.backward()
+        seconds = time.perf_counter() - start
+        del loss
+        model.zero_grad(set_to_none=True)
+        # The loss's slice grows with the labelled positions up to LOSS_CHUNK, then stays: take it out
+        # of the per-token fit and count one whole slice in `step`.
+        loss_slice = loss_slice_bytes(vocab) * min(length, LOSS_CHUNK) / LOSS_CHUNK
+        peaks.append(peak_bytes(device) - resident - loss_slice)
+    step, b, c = _quadratic(lengths, peaks)
+    fixed = resident + trainable * ADAM_BYTES  # AdamW's moments: the probes take no optimizer step
+    return MemoryModel(fixed, step + loss_slice_bytes(vocab), (b, c), seconds / lengths[-1])
+
+
+def _quadratic(xs, ys) -> tuple[float, float, float]:
+    """(a, b, c) of a + b*x + c*x^2 through three points, none negative (measurements are noisy)."""
+    (x1, x2, x3), (y1, y2, y3) = xs, ys
+    c = max(((y3 - y2) / (x3 - x2) - (y2 - y1) / (x2 - x1)) / (x3 - x1), 0.0)  # second divided difference
+    b = max((y3 - y1) / (x3 - x1) - c * (x1 + x3), 0.0)
+    a = max(y3 - b * x3 - c * x3 * x3, 0.0)
+    return a, b, c
 
 
 def loss_slice_bytes(vocab: int) -> int:
@@ -78,56 +99,19 @@ def checkpointed(model) -> bool:
     return bool(getattr(model, "is_activation_checkpointing", False))
 
 
-def _per_row(model, method, device, precision: str) -> tuple[float, float]:
-    """(b, c) of the bytes one row of T tokens keeps for the backward pass: b*T + c*T^2."""
-    (t1, t2, t3) = PROBE_LENGTHS
-    s1, s2, s3 = (_saved_bytes(model, method, length, device, precision) for length in PROBE_LENGTHS)
-    c = ((s3 - s2) / (t3 - t2) - (s2 - s1) / (t2 - t1)) / (t3 - t1)  # second divided difference
-    b = (s2 - s1) / (t2 - t1) - c * (t1 + t2)
-    return max(b, 0.0), max(c, 0.0)
-
-
-def _probe_batch(length: int, device) -> dict:
-    ids = list(range(10, 10 + length))
+def _probe_batch(length: int, vocab: int, device) -> dict:
+    ids = [(10 + i) % vocab for i in range(length)]
     item = EncodedExample(ids, ids)  # every position labelled: the loss's worst case
     return {k: v.to(device) for k, v in collate([item], pad_id=0).items()}
 
 
-def _saved_bytes(model, method, length: int, device, precision: str) -> float:
-    """Bytes of the distinct storages autograd saves in one forward pass of one row of `length` tokens."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    batch = _probe_batch(length, device)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(device, precision):
-        loss = method.loss(model, batch, 1)
-    del loss
-    frozen = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return sum(size for ptr, size in storages.items() if ptr not in frozen)
-
-
-def _seconds_per_token(model, method, device, precision: str) -> float:
-    """Forward and backward of a 256-token row, timed after one warm-up (gradients thrown away)."""
-    batch = _probe_batch(PROBE_LENGTHS[-1], device)
-    for _ in range(2):
-        start = time.perf_counter()
-        with autocast(device, precision):
-            loss = method.loss(model, batch, 1)
-        loss.backward()
-        seconds = time.perf_counter() - start
-    model.zero_grad(set_to_none=True)
-    return seconds / PROBE_LENGTHS[-1]
-
-
-def resident_rss(model, device) -> float:
-    """The process's memory with every weight resident: loaded weights may be mapped from their file and
-    not yet read, so one short forward pass touches them first."""
+def resident_bytes(model, device) -> float:
+    """Memory in use with every weight resident: loaded weights may be mapped from their file and not yet
+    read, so one short forward pass touches them first."""
     with torch.no_grad():
         model(input_ids=torch.ones(1, 4, dtype=torch.long, device=device))
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
     return current_rss()
 
 
@@ -137,6 +121,30 @@ def current_rss() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize()
     except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak(device) -> None:
+    """Start a new high-water mark: CUDA's, or the process's RSS (Linux; elsewhere the peak cannot be
+    reset, and the probes, which grow, still each raise it)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_bytes(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(line for line in f if line.startswith("VmHWM:"))
+        return int(hwm.split()[1]) * 1024
+    except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
