@@ -47,7 +47,7 @@ def recommend(rows: list[dict]) -> dict:
     }
 
 
-def _cell(row: dict, key: str) -> str:
+def cell(row: dict, key: str) -> str:
     value = row.get(key)
     if value is None:
         return "-"
@@ -75,7 +75,7 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     columns = [
         (key, title) for key, title in COLUMNS if key != "sweep" or any(row.get("sweep") for row in rows)
     ]
-    return [title for _, title in columns], [[_cell(row, key) for key, _ in columns] for row in rows]
+    return [title for _, title in columns], [[cell(row, key) for key, _ in columns] for row in rows]
 
 
 def scored_on(results: dict) -> str:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from ..compare.report import _cell as compare_cell
+from ..compare.report import cell as compare_cell
 from ..errors import UserError
 from ..report_page import figure_png, figures_html, html_page, html_table, markdown_table
 from ..run_dir import RunDir
