@@ -107,6 +107,15 @@ def test_a_budget_is_shared_and_best_yaml_pins_the_steps_the_trial_ran(setup, tm
         sweep(setup(2, budget="epochs:1"))
 
 
+def test_a_budget_share_leaves_room_for_what_trials_cost_besides_training():
+    study = optuna.create_study()
+    for total in (130.0, 150.0):  # 100 s of training each, and 30 s, then 50 s, of loading and scoring
+        user_attrs = {"seconds": total, "training_budget_s": 100.0}
+        study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs=user_attrs))
+    # 600 s left after 280 s spent, for 2 trials: 300 s each, of which 40 s go to what is not training
+    assert sweep_run.training_share(study, 880.0, 2) == pytest.approx(260.0)
+
+
 def test_another_space_starts_another_study(setup, tmp_path):
     first = sweep(setup(1))
     (tmp_path / "space.yaml").write_text(SPACE.replace("max_steps: 4", "max_steps: 3"))

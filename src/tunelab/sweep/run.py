@@ -132,6 +132,8 @@ def run_trial(study, trial, params: dict, config: SweepConfig, space: Space, key
 
     out = Path(config.out) / "trials" / f"{key}-{trial.number:03d}"
     trial.set_user_attr("run", str(out))
+    if seconds is not None:
+        trial.set_user_attr("training_budget_s", seconds)
     started = time.perf_counter()
     sign = 1.0 if config.objective == "val_loss" else -1.0
     try:
@@ -154,6 +156,19 @@ def run_trial(study, trial, params: dict, config: SweepConfig, space: Space, key
     trial.set_user_attr("seconds", time.perf_counter() - started)
     study.tell(trial, value)
     return f"{config.objective} {value:.4f}"
+
+
+def training_share(study, budget: float, remaining: int) -> float:
+    """Training seconds for the next trial: an equal share of what is left, less what a trial costs
+    besides training (loading, val evaluations, scoring) as the completed trials measured it."""
+    spent = sum(t.user_attrs.get("seconds", 0) for t in study.trials if done(t))
+    overheads = [
+        t.user_attrs["seconds"] - t.user_attrs["training_budget_s"]
+        for t in study.trials
+        if t.state.name == "COMPLETE" and "training_budget_s" in t.user_attrs
+    ]
+    overhead = max(0.0, sum(overheads) / len(overheads)) if overheads else 0.0
+    return (budget - spent) / remaining - overhead
 
 
 def open_study(config: SweepConfig, key: str, pruner=None):
@@ -206,8 +221,7 @@ def sweep(config: SweepConfig, console=None, pruner=None) -> dict:
     while (count := len([t for t in study.trials if done(t)])) < config.trials:
         seconds = None
         if budget is not None:  # an equal share of what is left, so every trial gets its turn
-            spent = sum(t.user_attrs.get("seconds", 0) for t in study.trials if done(t))
-            seconds = (budget - spent) / (config.trials - count)
+            seconds = training_share(study, budget, config.trials - count)
             if seconds < 1:
                 log(f"The budget {config.budget} is spent after {count} trials")
                 break
