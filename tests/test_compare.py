@@ -1,10 +1,14 @@
 """`tunelab compare` on a tiny model: every figure for every method, reports written, reruns resume."""
 
 import json
+from dataclasses import replace
+
+import pytest
 
 from conftest import write_jsonl
 from tunelab.compare import CompareConfig, compare
-from tunelab.compare.run import prepare_splits
+from tunelab.compare.run import prepare_splits, run_key
+from tunelab.errors import UserError
 
 FIELDS = {"value", "ci95", "trainable_params", "train_time_s", "eval_time_s", "peak_memory_mb", "artifact_mb",
           "prompt_tokens_per_request"}  # fmt: skip
@@ -93,3 +97,63 @@ def test_a_rerun_with_another_test_file_scores_on_the_new_one(tmp_path):
     test = write_jsonl(tmp_path / "test.jsonl", _rows(7, offset=500))
     splits = prepare_splits(CompareConfig(data=str(data), out=out, test=str(test)))
     assert len(_texts(splits["test"])) == 7
+
+
+def _sentiment(tmp_path):
+    rows = [
+        {"text": "the film was " + ("great" if i % 2 else "bad") + f" {i}", "label": i % 2} for i in range(40)
+    ]
+    return str(write_jsonl(tmp_path / "cls.jsonl", rows))
+
+
+def test_distilled_rows_learn_from_the_tuned_row_before_them_and_resume(tiny_llama_dir, tmp_path):
+    out = tmp_path / "cmp"
+    config = CompareConfig(data=_sentiment(tmp_path), out=str(out), model=str(tiny_llama_dir),
+                           labels=["negative", "positive"], methods=["lora", "prune+distill", "distill"],
+                           student=str(tiny_llama_dir), budget="steps:2")  # fmt: skip
+    results = compare(config)
+    rows = {r["method"]: r for r in results["methods"]}
+    assert list(rows) == ["lora", "prune+distill", "distill"]
+    lora, pruned, distilled = rows["lora"], rows["prune+distill"], rows["distill"]
+    base_params = lora["params"] - lora["trainable_params"]
+    for row in (pruned, distilled):
+        assert FIELDS <= row.keys() and row["teacher"] == "lora" and row["steps"] == 2
+        assert row["ci95"][0] <= row["value"] <= row["ci95"][1]
+        assert row["trainable_params"] == row["params"]  # --method full: every weight of the student trains
+    assert distilled["params"] == base_params
+    assert pruned["params"] < base_params and pruned["artifact_mb"] < distilled["artifact_mb"]
+    pruned_dir = out / "runs" / f"prune+distill-{pruned['key']}"
+    assert json.loads((pruned_dir / "pruned" / "compression.json").read_text())["kept_layers"] in ([0], [1])
+    assert pruned_dir.joinpath("model", "config.json").is_file()  # a whole model, scored as one
+    assert "prune+distill (teacher: lora)" in (out / "report.md").read_text()
+
+    # a rerun reuses the distilled rows; another teacher makes another key
+    stamps = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/result.json")}
+    assert len(stamps) == 3
+    assert compare(config)["methods"] == results["methods"]
+    assert {path: path.stat().st_mtime_ns for path in out.glob("runs/*/result.json")} == stamps
+    splits = prepare_splits(config)
+    other = replace(config, methods=["ia3", "prune+distill"])
+    assert run_key(other, "prune+distill", splits) != run_key(config, "prune+distill", splits)
+    assert run_key(replace(config, seed=1), "distill", splits) != run_key(config, "distill", splits)
+
+
+@pytest.mark.parametrize(
+    ("methods", "student", "message"),
+    [
+        (["zero-shot", "prune+distill"], None, "needs a teacher"),
+        (["prune+distill", "lora"], None, "needs a teacher"),  # the teacher must come first
+        (["head", "distill"], "x", "needs a teacher"),  # a classification head generates no text
+        (["prompt-tuning", "prune+distill"], None, "list lora, ia3 or full"),
+        (["lora", "distill"], None, "--student"),
+    ],
+)
+def test_a_distilled_row_without_a_teacher_or_student_fails_before_anything_runs(
+    tiny_llama_dir, tmp_path, methods, student, message
+):
+    out = tmp_path / "cmp"
+    config = CompareConfig(data=_sentiment(tmp_path), out=str(out), model=str(tiny_llama_dir),
+                           methods=methods, student=student, budget="steps:2")  # fmt: skip
+    with pytest.raises(UserError, match=message):
+        compare(config)
+    assert not out.exists()

@@ -89,6 +89,10 @@ def test_prune_needs_calibration_data_and_a_cut():
         PruneConfig(model="m", out="o", keep_layers=1)
     with pytest.raises(UserError, match="what to cut"):
         PruneConfig(model="m", out="o")
+    with pytest.raises(UserError, match="--data"):
+        PruneConfig(model="m", out="o", keep_share=0.5)
+    with pytest.raises(UserError, match="keep_share"):
+        PruneConfig(model="m", out="o", data="d", keep_share=0)
 
 
 def test_kd_loss_is_zero_when_student_equals_teacher():

@@ -252,9 +252,13 @@ def compare_cmd(
     val: Annotated[str | None, typer.Option(help="validation file")] = None,
     test: Annotated[str | None, typer.Option(help="test file (where quality is measured)")] = None,
     task: Annotated[str, typer.Option(help="classification or generation")] = "classification",
-    methods: Annotated[str, typer.Option(help="comma-separated: zero-shot,few-shot and any --method")] = (
-        "zero-shot,few-shot,lora,prompt-tuning,head"
-    ),
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated: zero-shot,few-shot, any --method, and distill or prune+distill (their "
+            "teacher: the first tuned text method listed before them)"
+        ),
+    ] = "zero-shot,few-shot,lora,prompt-tuning,head",
     budget: Annotated[
         str, typer.Option(help="steps:N, epochs:N or minutes:N for every trained method")
     ] = "epochs:1",
@@ -271,6 +275,9 @@ def compare_cmd(
     sweep: Annotated[
         int, typer.Option(help="N: tune each trained method's learning rate over N trials within its budget")
     ] = 0,
+    student: Annotated[
+        str | None, typer.Option(help="the `distill` method's student: a model with --model's tokenizer")
+    ] = None,
     seed: int = 0,
     batch_size: int = 8,
 ):
@@ -281,7 +288,7 @@ def compare_cmd(
         data=data, out=out, model=model, val=val, test=test, task=task, methods=methods.split(","),
         budget=budget, labels=labels.split(",") if labels else None, instruction=instruction, shots=shots,
         calibrate=calibrate,
-        forgetting=forgetting, limit=limit, seed=seed, batch_size=batch_size, sweep=sweep,
+        forgetting=forgetting, limit=limit, seed=seed, batch_size=batch_size, sweep=sweep, student=student,
     )  # fmt: skip
     results = compare(config, console=console)
     console.print(Path(out, "report.md").read_text())

@@ -1,5 +1,5 @@
-"""The look every tunelab report shares: matplotlib figures inlined as PNG and one self-contained HTML page
-(`compare` and `sweep` write theirs with these)."""
+"""The look every tunelab report shares: table cells, matplotlib figures inlined as PNG and one
+self-contained HTML page (`compare`, `sweep` and `compress-report` write theirs with these)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,20 @@ def figure_png(draw) -> str:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def cell_text(row: dict, key: str) -> str:
+    """A table cell: "-" when missing, an interval for `ci95`, 3 decimals for the quality `value`."""
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key == "ci95":
+        return f"[{value[0]:.3f}, {value[1]:.3f}]"
+    if isinstance(value, float):
+        return f"{value:.3f}" if key == "value" else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
 
 
 def html_table(headers: list[str], rows: list[list]) -> str:

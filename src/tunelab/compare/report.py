@@ -7,13 +7,14 @@ import html
 import json
 from pathlib import Path
 
-from ..report_page import figure_png, figures_html, html_page, html_table, markdown_table
+from ..report_page import cell_text, figure_png, figures_html, html_page, html_table, markdown_table
 
 COLUMNS = [
     ("method", "method"),
     ("value", "quality"),
     ("ci95", "95% CI"),
     ("trainable_params", "trainable params"),
+    ("params", "model params"),
     ("steps", "steps (planned)"),
     ("epochs", "epochs"),
     ("max_lr_reached", "peak lr reached / set"),
@@ -51,8 +52,8 @@ def cell(row: dict, key: str) -> str:
     value = row.get(key)
     if value is None:
         return "-"
-    if key == "ci95":
-        return f"[{value[0]:.3f}, {value[1]:.3f}]"
+    if key == "method" and row.get("teacher"):
+        return f"{value} (teacher: {row['teacher']})"
     if key == "steps":
         return f"{value:,} ({row.get('planned_steps', '-')})"
     if key == "max_lr_reached":
@@ -64,11 +65,7 @@ def cell(row: dict, key: str) -> str:
         return f"{chosen} (trial {value['best_trial']} of {value['trials']})"
     if key == "forgetting":
         return f"{value['change']:+.3f} [{value['ci95'][0]:+.3f}, {value['ci95'][1]:+.3f}]"
-    if isinstance(value, float):
-        return f"{value:.3f}" if key == "value" else f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    return cell_text(row, key)
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:

@@ -1,9 +1,11 @@
-"""`tunelab compare`: prompting vs fine-tuning vs PEFT on the user's own data, same splits, same budget.
+"""`tunelab compare`: prompting vs fine-tuning vs PEFT vs distillation on the user's own data, same splits,
+same budget.
 
 Every method runs in its own process (so peak memory is its own, and a crash loses only that method) and
 leaves `DIR/runs/<method>-<key>/result.json`, where the key is a hash of everything that determines that
 method's row. A rerun reuses a finished run with the same key (so an interrupted compare resumes) and runs
 anew whatever another budget, other data or other options change; older runs stay beside, never mixed in.
+A distilled row (distilled.py) learns from a tuned row of the same compare, its key holding its teacher's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..evaluation import EvalConfig, evaluate, forgetting
 from ..evaluation.config import CALIBRATIONS
 from ..methods import REGISTRY, get_method
 from ..run_dir import RunDir
+from .distilled import DISTILLED, check_distilled, teacher_of, train_student
 
 PROMPTING = ("zero-shot", "few-shot")
 
@@ -51,6 +54,7 @@ class CompareConfig:
     seed: int = 0
     batch_size: int = 8
     sweep: int = 0  # N > 0: each tuned method's row is its best of N trials (its learning rate searched)
+    student: str | None = None  # the `distill` row's student: a model with --model's tokenizer
 
 
 def budget_fields(budget: str) -> dict:
@@ -106,13 +110,14 @@ def prepare_splits(config: CompareConfig) -> dict[str, Path]:
     return paths
 
 
-def eval_config(
-    config: CompareConfig, splits: dict, adapter: str | None = None, shots: int = 0
-) -> EvalConfig:
+def eval_config(config: CompareConfig, splits: dict, tuned: Path | None = None, shots: int = 0) -> EvalConfig:
+    """The test split scored on `--model`, or on `tuned`: a trained row's adapter on it or whole model."""
+    adapter = str(tuned) if tuned and RunDir(tuned).is_adapter() else None
     return EvalConfig(
-        model=config.model, adapter=adapter, data=str(splits["test"]), task=config.task, labels=config.labels,
+        model=str(tuned) if tuned and not adapter else config.model, adapter=adapter,
+        data=str(splits["test"]), task=config.task, labels=config.labels,
         shots=shots, shots_from=str(splits["train"]) if shots else None, seed=config.seed,
-        calibrate=None if adapter else config.calibrate,
+        calibrate=None if tuned else config.calibrate,
         batch_size=config.batch_size, instruction=None if config.task != "classification" else "",
     )  # fmt: skip
 
@@ -124,7 +129,8 @@ def file_hash(path: str | Path) -> str:
 def run_key(config: CompareConfig, method: str, splits: dict) -> str:
     """A hash of what determines one method's row: the split files it reads (which carry the data, the
     instruction, the labels and the test limit), the settings it uses, and tunelab's version. Prompting rows
-    ignore the training budget, so changing the budget retrains the tuned methods only."""
+    ignore the training budget, so changing the budget retrains the tuned methods only. A distilled row's
+    holds its teacher's key, so retraining the teacher redistils it."""
     used = {"test"}
     settings = {"model", "task", "labels", "seed", "batch_size"}
     if method in PROMPTING:
@@ -136,6 +142,10 @@ def run_key(config: CompareConfig, method: str, splits: dict) -> str:
         used |= {"train", "val"}
         settings |= {"budget", "forgetting", "forgetting_limit"} | ({"sweep"} if config.sweep else set())
     payload = {"method": method, "tunelab": version("tunelab")}
+    if method in DISTILLED:
+        teacher = teacher_of(config.methods, method)
+        payload["teacher"] = f"{teacher}-{run_key(config, teacher, splits)}"
+        settings |= {"student"} if method == "distill" else set()
     payload |= {name: getattr(config, name) for name in sorted(settings)}
     payload |= {f"{name}_sha256": file_hash(splits[name]) for name in sorted(used)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
@@ -155,23 +165,28 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
         row |= {"trainable_params": 0, "train_time_s": 0.0, "tokens_per_s": None, "artifact_mb": 0.0}
         results = evaluate(eval_config(config, splits, shots=shots), str(run_dir / "eval.json"))["results"]
     else:
-        model_dir, summary, row["sweep"] = train_method(config, method, splits, run_dir)
+        if method in DISTILLED:
+            row["teacher"], teacher_dir = teacher_model(config, method, splits)
+            model_dir, summary, row["prune_time_s"] = train_student(
+                method, train_options(config, splits), config.student, teacher_dir, run_dir
+            )
+        else:
+            model_dir, summary, row["sweep"] = train_method(config, method, splits, run_dir)
         row |= {
-            "trainable_params": summary["trainable_params"], "train_time_s": summary["wall_time_s"],
+            "model_dir": os.path.relpath(model_dir, run_dir), "params": summary["total_params"],
+            "trainable_params": summary["trainable_params"],
+            "train_time_s": summary["wall_time_s"] + row.get("prune_time_s", 0),
             "tokens_per_s": summary["tokens_per_s"], "artifact_mb": summary["artifact_mb"],
             "weights_mb": summary["weights_mb"], "steps": summary["steps"],
             "planned_steps": summary["planned_steps"], "epochs": summary["epochs_completed"],
             "peak_lr": summary["peak_lr"], "max_lr_reached": summary["max_lr_reached"],
             "loss_curve": loss_curve(RunDir(model_dir)),
         }  # fmt: skip
-        adapter = str(model_dir)
-        results = evaluate(eval_config(config, splits, adapter=adapter), str(run_dir / "eval.json"))[
-            "results"
-        ]
+        results = evaluate(eval_config(config, splits, model_dir), str(run_dir / "eval.json"))["results"]
         # Forgetting compares the base with the tuned model: only an adapter that can be switched off.
-        if config.forgetting and get_method(method).artifact == "peft":
+        if config.forgetting and method in REGISTRY and get_method(method).artifact == "peft":
             report = forgetting(
-                EvalConfig(model=config.model, adapter=adapter, task="multiple-choice",
+                EvalConfig(model=config.model, adapter=str(model_dir), task="multiple-choice",
                            benchmark=config.forgetting, limit=config.forgetting_limit, seed=config.seed),
                 str(run_dir / "forgetting.json"),
             )["results"]  # fmt: skip
@@ -191,22 +206,16 @@ def train_method(
 ) -> tuple[Path, dict, dict | None]:
     """The trained model's folder and summary; with `sweep`, those of the best of its trials (a minutes
     budget is shared by the trials, a steps or epochs budget is each trial's), and what the sweep chose."""
-    fixed = budget_fields(config.budget)
-    options = {
-        "model": config.model,
-        "seed": config.seed,
-        "batch_size": config.batch_size,
-        "labels": config.labels,
-    }
-    data = {"data": str(splits["train"]), "val": str(splits["val"])}
     if not config.sweep:
         from ..training import TrainConfig, train
 
-        train_config = TrainConfig(**options, **fixed, **{k: [v] for k, v in data.items()}, method=method,
-                                   out=str(run_dir / "model"), overwrite=True)  # fmt: skip
+        train_config = TrainConfig(**train_options(config, splits), method=method, out=str(run_dir / "model"),
+                                   overwrite=True)  # fmt: skip
         return run_dir / "model", train(train_config).summary, None
     from ..sweep import SweepConfig, sweep
 
+    fixed = budget_fields(config.budget)
+    data = {"data": str(splits["train"]), "val": str(splits["val"])}
     minutes = fixed.pop("max_minutes", None)
     fixed |= {"batch_size": config.batch_size, "labels": config.labels}
     results = sweep(SweepConfig(**data, out=str(run_dir / "sweep"), method=method, model=config.model,
@@ -217,6 +226,22 @@ def train_method(
         raise UserError(f"compare: no trial of {method} completed; see {run_dir / 'sweep' / 'report.md'}")
     chosen = {"trials": len(results["trials"]), "best_trial": best["number"], "params": best["params"]}
     return Path(best["run"]), RunDir(best["run"]).read_summary(), chosen
+
+
+def train_options(config: CompareConfig, splits: dict) -> dict:
+    """The TrainConfig fields every trained row shares: model, seed, batch, labels, budget and splits."""
+    return {
+        "model": config.model, "seed": config.seed, "batch_size": config.batch_size, "labels": config.labels,
+        **budget_fields(config.budget), "data": [str(splits["train"])], "val": [str(splits["val"])],
+    }  # fmt: skip
+
+
+def teacher_model(config: CompareConfig, method: str, splits: dict) -> tuple[str, Path]:
+    """A distilled row's teacher: its method and trained model folder (run before it in this compare)."""
+    teacher = teacher_of(config.methods, method)
+    teacher_run = run_dir_of(config, teacher, splits)
+    row = json.loads((teacher_run / "result.json").read_text())
+    return teacher, teacher_run / row.get("model_dir", "model")
 
 
 def loss_curve(run: RunDir) -> dict:
@@ -242,15 +267,15 @@ def _child(config_dict: dict, method: str, splits: dict, parent_pid: int) -> Non
 def compare(config: CompareConfig, console=None) -> dict:
     from .report import recommend, write_reports
 
-    unknown = [m for m in config.methods if m not in PROMPTING and m not in REGISTRY]
+    known = [*PROMPTING, *sorted(REGISTRY), *DISTILLED]
+    unknown = [m for m in config.methods if m not in known]
     if unknown:
-        raise UserError(
-            f"--methods: unknown {unknown}; choose from {', '.join([*PROMPTING, *sorted(REGISTRY)])}"
-        )
+        raise UserError(f"--methods: unknown {unknown}; choose from {', '.join(known)}")
     budget_fields(config.budget)  # fail on a bad budget before anything runs
     if config.calibrate not in (None, *CALIBRATIONS):
         raise UserError(f"--calibrate {config.calibrate}: choose one of {', '.join(CALIBRATIONS)}")
     log = console.print if console else print
+    check_distilled(config.methods, config.model, config.student, log)
     out = Path(config.out)
     splits = prepare_splits(config)
     results_of = {method: run_dir_of(config, method, splits) / "result.json" for method in config.methods}

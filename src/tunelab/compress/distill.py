@@ -103,8 +103,7 @@ def distill(train_config: TrainConfig, config: DistillConfig, console=None) -> T
     log = console.print if console else print
     require_generative(config.teacher, config.teacher_adapter, "distill --teacher")
     teacher, tokenizer = load_for_inference(config.teacher, config.teacher_adapter)
-    if tokenizer.get_vocab() != load_tokenizer(train_config.model, log).get_vocab():
-        raise UserError(f"distill: the student {train_config.model} has another tokenizer than the teacher")
+    require_same_tokenizer(tokenizer, train_config.model, log)
     out = Path(train_config.out)
     if config.mode == "logits":
         method = with_distillation(get_method(train_config.method), teacher, config.temperature, config.alpha)
@@ -121,6 +120,11 @@ def distill(train_config: TrainConfig, config: DistillConfig, console=None) -> T
     # The run's own config names the student and its data; this says which teacher and how.
     RunDir(out).compression.write_text(json.dumps({"distill": asdict(config)}, indent=2) + "\n")
     return result
+
+
+def require_same_tokenizer(teacher_tokenizer, student: str, log=print) -> None:
+    if teacher_tokenizer.get_vocab() != load_tokenizer(student, log).get_vocab():
+        raise UserError(f"distill: the student {student} has another tokenizer than the teacher")
 
 
 def teacher_answers(teacher, tokenizer, data: list[str], out: Path, config: DistillConfig) -> int:

@@ -40,6 +40,7 @@ class PruneConfig:
     adapter: str | None = None
     data: str | None = None  # calibration examples (chat/any format); needed to rank blocks and channels
     keep_layers: int | None = None
+    keep_share: float | None = None  # depth, instead of keep_layers: the share of blocks kept (at least 1)
     mlp_keep: float | None = None  # fraction of MLP intermediate channels kept
     sparsity: float | None = None  # fraction of block linear weights zeroed by magnitude
     calibration_rows: int = 64
@@ -48,10 +49,13 @@ class PruneConfig:
     overwrite: bool = False
 
     def __post_init__(self):
-        if self.keep_layers is None and self.mlp_keep is None and self.sparsity is None:
+        cuts = (self.keep_layers, self.keep_share, self.mlp_keep, self.sparsity)
+        if all(cut is None for cut in cuts):
             raise UserError("prune: say what to cut: --keep-layers N, --mlp-keep F and/or --sparsity F")
-        if (self.keep_layers or self.mlp_keep) and not self.data:
+        if (self.keep_layers or self.keep_share or self.mlp_keep) and not self.data:
             raise UserError("prune: --data (calibration examples) is needed to rank blocks and channels")
+        if self.keep_share is not None and not 0 < self.keep_share <= 1:
+            raise UserError(f"keep_share {self.keep_share}: a fraction in (0, 1]")
         if self.mlp_keep is not None and not 0 < self.mlp_keep <= 1:
             raise UserError(f"--mlp-keep {self.mlp_keep}: a fraction in (0, 1]")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
@@ -62,10 +66,12 @@ def prune(config: PruneConfig, log=print) -> dict:
     """Prune `config.model` (with its adapter merged) and write a Hugging Face folder to `config.out`."""
     model, tokenizer = load_merged(config.model, config.adapter)
     record = {"config": asdict(config), "params_before": parameter_count(model)}
-    batches = calibration_batches(config, tokenizer) if config.keep_layers or config.mlp_keep else []
-    if config.keep_layers:
+    depth = config.keep_layers or config.keep_share
+    batches = calibration_batches(config, tokenizer) if depth or config.mlp_keep else []
+    if depth:
         scores = block_influence(model, batches)
-        kept = sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[: config.keep_layers])
+        count = config.keep_layers or max(1, round(config.keep_share * len(scores)))
+        kept = sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[:count])
         keep_blocks(model, kept)
         record |= {"block_influence": [round(s, 5) for s in scores], "kept_layers": kept}
         log(f"Kept {len(kept)} of {len(scores)} blocks: {kept}")

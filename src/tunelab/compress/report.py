@@ -16,9 +16,8 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from ..compare.report import cell as compare_cell
 from ..errors import UserError
-from ..report_page import figure_png, figures_html, html_page, html_table, markdown_table
+from ..report_page import cell_text, figure_png, figures_html, html_page, html_table, markdown_table
 from ..run_dir import RunDir
 
 COLUMNS = [
@@ -167,7 +166,7 @@ def cell(row: dict, key: str) -> str:
         return f"{value:.2f}x"
     if key == "change":
         return f"{value:+.3f}"
-    return compare_cell(row, key)
+    return cell_text(row, key)
 
 
 def measured_on(results: dict) -> str:
