@@ -39,7 +39,7 @@ tokenizer = AutoTokenizer.from_pretrained(model_dir)
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 config = SFTConfig(
     output_dir=out, per_device_train_batch_size=int(batch), num_train_epochs=1, max_length=int(max_length),
-    learning_rate=float(lr), lr_scheduler_type="cosine", warmup_ratio=0.05, bf16=False, fp16=False,
+    learning_rate=float(lr), lr_scheduler_type="cosine", warmup_steps=0.05, bf16=False, fp16=False,
     gradient_checkpointing=False, use_cpu=True, logging_steps=1, save_strategy="no", report_to=[],
     completion_only_loss=True, dataloader_num_workers=0, seed=0,
 )

@@ -11,6 +11,7 @@ kept as a matrix grows with its square).
 
 from __future__ import annotations
 
+import ctypes
 import re
 import resource
 import time
@@ -130,6 +131,10 @@ def reset_peak(device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    try:  # glibc keeps freed memory in the process: give it back, or the RSS shows the last probe's peak
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
