@@ -96,10 +96,6 @@ def loss_slice_bytes(vocab: int) -> int:
     return 3 * LOSS_CHUNK * vocab * 4
 
 
-def checkpointed(model) -> bool:
-    return bool(getattr(model, "is_activation_checkpointing", False))
-
-
 def _probe_batch(length: int, vocab: int, device) -> dict:
     ids = [(10 + i) % vocab for i in range(length)]
     item = EncodedExample(ids, ids)  # every position labelled: the loss's worst case
