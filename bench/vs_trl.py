@@ -7,7 +7,8 @@ alpaca_en_demo.json), the embedded SmolLM2-135M-Instruct, LoRA r=16 alpha=32 on 
 8, max length 512, fp32, 1 epoch, loss on the answers only, lr 2e-4 cosine. TRL runs from its own
 environment (`make bench-trl` builds `.venv-trl`; it is never a dependency of tunelab), tuned for a CPU:
 fp32, no gradient checkpointing. Each side runs in a fresh process, so each peak RSS is its own.
-Tokens/s counts real (unpadded) tokens over training time. Not a pass/fail test.
+Tokens/s counts real (unpadded) tokens over training time. The final loss is each trained adapter's mean
+loss per answer token over the 64 examples, both scored by the same code. Not a pass/fail test.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ tokens = sum(sum(example["attention_mask"]) if "attention_mask" in example else 
 start = time.perf_counter()
 result = trainer.train()
 seconds = time.perf_counter() - start
+trainer.save_model(out)  # the adapter, for the common final-loss evaluation
 losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
 print(json.dumps({"tokens_per_s": tokens / seconds, "seconds": seconds, "tokens": tokens,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -75,6 +77,29 @@ print(json.dumps({"tokens_per_s": summary["tokens_per_s"], "seconds": summary["w
                   "mean_loss": sum(losses) / len(losses), "steps": len(losses)}))
 """
 
+# Both final adapters scored by the same code on the same tokens (the training set's answers): each side's
+# logged step losses are means over differently composed batches (tunelab groups by length), so they are
+# not comparable number for number.
+FINAL_LOSS = """
+import json, sys
+import torch
+from tunelab.data import load_examples
+from tunelab.data.tokenize import encode_examples
+from tunelab.inference import load_for_inference
+from tunelab.methods import get_method
+from tunelab.training.steps import evaluate_loss
+
+data, max_length, *adapters = sys.argv[1:]
+losses = []
+for adapter in adapters:
+    model, tokenizer = load_for_inference("default", adapter)
+    items, _ = encode_examples(load_examples(data), tokenizer, int(max_length))
+    loss, _ = evaluate_loss(model, items, 8, tokenizer.pad_token_id, torch.device("cpu"), "fp32",
+                            get_method("lora"))
+    losses.append(loss)
+print(json.dumps(losses))
+"""
+
 
 def workload(path: Path, source: Path) -> Path:
     rows = json.loads(source.read_text())[:ROWS]
@@ -86,8 +111,51 @@ def workload(path: Path, source: Path) -> Path:
     return path
 
 
-def run(python: str, script: str, args: list[str]) -> dict:
-    done = subprocess.run([python, "-c", script, *map(str, args)], capture_output=True, text=True)
+def matmul_ceiling_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """This machine's fp32 matmul speed with torch's threads: the ceiling a training step could reach."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def lora_flops_per_token(model_dir: str, mean_context: float, labelled_share: float) -> float:
+    """Training FLOPs per token with frozen weights: forward 2 per weight, backward 2 more for the input's
+    gradient (no weight gradient); attention's scores and sums over the causal context likewise; the head
+    only on labelled positions, three times (the chunked loss recomputes it in the backward pass). LoRA's
+    own rank-16 products are under 2% and left out."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    per_layer = hidden * (2 * q + 2 * kv) + 3 * hidden * config.intermediate_size
+    attention = 2 * 2 * mean_context * q  # QK^T and AV, per layer
+    head = hidden * config.vocab_size
+    return layers * (4 * per_layer + 3 * attention) + 6 * head * labelled_share
+
+
+def workload_shape(data: Path) -> tuple[float, float]:
+    """(mean causal context per token, share of tokens that are labelled) of the workload, as tokenized."""
+    from tunelab.data import load_examples
+    from tunelab.data.tokenize import encode_examples
+    from tunelab.models import load_tokenizer
+
+    items, _ = encode_examples(load_examples(data), load_tokenizer("default"), MAX_LENGTH)
+    lengths = [len(item.input_ids) for item in items]
+    labelled = sum(sum(label != -100 for label in item.labels) for item in items)
+    return sum(n * n / 2 for n in lengths) / sum(lengths), labelled / sum(lengths)
+
+
+def run(python: str, script: str, args: list[str], env: dict | None = None) -> dict:
+    done = subprocess.run([python, "-c", script, *map(str, args)], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.exit(f"{python} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -97,6 +165,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trl-python", default=".venv-trl/bin/python")
     parser.add_argument("--data", default="../shared/data/instruct/alpaca_en_demo.json")
+    parser.add_argument(
+        "--trl-huge-pages", action="store_true", help="give TRL the huge-page setting tunelab sets for itself"
+    )
     args = parser.parse_args()
     from tunelab.models.loading import materialize, resolve
 
@@ -105,20 +176,37 @@ def main() -> None:
         data = workload(Path(tmp) / "chat.jsonl", Path(args.data))
         common = [R, ALPHA, BATCH, MAX_LENGTH, LR]
         ours = run(sys.executable, TUNELAB_SIDE, [data, Path(tmp) / "tunelab", *common])
-        trl = run(args.trl_python, TRL_SIDE, [model_dir, data, Path(tmp) / "trl", *common])
+        # TRL as its users run it: importing tunelab set THP_MEM_ALLOC_ENABLE for this process and its children.
+        trl_env = dict(os.environ)
+        if not args.trl_huge_pages:
+            trl_env.pop("THP_MEM_ALLOC_ENABLE", None)
+        trl = run(args.trl_python, TRL_SIDE, [model_dir, data, Path(tmp) / "trl", *common], trl_env)
+        finals = run(sys.executable, FINAL_LOSS, [data, MAX_LENGTH, Path(tmp) / "tunelab", Path(tmp) / "trl"])
+        context, labelled = workload_shape(data)
+    ours["final_loss"], trl["final_loss"] = finals
+    flops = lora_flops_per_token(model_dir, context, labelled)
+    ceiling = matmul_ceiling_gflops()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores; {ROWS} examples, LoRA r={R}, batch {BATCH}"
     )
-    print(f"{'':<10}{'tokens/s':>10}{'peak RSS MB':>13}{'mean loss':>11}{'steps':>7}{'train s':>9}")
+    print(
+        f"{'':<10}{'tokens/s':>10}{'peak RSS MB':>13}{'final loss':>12}{'mean step loss':>16}{'steps':>7}"
+        f"{'train s':>9}"
+    )
     for name, side in (("tunelab", ours), ("TRL", trl)):
         print(
-            f"{name:<10}{side['tokens_per_s']:>10.1f}{side['peak_mb']:>13.0f}{side['mean_loss']:>11.4f}"
-            f"{side['steps']:>7}{side['seconds']:>9.1f}"
+            f"{name:<10}{side['tokens_per_s']:>10.1f}{side['peak_mb']:>13.0f}{side['final_loss']:>12.4f}"
+            f"{side['mean_loss']:>16.4f}{side['steps']:>7}{side['seconds']:>9.1f}"
         )
     print(
         f"tunelab / TRL: throughput {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x, "
         f"peak memory {ours['peak_mb'] / trl['peak_mb']:.2f}x, "
-        f"mean loss {100 * (ours['mean_loss'] / trl['mean_loss'] - 1):+.1f}%"
+        f"final loss {100 * (ours['final_loss'] / trl['final_loss'] - 1):+.1f}%"
+    )
+    reached = ours["tokens_per_s"] * flops / 1e9
+    print(
+        f"{flops / 1e6:.0f} MFLOP per trained token; fp32 matmul ceiling {ceiling:.0f} GFLOP/s; tunelab reaches "
+        f"{reached:.0f} GFLOP/s ({100 * reached / ceiling:.0f}% of it)"
     )
 
 

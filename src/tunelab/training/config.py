@@ -60,7 +60,8 @@ class TrainConfig:
     batch_tokens: int | None = field(
         default=None,
         metadata={
-            "help": "cut each batch into pieces of at most this many padded tokens: less memory, same step"
+            "help": "cut each batch into pieces of at most this many padded tokens: less memory, same step "
+            "(default on a CPU: 1024)"
         },
     )
     max_length: int = field(default=1024, metadata={"help": "tokens per example; longer ones are truncated"})

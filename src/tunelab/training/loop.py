@@ -11,7 +11,7 @@ import math
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -151,6 +151,7 @@ class Trainer:
         if self.auto:
             picked = ", ".join(f"{name} {value:g}" for name, value in self.auto.items())
             self.log(f"auto settings for {len(lengths)} examples: {picked} (rule: README, Training)")
+        config = replace(config, batch_tokens=auto.micro_batch_tokens(config, self.accelerator.device.type))
         self.config = config  # classification runs now know their labels, auto settings their values
         model = self.method.prepare(model, config)
         if config.gradient_checkpointing:
@@ -190,12 +191,12 @@ class Trainer:
         if not config.memory_budget:
             return memory
         budget = parse_bytes(config.memory_budget)
-        tokens = batch_tokens_for(memory, budget, longest, config.batch_size)
+        tokens = self._budget_tokens(memory, budget, longest)
         if tokens is None and not config.gradient_checkpointing:
             enable_checkpointing(model)
             config.gradient_checkpointing = True
             memory = measure(model, self.method, trainable, vocab, device, self.precision, longest)
-            tokens = batch_tokens_for(memory, budget, longest, config.batch_size)
+            tokens = self._budget_tokens(memory, budget, longest)
         if tokens is None:
             need = memory.peak(1, longest) / 2**30
             raise ConfigError(
@@ -208,6 +209,11 @@ class Trainer:
             f"{', gradient checkpointing' if config.gradient_checkpointing else ''}"
         )
         return memory
+
+    def _budget_tokens(self, memory: MemoryModel, budget: float, longest: int) -> int | None:
+        """Micro-batch tokens within `budget`; never more than the run would use without one."""
+        tokens = batch_tokens_for(memory, budget, longest, self.config.batch_size)
+        return min(tokens, self.config.batch_tokens or tokens) if tokens else None
 
     def predicted(self) -> dict:
         """Peak memory and speed this run should reach, from `self.memory` and its first epoch's batches."""
