@@ -176,7 +176,7 @@ def main() -> None:
         data = workload(Path(tmp) / "chat.jsonl", Path(args.data))
         common = [R, ALPHA, BATCH, MAX_LENGTH, LR]
         ours = run(sys.executable, TUNELAB_SIDE, [data, Path(tmp) / "tunelab", *common])
-        # TRL as its users run it: importing tunelab set THP_MEM_ALLOC_ENABLE for this process and its children.
+        # TRL as its users run it: importing tunelab set THP_MEM_ALLOC_ENABLE here and in our children.
         trl_env = dict(os.environ)
         if not args.trl_huge_pages:
             trl_env.pop("THP_MEM_ALLOC_ENABLE", None)
@@ -205,8 +205,8 @@ def main() -> None:
     )
     reached = ours["tokens_per_s"] * flops / 1e9
     print(
-        f"{flops / 1e6:.0f} MFLOP per trained token; fp32 matmul ceiling {ceiling:.0f} GFLOP/s; tunelab reaches "
-        f"{reached:.0f} GFLOP/s ({100 * reached / ceiling:.0f}% of it)"
+        f"{flops / 1e6:.0f} MFLOP per trained token; fp32 matmul ceiling {ceiling:.0f} GFLOP/s; "
+        f"tunelab reaches {reached:.0f} GFLOP/s ({100 * reached / ceiling:.0f}% of it)"
     )
 
 

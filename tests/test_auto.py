@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from conftest import copy_task_rows, write_jsonl
 from tunelab.cli import app
 from tunelab.run_dir import RunDir
-from tunelab.training.auto import activation_mb_per_token, pick
+from tunelab.training.auto import CPU_BATCH_TOKENS, activation_mb_per_token, micro_batch_tokens, pick
 from tunelab.training.config import ConfigError, TrainConfig
 
 SMOLLM2_135M = SimpleNamespace(hidden_size=576, num_hidden_layers=30, vocab_size=49152)
@@ -55,3 +55,11 @@ def test_a_run_with_auto_settings_writes_and_prints_them(tiny_llama_dir, tmp_pat
     assert (saved["epochs"], saved["batch_size"]) == (13, 4) and isinstance(saved["lr"], float)
     header = next(r for r in RunDir(out).read_metrics() if r["kind"] == "run")
     assert header["auto"] == {"epochs": 13, "batch_size": 4, "lr": saved["lr"]}
+
+
+def test_a_cpu_cuts_batches_to_the_default_token_budget_unless_told_otherwise():
+    unset = TrainConfig(model="m", data="d.jsonl", out="o")
+    assert micro_batch_tokens(unset, "cpu") == CPU_BATCH_TOKENS
+    assert micro_batch_tokens(unset, "cuda") is None  # a GPU takes whole batches
+    chosen = TrainConfig(model="m", data="d.jsonl", out="o", batch_tokens=4096)
+    assert micro_batch_tokens(chosen, "cpu") == micro_batch_tokens(chosen, "cuda") == 4096

@@ -225,6 +225,7 @@ class Trainer:
             "fixed_mb": round(self.memory.fixed / 2**20, 1),
             "activation_mb_per_token": round(self.memory.activations(1, length) / length / 2**20, 4),
             "largest_micro_batch": f"{rows} x {length} tokens",
+            "micro_batch_tokens": self.config.batch_tokens,
             "predicted_tokens_per_s": round(1 / self.memory.seconds_per_token, 1),
         }
 
