@@ -128,7 +128,7 @@ def matmul_ceiling_gflops(size: int = 2048, repeats: int = 10) -> float:
 def lora_flops_per_token(model_dir: str, mean_context: float, labelled_share: float) -> float:
     """Training FLOPs per token with frozen weights: forward 2 per weight, backward 2 more for the input's
     gradient (no weight gradient); attention's scores and sums over the causal context likewise; the head
-    only on labelled positions, three times (the chunked loss recomputes it in the backward pass). LoRA's
+    only on labelled positions. Recomputation (the chunked loss's head) is not counted, as in MFU; LoRA's
     own rank-16 products are under 2% and left out."""
     from transformers import AutoConfig
 
@@ -139,7 +139,7 @@ def lora_flops_per_token(model_dir: str, mean_context: float, labelled_share: fl
     per_layer = hidden * (2 * q + 2 * kv) + 3 * hidden * config.intermediate_size
     attention = 2 * 2 * mean_context * q  # QK^T and AV, per layer
     head = hidden * config.vocab_size
-    return layers * (4 * per_layer + 3 * attention) + 6 * head * labelled_share
+    return layers * (4 * per_layer + 3 * attention) + 4 * head * labelled_share
 
 
 def workload_shape(data: Path) -> tuple[float, float]:
