@@ -10,6 +10,7 @@ import torch
 from ..data.batching import collate
 from ..data.tokenize import EncodedExample
 from ..ops import autocast
+from .memory import give_back_freed
 
 
 def train_step(
@@ -31,6 +32,10 @@ def train_step(
             loss = method.loss(model, batch, n_targets) * world
         accelerator.backward(loss)
         total_loss += loss.item() / world
+        if config.memory_budget:
+            # Under a budget each micro-batch's peak must be the one `measure` probed from a clean start,
+            # not one on top of the last's leftovers; it costs ~10% (the pages fault in again).
+            give_back_freed()
     # Each rank holds its share of the mean; the logged loss and token count are the whole step's.
     totals = torch.tensor([total_loss, tokens], dtype=torch.float64, device=accelerator.device)
     total_loss, tokens = (value.item() for value in accelerator.reduce(totals, "sum"))
