@@ -49,7 +49,9 @@ def run_point(model: str, length: int, args, tmp: Path) -> dict:
         "--max-length", str(length), "--batch-size", str(args.rows), "--max-steps", str(args.steps),
         "--log-every", "1", "--overwrite",
     ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{model} at {length} tokens failed:\n{done.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     steps = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     steps = [r for r in steps if r.get("kind") == "train"]

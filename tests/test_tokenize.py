@@ -1,5 +1,6 @@
 """Labels sit exactly on assistant contents plus the end-of-turn token; padding never hides that token."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,20 @@ def test_length_grouping_cuts_padding():
     grouped = epoch_batches(lengths, 8, seed=0, epoch=0)
     plain = [list(range(i, i + 8)) for i in range(0, 400, 8)]
     assert waste(grouped) < 0.2 * waste(plain)
+
+
+def test_a_model_without_a_chat_template_gets_a_plain_one(tiny_llama_dir, tmp_path):
+    from tiny import make_tokenizer
+    from tunelab.models import load_tokenizer
+
+    model_dir = shutil.copytree(tiny_llama_dir, tmp_path / "base")
+    (model_dir / "chat_template.jinja").unlink(missing_ok=True)
+    base = make_tokenizer()
+    base.chat_template = None  # as a base model's tokenizer comes
+    base.save_pretrained(model_dir)
+    said = []
+    tokenizer = load_tokenizer(str(model_dir), log=said.append)
+    assert "no chat template" in said[-1]
+    check_labels(tokenizer, load_examples(FIXTURES / "good_chat.jsonl") + [MULTI_TURN], tokenizer.eos_token)
+    prompt = tokenizer.apply_chat_template(MULTI_TURN.messages[:2], tokenize=False, add_generation_prompt=True)
+    assert prompt == "system:\nBe brief.\nuser:\nsay alice\nassistant:\n"

