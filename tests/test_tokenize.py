@@ -135,5 +135,7 @@ def test_a_model_without_a_chat_template_gets_a_plain_one(tiny_llama_dir, tmp_pa
     tokenizer = load_tokenizer(str(model_dir), log=said.append)
     assert "no chat template" in said[-1]
     check_labels(tokenizer, load_examples(FIXTURES / "good_chat.jsonl") + [MULTI_TURN], tokenizer.eos_token)
-    prompt = tokenizer.apply_chat_template(MULTI_TURN.messages[:2], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        MULTI_TURN.messages[:2], tokenize=False, add_generation_prompt=True
+    )
     assert prompt == "system:\nBe brief.\nuser:\nsay alice\nassistant:\n"
