@@ -160,6 +160,7 @@ def test_quantized_model_is_close_to_the_original(tiny_llama_dir, tmp_path):
     assert torch.cosine_similarity(ours.flatten(), theirs.flatten(), dim=0) > 0.98
     assert (ours.argmax(-1) == theirs.argmax(-1)).float().mean() > 0.8
     assert RunDir(tmp_path / "q").is_quantized() and record["weights_mb"] > 0
+    assert record["params_after"] == record["params_before"]  # the tied head's int8 copy is not new
 
 
 def test_cli_prune_quantize_and_report(tiny_llama_dir, calibration, tmp_path):

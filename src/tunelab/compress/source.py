@@ -24,12 +24,15 @@ def load_merged(model: str, adapter: str | None):
 
 
 def parameter_count(model) -> int:
-    """Parameters, counting int8-packed linear layers (which hold no nn.Parameter) by their shape."""
+    """Parameters, counting int8-packed linear layers (which hold no nn.Parameter) by their shape. A tied
+    output head, once quantized, is an int8 copy of the embedding: the same parameters, counted once."""
     from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
 
     count = sum(p.numel() for p in model.parameters())
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    head = model.get_output_embeddings() if tied else None
     for module in model.modules():
-        if isinstance(module, QuantizedLinear):
+        if isinstance(module, QuantizedLinear) and module is not head:
             bias = module.bias()
             count += module.weight().numel() + (bias.numel() if bias is not None else 0)
     return count
