@@ -87,13 +87,15 @@ from tunelab.data import load_examples
 from tunelab.data.tokenize import encode_examples
 from tunelab.inference import load_for_inference
 from tunelab.methods import get_method
+from tunelab.models import load_tokenizer
 from tunelab.training.steps import evaluate_loss
 
 data, max_length, *adapters = sys.argv[1:]
+tokenizer = load_tokenizer("default")
+items, _ = encode_examples(load_examples(data), tokenizer, int(max_length))
 losses = []
 for adapter in adapters:
-    model, tokenizer = load_for_inference("default", adapter)
-    items, _ = encode_examples(load_examples(data), tokenizer, int(max_length))
+    model, _ = load_for_inference("default", adapter)
     loss, _ = evaluate_loss(model, items, 8, tokenizer.pad_token_id, torch.device("cpu"), "fp32",
                             get_method("lora"))
     losses.append(loss)

@@ -97,6 +97,7 @@ def test_dry_run_predicts_and_a_memory_budget_cuts_batches_to_fit(tiny_llama_dir
         **base, out=str(tmp_path / "fit"), memory_budget=f"{fixed_gib + 0.2:.3f}GiB", dry_run=True
     )
     tight = train(fitted).summary
-    assert tight["micro_batch_tokens"] and tight["predicted_peak_mb"] <= (fixed_gib + 0.2) * 1024
+    assert tight["micro_batch_tokens"] < dry["micro_batch_tokens"]
+    assert tight["predicted_peak_mb"] <= (fixed_gib + 0.2) * 1024
     with pytest.raises(ConfigError, match="memory_budget 1MB is below"):
         train(TrainConfig(**base, out=str(tmp_path / "no"), memory_budget="1MB"))

@@ -151,3 +151,11 @@ def test_layer_lr_decay_groups():
     }
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     assert decay_of[id(params["model.norm.weight"])] == 0.0
+
+
+def test_a_head_run_predicts_its_memory(tiny_llama_dir, tmp_path):
+    rows = [{"text": f"the film was {'great' if i % 2 else 'bad'}", "label": i % 2} for i in range(8)]
+    data = write_jsonl(tmp_path / "cls.jsonl", rows)
+    cfg = TrainConfig(model=str(tiny_llama_dir), data=str(data), out=str(tmp_path / "head"), method="head",
+                      labels="negative,positive", dry_run=True)  # fmt: skip
+    assert train(cfg).summary["predicted_peak_mb"] > 0  # the probe gives a classifier its class targets

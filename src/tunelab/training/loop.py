@@ -11,7 +11,7 @@ import math
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -151,7 +151,8 @@ class Trainer:
         if self.auto:
             picked = ", ".join(f"{name} {value:g}" for name, value in self.auto.items())
             self.log(f"auto settings for {len(lengths)} examples: {picked} (rule: README, Training)")
-        config = replace(config, batch_tokens=auto.micro_batch_tokens(config, self.accelerator.device.type))
+        # The batch cut the run uses; the config keeps the user's value (a GPU rerun takes whole batches).
+        self.micro_tokens = auto.micro_batch_tokens(config, self.accelerator.device.type)
         self.config = config  # classification runs now know their labels, auto settings their values
         model = self.method.prepare(model, config)
         if config.gradient_checkpointing:
@@ -185,7 +186,7 @@ class Trainer:
         activations when even one example would not)."""
         config, longest = self.config, max(self.lengths)
         trainable = sum(p.numel() for _, p in self.method.optimizer_params(model))
-        vocab = model.get_output_embeddings().weight.shape[0]
+        vocab = model.config.vocab_size  # a classifier has no output embeddings
         device = next(model.parameters()).device
         memory = measure(model, self.method, trainable, vocab, device, self.precision, longest)
         if not config.memory_budget:
@@ -203,7 +204,7 @@ class Trainer:
                 f"memory_budget {config.memory_budget} is below what one {longest}-token example needs even "
                 f"with gradient checkpointing (about {need:.1f} GiB); raise it or lower max_length"
             )
-        config.batch_tokens = tokens
+        self.micro_tokens = tokens
         self.log(
             f"memory budget {config.memory_budget}: micro-batches of at most {tokens} tokens"
             f"{', gradient checkpointing' if config.gradient_checkpointing else ''}"
@@ -213,7 +214,7 @@ class Trainer:
     def _budget_tokens(self, memory: MemoryModel, budget: float, longest: int) -> int | None:
         """Micro-batch tokens within `budget`; never more than the run would use without one."""
         tokens = batch_tokens_for(memory, budget, longest, self.config.batch_size)
-        return min(tokens, self.config.batch_tokens or tokens) if tokens else None
+        return min(tokens, self.micro_tokens or tokens) if tokens else None
 
     def predicted(self) -> dict:
         """Peak memory and speed this run should reach, from `self.memory` and its first epoch's batches."""
@@ -225,14 +226,14 @@ class Trainer:
             "fixed_mb": round(self.memory.fixed / 2**20, 1),
             "activation_mb_per_token": round(self.memory.activations(1, length) / length / 2**20, 4),
             "largest_micro_batch": f"{rows} x {length} tokens",
-            "micro_batch_tokens": self.config.batch_tokens,
+            "micro_batch_tokens": self.micro_tokens,
             "predicted_tokens_per_s": round(1 / self.memory.seconds_per_token, 1),
         }
 
     def _micro(self, batch: list[int]) -> list[list[int]]:
-        if not self.config.batch_tokens:
+        if not self.micro_tokens:
             return [batch]
-        return split_by_tokens(batch, self.lengths, self.config.batch_tokens)
+        return split_by_tokens(batch, self.lengths, self.micro_tokens)
 
     def _optimizer(self, model):
         config = self.config

@@ -12,6 +12,7 @@ kept as a matrix grows with its square).
 from __future__ import annotations
 
 import ctypes
+import functools
 import re
 import resource
 import time
@@ -98,7 +99,8 @@ def loss_slice_bytes(vocab: int) -> int:
 
 def _probe_batch(length: int, vocab: int, device) -> dict:
     ids = [(10 + i) % vocab for i in range(length)]
-    item = EncodedExample(ids, ids)  # every position labelled: the loss's worst case
+    # Every position labelled (the loss's worst case), and a class for heads that classify instead.
+    item = EncodedExample(ids, ids, target=0)
     return {k: v.to(device) for k, v in collate([item], pad_id=0).items()}
 
 
@@ -106,7 +108,8 @@ def resident_bytes(model, device) -> float:
     """Memory in use with every weight resident: loaded weights may be mapped from their file and not yet
     read, so one short forward pass touches them first."""
     with torch.no_grad():
-        model(input_ids=torch.ones(1, 4, dtype=torch.long, device=device))
+        ids = torch.ones(1, 4, dtype=torch.long, device=device)
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device)
     give_back_freed()  # what earlier probes freed is not resident weight
@@ -139,10 +142,17 @@ def reset_peak(device) -> None:
 def give_back_freed() -> None:
     """Return the memory glibc keeps after tensors are freed to the OS (Linux; elsewhere nothing). Kept, it
     fragments: a step's peak then sits on top of the last step's leftovers (3-4 GB of them at 8x512)."""
+    trim = _malloc_trim()
+    if trim:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        pass
+        return None
 
 
 def peak_bytes(device) -> float:

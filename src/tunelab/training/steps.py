@@ -32,7 +32,7 @@ def train_step(
             loss = method.loss(model, batch, n_targets) * world
         accelerator.backward(loss)
         total_loss += loss.item() / world
-        if config.memory_budget:
+        if config.memory_budget and accelerator.device.type == "cpu":
             # Under a budget each micro-batch's peak must be the one `measure` probed from a clean start,
             # not one on top of the last's leftovers; it costs ~10% (the pages fault in again).
             give_back_freed()

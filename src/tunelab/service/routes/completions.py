@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from ...inference.generate import chat_prompt_ids
+from ...models.loading import PLAIN_CHAT_TEMPLATE
 from ..deps import Owner, Service, ServiceDep
 from ..engine import Generation, Sampling, Target
 from ..errors import ApiError, error_body, internal_error
@@ -176,7 +177,9 @@ async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceD
         {"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
         for i, m in enumerate(request.messages)
     ]
-    if not tokenizer.chat_template:
+    # A base model without a template of its own was never trained on tunelab's plain fallback one.
+    untrained = tokenizer.chat_template == PLAIN_CHAT_TEMPLATE and target.adapter is None
+    if not tokenizer.chat_template or untrained:
         raise ApiError(
             400, "this model has no chat template; use /v1/completions", param="model", code="invalid_value"
         )
