@@ -79,12 +79,12 @@ print(json.dumps({"tokens_per_s": summary["tokens_per_s"], "seconds": summary["w
 
 # Both final adapters scored by the same code on the same tokens (the training set's answers): each side's
 # logged step losses are means over differently composed batches (tunelab groups by length), so they are
-# not comparable number for number.
+# not comparable number for number. It also reports the workload's shape, for the FLOPs per token.
 FINAL_LOSS = """
 import json, sys
 import torch
 from tunelab.data import load_examples
-from tunelab.data.tokenize import encode_examples
+from tunelab.data.tokenize import IGNORE_INDEX, encode_examples
 from tunelab.inference import load_for_inference
 from tunelab.methods import get_method
 from tunelab.models import load_tokenizer
@@ -99,7 +99,10 @@ for adapter in adapters:
     loss, _ = evaluate_loss(model, items, 8, tokenizer.pad_token_id, torch.device("cpu"), "fp32",
                             get_method("lora"))
     losses.append(loss)
-print(json.dumps(losses))
+lengths = [len(item.input_ids) for item in items]
+labelled = sum(label != IGNORE_INDEX for item in items for label in item.labels)
+print(json.dumps({"losses": losses, "mean_context": sum(n * n / 2 for n in lengths) / sum(lengths),
+                  "labelled_share": labelled / sum(lengths)}))
 """
 
 
@@ -144,18 +147,6 @@ def lora_flops_per_token(model_dir: str, mean_context: float, labelled_share: fl
     return layers * (4 * per_layer + 3 * attention) + 4 * head * labelled_share
 
 
-def workload_shape(data: Path) -> tuple[float, float]:
-    """(mean causal context per token, share of tokens that are labelled) of the workload, as tokenized."""
-    from tunelab.data import load_examples
-    from tunelab.data.tokenize import encode_examples
-    from tunelab.models import load_tokenizer
-
-    items, _ = encode_examples(load_examples(data), load_tokenizer("default"), MAX_LENGTH)
-    lengths = [len(item.input_ids) for item in items]
-    labelled = sum(sum(label != -100 for label in item.labels) for item in items)
-    return sum(n * n / 2 for n in lengths) / sum(lengths), labelled / sum(lengths)
-
-
 def run(python: str, script: str, args: list[str], env: dict | None = None) -> dict:
     done = subprocess.run([python, "-c", script, *map(str, args)], capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -183,10 +174,9 @@ def main() -> None:
         if not args.trl_huge_pages:
             trl_env.pop("THP_MEM_ALLOC_ENABLE", None)
         trl = run(args.trl_python, TRL_SIDE, [model_dir, data, Path(tmp) / "trl", *common], trl_env)
-        finals = run(sys.executable, FINAL_LOSS, [data, MAX_LENGTH, Path(tmp) / "tunelab", Path(tmp) / "trl"])
-        context, labelled = workload_shape(data)
-    ours["final_loss"], trl["final_loss"] = finals
-    flops = lora_flops_per_token(model_dir, context, labelled)
+        final = run(sys.executable, FINAL_LOSS, [data, MAX_LENGTH, Path(tmp) / "tunelab", Path(tmp) / "trl"])
+    ours["final_loss"], trl["final_loss"] = final["losses"]
+    flops = lora_flops_per_token(model_dir, final["mean_context"], final["labelled_share"])
     ceiling = matmul_ceiling_gflops()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores; {ROWS} examples, LoRA r={R}, batch {BATCH}"

@@ -12,7 +12,6 @@ kept as a matrix grows with its square).
 from __future__ import annotations
 
 import ctypes
-import functools
 import re
 import resource
 import time
@@ -28,6 +27,10 @@ from ..ops import LOSS_CHUNK, autocast
 MIN_PROBE = 128  # shortest probe length; probes are a quarter, half and all of the longest example
 ADAM_BYTES = 8  # two fp32 moments per trained parameter
 UNITS = {"": 1, "b": 1, "kb": 2**10, "mb": 2**20, "gb": 2**30, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+try:
+    _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # not glibc
+    _MALLOC_TRIM = None
 
 
 def parse_bytes(text: str) -> int:
@@ -142,17 +145,8 @@ def reset_peak(device) -> None:
 def give_back_freed() -> None:
     """Return the memory glibc keeps after tensors are freed to the OS (Linux; elsewhere nothing). Kept, it
     fragments: a step's peak then sits on top of the last step's leftovers (3-4 GB of them at 8x512)."""
-    trim = _malloc_trim()
-    if trim:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim():
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
 
 
 def peak_bytes(device) -> float:
