@@ -161,6 +161,15 @@ def test_quantized_model_is_close_to_the_original(tiny_llama_dir, tmp_path):
     assert (ours.argmax(-1) == theirs.argmax(-1)).float().mean() > 0.8
     assert RunDir(tmp_path / "q").is_quantized() and record["weights_mb"] > 0
     assert record["params_after"] == record["params_before"]  # the tied head's int8 copy is not new
+    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # kept fp32 by default
+    assert type(model.model.layers[0].mlp.up_proj) is not torch.nn.Linear
+
+
+def test_quantize_keep_float_names_the_fp32_layers(tiny_llama_dir, tmp_path):
+    quantize(QuantizeConfig(model=str(tiny_llama_dir), out=str(tmp_path / "q"), keep_float=["lm_head"]))
+    model, _ = load_quantized(tmp_path / "q")
+    assert type(model.lm_head) is torch.nn.Linear
+    assert not any(type(m) is torch.nn.Linear for m in model.model.modules())
 
 
 def test_cli_prune_quantize_and_report(tiny_llama_dir, calibration, tmp_path):

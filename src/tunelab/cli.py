@@ -452,12 +452,18 @@ def quantize_cmd(
     scheme: Annotated[str, typer.Option(help="int8-dynamic (CPU); GGUF quants: tunelab export")] = (
         "int8-dynamic"
     ),
+    keep_float: Annotated[
+        str, typer.Option(help="linear layers left in fp32, comma-separated names ('' quantizes all)")
+    ] = "down_proj",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
 ):
     """int8 weights for CPU inference (PyTorch dynamic quantization of the linear layers)."""
     from .compress.quantize import QuantizeConfig, quantize
 
-    config = QuantizeConfig(model=model, out=out, adapter=adapter, scheme=scheme, overwrite=overwrite)
+    kept = [name.strip() for name in keep_float.split(",") if name.strip()]
+    config = QuantizeConfig(
+        model=model, out=out, adapter=adapter, scheme=scheme, keep_float=kept, overwrite=overwrite
+    )
     with console.status("quantizing"):
         record = quantize(config, log=err_console.print)
     console.print(f"Quantized ({scheme}): weights {record['weights_mb']} MB in {out} (loads with tunelab)")
