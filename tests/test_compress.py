@@ -9,7 +9,14 @@ from typer.testing import CliRunner
 
 from conftest import copy_task_rows, write_jsonl
 from tunelab.cli import app
-from tunelab.compress.distill import DistillConfig, distill, kd_loss, with_distillation
+from tunelab.compress.distill import (
+    DistillConfig,
+    distill,
+    hidden_state_loss,
+    kd_loss,
+    teacher_blocks_of,
+    with_distillation,
+)
 from tunelab.compress.prune import PruneConfig, prune
 from tunelab.compress.quantize import QuantizeConfig, load_quantized, quantize
 from tunelab.compress.source import parameter_count
@@ -129,6 +136,52 @@ def test_distilled_loss_of_the_teacher_itself_is_its_cross_entropy(tiny_llama_di
     half = with_distillation(lora, plain(tiny_llama_dir), temperature=2.0, alpha=0.5)
     torch.testing.assert_close(half.loss(model, batch, 1), 0.5 * lora.loss(model, batch, 1))
     assert half.name == "lora" and half.artifact == "peft"  # saved and loaded as the method it extends
+
+
+def test_hidden_state_loss_is_the_share_of_variance_left_unexplained():
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 5, 4) * 10, torch.randn(2, 5, 4)]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert float(hidden_state_loss([t.clone() for t in teacher], teacher, mask)) < 1e-6
+    # A student that outputs each layer's mean over real tokens explains none of it: 1 per layer,
+    # whatever the layer's scale; padded positions do not count.
+    real = mask.bool()
+    means = [t[real].mean(0).expand_as(t).clone() for t in teacher]
+    for student in means:
+        student[~real] = 1e6
+    torch.testing.assert_close(hidden_state_loss(means, teacher, mask), torch.tensor(1.0))
+
+
+def test_hidden_state_term_matches_pruned_blocks_to_where_they_came_from(
+    tiny_llama_dir, calibration, tmp_path
+):
+    from tunelab.data.batching import collate
+    from tunelab.data.examples import Example
+    from tunelab.data.tokenize import encode_examples
+    from tunelab.models import load_tokenizer
+
+    pruned = tmp_path / "p"
+    prune(PruneConfig(model=str(tiny_llama_dir), out=str(pruned), data=str(calibration), keep_layers=1),
+          log=lambda *a: None)  # fmt: skip
+    teacher = plain(tiny_llama_dir)
+    kept = json.loads(RunDir(pruned).compression.read_text())["kept_layers"]
+    assert teacher_blocks_of(str(pruned), teacher) == kept
+    assert teacher_blocks_of(str(tiny_llama_dir), teacher) == [0, 1]  # as deep: block i learns block i
+    with pytest.raises(UserError, match="not a `tunelab prune` cut"):
+        teacher_blocks_of("default", teacher)
+
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    items, _ = encode_examples([Example(r["messages"]) for r in copy_task_rows(4)], tokenizer, 64)
+    batch = collate(items, tokenizer.pad_token_id)
+    lora = get_method("lora")
+    student = plain(pruned).train()
+    logits_only = with_distillation(lora, teacher, 2.0, 0.5)
+    # The student's one block against a teacher block that had another input: a positive term.
+    other = with_distillation(lora, teacher, 2.0, 0.5, hidden_weight=1.0, teacher_blocks=[1 - kept[0]])
+    assert float(other.loss(student, batch, 1)) > float(logits_only.loss(student, batch, 1)) + 1e-3
+    itself = with_distillation(lora, teacher, 2.0, 0.5, hidden_weight=1.0, teacher_blocks=[0, 1])
+    copy = plain(tiny_llama_dir).train()
+    torch.testing.assert_close(itself.loss(copy, batch, 1), logits_only.loss(copy, batch, 1))
 
 
 def test_logit_distillation_runs_through_the_training_loop(tiny_llama_dir, tmp_path):

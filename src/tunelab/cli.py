@@ -396,6 +396,9 @@ def distill_cmd(
     ] = "logits",
     temperature: Annotated[float, typer.Option(help="logits: softmax temperature T")] = 2.0,
     alpha: Annotated[float, typer.Option(help="logits: weight of the KL term (1 - alpha: labels)")] = 0.5,
+    hidden_weight: Annotated[
+        float, typer.Option(help="logits: weight of matching the teacher's hidden states (pruned students)")
+    ] = 0.0,
     max_new_tokens: Annotated[int, typer.Option(help="sequence: longest teacher answer")] = 256,
     config: Annotated[Path | None, typer.Option(help="YAML file of training options")] = None,
     **options,
@@ -407,7 +410,9 @@ def distill_cmd(
     train_config = TrainConfig.from_sources(config, **options, model=student)
     if not train_config.data or not train_config.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
-    distill_config = DistillConfig(teacher, teacher_adapter, mode, temperature, alpha, max_new_tokens)
+    distill_config = DistillConfig(
+        teacher, teacher_adapter, mode, temperature, alpha, hidden_weight, max_new_tokens=max_new_tokens
+    )
     distill(train_config, distill_config, console=console)
 
 

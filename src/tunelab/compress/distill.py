@@ -6,6 +6,10 @@ the teacher) learns what a teacher does.
   computed on the fly in the same batch. It runs through the one training loop with any text method: the
   method's class is extended with this loss (`with_distillation`) and nothing else changes. The val loss
   stays the method's own cross-entropy, so it compares with runs that were not distilled.
+  With `hidden_weight`, each student block's output also learns the teacher's at the block it was cut
+  from (its index in the pruned student's `kept_layers`), on every real token, as Minitron and TinyBERT
+  do: the error is the fraction of the teacher's variance left unexplained, channel by channel. One label token per example is too little signal
+  to rebuild what the dropped blocks computed; every position's hidden state is not.
 - sequence (Kim and Rush, 2016): the teacher answers the prompts of `--data` (batched greedy generation),
   and the student is tuned on those answers by an ordinary run.
 """
@@ -13,6 +17,7 @@ the teacher) learns what a teacher does.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,10 +32,12 @@ from ..inference import generate, load_for_inference
 from ..inference.generate import prompt_messages, require_generative
 from ..methods import Method, get_method
 from ..models import load_tokenizer
+from ..models.blocks import decoder_blocks
 from ..ops import labelled_logits
 from ..run_dir import RunDir
 from ..training import TrainConfig
 from ..training.loop import TrainResult, check_out_dir, train
+from .prune import block_output
 
 MODES = ("logits", "sequence")
 
@@ -42,14 +49,15 @@ class DistillConfig:
     mode: str = "logits"  # or "sequence"
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the distillation term; 1 - alpha weighs the cross-entropy on the labels
+    hidden_weight: float = 0.0  # weight of the hidden-state term (per labelled token), 0: logits only
     max_new_tokens: int = 256  # sequence: the longest teacher answer
     generate_batch_size: int = 16
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise UserError(f"--mode {self.mode}: choose one of {', '.join(MODES)}")
-        if self.temperature <= 0 or not 0 <= self.alpha <= 1:
-            raise UserError("--temperature must be positive and --alpha in [0, 1]")
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.hidden_weight < 0:
+            raise UserError("--temperature must be positive, --alpha in [0, 1] and --hidden-weight >= 0")
 
 
 def kd_loss(student_logits, teacher_logits, mask, temperature: float) -> torch.Tensor:
@@ -62,20 +70,58 @@ def kd_loss(student_logits, teacher_logits, mask, temperature: float) -> torch.T
     return F.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
 
 
+def hidden_state_loss(student_states, teacher_states, mask) -> torch.Tensor:
+    """Mean over (student block, teacher block) pairs and hidden channels of the fraction of the teacher's
+    variance over the real tokens in `mask` that the student leaves unexplained: 0 when they are equal, 1
+    for a student that outputs the teacher's mean. Per channel, since a few channels of Llama-like models
+    hold values 100x the rest (on the first token): as one sum they would be all the loss measures."""
+    real = mask.bool()
+    total = 0.0
+    for student, teacher in zip(student_states, teacher_states, strict=True):
+        student, teacher = student.float()[real], teacher.float()[real]  # (N, H)
+        variance = teacher.var(0, correction=0)
+        variance = variance.clamp_min(1e-3 * float(variance.mean()) + 1e-12)
+        total = total + ((student - teacher).pow(2).mean(0) / variance).mean()
+    return total / len(student_states)
+
+
+@contextmanager
+def block_outputs(model, indices: list[int]):
+    """Collects the outputs of decoder blocks `indices`, in that order, during the forward passes inside."""
+    blocks, outputs = decoder_blocks(model, "--hidden-weight"), {}
+
+    def keep(index):
+        return lambda module, args, output: outputs.__setitem__(index, block_output(output))
+
+    handles = [blocks[i].register_forward_hook(keep(i)) for i in indices]
+    collected = []
+    try:
+        yield collected
+    finally:
+        for handle in handles:
+            handle.remove()
+    collected.extend(outputs[i] for i in indices if i in outputs)
+
+
 class KDLoss:
     """Mixed into a method's class: its training loss becomes the distillation mix (see the module doc)."""
 
     teacher = None
     temperature = 2.0
     alpha = 0.5
+    hidden_weight = 0.0
+    teacher_blocks: list[int] = []  # the teacher block each student block learns from (hidden_weight)
 
     def loss(self, model, batch: dict, normaliser) -> torch.Tensor:
         if not model.training:  # the val loss: the method's own, comparable with other runs
             return super().loss(model, batch, normaliser)
-        logits, targets = labelled_logits(model, batch)
+        student_blocks = list(range(len(self.teacher_blocks))) if self.hidden_weight else []
+        with block_outputs(model, student_blocks) as student_states:
+            logits, targets = labelled_logits(model, batch)
         if self.teacher.device != logits.device:
             self.teacher.to(logits.device)
-        with torch.no_grad():
+        matched = self.teacher_blocks[: len(student_blocks)]
+        with torch.no_grad(), block_outputs(self.teacher, matched) as teacher_states:
             teacher_logits, _ = labelled_logits(self.teacher, batch)
         if teacher_logits.shape != logits.shape:
             raise UserError(
@@ -85,17 +131,47 @@ class KDLoss:
         mask = targets != IGNORE_INDEX
         ce = F.cross_entropy(logits.float()[mask], targets[mask], reduction="sum")
         kd = kd_loss(logits, teacher_logits, mask, self.temperature)
-        return ((1 - self.alpha) * ce + self.alpha * kd) / normaliser
+        loss = (1 - self.alpha) * ce + self.alpha * kd
+        if self.hidden_weight:  # weighted per labelled token, like the two terms above
+            hidden = hidden_state_loss(student_states, teacher_states, batch["attention_mask"])
+            loss = loss + self.hidden_weight * int(mask.sum()) * hidden
+        return loss / normaliser
 
 
-def with_distillation(method: Method, teacher, temperature: float, alpha: float) -> Method:
-    """The same method (what trains, how it is saved) with the distillation loss."""
+def with_distillation(
+    method: Method, teacher, temperature: float, alpha: float, hidden_weight: float = 0.0,
+    teacher_blocks: list[int] | None = None,
+) -> Method:  # fmt: skip
+    """The same method (what trains, how it is saved) with the distillation loss. `teacher_blocks`: for
+    each student block, the teacher block whose output it learns (hidden_weight > 0)."""
     if method.task != "causal-lm":
         raise UserError(f"--method {method.name}: distillation needs a method that learns next tokens")
     distilled = type(f"Distilled{type(method).__name__}", (KDLoss, type(method)), {})()
     distilled.teacher = teacher.eval().requires_grad_(False)
     distilled.temperature, distilled.alpha = temperature, alpha
+    distilled.hidden_weight, distilled.teacher_blocks = hidden_weight, teacher_blocks or []
     return distilled
+
+
+def teacher_blocks_of(student: str, teacher) -> list[int]:
+    """For each block of `student`, the teacher block it came from: the `kept_layers` of a student that
+    `tunelab prune` cut from the teacher, else the same index (a student as deep as the teacher)."""
+    record = RunDir(student).compression
+    kept = json.loads(record.read_text()).get("kept_layers") if record.is_file() else None
+    depth = len(decoder_blocks(teacher, "--hidden-weight"))
+    if kept is None:
+        from transformers import AutoConfig
+
+        is_folder = Path(student).is_dir()
+        if not is_folder or AutoConfig.from_pretrained(student).num_hidden_layers != depth:
+            raise UserError(
+                f"--hidden-weight: the student {student} is not a `tunelab prune` cut of the teacher and "
+                f"not as deep as it ({depth} blocks): there is no block to match each of its blocks with"
+            )
+        kept = list(range(depth))
+    if max(kept) >= depth:
+        raise UserError(f"--hidden-weight: {student} was cut from a deeper model than the teacher")
+    return kept
 
 
 def distill(train_config: TrainConfig, config: DistillConfig, console=None) -> TrainResult:
@@ -106,7 +182,11 @@ def distill(train_config: TrainConfig, config: DistillConfig, console=None) -> T
     require_same_tokenizer(tokenizer, train_config.model, log)
     out = Path(train_config.out)
     if config.mode == "logits":
-        method = with_distillation(get_method(train_config.method), teacher, config.temperature, config.alpha)
+        blocks = teacher_blocks_of(train_config.model, teacher) if config.hidden_weight else None
+        method = with_distillation(
+            get_method(train_config.method), teacher, config.temperature, config.alpha, config.hidden_weight,
+            blocks,
+        )  # fmt: skip
         result = train(train_config, console, method=method)
     else:
         check_out_dir(out, train_config)  # before the teacher spends minutes answering

@@ -104,7 +104,7 @@ def calibration_batches(config: PruneConfig, tokenizer) -> list[dict]:
     ]  # fmt: skip
 
 
-def _hidden(value) -> torch.Tensor:
+def block_output(value) -> torch.Tensor:
     return value[0] if isinstance(value, tuple) else value
 
 
@@ -117,7 +117,7 @@ def block_influence(model, batches: list[dict]) -> list[float]:
     def hook(index):
         def record(module, args, kwargs, output):
             x = args[0] if args else kwargs["hidden_states"]
-            cos = torch.cosine_similarity(x.float(), _hidden(output).float(), dim=-1)  # (B, S)
+            cos = torch.cosine_similarity(x.float(), block_output(output).float(), dim=-1)  # (B, S)
             sums[index] += float(((1 - cos) * mask["m"]).sum())
 
         return record

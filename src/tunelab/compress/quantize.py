@@ -93,9 +93,11 @@ def quantize(config: QuantizeConfig, log=print) -> dict:
         tokenizer.save_pretrained(folder)
         torch.save(model.state_dict(), RunDir(folder).quantized_weights)
         source = config.model + (f" + {config.adapter}" if config.adapter else "")
-        RunDir(folder).model_card.write_text(CARD.format(
-            name=Path(config.out).name, source=source, kept=", ".join(config.keep_float) or "none"
-        ))
+        RunDir(folder).model_card.write_text(
+            CARD.format(
+                name=Path(config.out).name, source=source, kept=", ".join(config.keep_float) or "none"
+            )
+        )
         return record
 
     return write_folder(config.out, config.overwrite, fill)
