@@ -125,6 +125,10 @@ def test_distilled_rows_learn_from_the_tuned_row_before_them_and_resume(tiny_lla
     pruned_dir = out / "runs" / f"prune+distill-{pruned['key']}"
     assert json.loads((pruned_dir / "pruned" / "compression.json").read_text())["kept_layers"] in ([0], [1])
     assert pruned_dir.joinpath("model", "config.json").is_file()  # a whole model, scored as one
+    distilled_dir = out / "runs" / f"distill-{distilled['key']}"
+    hidden = [json.loads((d / "model" / "compression.json").read_text())["distill"]["hidden_weight"]
+              for d in (pruned_dir, distilled_dir)]  # fmt: skip
+    assert hidden == [1.0, 0.0]  # only the pruned student has teacher blocks to match
     assert "prune+distill (teacher: lora)" in (out / "report.md").read_text()
 
     # a rerun reuses the distilled rows; another teacher makes another key

@@ -8,8 +8,9 @@ the teacher) learns what a teacher does.
   stays the method's own cross-entropy, so it compares with runs that were not distilled.
   With `hidden_weight`, each student block's output also learns the teacher's at the block it was cut
   from (its index in the pruned student's `kept_layers`), on every real token, as Minitron and TinyBERT
-  do: the error is the fraction of the teacher's variance left unexplained, channel by channel. One label token per example is too little signal
-  to rebuild what the dropped blocks computed; every position's hidden state is not.
+  do: the error is the fraction of the teacher's variance left unexplained, channel by channel. One label
+  token per example is too little signal to rebuild what the dropped blocks computed (on SST-2 a student
+  cut to half the blocks learned to say "positive" to everything); every position's hidden state is not.
 - sequence (Kim and Rush, 2016): the teacher answers the prompts of `--data` (batched greedy generation),
   and the student is tuned on those answers by an ordinary run.
 """
@@ -162,8 +163,8 @@ def teacher_blocks_of(student: str, teacher) -> list[int]:
     if kept is None:
         from transformers import AutoConfig
 
-        is_folder = Path(student).is_dir()
-        if not is_folder or AutoConfig.from_pretrained(student).num_hidden_layers != depth:
+        has_config = (Path(student) / "config.json").is_file()
+        if not has_config or AutoConfig.from_pretrained(student).num_hidden_layers != depth:
             raise UserError(
                 f"--hidden-weight: the student {student} is not a `tunelab prune` cut of the teacher and "
                 f"not as deep as it ({depth} blocks): there is no block to match each of its blocks with"

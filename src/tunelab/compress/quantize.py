@@ -38,8 +38,7 @@ tags: [tunelab, quantized, int8-dynamic]
 ---
 # {name}
 
-`{source}` with its linear layers quantized to int8 (PyTorch dynamic quantization, for CPU inference),
-but {kept}, left in fp32.
+`{source}` with its linear layers quantized to int8 (PyTorch dynamic quantization, for CPU inference){kept}.
 It is a torch state file, not safetensors (which cannot hold packed int8 modules): load it with tunelab.
 
 ```python
@@ -93,11 +92,9 @@ def quantize(config: QuantizeConfig, log=print) -> dict:
         tokenizer.save_pretrained(folder)
         torch.save(model.state_dict(), RunDir(folder).quantized_weights)
         source = config.model + (f" + {config.adapter}" if config.adapter else "")
-        RunDir(folder).model_card.write_text(
-            CARD.format(
-                name=Path(config.out).name, source=source, kept=", ".join(config.keep_float) or "none"
-            )
-        )
+        kept = f", but {', '.join(config.keep_float)} left in fp32" if config.keep_float else ""
+        card = CARD.format(name=Path(config.out).name, source=source, kept=kept)
+        RunDir(folder).model_card.write_text(card)
         return record
 
     return write_folder(config.out, config.overwrite, fill)
