@@ -167,8 +167,19 @@ def test_hidden_state_term_matches_pruned_blocks_to_where_they_came_from(
     kept = json.loads(RunDir(pruned).compression.read_text())["kept_layers"]
     assert teacher_blocks_of(str(pruned), teacher) == kept
     assert teacher_blocks_of(str(tiny_llama_dir), teacher) == [0, 1]  # as deep: block i learns block i
-    with pytest.raises(UserError, match="not a `tunelab prune` cut"):
+    with pytest.raises(UserError, match="must be a model folder"):
         teacher_blocks_of("default", teacher)
+    shallow = tmp_path / "shallow"
+    prune(PruneConfig(model=str(tiny_llama_dir), out=str(shallow), sparsity=0.1), log=lambda *a: None)
+    (shallow / "config.json").write_text(
+        (shallow / "config.json").read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 1')
+    )
+    with pytest.raises(UserError, match="not a `tunelab prune` cut"):
+        teacher_blocks_of(str(shallow), teacher)
+    with pytest.raises(UserError, match="needs the teacher block"):
+        with_distillation(get_method("lora"), teacher, 2.0, 0.5, hidden_weight=1.0)
+    with pytest.raises(UserError, match="only with --mode logits"):
+        DistillConfig(mode="sequence", hidden_weight=1.0)
 
     tokenizer = load_tokenizer(str(tiny_llama_dir))
     items, _ = encode_examples([Example(r["messages"]) for r in copy_task_rows(4)], tokenizer, 64)
@@ -223,6 +234,8 @@ def test_quantize_keep_float_names_the_fp32_layers(tiny_llama_dir, tmp_path):
     model, _ = load_quantized(tmp_path / "q")
     assert type(model.lm_head) is torch.nn.Linear
     assert not any(type(m) is torch.nn.Linear for m in model.model.modules())
+    with pytest.raises(UserError, match="lm-head: no such linear layer"):
+        quantize(QuantizeConfig(model=str(tiny_llama_dir), out=str(tmp_path / "r"), keep_float=["lm-head"]))
 
 
 def test_cli_prune_quantize_and_report(tiny_llama_dir, calibration, tmp_path):

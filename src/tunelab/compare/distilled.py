@@ -46,6 +46,11 @@ def teacher_of(methods: list[str], method: str) -> str:
     return teacher.name
 
 
+def hidden_weight_of(method: str) -> float:
+    """Only the pruned student has teacher blocks to match (`distill --hidden-weight`)."""
+    return PRUNED_HIDDEN_WEIGHT if method == "prune+distill" else 0.0
+
+
 def check_distilled(methods: list[str], model: str, student: str | None, log=print) -> None:
     """Fail before anything runs: a distilled row without a teacher, `distill` without a fitting student."""
     for method in DISTILLED:
@@ -72,6 +77,7 @@ def train_student(
         prune_s = time.perf_counter() - started
     train_config = TrainConfig(**options | {"model": student}, method="full", lr=STUDENT_LR,
                                out=str(run_dir / "model"), overwrite=True)  # fmt: skip
-    hidden_weight = PRUNED_HIDDEN_WEIGHT if method == "prune+distill" else 0.0
-    result = distill(train_config, DistillConfig(teacher=str(teacher), hidden_weight=hidden_weight))
+    result = distill(
+        train_config, DistillConfig(teacher=str(teacher), hidden_weight=hidden_weight_of(method))
+    )
     return run_dir / "model", result.summary, prune_s

@@ -29,7 +29,7 @@ from ..evaluation import EvalConfig, evaluate, forgetting
 from ..evaluation.config import CALIBRATIONS
 from ..methods import REGISTRY, get_method
 from ..run_dir import RunDir
-from .distilled import DISTILLED, check_distilled, teacher_of, train_student
+from .distilled import DISTILLED, check_distilled, hidden_weight_of, teacher_of, train_student
 
 PROMPTING = ("zero-shot", "few-shot")
 
@@ -145,6 +145,7 @@ def run_key(config: CompareConfig, method: str, splits: dict) -> str:
     if method in DISTILLED:
         teacher = teacher_of(config.methods, method)
         payload["teacher"] = f"{teacher}-{run_key(config, teacher, splits)}"
+        payload["hidden_weight"] = hidden_weight_of(method)  # the recipe: a change retrains the row
         settings |= {"student"} if method == "distill" else set()
     payload |= {name: getattr(config, name) for name in sorted(settings)}
     payload |= {f"{name}_sha256": file_hash(splits[name]) for name in sorted(used)}

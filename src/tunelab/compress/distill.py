@@ -59,6 +59,8 @@ class DistillConfig:
             raise UserError(f"--mode {self.mode}: choose one of {', '.join(MODES)}")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.hidden_weight < 0:
             raise UserError("--temperature must be positive, --alpha in [0, 1] and --hidden-weight >= 0")
+        if self.hidden_weight and self.mode != "logits":
+            raise UserError("--hidden-weight: only with --mode logits (sequence mode trains on answers)")
 
 
 def kd_loss(student_logits, teacher_logits, mask, temperature: float) -> torch.Tensor:
@@ -134,6 +136,11 @@ class KDLoss:
         kd = kd_loss(logits, teacher_logits, mask, self.temperature)
         loss = (1 - self.alpha) * ce + self.alpha * kd
         if self.hidden_weight:  # weighted per labelled token, like the two terms above
+            if student_states[0].shape != teacher_states[0].shape:
+                raise UserError(
+                    f"--hidden-weight: the student's hidden states {tuple(student_states[0].shape)} do not "
+                    f"match the teacher's {tuple(teacher_states[0].shape)} (another width, or a soft prompt)"
+                )
             hidden = hidden_state_loss(student_states, teacher_states, batch["attention_mask"])
             loss = loss + self.hidden_weight * int(mask.sum()) * hidden
         return loss / normaliser
@@ -147,6 +154,8 @@ def with_distillation(
     each student block, the teacher block whose output it learns (hidden_weight > 0)."""
     if method.task != "causal-lm":
         raise UserError(f"--method {method.name}: distillation needs a method that learns next tokens")
+    if hidden_weight and not teacher_blocks:
+        raise UserError("distill: a hidden-state weight needs the teacher block of each student block")
     distilled = type(f"Distilled{type(method).__name__}", (KDLoss, type(method)), {})()
     distilled.teacher = teacher.eval().requires_grad_(False)
     distilled.temperature, distilled.alpha = temperature, alpha
@@ -155,23 +164,27 @@ def with_distillation(
 
 
 def teacher_blocks_of(student: str, teacher) -> list[int]:
-    """For each block of `student`, the teacher block it came from: the `kept_layers` of a student that
-    `tunelab prune` cut from the teacher, else the same index (a student as deep as the teacher)."""
+    """For each block of `student` (a model folder), the teacher block it came from: the `kept_layers` of a
+    student that `tunelab prune` cut from the teacher, else the same index (a student as deep)."""
+    from transformers import AutoConfig
+
+    if not (Path(student) / "config.json").is_file():
+        raise UserError(f"--hidden-weight: the student {student} must be a model folder (e.g. from prune)")
+    config = AutoConfig.from_pretrained(student)
     record = RunDir(student).compression
     kept = json.loads(record.read_text()).get("kept_layers") if record.is_file() else None
     depth = len(decoder_blocks(teacher, "--hidden-weight"))
-    if kept is None:
-        from transformers import AutoConfig
-
-        has_config = (Path(student) / "config.json").is_file()
-        if not has_config or AutoConfig.from_pretrained(student).num_hidden_layers != depth:
-            raise UserError(
-                f"--hidden-weight: the student {student} is not a `tunelab prune` cut of the teacher and "
-                f"not as deep as it ({depth} blocks): there is no block to match each of its blocks with"
-            )
-        kept = list(range(depth))
-    if max(kept) >= depth:
-        raise UserError(f"--hidden-weight: {student} was cut from a deeper model than the teacher")
+    kept = kept if kept is not None else list(range(depth))
+    if len(kept) != config.num_hidden_layers or max(kept) >= depth:
+        raise UserError(
+            f"--hidden-weight: the student {student} is not a `tunelab prune` cut of the teacher and not as "
+            f"deep as it ({depth} blocks): there is no block to match each of its blocks with"
+        )
+    if config.hidden_size != teacher.config.hidden_size:
+        raise UserError(
+            f"--hidden-weight: the student's hidden size {config.hidden_size} is not the teacher's "
+            f"{teacher.config.hidden_size}"
+        )
     return kept
 
 

@@ -69,11 +69,13 @@ def quantize_linear(model, keep_float=KEEP_FLOAT):
     part is in `keep_float`."""
     from torch.ao.quantization import default_dynamic_qconfig
 
-    chosen = {
-        name: default_dynamic_qconfig
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not {name, name.rpartition(".")[2]} & set(keep_float)
-    }
+    keep = {keep_float} if isinstance(keep_float, str) else set(keep_float)
+    linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    named = {part for name in linear for part in (name, name.rpartition(".")[2])}
+    if unknown := sorted(keep - named - set(KEEP_FLOAT)):  # the default may not exist in every model
+        short = sorted({name.rpartition(".")[2] for name in linear})
+        raise UserError(f"--keep-float {','.join(unknown)}: no such linear layer; the model has {short}")
+    chosen = {name: default_dynamic_qconfig for name in linear if not {name, name.rpartition(".")[2]} & keep}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notices, see the module doc
         return torch.ao.quantization.quantize_dynamic(model, chosen, dtype=torch.qint8, inplace=True)
