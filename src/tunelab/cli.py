@@ -458,17 +458,17 @@ def quantize_cmd(
         "int8-dynamic"
     ),
     keep_float: Annotated[
-        str, typer.Option(help="linear layers left in fp32, comma-separated names ('' quantizes all)")
-    ] = "down_proj",
+        str | None,
+        typer.Option(help="linear layers left in fp32, comma-separated names ('' quantizes all) [down_proj]"),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
 ):
     """int8 weights for CPU inference (PyTorch dynamic quantization of the linear layers)."""
     from .compress.quantize import QuantizeConfig, quantize
 
-    kept = [name.strip() for name in keep_float.split(",") if name.strip()]
-    config = QuantizeConfig(
-        model=model, out=out, adapter=adapter, scheme=scheme, keep_float=kept, overwrite=overwrite
-    )
+    names = None if keep_float is None else [name.strip() for name in keep_float.split(",") if name.strip()]
+    kept = {} if names is None else {"keep_float": names}  # None: QuantizeConfig's default
+    config = QuantizeConfig(model=model, out=out, adapter=adapter, scheme=scheme, overwrite=overwrite, **kept)
     with console.status("quantizing"):
         record = quantize(config, log=err_console.print)
     console.print(f"Quantized ({scheme}): weights {record['weights_mb']} MB in {out} (loads with tunelab)")

@@ -118,12 +118,11 @@ class KDLoss:
     def loss(self, model, batch: dict, normaliser) -> torch.Tensor:
         if not model.training:  # the val loss: the method's own, comparable with other runs
             return super().loss(model, batch, normaliser)
-        student_blocks = list(range(len(self.teacher_blocks))) if self.hidden_weight else []
-        with block_outputs(model, student_blocks) as student_states:
+        matched = self.teacher_blocks if self.hidden_weight else []
+        with block_outputs(model, list(range(len(matched)))) as student_states:
             logits, targets = labelled_logits(model, batch)
         if self.teacher.device != logits.device:
             self.teacher.to(logits.device)
-        matched = self.teacher_blocks[: len(student_blocks)]
         with torch.no_grad(), block_outputs(self.teacher, matched) as teacher_states:
             teacher_logits, _ = labelled_logits(self.teacher, batch)
         if teacher_logits.shape != logits.shape:
