@@ -23,14 +23,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app):
-    """uvicorn on a free port of 127.0.0.1, in a thread; yields the base URL once it answers."""
+def serve_in_thread(app, **options):
+    """uvicorn (with `options` for its Config) on a free port of 127.0.0.1, in a thread; yields the base URL
+    once it answers."""
     import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

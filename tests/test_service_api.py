@@ -584,13 +584,16 @@ def test_files_page_with_a_cursor(client):
     assert oldest["data"][0]["id"] == ids[0]
 
 
-def test_metrics_in_prometheus_text_count_requests_tokens_batches_and_jobs(client):
+def test_metrics_in_prometheus_text_count_requests_tokens_batches_and_jobs(tmp_path, tiny_llama_dir):
     from prometheus_client.parser import text_string_to_metric_families
 
-    reply = chat(client, max_tokens=3).json()
-    create_job(client, jsonl(copy_task_rows(12)))
-    assert client.get("/metrics").status_code == 401
-    response = client.get("/metrics", headers=K1)
+    with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir, metrics_keys=["scrape"]))) as client:
+        reply = chat(client, max_tokens=3).json()
+        create_job(client, jsonl(copy_task_rows(12)))
+        assert client.get("/metrics").status_code == 401
+        # It counts every key's jobs: an API key is refused, the operator's metrics key reads it.
+        assert client.get("/metrics", headers=K1).json()["error"]["code"] == "operator_only"
+        response = client.get("/metrics", headers={"Authorization": "Bearer scrape"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value

@@ -1,7 +1,8 @@
 """Property-based fuzzing of every route: Hypothesis builds requests from each route's own request schema
 (path and query parameters, its JSON body's or form's pydantic model), bent with junk (wrong types, huge
-numbers, NaN, lone surrogates, unknown fields, garbled multipart), and drives the app in process on the
-tiny model. No request may get a 5xx, and every API error must be in OpenAI's shape.
+numbers, NaN, lone surrogates, unknown fields, JSON nested up to 100,000 deep, garbled multipart), with
+and without a key, and drives the app in process on the tiny model. No request may get a 5xx, and every
+API error must be in OpenAI's shape.
 
 The strategies are built here from the pydantic JSON schemas: hypothesis-jsonschema does not run on
 current Hypothesis, and these schemas use only a small part of JSON Schema."""
@@ -38,6 +39,18 @@ SCALAR = st.one_of(
 JUNK = st.recursive(
     SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3)
 )
+UNKNOWN_FIELD = st.sampled_from(["made_up_option_xyz", "user", "store", "comment", "name"]) | TEXT
+
+
+def deep_json() -> st.SearchStrategy:
+    """JSON text nested 1 to 100,000 levels deep, in arrays or objects (json.loads recurses per level)."""
+    return st.builds(
+        lambda levels, kind: (
+            ("[" * levels + "]" * levels) if kind else ('{"a":' * levels + "1" + "}" * levels)
+        ),
+        st.integers(1, 100_000),
+        st.booleans(),
+    )
 
 
 def from_schema(node: dict, defs: dict, junk: bool) -> st.SearchStrategy:
@@ -78,9 +91,16 @@ def valid(node: dict | bool, defs: dict, junk: bool) -> st.SearchStrategy:
     if kind == "object" and "properties" in node:
         fields = {name: from_schema(sub, defs, junk) for name, sub in node["properties"].items()}
         required = set(node.get("required", ()))
-        return st.fixed_dictionaries(
+        body = st.fixed_dictionaries(
             {k: v for k, v in fields.items() if k in required},
             optional={k: v for k, v in fields.items() if k not in required},
+        )
+        if not junk:
+            return body
+        return st.builds(
+            lambda known, unknown: {**unknown, **known},
+            body,
+            st.dictionaries(UNKNOWN_FIELD, JUNK, max_size=2),
         )
     if kind == "object":
         return st.dictionaries(
@@ -157,13 +177,13 @@ def body_strategy(route, method: str, ids: list[str]) -> st.SearchStrategy:
 
     tame = st.builds(send, from_schema(schema, defs, junk=False), st.just(True))
     wild = st.builds(send, from_schema(schema, defs, junk=True), st.booleans())
-    return st.one_of(tame, wild)
+    return st.one_of(tame, wild, raw_body())
 
 
 def raw_body() -> st.SearchStrategy:
     return st.builds(
         lambda content, kind: {"content": content, "headers_extra": {"Content-Type": kind}},
-        st.binary(max_size=64) | JUNK.map(lambda value: json.dumps(value).encode()),
+        st.binary(max_size=64) | JUNK.map(lambda value: json.dumps(value).encode()) | deep_json(),
         st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]),
     )
 

@@ -2,6 +2,7 @@
 leaked path, world-readable data, a worker outliving its server) and what a hardened server adds (CSRF
 checks, sessions, security headers, limits with 429). The fuzz test is in test_service_fuzz.py."""
 
+import asyncio
 import http.client
 import json
 import logging
@@ -19,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from conftest import copy_task_rows
 from server import ServerProcess, serve_in_thread
-from test_service_api import K1, K2, chat, create_job, jsonl, settings_for, upload
+from test_service_api import K1, K2, api_routes, chat, create_job, jsonl, settings_for, upload
 from tunelab.errors import UserError
 from tunelab.service import create_app
 from tunelab.service.deps import COOKIE
@@ -480,3 +481,161 @@ def test_a_vanishing_temperature_is_greedy_not_a_500(client):
     """Found by the fuzz test: 5e-324 divided the logits into inf."""
     greedy = chat(client, max_tokens=4, temperature=0).json()["choices"][0]["message"]
     assert chat(client, max_tokens=4, temperature=5e-324).json()["choices"][0]["message"] == greedy
+
+
+# Issue 26's battery: what still got through
+
+
+def every_route(app):
+    """(method, path) of every route, path parameters filled with any value, and /health."""
+    return [
+        (method, route.path.replace("{", "").replace("}", ""))
+        for route in api_routes(app)
+        for method in sorted(route.methods)
+    ]
+
+
+@pytest.mark.parametrize("levels", [990, 100_000])
+def test_26_1_deeply_nested_json_is_never_a_500_and_not_read_without_a_key(client, levels):
+    deep = "[" * levels + "]" * levels
+    for method, path in every_route(client.app):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, K1):
+            headers = {**headers, "Content-Type": "application/json"}
+            response = client.request(method, path, headers=headers, content=deep)
+            assert response.status_code < 500, (method, path, response.text[:300])
+            if "Authorization" not in headers or headers["Authorization"] != K1["Authorization"]:
+                # Without a key the body is not looked at: the answer is the one to no body at all.
+                without_body = client.request(method, path, headers=headers)
+                assert response.status_code == without_body.status_code != 400, (method, path)
+            elif path.startswith("/v1"):
+                assert_openai_error(response, 400)
+    nested = {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    nested["response_format"] = json.loads("[" * 40 + "]" * 40)  # deep, but under the limit: parsed
+    assert_openai_error(client.post("/v1/chat/completions", headers=K1, json=nested), 400, "response_format")
+
+
+def test_26_1_the_body_guard_hands_an_uncredentialed_request_no_body():
+    from tunelab.service.security import BodyGuard
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(await receive())
+
+    async def receive():
+        raise AssertionError("the body of a request without credentials was read")
+
+    guard = BodyGuard(app, credentialed=lambda request: False)
+    scope = {"type": "http", "method": "POST", "path": "/v1/files", "headers": [], "query_string": b""}
+    asyncio.run(guard(scope, receive, None))
+    assert seen == [{"type": "http.request", "body": b"", "more_body": False}]
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("max_tokens", "4"),
+        ("max_tokens", True),
+        ("temperature", "0"),
+        ("top_p", True),
+        ("n", "2"),
+        ("seed", "1"),
+        ("stream", "yes"),
+    ],
+)
+def test_26_2_request_types_are_strict(client, field, value):
+    error = assert_openai_error(chat(client, **{"max_tokens": 2, field: value}), 400, field)
+    assert field in error["message"]
+
+
+def test_26_2_feedback_and_job_types_are_strict(client):
+    reply = chat(client, max_tokens=2).json()
+    feedback = {"completion_id": reply["id"], "rating": "1"}
+    assert_openai_error(client.post("/v1/feedback", headers=K1, json=feedback), 400, "rating")
+    file_id = upload(client, jsonl(copy_task_rows(12))).json()["id"]
+    job = {"model": "tiny", "training_file": file_id, "seed": True}
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", headers=K1, json=job), 400, "seed")
+    assert client.get("/v1/fine_tuning/jobs", headers=K1).json()["data"] == []  # none was made
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"presence_penalty": float("nan")}, "presence_penalty"),
+        ({"presence_penalty": float("inf")}, "presence_penalty"),
+        ({"frequency_penalty": False}, "frequency_penalty"),
+        ({"user": "alice"}, "user"),
+        ({"store": True}, "store"),
+        ({"metadata": {"a": "b"}}, "metadata"),
+        ({"service_tier": "auto"}, "service_tier"),
+        ({"reasoning_effort": "low"}, "reasoning_effort"),
+        ({"parallel_tool_calls": True}, "parallel_tool_calls"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"made_up_option_xyz": 1}, "made_up_option_xyz"),
+        ({"response_format": {}}, "response_format"),
+        ({"stream_options": {"include_usage": True, "other": 1}}, "stream_options.other"),
+        ({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages.0.name"),
+        ({"messages": [{"role": "user", "content": "hi", "extra": 1}]}, "messages.0.extra"),
+        ({"messages": [{"role": "assistant", "content": "x", "refusal": "no"}]}, "messages.0.refusal"),
+        ({"messages": [{"role": "assistant", "content": "x", "audio": {"id": "a"}}]}, "messages.0.audio"),
+        (
+            {"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}]},
+            "messages.0.tool_calls",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "x": 1}]}]},
+            "messages.0.content.0",
+        ),
+    ],
+)
+def test_26_3_every_field_is_honoured_or_refused_by_name(client, extra, param):
+    body = {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}], **extra}
+    assert_openai_error(raw_post(client, "/v1/chat/completions", json.dumps(body)), 400, param)
+
+
+def test_26_3_do_nothing_values_and_feedback_comments(client):
+    for extra in ({"frequency_penalty": 0}, {"presence_penalty": 0.0}, {"tools": []}, {"logprobs": False}):
+        assert chat(client, max_tokens=2, **extra).status_code == 200, extra
+    reply = chat(client, max_tokens=2).json()
+    feedback = {"completion_id": reply["id"], "rating": 1, "comment": "nice"}
+    error = assert_openai_error(client.post("/v1/feedback", headers=K1, json=feedback), 400, "comment")
+    assert error["code"] == "unknown_parameter"
+    job = {"model": "tiny", "training_file": "file-x", "made_up": 1}
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", headers=K1, json=job), 400, "made_up")
+
+
+@pytest.mark.parametrize("trusted", [[], ["127.0.0.1"]])
+def test_26_6_forwarded_headers_count_only_from_a_trusted_proxy(tmp_path, tiny_llama_dir, trusted):
+    from tunelab.service.app import server_options
+
+    settings = settings_for(tmp_path, tiny_llama_dir, trusted_proxies=trusted)
+    with serve_in_thread(create_app(settings), **server_options(settings)) as url:
+        statuses = [
+            httpx.post(
+                f"{url}/login",
+                data={"api_key": "wrong"},
+                headers={"Origin": url, "X-Forwarded-For": f"203.0.113.{attempt}"},
+            ).status_code
+            for attempt in range(LOGIN_FAILURES_PER_MINUTE + 1)
+        ]
+    # Untrusted, the header is ignored and the 11th attempt from this host waits; behind a trusted proxy
+    # each forwarded address has its own count.
+    assert statuses[-1] == (401 if trusted else 429), statuses
+
+
+def test_26_8_security_headers_on_413_and_500(tmp_path, tiny_llama_dir, monkeypatch):
+    def broken(self, owner):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Store, "list_models", broken)
+    with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir)), raise_server_exceptions=False) as c:
+        big = json.dumps({"model": "tiny", "prompt": "x" * 2 * 2**20})
+        for response, status in (
+            (raw_post(c, "/v1/completions", big), 413),
+            (c.post("/v1/completions", headers=K1, content=iter([big.encode()])), 413),
+            (c.get("/v1/models", headers=K1), 500),
+        ):
+            assert response.status_code == status
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert "frame-ancestors 'none'" in response.headers["content-security-policy"]

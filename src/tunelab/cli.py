@@ -688,8 +688,20 @@ def serve(
         float, typer.Option(help="a job stops after this long and keeps what it learnt")
     ] = 24 * 60.0,
     behind_tls_proxy: Annotated[
-        bool, typer.Option(help="served as https by a reverse proxy: Secure cookies, https origins")
+        bool,
+        typer.Option(
+            help="served as https by a reverse proxy: Secure cookies, https origins, and 127.0.0.1's "
+            "X-Forwarded-For believed"
+        ),
     ] = False,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(help="address of a reverse proxy whose X-Forwarded-For is believed (repeatable)"),
+    ] = None,
+    metrics_key_file: Annotated[
+        str | None,
+        typer.Option(help="keys (one a line, chmod 600) that read /metrics, e.g. Prometheus's bearer token"),
+    ] = None,
 ):
     """Run the OpenAI-compatible fine-tuning service (files, jobs, models, chat) and its dashboard."""
     import os
@@ -699,6 +711,7 @@ def serve(
     from .errors import UserError
     from .models import resolve
     from .service import ServiceSettings, create_app
+    from .service.app import server_options
     from .service.settings import resolve_api_keys
 
     os.umask(0o077)  # the data dir holds every key's prompts and data: nobody else reads what we write
@@ -707,6 +720,8 @@ def serve(
         "api_key_file": api_key_file,
         "max_body_kb": max_body_kb,
         "behind_tls_proxy": behind_tls_proxy,
+        "trusted_proxies": trusted_proxy or [],
+        "metrics_key_file": metrics_key_file,
     }
     options |= {"max_loaded_adapters": max_loaded_adapters, "max_job_minutes": max_job_minutes}
     options |= {"max_generations_per_key": max_generations_per_key, "max_batch": max_batch, "engine": engine}
@@ -721,6 +736,7 @@ def serve(
         resolve(spec)  # a missing folder or file is said now, not at the first request
     keys, generated = resolve_api_keys(settings)
     settings.api_keys, settings.api_key_file = keys, None
+    settings.metrics_keys, settings.metrics_key_file = settings.operator_keys(keys), None
     if generated:
         console.print(f"API key (kept in {Path(data_dir) / 'api_key'}): [bold]{keys[0]}[/]")
     elif api_key_file:
@@ -728,7 +744,7 @@ def serve(
     elif not api_key:
         console.print(f"API key: the one in {Path(data_dir) / 'api_key'} (or $TUNELAB_API_KEY)")
     console.print(f"Dashboard and API on http://{host}:{port}  (OpenAI base_url http://{host}:{port}/v1)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", **server_options(settings))
 
 
 def main() -> None:  # pragma: no cover

@@ -9,18 +9,18 @@ import sys
 import threading
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import Depends, FastAPI, Response
+from fastapi import Depends, FastAPI, Request, Response
 
-from .deps import Owner, Service
+from .deps import Service, ServiceDep, bearer_key, credential_owner, credentialed, is_operator
 from .engine import Engine
+from .errors import ApiError, log
 from .errors import install as install_error_handlers
-from .errors import log
 from .jobs import validate_job_files
 from .metrics import Metrics, RequestMetrics
 from .paths import DataDir, open_private
 from .quotas import Quotas
 from .routes import completions, dashboard, exports, feedback, files, jobs, models
-from .security import SecurityHeaders, reject_lone_surrogates
+from .security import BodyGuard, SecurityHeaders, reject_lone_surrogates
 from .settings import ServiceSettings, owner_of, resolve_api_keys
 from .store import Store, now
 
@@ -90,6 +90,21 @@ def engine_class(settings: ServiceSettings) -> type[Engine]:
     return Engine
 
 
+class ServiceApp(FastAPI):
+    """FastAPI with the security headers outside its own outer layers too: Starlette's 413 for a body over
+    the limit and the last-resort 500 are answered there, outside every middleware an app can add."""
+
+    def build_middleware_stack(self):
+        return SecurityHeaders(super().build_middleware_stack())
+
+
+def server_options(settings: ServiceSettings) -> dict:
+    """uvicorn's options that follow from the settings: forwarded headers only from trusted proxies
+    (uvicorn believes 127.0.0.1's by default)."""
+    proxies = settings.proxies()
+    return {"proxy_headers": bool(proxies), "forwarded_allow_ips": ",".join(proxies) or None}
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     metrics = Metrics()
@@ -103,8 +118,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         keys, _ = resolve_api_keys(settings)
         quotas = Quotas(settings.max_generations_per_key, settings.max_queued_jobs_per_key)
         owners = {k: owner_of(k) for k in keys}
+        operators = settings.operator_keys(keys)
         engine = engine_class(settings)(settings, data, store, metrics)
-        service = Service(settings, data, store, engine, owners, now(), quotas, metrics)
+        service = Service(settings, data, store, engine, owners, now(), quotas, metrics, operators)
         metrics.watch(service)
         app.state.service = service
         for job in store.jobs_with_status("validating_files"):  # the server stopped while checking them
@@ -122,7 +138,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         worker.stop()
 
     # No public /docs or /openapi.json: every route but /health needs a key, and the API is OpenAI's.
-    app = FastAPI(
+    app = ServiceApp(
         title="tunelab",
         lifespan=lifespan,
         openapi_url=None,
@@ -131,7 +147,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         max_body_size=settings.max_body_kb * 1024,  # uploads have their own limit
         dependencies=[Depends(reject_lone_surrogates)],
     )
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyGuard, credentialed=credentialed)
     app.add_middleware(RequestMetrics, metrics=metrics)
     install_error_handlers(app)
 
@@ -140,8 +156,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return {"status": "ok", "worker": app.state.worker.alive}
 
     @app.get("/metrics", tags=["health"])
-    def prometheus_metrics(owner: Owner):
-        """For an operator's Prometheus (scrape with any API key as the bearer token); totals only."""
+    def prometheus_metrics(request: Request, service: ServiceDep):
+        """For the operator's Prometheus, with a `--metrics-key-file` key as its bearer token; totals only."""
+        if not is_operator(service, bearer_key(request)):
+            if credential_owner(request, service) is None:
+                raise ApiError(401, "/metrics needs the operator's metrics key", code="invalid_api_key")
+            raise ApiError(
+                403,
+                "/metrics counts every key's work and is the operator's: scrape it with a key from "
+                "`tunelab serve --metrics-key-file`, not an API key",
+                code="operator_only",
+            )
         body, content_type = metrics.text()
         return Response(body, media_type=content_type)
 

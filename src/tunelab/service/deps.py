@@ -32,6 +32,7 @@ class Service:
     started_at: int
     quotas: Quotas
     metrics: Metrics
+    operator_keys: list[str]  # for /metrics only
 
 
 def get_service(request: Request) -> Service:
@@ -58,13 +59,28 @@ def session_owner(service: Service, request: Request) -> str | None:
     return owner if owner in service.keys.values() else None
 
 
-def authenticate(request: Request, service: Service) -> str | None:
-    """The request's owner, or None. A bearer key, when sent, is the only credential looked at."""
+def credential_owner(request: Request, service: Service) -> str | None:
+    """The owner behind the request's credentials, or None. A bearer key, when sent, is the only credential
+    looked at."""
     key = bearer_key(request)
-    if key is not None:
-        return owner_for(service, key)
-    owner = session_owner(service, request)
-    if owner is not None:
+    return owner_for(service, key) if key is not None else session_owner(service, request)
+
+
+def is_operator(service: Service, key: str | None) -> bool:
+    """Whether `key` is one of the operator's keys for /metrics (`--metrics-key-file`)."""
+    return bool(key) and any(secrets.compare_digest(k.encode(), key.encode()) for k in service.operator_keys)
+
+
+def credentialed(request: Request) -> bool:
+    """Whether the request carries a key or session this server knows (the body guard asks, from headers)."""
+    service = get_service(request)
+    return credential_owner(request, service) is not None or is_operator(service, bearer_key(request))
+
+
+def authenticate(request: Request, service: Service) -> str | None:
+    """The request's owner, or None; a change made with the session cookie must come from our own pages."""
+    owner = credential_owner(request, service)
+    if owner is not None and bearer_key(request) is None:
         check_same_origin(request, service.settings.behind_tls_proxy)
     return owner
 

@@ -130,5 +130,7 @@ def install(app: FastAPI) -> None:
             if str(part) not in NOT_FIELDS and not set("[-") & set(str(part))
         ]
         param = ".".join(location) or None
-        message = f"{param}: {first['msg']}" if param else first["msg"]
-        return error_response(400, message, param, "invalid_value")
+        message, code = (f"{param}: {first['msg']}" if param else first["msg"]), "invalid_value"
+        if first["type"] == "extra_forbidden":  # OpenAI's words for it
+            message, code = f"Unrecognized request argument supplied: {param}", "unknown_parameter"
+        return error_response(400, message, param, code)

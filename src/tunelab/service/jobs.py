@@ -8,7 +8,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from ..data.errors import DataError
 from ..data.formats import load_examples
@@ -20,6 +20,7 @@ from ..training import ConfigError, TrainConfig
 from .errors import ApiError, internal_error
 from .paths import DataDir
 from .store import Store
+from .strict import StrictModel
 
 MIN_EXAMPLES = 10
 # TrainConfig fields the `tunelab` extension may set; paths, the model, the seed and the OpenAI
@@ -64,27 +65,26 @@ MAX_ITEMS = 64  # entries in a list option (target_modules)
 Auto = Literal["auto"]
 
 
-class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    n_epochs: Annotated[int, Field(ge=1, le=50, strict=True)] | Auto = "auto"
-    batch_size: Annotated[int, Field(ge=1, le=256, strict=True)] | Auto = "auto"
-    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100, strict=True)] | Auto = "auto"
+class Hyperparameters(StrictModel):
+    n_epochs: Annotated[int, Field(ge=1, le=50)] | Auto = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=256)] | Auto = "auto"
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto = "auto"
 
     def resolved(self) -> dict:
         """What the job stores: "auto" stays until the run picks it from the data (training/auto.py)."""
         return self.model_dump()
 
 
-class Supervised(BaseModel):
+class Supervised(StrictModel):
     hyperparameters: Hyperparameters = Hyperparameters()
 
 
-class MethodSpec(BaseModel):
+class MethodSpec(StrictModel):
     type: Literal["supervised"]
     supervised: Supervised = Supervised()
 
 
-class JobCreate(BaseModel):
+class JobCreate(StrictModel):
     model: str
     training_file: str
     validation_file: str | None = None

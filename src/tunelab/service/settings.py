@@ -35,6 +35,13 @@ class ServiceSettings:
     max_job_minutes: float = 24 * 60  # a job stops (and publishes what it has) after this long
     session_hours: float = 12.0  # a dashboard sign-in lasts this long
     behind_tls_proxy: bool = False  # served as https by a proxy: cookies are Secure, origins https
+    # Addresses of the reverse proxies whose X-Forwarded-For/-Proto are believed (the client's address
+    # counts sign-in attempts); --behind-tls-proxy alone trusts 127.0.0.1. None by default: a client on
+    # this host could otherwise reset its sign-in limit by changing the header.
+    trusted_proxies: list[str] = field(default_factory=list)
+    # Keys for /metrics alone (Prometheus's bearer token): it counts every key's jobs, so no API key reads it.
+    metrics_keys: list[str] = field(default_factory=list)
+    metrics_key_file: str | None = None
     start_worker: bool = True  # tests of the API alone turn it off
     engine: str = "tunelab"  # who runs inference: "tunelab" (in process, CPU or GPU) or "vllm" (GPU)
 
@@ -57,6 +64,17 @@ class ServiceSettings:
         for name in self.base_models:
             if ":" in name or not name:
                 raise UserError(f"base model name '{name}' must be non-empty and hold no ':'")
+
+    def proxies(self) -> list[str]:
+        """The addresses whose forwarded headers are believed."""
+        return self.trusted_proxies or (["127.0.0.1"] if self.behind_tls_proxy else [])
+
+    def operator_keys(self, api_keys: list[str]) -> list[str]:
+        """The keys that read /metrics; none of them may also be an API key."""
+        keys = self.metrics_keys + (read_key_file(self.metrics_key_file) if self.metrics_key_file else [])
+        if set(keys) & set(api_keys):
+            raise UserError("a metrics key must not also be an API key: /metrics counts every key's jobs")
+        return keys
 
 
 def owner_of(api_key: str) -> str:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from ...inference.generate import chat_prompt_ids
@@ -20,33 +20,44 @@ from ..deps import Owner, Service, ServiceDep
 from ..engine import Generation, Sampling, Target
 from ..errors import ApiError, error_body, internal_error
 from ..store import new_id, now
+from ..strict import StrictModel
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
-# Accepted by OpenAI but not by this server: refused by name rather than silently ignored.
-UNSUPPORTED = (
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
-    "audio",
-    "modalities",
-    "prediction",
-    "best_of",
-    "echo",
-    "suffix",
-)
+# Accepted by OpenAI but not honoured here: refused by name unless sent with a value that asks for nothing
+# (some clients always send `tools: []` or `logprobs: false`). Any other field is unknown, and refused too.
+DO_NOTHING = {
+    "tools": (None, []),
+    "tool_choice": (None,),
+    "parallel_tool_calls": (None,),
+    "functions": (None, []),
+    "function_call": (None,),
+    "logprobs": (None, False),
+    "top_logprobs": (None,),
+    "logit_bias": (None, {}),
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "best_of": (None, 1),
+    "echo": (None, False),
+    "suffix": (None,),
+    "user": (None,),
+    "store": (None,),  # answers are always kept here, for feedback
+    "metadata": (None,),
+    "service_tier": (None,),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
+}
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
-class GenerationRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class GenerationRequest(StrictModel):
+    model_config = ConfigDict(extra="allow")  # check_supported names what it does not honour
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
@@ -56,28 +67,28 @@ class GenerationRequest(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64 (torch takes 64 bits)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
     response_format: dict | None = None
 
 
-class ContentPart(BaseModel):
+class ContentPart(StrictModel):
     """A part of a message's content; only `{"type": "text", "text": "..."}` is understood here."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow")  # other types' fields, refused by Message.text
     type: str
     text: str | None = None
 
 
-class Message(BaseModel):
+class Message(StrictModel):
+    """A turn as this server renders it: `name`, `refusal`, `audio` and `tool_calls` are refused by name."""
+
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
 
     def text(self, index: int) -> str:
         if not isinstance(self.content, list):
             return self.content or ""
         for p, part in enumerate(self.content):
-            if part.type != "text" or part.text is None:
+            if part.type != "text" or part.text is None or part.model_extra:
                 raise ApiError(
                     400,
                     "only text content parts ({'type': 'text', 'text': '...'}) are supported",
@@ -96,23 +107,23 @@ class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
 
 
-def is_default(name: str, value) -> bool:
-    """Sent with its do-nothing value (some clients always send `tools: []` or `logprobs: false`)."""
-    return (
-        value is None
-        or value is False
-        or value == []
-        or (name == "best_of" and type(value) is int and value == 1)
-    )
+def asks_nothing(name: str, value) -> bool:
+    """Whether `value` is one of the values of OpenAI option `name` that change nothing (of the same type:
+    `false` is no 0 here)."""
+    return any(type(value) is type(nothing) and value == nothing for nothing in DO_NOTHING[name])
 
 
 def check_supported(request: GenerationRequest) -> None:
-    for name in UNSUPPORTED:
-        if not is_default(name, (request.model_extra or {}).get(name)):
+    for name, value in (request.model_extra or {}).items():
+        if name not in DO_NOTHING:
+            raise ApiError(
+                400, f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter"
+            )
+        if not asks_nothing(name, value):
             raise ApiError(
                 400, f"'{name}' is not supported by this server", param=name, code="unsupported_parameter"
             )
-    if request.response_format and request.response_format.get("type") != "text":
+    if request.response_format is not None and request.response_format != {"type": "text"}:
         raise ApiError(
             400,
             "only response_format {'type': 'text'} is supported",

@@ -242,7 +242,8 @@ async def playground_reply(
     form = {"model": model, "message": message, "max_tokens": max_tokens, "temperature": temperature}
     reply, error, status, headers = None, None, 400, None
     try:
-        generation_request = GenerationRequest(model=model, max_tokens=max_tokens, temperature=temperature)
+        fields = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
+        generation_request = GenerationRequest.model_validate(fields, strict=False)  # a form's text
         if not message.strip():
             raise ApiError(400, "write a message for the model to answer", param="message")
         reply = await chat_reply(service, owner, generation_request, message)
