@@ -15,7 +15,8 @@ import torch
 from conftest import write_jsonl
 from tiny import make_model_dir
 from tunelab.errors import UserError
-from tunelab.inference.generate import generate
+from tunelab.inference import MultiAdapterModel
+from tunelab.inference.generate import chat_prompt_ids, generate, prompt_messages, stream_chat
 from tunelab.methods import get_method
 from tunelab.models import load_model
 from tunelab.training import TrainConfig, train
@@ -212,20 +213,81 @@ def test_prefix_tuning_refuses_gradient_checkpointing(tiny_llama_dir):
 
 
 GENERATION_CASES = ["prompt-tuning", "prefix-tuning"]
+GENERATION_PROMPTS = ["say bob", "say the quick brown fox jumps over the lazy dog", "x", "name age city json"]
+CONVERSATIONS = [[{"role": "user", "content": p}] for p in GENERATION_PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def generation_adapters(tiny_llama_dir, fixed_answer_data, tmp_path_factory):
+    """One briefly trained adapter per soft-prompt method (its virtual tokens change the answers)."""
+    folders = {}
+    for method in GENERATION_CASES:
+        out = tmp_path_factory.mktemp(method) / "out"
+        train(run_config(tiny_llama_dir, fixed_answer_data, out, method=method, lr=0.3, max_steps=3))
+        folders[method] = out
+    return folders
+
+
+def load_adapter(model_dir, method, folder):
+    base, tokenizer = load_model(str(model_dir))
+    return get_method(method).load(base, folder).eval(), tokenizer
+
+
+def greedy_by_forward(model, tokenizer, conversation, max_new_tokens) -> str:
+    """The reference: the whole sequence through the model's own forward at every step, no KV cache and
+    no `generate` (the path training and scoring take, where PEFT adds its virtual tokens itself)."""
+    ids = chat_prompt_ids(tokenizer, prompt_messages(conversation))
+    new = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            new.append(token)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
 @pytest.mark.parametrize("method", GENERATION_CASES)
-def test_batched_left_padded_generation_matches_one_at_a_time(
-    method, tiny_llama_dir, fixed_answer_data, tmp_path
-):
-    config = run_config(
-        tiny_llama_dir, fixed_answer_data, tmp_path / "out", method=method, lr=0.3, max_steps=3
-    )
-    out = train(config).out_dir
-    base, tokenizer = load_model(str(tiny_llama_dir))
-    model = get_method(method).load(base, out).eval()
-    prompts = ["say bob", "say the quick brown fox jumps over the lazy dog", "x", "name age city json"]
-    conversations = [[{"role": "user", "content": p}] for p in prompts]
-    batched = generate(model, tokenizer, conversations, max_new_tokens=6, batch_size=4)
-    alone = generate(model, tokenizer, conversations, max_new_tokens=6, batch_size=1)
+def test_batched_left_padded_generation_matches_one_at_a_time(method, tiny_llama_dir, generation_adapters):
+    model, tokenizer = load_adapter(tiny_llama_dir, method, generation_adapters[method])
+    batched = generate(model, tokenizer, CONVERSATIONS, max_new_tokens=6, batch_size=4)
+    alone = generate(model, tokenizer, CONVERSATIONS, max_new_tokens=6, batch_size=1)
     assert batched == alone
+
+
+@pytest.mark.parametrize("method", GENERATION_CASES)
+def test_generation_and_streaming_answer_as_the_models_own_forward(
+    method, tiny_llama_dir, generation_adapters
+):
+    """The virtual tokens really act in `generate` and `stream_chat` (transformers 5.24 renamed the cache
+    argument, and PEFT's generate then lost the prefixes: answers as the bare base model's)."""
+    model, tokenizer = load_adapter(tiny_llama_dir, method, generation_adapters[method])
+    reference = [greedy_by_forward(model, tokenizer, c, 6) for c in CONVERSATIONS]
+    base, _ = load_model(str(tiny_llama_dir))
+    assert reference != generate(base.eval(), tokenizer, CONVERSATIONS, max_new_tokens=6), "the adapter acts"
+    assert generate(model, tokenizer, CONVERSATIONS, max_new_tokens=6, batch_size=4) == reference
+    streamed = ["".join(stream_chat(model, tokenizer, c, max_new_tokens=6)).strip() for c in CONVERSATIONS]
+    assert streamed == reference
+
+
+@pytest.mark.parametrize("method", GENERATION_CASES)
+def test_multi_adapter_model_with_soft_prompt_adapters(method, tiny_llama_dir, generation_adapters):
+    """The service's one-base-many-adapters model: an adapter answers as it does loaded alone, and the base
+    (adapters disabled) as the bare base model, with no virtual tokens left in."""
+    multi = MultiAdapterModel(str(tiny_llama_dir))
+    base_answers = multi.generate(CONVERSATIONS, max_new_tokens=6, batch_size=4)
+    alone, tokenizer = load_adapter(tiny_llama_dir, method, generation_adapters[method])
+    adapter_answers = generate(alone, tokenizer, CONVERSATIONS, max_new_tokens=6, batch_size=1)
+    assert adapter_answers != base_answers
+    multi.load_adapter("a", generation_adapters[method])
+    assert multi.generate(CONVERSATIONS, max_new_tokens=6, batch_size=4) == adapter_answers
+    multi.use_adapter(None)
+    assert multi.generate(CONVERSATIONS, max_new_tokens=6, batch_size=4) == base_answers
+    model, context = multi.model()
+    with context:
+        assert (
+            "".join(stream_chat(model, multi.tokenizer, CONVERSATIONS[0], max_new_tokens=6)).strip()
+            == (base_answers[0])
+        )
+    multi.use_adapter("a")
+    assert multi.generate(CONVERSATIONS, max_new_tokens=6, batch_size=1) == adapter_answers

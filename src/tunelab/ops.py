@@ -94,7 +94,24 @@ def labelled_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def virtual_tokens(model) -> int:
     """Positions a soft prompt prepends to the sequence the model sees (PEFT prompt tuning), else 0."""
-    config = getattr(getattr(model, "module", model), "active_peft_config", None)  # DDP wraps in .module
-    if config is None or not config.is_prompt_learning or config.peft_type == "PREFIX_TUNING":
+    config = _prompt_learning(model)
+    if config is None or config.peft_type == "PREFIX_TUNING":
         return 0
     return config.num_virtual_tokens
+
+
+def prefix_tokens(model) -> int:
+    """Key/value positions PEFT prefix tuning puts in front of every layer's cache, else 0. The sequence the
+    model sees keeps its length; its attention mask grows by these."""
+    config = _prompt_learning(model)
+    return config.num_virtual_tokens if config is not None and config.peft_type == "PREFIX_TUNING" else 0
+
+
+def _prompt_learning(model):
+    """The active PEFT prompt-learning config, or None (none, another kind, or adapters disabled: PEFT's
+    `disable_adapter` runs the bare base model, which adds no virtual tokens)."""
+    model = getattr(model, "module", model)  # DDP wraps in .module
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning:
+        return None
+    return config if getattr(model, "has_active_enabled_adapter", True) else None

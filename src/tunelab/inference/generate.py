@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from threading import Thread
 
@@ -13,7 +14,7 @@ from ..errors import UserError
 from ..methods import get_method
 from ..methods.base import load_peft_adapter
 from ..models import load_model
-from ..ops import virtual_tokens
+from ..ops import prefix_tokens, virtual_tokens
 from ..run_dir import RunDir
 
 
@@ -138,12 +139,27 @@ def generate(
 
 def _generate_new_tokens(model, enc, kwargs) -> torch.Tensor:
     """Only the generated tokens, (B, new)."""
-    n_virtual = virtual_tokens(model)
-    if not n_virtual:
-        return model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
-    # PEFT's prompt tuning drops position ids, so left padding would sit between the soft prompt and the
-    # text. Building the embeddings ourselves puts the padding first, as positions then count only real
-    # tokens: [pads | soft prompt | text], exactly as in training.
+    call, inputs, prompt_columns = _generation_inputs(model, enc)
+    return call(**inputs, **kwargs)[:, prompt_columns:]
+
+
+def _generation_inputs(model, enc) -> tuple[Callable, dict, int]:
+    """(the `generate` to call, its inputs, how many leading columns of its output are the prompt).
+
+    PEFT's soft prompts and prefixes go in here rather than through PeftModel.generate, whose
+    `prepare_inputs_for_generation` misplaces left padding (prompt tuning) and, from transformers 5.24,
+    loses the prefixes (prefix tuning). With adapters disabled (`disable_adapter`) there are none."""
+    if n_prefix := prefix_tokens(model):
+        return _prefix_inputs(model, enc, n_prefix)
+    if n_virtual := virtual_tokens(model):
+        return model.get_base_model().generate, _soft_prompt_inputs(model, enc, n_virtual), 0
+    return model.generate, dict(enc), enc["input_ids"].shape[1]
+
+
+def _soft_prompt_inputs(model, enc, n_virtual: int) -> dict:
+    """PEFT's prompt tuning drops position ids, so left padding would sit between the soft prompt and the
+    text. Building the embeddings ourselves puts the padding first, as positions then count only real
+    tokens: [pads | soft prompt | text], exactly as in training."""
     batch = enc["input_ids"].shape[0]
     prompt = model.get_prompt(batch_size=batch)
     text = model.get_input_embeddings()(enc["input_ids"])
@@ -158,9 +174,38 @@ def _generate_new_tokens(model, enc, kwargs) -> torch.Tensor:
                 [mask[row, :p], torch.ones(n_virtual, dtype=mask.dtype, device=mask.device), mask[row, p:]]
             )
         )
-    return model.get_base_model().generate(
-        inputs_embeds=torch.stack(embeds), attention_mask=torch.stack(full_mask), **kwargs
-    )
+    return {"inputs_embeds": torch.stack(embeds), "attention_mask": torch.stack(full_mask)}
+
+
+def _prefix_inputs(model, enc, n_prefix: int) -> tuple[Callable, dict, int]:
+    """PEFT's prefix tuning: the base model generates from a cache that already holds the prefixes.
+
+    PeftModel.generate cannot be used: its `prepare_inputs_for_generation` looks for the cache under
+    `past_key_values`, which transformers 5.24 renamed `cache`; it then finds none at every step, hands the
+    prefixes over as `past_key_values` beside the real `cache`, and the model drops them (the deprecated
+    name loses), while the attention mask it lengthened for them no longer lines up with the keys.
+    So the prefix cache goes in under the name this transformers takes, the text (only) as input ids and
+    a mask over [prefix | pads | text]: generate then sees the cache as what precedes the text. Each row's
+    text starts at position `n_prefix` after its padding, as in training and in PEFT's own generate."""
+    mask = enc["attention_mask"]
+    batch = mask.shape[0]
+    prefix_mask = torch.ones(batch, n_prefix, dtype=mask.dtype, device=mask.device)
+    inputs = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": torch.cat([prefix_mask, mask], dim=1),
+        "position_ids": (mask.cumsum(dim=1) - 1).masked_fill(mask == 0, 0) + n_prefix,
+        _cache_argument(): model.get_prompt(batch_size=batch),
+    }
+    return model.get_base_model().generate, inputs, enc["input_ids"].shape[1]
+
+
+def _cache_argument() -> str:
+    """The name `generate` takes a ready KV cache by: `cache` (transformers 5.24 on, where
+    `past_key_values` is deprecated) or `past_key_values` (before)."""
+    from transformers import GenerationMixin
+
+    parameters = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 class IncrementalDecoder:
@@ -208,8 +253,8 @@ def stream_chat(
     ids = torch.tensor([chat_prompt_ids(tokenizer, prompt_messages(messages))], device=model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
-    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    thread = Thread(target=model.generate, kwargs={**enc, **kwargs, "streamer": streamer})
+    call, inputs, _ = _generation_inputs(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    thread = Thread(target=call, kwargs={**inputs, **kwargs, "streamer": streamer})
     thread.start()
     yield from streamer
     thread.join()
