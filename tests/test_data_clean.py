@@ -47,6 +47,29 @@ def test_look_alikes_are_not_flagged(text):
     assert pii.find_pii(text) == []
 
 
+VERSIONS = ["version 1.2.3.4", "v10.0.0.1", "v 10.0.0.1", "release 2.0.1.7", "build 4.3.2.1",
+            "Version: 1.2.3.4", "RELEASE:2.0.1.7", "(v1.2.3.4)"]  # fmt: skip
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_dotted_quad_after_a_version_word_is_not_an_address(version):
+    assert pii.find_pii(f"Upgrade to {version} tonight.") == []
+
+
+@pytest.mark.parametrize(
+    "text, address",
+    [
+        ("The server at 10.0.0.1 is down.", "10.0.0.1"),
+        ("IP 192.168.1.20 was blocked.", "192.168.1.20"),
+        ("The build server is 10.0.0.2.", "10.0.0.2"),  # the word is not right before the number
+        ("Version 1.2.3.4 runs on 10.0.0.3 now.", "10.0.0.3"),
+        ("Conversion: 10.0.0.4", "10.0.0.4"),  # "version" only as a whole word
+    ],
+)
+def test_addresses_near_version_words_are_still_found(text, address):
+    assert [(f.kind, f.text) for f in pii.find_pii(text)] == [("IP_ADDRESS", address)]
+
+
 def test_checksums():
     assert pii.luhn_ok("4111111111111111") and not pii.luhn_ok("4111111111111112")
     assert pii.iban_ok("DE89370400440532013000") and not pii.iban_ok("DE89370400440532013001")

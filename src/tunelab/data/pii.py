@@ -27,6 +27,8 @@ IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"
 CARD = re.compile(r"(?<![\d-])(?<!\d\.)(?:\d[ -]?){12,18}\d(?![\d-])(?!\.\d)")
 # Not after a letter or "v": "v1.2.3.4" style versions are not addresses.
 IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
+# Context, as Presidio's recognisers weigh it: a dotted quad right after one of these words is a version.
+VERSION_WORD = re.compile(r"\b(?:version|release|build|v)\s*:?\s*$", re.IGNORECASE)
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 
 
@@ -71,6 +73,11 @@ def _ip(match: re.Match) -> bool:
     return True
 
 
+def _ipv4(match: re.Match) -> bool:
+    start = match.start()
+    return _ip(match) and not VERSION_WORD.search(match.string, max(0, start - 16), start)
+
+
 def _url_end(text: str) -> int:
     """A URL's sentence punctuation is not part of it."""
     return len(text.rstrip(".,;:!?)]}'\""))
@@ -81,7 +88,7 @@ PATTERNS = [
     ("URL", URL, None),
     ("IBAN", IBAN, lambda m: iban_ok(m.group())),
     ("CREDIT_CARD", CARD, _card),
-    ("IP_ADDRESS", IPV4, _ip),
+    ("IP_ADDRESS", IPV4, _ipv4),
     ("IP_ADDRESS", IPV6, _ip),
 ]
 
