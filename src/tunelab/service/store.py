@@ -131,7 +131,10 @@ class Store:
         if purpose:
             sql, args = sql + " AND purpose = ?", [*args, purpose]
         if after:
-            sql, args = sql + f" AND rowid {compare} (SELECT rowid FROM files WHERE id = ?)", [*args, after]
+            # The cursor is looked up among the key's files only: another key's id is as unknown as a
+            # made-up one (an empty page), never a way to learn that it exists.
+            cursor = "SELECT rowid FROM files WHERE id = ? AND owner = ?"
+            sql, args = sql + f" AND rowid {compare} ({cursor})", [*args, after, owner]
         return self.all(f"{sql} ORDER BY rowid {direction} LIMIT ?", *args, limit)
 
     def delete_file(self, file_id: str, owner: str) -> bool:
@@ -150,13 +153,15 @@ class Store:
         return self.one("SELECT * FROM jobs WHERE id = ? AND owner = ?", job_id, owner)
 
     def list_jobs(self, owner: str, after: str | None, limit: int) -> list[dict]:
-        """Newest first; `after` is the id of the last job of the previous page."""
+        """Newest first; `after` is the id of the last job of the previous page, looked up among the key's
+        jobs only (another key's id is as unknown as a made-up one)."""
         if after:
             return self.all(
-                "SELECT * FROM jobs WHERE owner = ? AND rowid < (SELECT rowid FROM jobs WHERE id = ?) "
-                "ORDER BY rowid DESC LIMIT ?",
+                "SELECT * FROM jobs WHERE owner = ? AND rowid < "
+                "(SELECT rowid FROM jobs WHERE id = ? AND owner = ?) ORDER BY rowid DESC LIMIT ?",
                 owner,
                 after,
+                owner,
                 limit,
             )
         return self.all("SELECT * FROM jobs WHERE owner = ? ORDER BY rowid DESC LIMIT ?", owner, limit)
@@ -229,12 +234,15 @@ class Store:
         return [{"message": r["message"], "data": json.loads(r["data"]) if r["data"] else {}} for r in rows]
 
     def list_events(self, job_id: str, after: str | None, limit: int) -> list[dict]:
+        """Newest first; `after` is one of this job's event ids (another job's is as unknown as a made-up
+        one)."""
         if after:
             return self.all(
-                "SELECT * FROM events WHERE job_id = ? AND seq < (SELECT seq FROM events WHERE id = ?) "
-                "ORDER BY seq DESC LIMIT ?",
+                "SELECT * FROM events WHERE job_id = ? AND seq < "
+                "(SELECT seq FROM events WHERE id = ? AND job_id = ?) ORDER BY seq DESC LIMIT ?",
                 job_id,
                 after,
+                job_id,
                 limit,
             )
         return self.all("SELECT * FROM events WHERE job_id = ? ORDER BY seq DESC LIMIT ?", job_id, limit)

@@ -48,6 +48,7 @@ class _Parts:
         self._headers: dict[bytes, bytes] = {}
         self._name: str | None = None
         self._value = bytearray()
+        self.ended = False  # the closing boundary was read: the body is whole
 
     def callbacks(self) -> dict:
         return {
@@ -62,6 +63,7 @@ class _Parts:
             ),
             "on_header_end": self.header_end,
             "on_headers_finished": self.headers_finished,
+            "on_end": lambda: setattr(self, "ended", True),
         }
 
     def part_begin(self) -> None:
@@ -117,6 +119,13 @@ async def receive_upload(request: Request, dest: Path, limit: int) -> tuple[dict
             raise ApiError(
                 400, f"the multipart body cannot be parsed: {err}", param="file", code="invalid_multipart"
             ) from None
+    if not parts.ended:  # python-multipart's finalize() does not check this itself
+        raise ApiError(
+            400,
+            "the multipart body ends before its closing boundary: the upload was cut short, nothing was kept",
+            param="file",
+            code="invalid_multipart",
+        )
     if parts.filename is None:
         raise ApiError(400, "the upload has no 'file' part", param="file")
     return parts.fields, parts.filename, parts.file_bytes

@@ -26,28 +26,37 @@ def export_model(model_id: str, owner: Owner, service: ServiceDep, format: str =
         raise ApiError(400, f"format must be one of {', '.join(FORMATS)}", param="format")
     target = service.engine.resolve(model_id, owner)  # another key's model is a 404
     base = service.settings.base_models[target.base]
-    folder = exports_dir(service, target) / f"{format}-{quant or 'default'}"
-    archive = folder.with_suffix(".zip")
+    adapter = str(target.adapter) if target.adapter else None
+    try:  # checked before any path is made: the quant names the folder, so it must be one export knows
+        config = ExportConfig(out="", model=base, adapter=adapter, format=format, quant=quant or None,
+                              overwrite=True)  # fmt: skip
+    except ExportError as err:
+        raise export_error(err) from err
+    config.out = str(exports_dir(service, target) / f"{format}-{config.quant}")
+    archive = Path(config.out).with_suffix(".zip")
     with EXPORT_LOCK:
         if not archive.is_file():
-            make_archive(folder, archive, base, target, format, quant)
-    filename = f"{model_id.replace(':', '_')}-{format}-{quant or 'default'}.zip"
+            make_archive(config, archive)
+    filename = f"{model_id.replace(':', '_')}-{format}-{config.quant}.zip"
     return FileResponse(archive, media_type="application/zip", filename=filename)
 
 
-def make_archive(folder: Path, archive: Path, base: str, target, format: str, quant: str) -> None:
-    """`tunelab export` into `folder`, then zipped beside it and renamed: no half archive is served."""
-    adapter = str(target.adapter) if target.adapter else None
+def export_error(err: ExportError) -> ApiError:
+    """`tunelab export`'s message as a 400 naming the parameter, without the CLI's dashes."""
+    message = str(err)
+    param = "quant" if "--quant" in message else "format"
+    return ApiError(400, message.removeprefix("--"), param=param, code="export_not_possible")
+
+
+def make_archive(config: ExportConfig, archive: Path) -> None:
+    """`tunelab export` into `config.out`, then zipped beside it and renamed: no half archive is served."""
     try:
-        config = ExportConfig(out=str(folder), model=base, adapter=adapter, format=format,
-                              quant=quant or None, overwrite=True)  # fmt: skip
         export(config, log=lambda *_: None)
     except ExportError as err:
-        param = "quant" if str(err).startswith("--quant") else "format"
-        raise ApiError(400, str(err), param=param, code="export_not_possible") from err
-    partial = shutil.make_archive(str(folder) + ".partial", "zip", folder)
+        raise export_error(err) from err
+    partial = shutil.make_archive(config.out + ".partial", "zip", config.out)
     Path(partial).rename(archive)
-    shutil.rmtree(folder)
+    shutil.rmtree(config.out)
 
 
 def exports_dir(service, target) -> Path:
