@@ -197,3 +197,20 @@ def test_print_report_ok_on_console(word_tokenizer):
     assert "OK: no issues found" in text
     assert "│" not in text  # no issues table for a clean file
     assert "Tokens:" in text and "#" in text
+
+
+def test_a_lone_surrogate_or_runaway_nesting_is_a_line_error_not_a_crash(tmp_path):
+    good = [json.dumps(chat(f"q{i}", f"a{i}")) for i in range(10)]
+    surrogate = (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a\\ud800"}]}'
+    )
+    deep = "[" * 100_000 + "]" * 100_000
+    pair = '{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}, {"role": "assistant", "content": "ok"}]}'
+    report = validate_file(write_jsonl(tmp_path / "t.jsonl", [*good, surrogate, deep, pair]))
+    issues = {issue.line: issue for issue in report.issues}
+    assert issues[11].code == "invalid_unicode" and issues[11].field == "messages.1.content"
+    assert issues[12].code == "invalid_json" and "deeply" in issues[12].message
+    assert 13 not in issues  # a surrogate pair is one real character (U+1F600)
+    array = tmp_path / "t.json"
+    array.write_text("[" + ", ".join([*good, surrogate]) + "]")
+    assert [i.code for i in validate_file(array).issues] == ["invalid_unicode"]

@@ -70,19 +70,55 @@ def not_utf8(err: UnicodeDecodeError) -> str:
     return f"not UTF-8 text (byte 0x{err.object[err.start]:02x} cannot be decoded); save it as UTF-8"
 
 
-def _read_jsonl(path: Path, text: str) -> RecordFile:
-    records = []
-    # Split on "\n" only: str.splitlines() also breaks on U+2028 and friends, which JSON allows unescaped.
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
-        if not line.strip():
+def lone_surrogate(value) -> str | None:
+    """The path (such as `messages.0.content`, '' for `value` itself) of the first string holding a lone
+    UTF-16 surrogate, else None. JSON's "\\ud800" escape gives Python such a str, which no encoder (and so
+    no tokenizer or database) takes. A loop, not recursion: a record may nest as deep as json.loads goes."""
+    pending = [("", value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
             continue
-        try:
-            records.append(Record(number, json.loads(line), line))
-        except json.JSONDecodeError as e:
-            issue = Issue(number, "invalid_json", f"not valid JSON ({e.msg}, column {e.colno})")
-            records.append(Record(number, None, line, issue))
-    return RecordFile(path, "jsonl", records)
+        items = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
+        children = []
+        for key, child in items:
+            if (
+                isinstance(key, str) and lone_surrogate(key) is not None
+            ):  # repr: the key itself cannot be sent
+                return f"{path}.{key!r}".lstrip(".")
+            children.append((f"{path}.{key}".lstrip("."), child))
+        pending += reversed(children)  # the first child comes off next: the first in the text is found
+    return None
+
+
+def _parse_line(number: int, line: str) -> Record:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as e:
+        issue = Issue(number, "invalid_json", f"not valid JSON ({e.msg}, column {e.colno})")
+        return Record(number, None, line, issue)
+    except RecursionError:
+        return Record(number, None, line, Issue(number, "invalid_json", "not valid JSON (nested too deeply)"))
+    return _record(number, data, line)
+
+
+def _record(number: int, data, raw: str) -> Record:
+    where = lone_surrogate(data)
+    if where is None:
+        return Record(number, data, raw)
+    message = f"{where or 'the record'} holds a lone UTF-16 surrogate (such as \\ud800): not valid Unicode"
+    raw = raw.encode("utf-8", "backslashreplace").decode("utf-8")  # writable, like the file's own escape
+    return Record(number, None, raw, Issue(number, "invalid_unicode", message, where or None))
+
+
+def _read_jsonl(path: Path, text: str) -> RecordFile:
+    # Split on "\n" only: str.splitlines() also breaks on U+2028 and friends, which JSON allows unescaped.
+    numbered = ((number, line.rstrip("\r")) for number, line in enumerate(text.split("\n"), start=1))
+    return RecordFile(path, "jsonl", [_parse_line(number, line) for number, line in numbered if line.strip()])
 
 
 def _read_json_array(path: Path, text: str) -> RecordFile:
@@ -93,8 +129,12 @@ def _read_json_array(path: Path, text: str) -> RecordFile:
         message = f"not valid JSON ({e.msg}, line {e.lineno} column {e.colno} of the file)"
         issue = Issue(e.lineno, "invalid_json", message)
         return RecordFile(path, "json", [Record(e.lineno, None, "", issue)])
+    except RecursionError:
+        issue = Issue(1, "invalid_json", "not valid JSON (nested too deeply)")
+        return RecordFile(path, "json", [Record(1, None, "", issue)])
     records = [
-        Record(index, item, json.dumps(item, ensure_ascii=False)) for index, item in enumerate(items, start=1)
+        _record(index, item, json.dumps(item, ensure_ascii=False))
+        for index, item in enumerate(items, start=1)
     ]
     return RecordFile(path, "json", records)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Callable, Iterator
@@ -194,14 +195,15 @@ def _prefix_inputs(model, enc, n_prefix: int) -> tuple[Callable, dict, int]:
         "input_ids": enc["input_ids"],
         "attention_mask": torch.cat([prefix_mask, mask], dim=1),
         "position_ids": (mask.cumsum(dim=1) - 1).masked_fill(mask == 0, 0) + n_prefix,
-        _cache_argument(): model.get_prompt(batch_size=batch),
+        cache_argument(): model.get_prompt(batch_size=batch),
     }
     return model.get_base_model().generate, inputs, enc["input_ids"].shape[1]
 
 
-def _cache_argument() -> str:
-    """The name `generate` takes a ready KV cache by: `cache` (transformers 5.24 on, where
-    `past_key_values` is deprecated) or `past_key_values` (before)."""
+@functools.cache
+def cache_argument() -> str:
+    """The name `generate`, the models' forward and their outputs give a KV cache: `cache` (transformers
+    5.24 on, where `past_key_values` is deprecated) or `past_key_values` (before)."""
     from transformers import GenerationMixin
 
     parameters = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from .generate import MIN_TEMPERATURE
+from .generate import MIN_TEMPERATURE, cache_argument
 
 log = logging.getLogger(__name__)
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -179,15 +179,15 @@ class BatchScheduler:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=DynamicCache(),
                 use_cache=True,
                 logits_to_keep=1,
+                **{cache_argument(): DynamicCache()},
                 **extra,
             )
         rows = [Row(r, length=len(r.prompt_ids), generator=generator_for(r, device)) for r in requests]
         for r, row in enumerate(rows):
             self._take(row, out.logits[r, -1])
-        self._join(rows, out.past_key_values)
+        self._join(rows, getattr(out, cache_argument()))
 
     def _join(self, rows: list[Row], cache: DynamicCache) -> None:
         """Rows and their cache into the running batch (finished ones leave at the next `_retire`)."""
@@ -219,11 +219,11 @@ class BatchScheduler:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=self.cache,
                 use_cache=True,
+                **{cache_argument(): self.cache},
                 **extra,
             )
-        self.cache = out.past_key_values
+        self.cache = getattr(out, cache_argument())
         if self.on_step:
             self.on_step(len(self.rows))
         for r, row in enumerate(self.rows):

@@ -10,8 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from ..data.errors import DataError, Issue
-from ..data.formats import load_examples, read_records
+from ..data.errors import DataError
+from ..data.formats import load_examples
 from ..data.pii import detectors, scan_texts
 from ..data.validate import validate_file
 from ..errors import UserError
@@ -19,7 +19,6 @@ from ..methods import REGISTRY, get_method
 from ..training import ConfigError, TrainConfig
 from .errors import ApiError, internal_error
 from .paths import DataDir
-from .security import lone_surrogate
 from .store import Store
 from .strict import StrictModel
 
@@ -251,7 +250,6 @@ def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: st
     except UserError as err:
         raise ApiError(400, f"{param} {file_id}: {err}", param=param, code=f"invalid_{param}") from err
     problems = [issue for issue in report.issues if issue.code not in WARNINGS_ONLY]
-    problems = sorted(problems + not_unicode(data.file(file_id)), key=lambda issue: issue.line or 0)
     for code in WARNINGS_ONLY:
         lines = [str(issue.line) for issue in report.issues if issue.code == code]
         if lines:
@@ -285,18 +283,6 @@ def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: st
         param=param,
         code=f"invalid_{param}",
     )
-
-
-def not_unicode(path: Path) -> list[Issue]:
-    """Records whose JSON escapes a lone UTF-16 surrogate ("\\ud800"): `json.loads` takes it, but it is no
-    character, so no tokenizer can encode it and the job would fail at its first step."""
-    issues = []
-    for record in read_records(path).records:
-        where = lone_surrogate(record.data) if record.error is None else None
-        if where is not None:
-            message = f"{where} holds a lone UTF-16 surrogate (such as \\ud800), which is not valid Unicode"
-            issues.append(Issue(record.line, "invalid_unicode", message, where))
-    return issues
 
 
 def job_object(job: dict) -> dict:

@@ -14,6 +14,7 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..data.formats import lone_surrogate
 from .errors import ApiError, error_response
 
 # json.loads and pydantic recurse once per level: 990 levels of `[` ended a request with a 500. OpenAI's
@@ -140,24 +141,6 @@ def check_same_origin(request: Request, behind_tls_proxy: bool) -> None:
         )
 
 
-def lone_surrogate(value, path: str = "") -> str | None:
-    """The path (such as `messages.0.content`) of the first string holding a lone surrogate, else None."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path or "body"
-        return None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        if isinstance(key, str) and lone_surrogate(key) is not None:  # repr: the key itself cannot be sent
-            return f"{path}.{key!r}".lstrip(".")
-        found = lone_surrogate(item, f"{path}.{key}".lstrip("."))
-        if found:
-            return found
-    return None
-
-
 async def reject_lone_surrogates(request: Request) -> None:
     """A dependency of every route: FastAPI has parsed (and cached) the JSON body by the time it runs."""
     if "json" not in request.headers.get("content-type", "") or not await request.body():
@@ -168,6 +151,7 @@ async def reject_lone_surrogates(request: Request) -> None:
         return
     path = lone_surrogate(body)
     if path is not None:
+        path = path or "body"
         raise ApiError(
             400,
             f"{path}: the text holds a lone UTF-16 surrogate (such as \\ud800), which is not valid "
