@@ -18,7 +18,9 @@ define install_venv
 	$(1)/bin/python -m pip install -q $(2) -e ".[dev]"
 endef
 
+# Made anew when the lock or pyproject.toml changes, so that it holds exactly what the lock says.
 $(VENV)/.installed: pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(call install_venv,$(VENV),-c $(LOCK))
 	touch $@
 
@@ -56,8 +58,10 @@ lock:
 	rm -rf .venv-lock
 	$(call install_venv,.venv-lock,)
 	.venv-lock/bin/python -m pytest -q
-	(echo "# What the whole suite last passed with; written by 'make lock' (see the README)."; \
-		.venv-lock/bin/python -m pip freeze --all --exclude-editable | sed 's/+cpu$$//') > $(LOCK)
+	(echo "# What the whole suite last passed with; written by 'make lock' (see the README) with"; \
+		.venv-lock/bin/python -c 'import platform; print("# Python", platform.python_version(), "on", platform.machine())'; \
+		.venv-lock/bin/python -m pip freeze --all --exclude-editable | sed 's/+cpu$$//') > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 	rm -rf .venv-lock
 	@echo "$(LOCK) rewritten; git diff $(LOCK) shows what moved"
 

@@ -62,6 +62,7 @@ def test_a_dotted_quad_after_a_version_word_is_not_an_address(version):
         ("The server at 10.0.0.1 is down.", "10.0.0.1"),
         ("IP 192.168.1.20 was blocked.", "192.168.1.20"),
         ("The build server is 10.0.0.2.", "10.0.0.2"),  # the word is not right before the number
+        ("the latest version\n10.0.0.5 is the gateway", "10.0.0.5"),  # nor on the same line
         ("Version 1.2.3.4 runs on 10.0.0.3 now.", "10.0.0.3"),
         ("Conversion: 10.0.0.4", "10.0.0.4"),  # "version" only as a whole word
     ],

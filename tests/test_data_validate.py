@@ -205,7 +205,8 @@ def test_a_lone_surrogate_or_runaway_nesting_is_a_line_error_not_a_crash(tmp_pat
         '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a\\ud800"}]}'
     )
     deep = "[" * 100_000 + "]" * 100_000
-    pair = '{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}, {"role": "assistant", "content": "ok"}]}'
+    emoji = '{"role": "user", "content": "\\ud83d\\ude00"}'  # a surrogate pair: one real character
+    pair = '{"messages": [' + emoji + ', {"role": "assistant", "content": "ok"}]}'
     report = validate_file(write_jsonl(tmp_path / "t.jsonl", [*good, surrogate, deep, pair]))
     issues = {issue.line: issue for issue in report.issues}
     assert issues[11].code == "invalid_unicode" and issues[11].field == "messages.1.content"

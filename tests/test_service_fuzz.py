@@ -184,7 +184,16 @@ def raw_body() -> st.SearchStrategy:
     return st.builds(
         lambda content, kind: {"content": content, "headers_extra": {"Content-Type": kind}},
         st.binary(max_size=64) | JUNK.map(lambda value: json.dumps(value).encode()) | deep_json(),
-        st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]),
+        st.sampled_from(
+            [
+                "application/json",
+                "APPLICATION/JSON; charset=utf-8",
+                "application/problem+json",
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "multipart/form-data; boundary=json",
+            ]
+        ),
     )
 
 

@@ -495,23 +495,50 @@ def every_route(app):
     ]
 
 
+# What FastAPI parses as JSON, in any case, and form types that hold the word (a guard must not be fooled).
+CONTENT_TYPES = [
+    "application/json",
+    "APPLICATION/JSON; charset=utf-8",
+    "application/x-www-form-urlencoded+json",
+    "multipart/form-data; boundary=json",
+    "application/x-www-form-urlencoded; charset=json",
+]
+
+
 @pytest.mark.parametrize("levels", [990, 100_000])
-def test_26_1_deeply_nested_json_is_never_a_500_and_not_read_without_a_key(client, levels):
+@pytest.mark.parametrize("content_type", CONTENT_TYPES)
+def test_26_1_deeply_nested_json_is_never_a_500_and_not_read_without_a_key(client, levels, content_type):
     deep = "[" * levels + "]" * levels
     for method, path in every_route(client.app):
         for headers in ({}, {"Authorization": "Bearer wrong"}, K1):
-            headers = {**headers, "Content-Type": "application/json"}
+            headers = {**headers, "Content-Type": content_type}
             response = client.request(method, path, headers=headers, content=deep)
             assert response.status_code < 500, (method, path, response.text[:300])
+            if path == "/login":  # the sign-in form: its body is read, but no parser of it recurses
+                continue
             if "Authorization" not in headers or headers["Authorization"] != K1["Authorization"]:
                 # Without a key the body is not looked at: the answer is the one to no body at all.
                 without_body = client.request(method, path, headers=headers)
                 assert response.status_code == without_body.status_code != 400, (method, path)
-            elif path.startswith("/v1"):
+            elif path.startswith("/v1") and "json" in content_type.split(";")[0].lower():
                 assert_openai_error(response, 400)
     nested = {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
     nested["response_format"] = json.loads("[" * 40 + "]" * 40)  # deep, but under the limit: parsed
     assert_openai_error(client.post("/v1/chat/completions", headers=K1, json=nested), 400, "response_format")
+
+
+def test_26_1_no_other_encoding_hides_the_nesting_or_a_surrogate(client):
+    # In UTF-16, U+5C00 is the bytes 00 5C: a byte-wise scan takes it for a backslash escaping the quote.
+    hidden = '["\u5c00", ' + "[" * 5000 + "]" * 5000 + ', ""]'
+    for path in ("/v1/models", "/health", "/v1/chat/completions"):
+        method = "POST" if "chat" in path else "GET"
+        response = client.request(method, path, headers=K1, content=hidden.encode("utf-16-le"))
+        assert_openai_error(response, 400)
+    body = '{"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "a\\ud800"}]}'
+    response = client.post(
+        "/v1/chat/completions", headers={**K1, "Content-Type": "APPLICATION/JSON"}, content=body
+    )
+    assert_openai_error(response, 400, "messages.0.content")
 
 
 def test_26_1_the_body_guard_hands_an_uncredentialed_request_no_body():
@@ -525,7 +552,7 @@ def test_26_1_the_body_guard_hands_an_uncredentialed_request_no_body():
     async def receive():
         raise AssertionError("the body of a request without credentials was read")
 
-    guard = BodyGuard(app, credentialed=lambda request: False)
+    guard = BodyGuard(app, credentialed=lambda request: False, open_paths=("/login",))
     scope = {"type": "http", "method": "POST", "path": "/v1/files", "headers": [], "query_string": b""}
     asyncio.run(guard(scope, receive, None))
     assert seen == [{"type": "http.request", "body": b"", "more_body": False}]
@@ -566,13 +593,15 @@ def test_26_2_feedback_and_job_types_are_strict(client):
         ({"presence_penalty": float("inf")}, "presence_penalty"),
         ({"frequency_penalty": False}, "frequency_penalty"),
         ({"user": "alice"}, "user"),
-        ({"store": True}, "store"),
         ({"metadata": {"a": "b"}}, "metadata"),
         ({"service_tier": "auto"}, "service_tier"),
         ({"reasoning_effort": "low"}, "reasoning_effort"),
         ({"parallel_tool_calls": True}, "parallel_tool_calls"),
         ({"web_search_options": {}}, "web_search_options"),
         ({"made_up_option_xyz": 1}, "made_up_option_xyz"),
+        ({"store": False}, "store"),
+        ({"prompt_cache_key": "k"}, "prompt_cache_key"),
+        ({"stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),
         ({"response_format": {}}, "response_format"),
         ({"stream_options": {"include_usage": True, "other": 1}}, "stream_options.other"),
         ({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages.0.name"),
@@ -595,8 +624,17 @@ def test_26_3_every_field_is_honoured_or_refused_by_name(client, extra, param):
 
 
 def test_26_3_do_nothing_values_and_feedback_comments(client):
-    for extra in ({"frequency_penalty": 0}, {"presence_penalty": 0.0}, {"tools": []}, {"logprobs": False}):
+    nothing = [{"frequency_penalty": 0}, {"presence_penalty": 0.0}, {"tools": []}, {"logprobs": False}]
+    nothing += [{"store": True}, {"tool_choice": "none"}, {"stream_options": {"include_obfuscation": False}}]
+    # The official client sends null for an argument given as None; OpenAI takes it as the default.
+    nothing += [{"temperature": None, "top_p": None, "n": None, "stream": None, "seed": None}]
+    for extra in nothing:
         assert chat(client, max_tokens=2, **extra).status_code == 200, extra
+    # A reply's message sent back as the SDK dumps it, null fields and all, is the assistant's turn.
+    message = chat(client, max_tokens=2).json()["choices"][0]["message"]
+    message |= {"refusal": None, "annotations": [], "audio": None, "function_call": None, "tool_calls": None}
+    turns = [{"role": "user", "content": "hi"}, message, {"role": "user", "content": "more"}]
+    assert chat(client, max_tokens=2, messages=turns).status_code == 200
     reply = chat(client, max_tokens=2).json()
     feedback = {"completion_id": reply["id"], "rating": 1, "comment": "nice"}
     error = assert_openai_error(client.post("/v1/feedback", headers=K1, json=feedback), 400, "comment")

@@ -71,28 +71,32 @@ def not_utf8(err: UnicodeDecodeError) -> str:
 
 
 def lone_surrogate(value) -> str | None:
-    """The path (such as `messages.0.content`, '' for `value` itself) of the first string holding a lone
-    UTF-16 surrogate, else None. JSON's "\\ud800" escape gives Python such a str, which no encoder (and so
-    no tokenizer or database) takes. A loop, not recursion: a record may nest as deep as json.loads goes."""
+    """The path (such as `messages.0.content`, '' for `value` itself) of the first string, in the order of
+    the text, holding a lone UTF-16 surrogate; else None. JSON's "\\ud800" escape gives Python such a str,
+    which no encoder (and so no tokenizer or database) takes. A loop, not recursion: a record may nest as
+    deep as json.loads goes."""
     pending = [("", value)]
     while pending:
         path, item = pending.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
+            if not _encodable(item):
                 return path
-            continue
-        items = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
-        children = []
-        for key, child in items:
-            if (
-                isinstance(key, str) and lone_surrogate(key) is not None
-            ):  # repr: the key itself cannot be sent
-                return f"{path}.{key!r}".lstrip(".")
-            children.append((f"{path}.{key}".lstrip("."), child))
-        pending += reversed(children)  # the first child comes off next: the first in the text is found
+        elif isinstance(item, dict | list):
+            children = []
+            for key, child in item.items() if isinstance(item, dict) else enumerate(item):
+                if isinstance(key, str) and not _encodable(key):  # named by its repr: it cannot be sent
+                    children.append((f"{path}.{key!r}".lstrip("."), key))
+                children.append((f"{path}.{key}".lstrip("."), child))
+            pending += reversed(children)  # the first comes off next
     return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_line(number: int, line: str) -> Record:

@@ -28,7 +28,7 @@ CARD = re.compile(r"(?<![\d-])(?<!\d\.)(?:\d[ -]?){12,18}\d(?![\d-])(?!\.\d)")
 # Not after a letter or "v": "v1.2.3.4" style versions are not addresses.
 IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
 # Context, as Presidio's recognisers weigh it: a dotted quad right after one of these words is a version.
-VERSION_WORD = re.compile(r"\b(?:version|release|build|v)\s*:?\s*$", re.IGNORECASE)
+VERSION_WORD = re.compile(r"\b(?:version|release|build|v)[ \t]*:?[ \t]*\Z", re.IGNORECASE)  # same line only
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 
 

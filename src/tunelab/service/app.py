@@ -9,7 +9,7 @@ import sys
 import threading
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 
 from .deps import Service, ServiceDep, bearer_key, credential_owner, credentialed, is_operator
 from .engine import Engine
@@ -20,7 +20,7 @@ from .metrics import Metrics, RequestMetrics
 from .paths import DataDir, open_private
 from .quotas import Quotas
 from .routes import completions, dashboard, exports, feedback, files, jobs, models
-from .security import BodyGuard, SecurityHeaders, reject_lone_surrogates
+from .security import BodyGuard, SecurityHeaders
 from .settings import ServiceSettings, owner_of, resolve_api_keys
 from .store import Store, now
 
@@ -145,9 +145,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         max_body_size=settings.max_body_kb * 1024,  # uploads have their own limit
-        dependencies=[Depends(reject_lone_surrogates)],
     )
-    app.add_middleware(BodyGuard, credentialed=credentialed)
+    app.add_middleware(BodyGuard, credentialed=credentialed, open_paths=(dashboard.LOGIN,))
     app.add_middleware(RequestMetrics, metrics=metrics)
     install_error_handlers(app)
 

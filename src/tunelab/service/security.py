@@ -6,6 +6,8 @@ encoder accepts)."""
 
 from __future__ import annotations
 
+import email.message
+import json
 import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -20,9 +22,8 @@ from .errors import ApiError, error_response
 # json.loads and pydantic recurse once per level: 990 levels of `[` ended a request with a 500. OpenAI's
 # deepest shapes (a JSON schema in response_format or a tool) stay far below this.
 MAX_JSON_DEPTH = 64
-JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled: a character class per run, not per char
-NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # parsed without recursion
+JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled: a character class per run, not per char
+NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 
 # Starlette has no middleware for these; they are fixed headers, so a few lines do it.
 HEADERS = [
@@ -52,25 +53,63 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
 
 
-def json_depth(body: bytes) -> int:
-    """How deep arrays and objects nest in JSON text, without parsing it (no recursion, linear time):
-    strings are cut out first so that the brackets inside them do not count."""
-    brackets = JSON_STRING.sub(b"", body).translate(None, NOT_BRACKETS)
-    depth = deepest = 0
+def parsed_as_json(content_type: str | None) -> bool:
+    """FastAPI's own rule, read its way (fastapi/routing.py): no content type, application/json or
+    application/*+json, in any case and with any parameters."""
+    if not content_type:
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+def nests_too_deep(text: str) -> bool:
+    """Whether arrays and objects in JSON text nest deeper than MAX_JSON_DEPTH, found without parsing it (no
+    recursion, linear time): strings are cut out first so that the brackets inside them do not count."""
+    brackets = NOT_BRACKETS.sub("", JSON_STRING.sub("", text))
+    if brackets.count("[") + brackets.count("{") <= MAX_JSON_DEPTH:  # the usual body: nothing to count
+        return False
+    depth = 0
     for bracket in brackets:
-        depth += 1 if bracket in b"[{" else -1
-        deepest = max(deepest, depth)
-        if deepest > MAX_JSON_DEPTH:  # deep enough to refuse: the rest need not be counted
-            break
-    return deepest
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
 
 
-async def read_body(receive: Receive) -> bytes:
+def json_problem(body: bytes) -> ApiError | None:
+    """What makes a JSON body unfit for the parsers behind us: nesting past MAX_JSON_DEPTH, or a string with
+    a lone surrogate. Decoded first as json.loads decodes it (UTF-8, -16 or -32), so that no other encoding
+    hides its brackets. A body that is no JSON at all is left to the route, which says so."""
+    try:
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+    if nests_too_deep(text):
+        message = f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels of arrays and objects"
+        return ApiError(400, message, code="invalid_json")
+    try:
+        value = json.loads(text)  # parsed once more by the route: the cost of checking before it
+    except ValueError:
+        return None
+    path = lone_surrogate(value)
+    if path is None:
+        return None
+    path = path or "body"
+    message = f"{path}: the text holds a lone UTF-16 surrogate (such as \\ud800), which is not valid Unicode"
+    return ApiError(400, message + "; send UTF-8 text", param=path, code="invalid_value")
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole body, or None when the client went away before sending it."""
     chunks, more = [], True
     while more:
         message = await receive()
-        if message["type"] != "http.request":  # the client went away
-            break
+        if message["type"] != "http.request":
+            return None
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     return b"".join(chunks)
@@ -91,29 +130,36 @@ def replaying(body: bytes, receive: Receive) -> Receive:
 
 
 class BodyGuard:
-    """An uncredentialed request's body is never read (the route answers 401 first: it sees an empty
-    one), and JSON nested deeper than MAX_JSON_DEPTH is refused before any parser sees it. Forms pass
-    untouched: uploads stream to disk, and their parser does not recurse. `credentialed` tells from the
-    request's headers alone whether it carries a key or session this server knows."""
+    """No body is read before the request's credentials are known: without any, a route sees an empty body
+    and answers 401; only `open_paths` (the sign-in form's) get theirs. With credentials, a body FastAPI will
+    parse as JSON is refused first if it nests deeper than MAX_JSON_DEPTH or holds a lone surrogate. Other
+    bodies pass untouched: uploads stream to disk, and the form parser does not recurse. `credentialed`
+    tells from the request's headers alone whether it carries a key or session this server knows."""
 
-    def __init__(self, app: ASGIApp, credentialed: Callable[[Request], bool]):
-        self.app, self.credentialed = app, credentialed
+    def __init__(self, app: ASGIApp, credentialed: Callable[[Request], bool], open_paths: tuple[str, ...]):
+        self.app, self.credentialed, self.open_paths = app, credentialed, open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
-        if request.headers.get("content-type", "").startswith(FORM_TYPES):
-            return await self.app(scope, receive, send)
+        content_type = request.headers.get("content-type")
         if not self.credentialed(request):
+            if scope["path"] in self.open_paths and not parsed_as_json(content_type):
+                return await self.app(scope, receive, send)
             return await self.app(scope, replaying(b"", receive), send)
+        if not parsed_as_json(content_type):
+            return await self.app(scope, receive, send)
         try:
             body = await read_body(receive)
         except HTTPException as err:  # over the body limit, from Starlette's limiter around us
             return await error_response(err.status_code, str(err.detail))(scope, receive, send)
-        if json_depth(body) > MAX_JSON_DEPTH:
-            message = f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels of arrays and objects"
-            return await error_response(400, message, code="invalid_json")(scope, receive, send)
+        if body is None:  # nobody is there to answer
+            return
+        problem = json_problem(body)
+        if problem is not None:
+            response = error_response(problem.status, problem.message, problem.param, problem.code)
+            return await response(scope, receive, send)
         await self.app(scope, replaying(body, receive), send)
 
 
@@ -138,24 +184,4 @@ def check_same_origin(request: Request, behind_tls_proxy: bool) -> None:
             "cross-site request refused: the dashboard's session cookie only works from this server's own "
             "pages (API clients send 'Authorization: Bearer KEY' instead)",
             code="cross_site_request",
-        )
-
-
-async def reject_lone_surrogates(request: Request) -> None:
-    """A dependency of every route: FastAPI has parsed (and cached) the JSON body by the time it runs."""
-    if "json" not in request.headers.get("content-type", "") or not await request.body():
-        return
-    try:
-        body = await request.json()
-    except ValueError:  # not JSON at all: the route's own body parsing has said so already
-        return
-    path = lone_surrogate(body)
-    if path is not None:
-        path = path or "body"
-        raise ApiError(
-            400,
-            f"{path}: the text holds a lone UTF-16 surrogate (such as \\ud800), which is not valid "
-            "Unicode; send UTF-8 text",
-            param=path,
-            code="invalid_value",
         )

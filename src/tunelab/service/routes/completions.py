@@ -11,7 +11,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from starlette.background import BackgroundTask
 
 from ...inference.generate import chat_prompt_ids
@@ -24,11 +24,12 @@ from ..strict import StrictModel
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
-# Accepted by OpenAI but not honoured here: refused by name unless sent with a value that asks for nothing
-# (some clients always send `tools: []` or `logprobs: false`). Any other field is unknown, and refused too.
+# OpenAI's fields that this server does not honour: refused by name unless sent with a value that asks for
+# nothing (some clients always send `tools: []` or `logprobs: false`). Any other field is unknown to
+# OpenAI too, and refused as such.
 DO_NOTHING = {
     "tools": (None, []),
-    "tool_choice": (None,),
+    "tool_choice": (None, "none"),
     "parallel_tool_calls": (None,),
     "functions": (None, []),
     "function_call": (None,),
@@ -44,20 +45,60 @@ DO_NOTHING = {
     "echo": (None, False),
     "suffix": (None,),
     "user": (None,),
-    "store": (None,),  # answers are always kept here, for feedback
+    "store": (None, True),  # answers are always kept here, for feedback
     "metadata": (None,),
     "service_tier": (None,),
     "reasoning_effort": (None,),
+    "verbosity": (None,),
     "web_search_options": (None,),
+    "moderation": (None,),
+    "prompt_cache_key": (None,),
+    "prompt_cache_options": (None,),
+    "prompt_cache_retention": (None,),
+    "safety_identifier": (None,),
 }
+# A message's: what an SDK sends back when it replays an answer's `message.model_dump()`, and `name`.
+MESSAGE_DO_NOTHING = {
+    "name": (None,),
+    "refusal": (None,),
+    "annotations": (None, []),
+    "audio": (None,),
+    "function_call": (None,),
+    "tool_calls": (None, []),
+}
+STREAM_OPTIONS_DO_NOTHING = {"include_obfuscation": (None, False)}  # no obfuscation padding is added
 
 
-class StreamOptions(StrictModel):
+def asks_nothing(value, nothing: tuple) -> bool:
+    """Whether `value` is one of the values in `nothing`, of the same type (`false` is no 0 here)."""
+    return any(type(value) is type(option) and value == option for option in nothing)
+
+
+def refuse_unhonoured(extra: dict | None, do_nothing: dict[str, tuple], where: str = "") -> None:
+    """A 400 naming the first field of `extra` (what a model did not declare) that asks for something."""
+    for name, value in (extra or {}).items():
+        param = where + name
+        if name not in do_nothing:
+            raise ApiError(
+                400, f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter"
+            )
+        if not asks_nothing(value, do_nothing[name]):
+            raise ApiError(
+                400, f"'{param}' is not supported by this server", param=param, code="unsupported_parameter"
+            )
+
+
+class OpenEnded(StrictModel):
+    """A model whose undeclared fields are kept, for `refuse_unhonoured` to name."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(OpenEnded):
     include_usage: bool = False
 
 
-class GenerationRequest(StrictModel):
-    model_config = ConfigDict(extra="allow")  # check_supported names what it does not honour
+class GenerationRequest(OpenEnded):
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
@@ -69,22 +110,28 @@ class GenerationRequest(StrictModel):
     stream_options: StreamOptions | None = None
     response_format: dict | None = None
 
+    @field_validator("temperature", "top_p", "n", "stream", mode="before")
+    @classmethod
+    def null_is_the_default(cls, value, info: ValidationInfo):
+        """The SDK sends `null` for these when a caller passes None: OpenAI takes it as the default."""
+        return cls.model_fields[info.field_name].default if value is None else value
 
-class ContentPart(StrictModel):
-    """A part of a message's content; only `{"type": "text", "text": "..."}` is understood here."""
 
-    model_config = ConfigDict(extra="allow")  # other types' fields, refused by Message.text
+class ContentPart(OpenEnded):
+    """A part of a message's content; only `{"type": "text", "text": "..."}` is understood here (other
+    types' fields are refused by Message.text)."""
+
     type: str
     text: str | None = None
 
 
-class Message(StrictModel):
-    """A turn as this server renders it: `name`, `refusal`, `audio` and `tool_calls` are refused by name."""
-
+class Message(OpenEnded):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
 
     def text(self, index: int) -> str:
+        """The turn's text; any field of it this server would not honour is refused by name."""
+        refuse_unhonoured(self.model_extra, MESSAGE_DO_NOTHING, f"messages.{index}.")
         if not isinstance(self.content, list):
             return self.content or ""
         for p, part in enumerate(self.content):
@@ -107,22 +154,10 @@ class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
 
 
-def asks_nothing(name: str, value) -> bool:
-    """Whether `value` is one of the values of OpenAI option `name` that change nothing (of the same type:
-    `false` is no 0 here)."""
-    return any(type(value) is type(nothing) and value == nothing for nothing in DO_NOTHING[name])
-
-
 def check_supported(request: GenerationRequest) -> None:
-    for name, value in (request.model_extra or {}).items():
-        if name not in DO_NOTHING:
-            raise ApiError(
-                400, f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter"
-            )
-        if not asks_nothing(name, value):
-            raise ApiError(
-                400, f"'{name}' is not supported by this server", param=name, code="unsupported_parameter"
-            )
+    refuse_unhonoured(request.model_extra, DO_NOTHING)
+    if request.stream_options is not None:
+        refuse_unhonoured(request.stream_options.model_extra, STREAM_OPTIONS_DO_NOTHING, "stream_options.")
     if request.response_format is not None and request.response_format != {"type": "text"}:
         raise ApiError(
             400,

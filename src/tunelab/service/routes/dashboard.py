@@ -34,6 +34,7 @@ from ..security import check_same_origin
 from .completions import GenerationRequest, chat_prompt_ids, prepare, sampling_for
 from .models import visible_models
 
+LOGIN = "/login"  # the one route whose body a request without credentials may send
 JOBS_SHOWN = 50
 EVENTS_SHOWN = 200
 CURVE_POINTS = 200
@@ -272,7 +273,7 @@ def cookie_options(request: Request, service: Service) -> dict:
     return {"path": "/", "httponly": True, "samesite": "strict", "secure": secure}
 
 
-@router.post("/login")
+@router.post(LOGIN)
 def login(request: Request, service: ServiceDep, api_key: Annotated[str, Form()] = ""):
     check_same_origin(request, service.settings.behind_tls_proxy)  # nobody signs you in from elsewhere
     client = request.client.host if request.client else "unknown"

@@ -28,8 +28,8 @@ def export_model(model_id: str, owner: Owner, service: ServiceDep, format: str =
     base = service.settings.base_models[target.base]
     adapter = str(target.adapter) if target.adapter else None
     try:  # checked before any path is made: the quant names the folder, so it must be one export knows
-        config = ExportConfig(out="", model=base, adapter=adapter, format=format, quant=quant or None,
-                              overwrite=True)  # fmt: skip
+        options = {"model": base, "adapter": adapter, "format": format, "quant": quant or None}
+        config = ExportConfig(out="", overwrite=True, **options)
     except ExportError as err:
         raise export_error(err) from err
     config.out = str(exports_dir(service, target) / f"{format}-{config.quant}")
