@@ -88,3 +88,23 @@ def test_local_folders_never_probe_the_hub(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(loading, "hub_reachable", lambda: pytest.fail("a local folder needs no hub"))
     model, _ = load_model(str(tiny_model_dir))
     assert model.config.num_hidden_layers == 2
+
+
+def test_capture_sees_the_latest_pass_and_leaves_no_hook_behind():
+    from tunelab.models.blocks import capture
+
+    class Block(torch.nn.Module):  # returns a tuple, as decoder blocks do
+        def forward(self, hidden_states):
+            return (hidden_states * 2, None)
+
+    blocks = [Block(), Block()]
+    x = torch.ones(1, 3)
+    with pytest.raises(RuntimeError), capture(blocks, inputs=True, outputs=True) as seen:
+        blocks[1](x)
+        blocks[1](hidden_states=x + 1)  # the keyword, and the later pass replaces the earlier
+        raise RuntimeError
+    assert list(seen.inputs) == list(seen.outputs) == [1]
+    torch.testing.assert_close(seen.inputs[1], x + 1)
+    torch.testing.assert_close(seen.outputs[1], 2 * (x + 1))
+    blocks[0](x)
+    assert list(seen.inputs) == [1] and not blocks[0]._forward_hooks and not blocks[1]._forward_hooks

@@ -33,12 +33,11 @@ from ..inference import generate, load_for_inference
 from ..inference.generate import prompt_messages, require_generative
 from ..methods import Method, get_method
 from ..models import load_tokenizer
-from ..models.blocks import decoder_blocks
+from ..models.blocks import capture, decoder_blocks
 from ..ops import labelled_logits
 from ..run_dir import RunDir
 from ..training import TrainConfig
 from ..training.loop import TrainResult, check_out_dir, train
-from .prune import block_output
 
 MODES = ("logits", "sequence")
 
@@ -91,19 +90,11 @@ def hidden_state_loss(student_states, teacher_states, mask) -> torch.Tensor:
 @contextmanager
 def block_outputs(model, indices: list[int]):
     """Collects the outputs of decoder blocks `indices`, in that order, during the forward passes inside."""
-    blocks, outputs = decoder_blocks(model, "--hidden-weight"), {}
-
-    def keep(index):
-        return lambda module, args, output: outputs.__setitem__(index, block_output(output))
-
-    handles = [blocks[i].register_forward_hook(keep(i)) for i in indices]
+    blocks = decoder_blocks(model, "--hidden-weight")
     collected = []
-    try:
+    with capture([blocks[i] for i in indices], outputs=True) as seen:
         yield collected
-    finally:
-        for handle in handles:
-            handle.remove()
-    collected.extend(outputs[i] for i in indices if i in outputs)
+    collected.extend(seen.outputs[j] for j in range(len(indices)) if j in seen.outputs)
 
 
 class KDLoss:

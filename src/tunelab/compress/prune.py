@@ -24,7 +24,7 @@ from ..data import load_examples
 from ..data.tokenize import chat_messages
 from ..errors import UserError
 from ..export.hf import save_hf
-from ..models.blocks import decoder_blocks
+from ..models.blocks import capture, decoder_blocks
 from .source import load_merged, parameter_count, write_folder
 
 SPARSITY_NOTE = (
@@ -104,34 +104,22 @@ def calibration_batches(config: PruneConfig, tokenizer) -> list[dict]:
     ]  # fmt: skip
 
 
-def block_output(value) -> torch.Tensor:
-    return value[0] if isinstance(value, tuple) else value
-
-
 @torch.no_grad()
 def block_influence(model, batches: list[dict]) -> list[float]:
     """Per block, 1 - cos(input, output) averaged over real (unpadded) tokens."""
     blocks = decoder_blocks(model, "prune")
-    sums, count, mask = [0.0] * len(blocks), [0], {}
+    sums, count, mask = [0.0] * len(blocks), 0, {}
 
-    def hook(index):
-        def record(module, args, kwargs, output):
-            x = args[0] if args else kwargs["hidden_states"]
-            cos = torch.cosine_similarity(x.float(), block_output(output).float(), dim=-1)  # (B, S)
-            sums[index] += float(((1 - cos) * mask["m"]).sum())
+    def record(index, x, output):
+        cos = torch.cosine_similarity(x.float(), output.float(), dim=-1)  # (B, S)
+        sums[index] += float(((1 - cos) * mask["m"]).sum())
 
-        return record
-
-    handles = [block.register_forward_hook(hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
-    try:
+    with capture(blocks, inputs=True, outputs=True, each=record):
         for batch in batches:
             mask["m"] = batch["attention_mask"].float()
-            count[0] += int(batch["attention_mask"].sum())
+            count += int(batch["attention_mask"].sum())
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [s / max(count[0], 1) for s in sums]
+    return [s / max(count, 1) for s in sums]
 
 
 def keep_blocks(model, kept: list[int]) -> None:
@@ -167,20 +155,13 @@ def mlp_channel_importance(model, batches: list[dict]) -> list[torch.Tensor]:
     mlps, mask = _mlps(model), {}
     totals = [torch.zeros(mlp.down_proj.in_features) for mlp in mlps]
 
-    def hook(index):
-        def record(module, args):
-            totals[index] += (args[0].float().abs() * mask["m"][..., None]).sum(dim=(0, 1))
+    def record(index, x, _):
+        totals[index] += (x.float().abs() * mask["m"][..., None]).sum(dim=(0, 1))
 
-        return record
-
-    handles = [mlp.down_proj.register_forward_pre_hook(hook(i)) for i, mlp in enumerate(mlps)]
-    try:
+    with capture([mlp.down_proj for mlp in mlps], inputs=True, each=record):
         for batch in batches:
             mask["m"] = batch["attention_mask"].float()
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    finally:
-        for handle in handles:
-            handle.remove()
     return totals
 
 

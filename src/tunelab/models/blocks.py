@@ -1,9 +1,14 @@
-"""Find a model's stack of transformer blocks, whatever the architecture calls it."""
+"""Find a model's stack of transformer blocks, whatever the architecture calls it, and see what blocks (or
+any modules) take and give during a forward pass."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from ..errors import UserError
@@ -26,3 +31,46 @@ def decoder_blocks(model, why: str = "this method") -> nn.ModuleList:
             f"(no ModuleList named {', '.join(BLOCK_LIST_NAMES)})"
         )
     return max(stacks, key=len)
+
+
+@dataclass
+class Captured:
+    """The latest forward pass's input and output of each hooked module, by its index in the list given."""
+
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def capture(
+    modules: Sequence[nn.Module], *, inputs: bool = False, outputs: bool = False,
+    each: Callable[[int, torch.Tensor | None, torch.Tensor | None], None] | None = None,
+) -> Iterator[Captured]:  # fmt: skip
+    """Forward hooks on `modules` while inside, removed on leaving. At each forward pass of `modules[i]`,
+    its input (the first positional argument, else the `hidden_states` keyword) if `inputs`, and its
+    output (a tuple's first element: a block's hidden states) if `outputs`, go to `each(i, input, output)`
+    when given (a running sum over many batches then keeps no activations), else into the yielded
+    `Captured`, replacing the pass before. The tensors are the model's own: in a pass with gradients they
+    keep theirs."""
+    seen = Captured()
+
+    def hook(index: int):
+        def record(module, args, kwargs, output):
+            x = (args[0] if args else kwargs["hidden_states"]) if inputs else None
+            y = (output[0] if isinstance(output, tuple) else output) if outputs else None
+            if each is not None:
+                each(index, x, y)
+                return
+            if inputs:
+                seen.inputs[index] = x
+            if outputs:
+                seen.outputs[index] = y
+
+        return record
+
+    handles = [module.register_forward_hook(hook(i), with_kwargs=True) for i, module in enumerate(modules)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
