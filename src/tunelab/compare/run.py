@@ -15,7 +15,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import resource
 import signal
 import sys
 import time
@@ -29,6 +28,7 @@ from ..evaluation import EvalConfig, evaluate, forgetting
 from ..evaluation.config import CALIBRATIONS
 from ..methods import REGISTRY, get_method
 from ..run_dir import RunDir
+from ..training.memory import peak_bytes
 from .distilled import DISTILLED, check_distilled, hidden_weight_of, teacher_of, train_student
 
 PROMPTING = ("zero-shot", "few-shot")
@@ -196,7 +196,7 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
         "metric": results["main_metric"], "value": results["value"], "ci95": results["ci95"],
         "eval_time_s": results["seconds"], "prompt_tokens_per_request": results.get("prompt_tokens_mean"),
         "test_examples": results["examples"],
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_memory_mb": round(peak_bytes() / 2**20, 1),
     }  # fmt: skip
     (run_dir / "result.json").write_text(json.dumps(row, indent=2))
     return row

@@ -9,7 +9,6 @@ exactly `new_tokens` tokens per prompt (end-of-turn ignored), so every model doe
 from __future__ import annotations
 
 import json
-import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -112,6 +111,7 @@ def measure(spec: str, config: ReportConfig) -> dict:
     from ..evaluation.api import run_task
     from ..inference.generate import prompt_messages
     from ..quiet import quiet_libraries
+    from ..training.memory import peak_bytes
     from .source import parameter_count
 
     quiet_libraries()
@@ -131,7 +131,7 @@ def measure(spec: str, config: ReportConfig) -> dict:
         "tokens_per_s_single": round(single, 1), "tokens_per_s_batched": round(batched, 1),
         "metric": results["main_metric"], "value": results["value"], "ci95": results["ci95"],
         "eval_time_s": results["seconds"], "test_examples": results["examples"],
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_memory_mb": round(peak_bytes() / 2**20, 1),
     }  # fmt: skip
 
 

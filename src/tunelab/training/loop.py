@@ -8,7 +8,6 @@ count that normalises the loss is summed over ranks and micro-batches (see steps
 from __future__ import annotations
 
 import math
-import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from . import auto
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
 from .datasets import load_tasks
-from .memory import MemoryModel, batch_tokens_for, measure, parse_bytes
+from .memory import MemoryModel, batch_tokens_for, measure, parse_bytes, peak_bytes
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
 from .schedule import LRPlan, TimeBudget, apply_plan, lr_scheduler
@@ -450,7 +449,7 @@ class Trainer:
             "trained_tokens": state.tokens_seen,
             "wall_time_s": round(state.elapsed_s, 1),
             "tokens_per_s": round(state.tokens_seen / max(self._train_s(), 1e-9), 1),
-            "peak_memory_mb": round(peak_memory_mb(), 1),
+            "peak_memory_mb": round(peak_bytes("cuda" if torch.cuda.is_available() else None) / 2**20, 1),
             "padding_pct": self.header["padding_pct"],
         }
         summary["artifact_mb"], summary["weights_mb"] = save_final(
@@ -485,9 +484,3 @@ def param_groups(named_params: list, config: TrainConfig, lr: float) -> list[dic
         decay = config.weight_decay if param.ndim >= 2 else 0.0
         groups.setdefault((group_lr, decay), []).append(param)
     return [{"params": ps, "lr": glr, "weight_decay": wd} for (glr, wd), ps in groups.items()]
-
-
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -149,8 +149,11 @@ def give_back_freed() -> None:
         _MALLOC_TRIM(0)
 
 
-def peak_bytes(device) -> float:
-    if device.type == "cuda":
+def peak_bytes(device=None) -> float:
+    """This process's memory high-water mark, in bytes: on a CUDA device, CUDA's peak allocation; else the
+    peak resident set (Linux's VmHWM, else getrusage's ru_maxrss, both in KiB). `reset_peak` restarts
+    either; without one it is the peak since the process started."""
+    if device is not None and torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     try:
         with open("/proc/self/status") as f:
