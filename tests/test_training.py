@@ -187,7 +187,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_llama_dir, copy_d
 
 
 def test_partial_checkpoint_is_never_picked_up(tmp_path):
-    (tmp_path / "checkpoints" / ".tmp-step-0000008-123").mkdir(parents=True)
+    (tmp_path / "checkpoints" / ".step-0000008.tmp-123-0a1b2c3d").mkdir(parents=True)  # atomic_folder's
     (tmp_path / "checkpoints" / "step-0000009").mkdir()  # no trainer_state.json: incomplete
     assert ckpt.list_checkpoints(tmp_path) == []
 

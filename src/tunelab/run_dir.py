@@ -2,14 +2,19 @@
 
 Every file name a run folder holds is spelled here, and only here; everyone else asks a `RunDir` for the
 path or for the contents. A method's artefact folder (an adapter, a checkpoint the service publishes)
-uses the same names, so `RunDir` works on any of them.
+uses the same names, so `RunDir` works on any of them. Beside it, the two file helpers every layer above
+shares: `atomic_folder` (write a folder whole or not at all) and `file_hash` (a file's SHA-256).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -138,13 +143,32 @@ class RunDir:
         self.adapter_config.write_text(json.dumps(values, indent=2))
 
 
-def replace_folder(tmp: Path, out: Path) -> None:
-    """Put the finished folder `tmp` at `out`, replacing what is there with two renames (never half of
-    either is visible)."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+def file_hash(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex: what a run's or a study's key holds of the data it read."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@contextmanager
+def atomic_folder(out: str | Path, mode: int | None = None) -> Iterator[Path]:
+    """A new empty folder beside `out` to write into. When the block ends it takes `out`'s place, replacing
+    what is there with two renames (never half of either is visible); when the block raises, it is removed
+    and `out` is left as it was. `mode`: its permissions (default: the umask's, as mkdir makes them)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mark = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = out.with_name(f".{out.name}.tmp-{mark}")
+    tmp.mkdir()
+    if mode is not None:
+        tmp.chmod(mode)
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{mark}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..evaluation import EvalConfig, evaluate, forgetting
 from ..evaluation.config import CALIBRATIONS
 from ..methods import REGISTRY, get_method
-from ..run_dir import RunDir
+from ..run_dir import RunDir, file_hash
 from ..training.memory import peak_bytes
 from .distilled import DISTILLED, check_distilled, hidden_weight_of, teacher_of, train_student
 
@@ -120,10 +120,6 @@ def eval_config(config: CompareConfig, splits: dict, tuned: Path | None = None, 
         calibrate=None if tuned else config.calibrate,
         batch_size=config.batch_size, instruction=None if config.task != "classification" else "",
     )  # fmt: skip
-
-
-def file_hash(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def run_key(config: CompareConfig, method: str, splits: dict) -> str:

@@ -4,14 +4,12 @@ into a temporary folder beside `--out`, renamed into place when complete."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
 from ..export.hf import find_source, merged_model
-from ..run_dir import RunDir, replace_folder
+from ..run_dir import RunDir, atomic_folder
 
 
 def load_merged(model: str, adapter: str | None):
@@ -50,15 +48,8 @@ def write_folder(out: str | Path, overwrite: bool, fill: Callable[[Path], dict])
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_folder(out, mode=0o755) as tmp:
         record = fill(tmp)
         record["weights_mb"] = weights_mb(tmp)
         RunDir(tmp).compression.write_text(json.dumps(record, indent=2) + "\n")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return record

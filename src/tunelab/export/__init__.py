@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..run_dir import replace_folder
+from ..run_dir import atomic_folder
 from .hf import DTYPES, find_source, hf_usage, merged_model, save_hf, write_card
 from .llama_cpp import (
     CONVERTER_QUANTS,
@@ -82,10 +81,7 @@ def export(config: ExportConfig, log=print) -> ExportResult:
         raise ExportError("a classification head exports as hf only (it has no text to generate)")
     if config.quant in QUANTIZE_QUANTS:
         quantize_tool(config.quant)  # a missing llama-quantize is said now, not after the conversion
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
-    try:
+    with atomic_folder(out, mode=0o755) as tmp:
         command = _write(config, source, tmp, out.name, log)
         files = {f.name: round(f.stat().st_size / 2**20, 2) for f in sorted(tmp.iterdir()) if f.is_file()}
         result = ExportResult(
@@ -93,10 +89,6 @@ def export(config: ExportConfig, log=print) -> ExportResult:
             command,
         )  # fmt: skip
         (tmp / EXPORT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 
 

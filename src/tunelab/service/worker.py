@@ -20,9 +20,9 @@ import time
 
 from ..data.errors import DataError
 from ..errors import UserError
-from ..run_dir import RunDir
+from ..run_dir import RunDir, atomic_folder
 from ..training import TrainConfig, TrainingDiverged
-from ..training.checkpoint import list_checkpoints, write_atomically
+from ..training.checkpoint import list_checkpoints
 from ..training.loop import Trainer, TrainHooks
 from .errors import internal_error
 from .jobs import data_error_message, model_name, picked_hyperparameters, train_options
@@ -112,7 +112,8 @@ class JobHooks(TrainHooks):
 
     def on_checkpoint(self, trainer: Trainer, step: int) -> None:
         folder = self.data.checkpoint_dir(self.job["id"], step)
-        write_atomically(folder, lambda tmp: trainer.method.save(trainer.unwrapped, tmp))
+        with atomic_folder(folder) as tmp:
+            trainer.method.save(trainer.unwrapped, tmp)
         metrics = {"step": step}
         if self.last_train.get("step") == step:
             metrics["train_loss"] = self.last_train["loss"]

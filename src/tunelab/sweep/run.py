@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..evaluation import EvalConfig, evaluate
 from ..evaluation.metrics import METRICS
 from ..methods import get_method
-from ..run_dir import RunDir
+from ..run_dir import RunDir, file_hash
 from ..training import TrainConfig, train
 from ..training.loop import TrainHooks
 from .space import NOT_SEARCHED, Space, default_space, load_space
@@ -76,10 +76,6 @@ def check(config: SweepConfig) -> Space:
         raise UserError(f"--trials must be at least 1 (got {config.trials})")
     budget_seconds(config.budget)
     return load_space(config.space) if config.space else default_space(get_method(config.method).default_lr)
-
-
-def file_hash(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def study_key(config: SweepConfig, space: Space) -> str:

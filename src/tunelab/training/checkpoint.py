@@ -7,7 +7,6 @@ folder named `step-*` and a partial checkpoint is never picked up.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..run_dir import RunDir
+from ..run_dir import RunDir, atomic_folder
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS = "trainable.safetensors"
@@ -56,21 +55,6 @@ def set_rng_state(tensors: dict, plain: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def write_atomically(final: Path, write) -> None:
-    """Call write(tmp_folder), then rename the folder to `final` (replacing an older one)."""
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
-
-
 def save_checkpoint(
     out: Path,
     step: int,
@@ -85,7 +69,7 @@ def save_checkpoint(
     final = RunDir(out).checkpoints / f"step-{step:07d}"
     rng_states = rng_states or [rng_state()]
 
-    def write(folder: Path) -> None:
+    with atomic_folder(final) as folder:
         save_file(trainable_state(model), folder / WEIGHTS)
         # Optimizer and scheduler states are our own tensors and numbers; loaded back with weights_only.
         torch.save(optimizer.state_dict(), folder / "optimizer.pt")
@@ -93,8 +77,6 @@ def save_checkpoint(
         torch.save([tensors for tensors, _ in rng_states], folder / "rng.pt")
         (folder / "rng.json").write_text(json.dumps([plain for _, plain in rng_states]))
         (folder / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
-
-    write_atomically(final, write)
     for old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

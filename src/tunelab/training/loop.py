@@ -25,7 +25,7 @@ from ..methods import Method, get_method
 from ..models import load_model
 from ..models.blocks import BLOCK_INDEX
 from ..ops import pick_precision
-from ..run_dir import RunDir
+from ..run_dir import RunDir, atomic_folder
 from . import auto
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
@@ -384,8 +384,8 @@ class Trainer:
             state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
             if self.main:
                 weights = ckpt.trainable_state(self.unwrapped)
-                best = RunDir(self.out).best
-                ckpt.write_atomically(best, lambda f: ckpt.save_file(weights, f / ckpt.WEIGHTS))
+                with atomic_folder(RunDir(self.out).best) as folder:
+                    ckpt.save_file(weights, folder / ckpt.WEIGHTS)
         else:
             state.evals_without_improvement += 1
         state.stopped_early = bool(config.patience and state.evals_without_improvement >= config.patience)
