@@ -86,8 +86,8 @@ class MethodSpec(StrictModel):
 
 class JobCreate(StrictModel):
     model: str
-    training_file: str
-    validation_file: str | None = None
+    training_file: str = Field(min_length=1)  # "" is no file: validation would skip it
+    validation_file: str | None = Field(None, min_length=1)
     hyperparameters: Hyperparameters | None = None
     method: MethodSpec | None = None
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")

@@ -64,8 +64,6 @@ def create_job(request: JobCreate, owner: Owner, service: ServiceDep, background
     hyper = (hyper or Hyperparameters()).resolved()
     for param in ("training_file", "validation_file"):
         file_id = getattr(request, param)
-        if file_id == "":  # not "no file": validation would skip it, or read a file named ".jsonl"
-            raise ApiError(400, f"{param}: give a file's id, not ''", param=param, code="invalid_value")
         if file_id is not None and service.store.get_file(file_id, owner) is None:
             raise ApiError(
                 400,
