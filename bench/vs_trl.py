@@ -66,8 +66,9 @@ from tunelab.run_dir import RunDir
 from tunelab.training import TrainConfig, train
 
 data, out, r, alpha, batch, max_length, lr = sys.argv[1:8]
-config = TrainConfig(model="default", data=data, out=out, method="lora", lora_r=int(r),
-                     lora_alpha=int(alpha), batch_size=int(batch), max_length=int(max_length), lr=float(lr),
+config = TrainConfig(model="default", data=data, out=out, method="lora",
+                     options={"lora_r": int(r), "lora_alpha": int(alpha)}, batch_size=int(batch),
+                     max_length=int(max_length), lr=float(lr),
                      epochs=1, precision="fp32", scheduler="cosine", warmup=0.05, seed=0)
 summary = train(config).summary
 losses = [m["loss"] for m in RunDir(out).read_metrics() if m.get("kind") == "train"]

@@ -42,7 +42,9 @@ def trained(tiny_llama_dir, tmp_path_factory):
     items = [encode_chat(Example(row["messages"]), tokenizer, 64) for row in copy_task_rows(8)]
     batch = collate(items, tokenizer.pad_token_id)
     torch.manual_seed(0)
-    model = METHOD.prepare(base(tiny_llama_dir), TrainConfig(adapter_size=8, dropout=0.0))
+    model = METHOD.prepare(
+        base(tiny_llama_dir), TrainConfig.from_sources(method="adapter", adapter_size=8, dropout=0.0)
+    )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
     for _ in range(5):
@@ -59,7 +61,9 @@ def trained(tiny_llama_dir, tmp_path_factory):
 @pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
 def test_fresh_adapter_is_the_identity_and_only_it_trains(tiny_model_dir, placement):
     expected = logits(base(tiny_model_dir))
-    model = METHOD.prepare(base(tiny_model_dir), TrainConfig(adapter_placement=placement))
+    model = METHOD.prepare(
+        base(tiny_model_dir), TrainConfig.from_sources(method="adapter", adapter_placement=placement)
+    )
     assert torch.equal(logits(model.eval()), expected)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".adapter." in name for name in trainable)
@@ -68,8 +72,12 @@ def test_fresh_adapter_is_the_identity_and_only_it_trains(tiny_model_dir, placem
 
 
 def test_pfeiffer_inserts_half_as_many_adapters_as_houlsby(tiny_llama_dir):
-    houlsby = METHOD.prepare(base(tiny_llama_dir), TrainConfig(adapter_placement="houlsby"))
-    pfeiffer = METHOD.prepare(base(tiny_llama_dir), TrainConfig(adapter_placement="pfeiffer"))
+    houlsby = METHOD.prepare(
+        base(tiny_llama_dir), TrainConfig.from_sources(method="adapter", adapter_placement="houlsby")
+    )
+    pfeiffer = METHOD.prepare(
+        base(tiny_llama_dir), TrainConfig.from_sources(method="adapter", adapter_placement="pfeiffer")
+    )
     assert len(adapters(houlsby)) == 2 * len(adapters(pfeiffer)) == 2 * 2  # 2 layers
     per_adapter = 32 * 64 + 64 + 64 * 32 + 32  # hidden 32, size 64: down and up, with biases
     count = sum(p.numel() for p in houlsby.parameters() if p.requires_grad)
@@ -84,7 +92,7 @@ def test_training_changes_only_adapters_and_the_loss_falls(tiny_model_dir, tmp_p
     data = write_jsonl(tmp_path / "fixed.jsonl", rows)
     config = TrainConfig(
         model=str(tiny_model_dir), data=str(data), out=str(tmp_path / "out"), method="adapter",
-        max_steps=20, lr=3e-2, batch_size=8, adapter_size=16,
+        max_steps=20, lr=3e-2, batch_size=8, options={"adapter_size": 16},
     )  # fmt: skip
     before = base(tiny_model_dir).state_dict()
     trainer = loop.Trainer(config)
@@ -114,16 +122,21 @@ def test_save_then_load_gives_the_same_logits(trained, tiny_llama_dir):
 
 def test_init_adapter_starts_from_saved_weights(trained, tiny_llama_dir):
     model, folder = trained
-    config = TrainConfig(adapter_size=8, init_adapter=str(folder))
+    config = TrainConfig.from_sources(method="adapter", adapter_size=8, init_adapter=str(folder))
     started = METHOD.prepare(base(tiny_llama_dir), config)
     assert torch.allclose(logits(started.eval()), logits(model), atol=1e-5)
     assert all(p.requires_grad for name, p in started.named_parameters() if ".adapter." in name)
     with pytest.raises(UserError, match="adapter_size"):
-        METHOD.prepare(base(tiny_llama_dir), TrainConfig(adapter_size=16, init_adapter=str(folder)))
+        METHOD.prepare(
+            base(tiny_llama_dir),
+            TrainConfig.from_sources(method="adapter", adapter_size=16, init_adapter=str(folder)),
+        )
     with pytest.raises(UserError, match="placement"):
         METHOD.prepare(
             base(tiny_llama_dir),
-            TrainConfig(adapter_size=8, adapter_placement="pfeiffer", init_adapter=str(folder)),
+            TrainConfig.from_sources(
+                method="adapter", adapter_size=8, adapter_placement="pfeiffer", init_adapter=str(folder)
+            ),
         )
 
 
@@ -151,7 +164,7 @@ def test_architecture_without_self_attn_blocks_is_refused():
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
     with pytest.raises(UserError, match="not supported by bottleneck adapters"):
-        METHOD.prepare(gpt2, TrainConfig())
+        METHOD.prepare(gpt2, TrainConfig(method="adapter"))
 
 
 def test_batched_generation_with_a_loaded_adapter_equals_one_by_one(trained, tiny_llama_dir):

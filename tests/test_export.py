@@ -32,8 +32,9 @@ def train_run(base: Path, out: Path, method: str = "lora", steps: int = 4, rows=
         {"messages": [{"role": "system", "content": "Copy."}, *r["messages"]]} for r in copy_task_rows(16)
     ]
     data = write_jsonl(out.parent / f"{out.name}.jsonl", rows)
-    train(TrainConfig(model=str(base), data=str(data), out=str(out), method=method, max_steps=steps,
-                      lr=2e-2, batch_size=4, **options))  # fmt: skip
+    config = TrainConfig.from_sources(model=str(base), data=str(data), out=str(out), method=method,
+                                      max_steps=steps, lr=2e-2, batch_size=4, **options)  # fmt: skip
+    train(config)
     return out
 
 

@@ -19,6 +19,7 @@ from tunelab.inference import MultiAdapterModel
 from tunelab.inference.generate import chat_prompt_ids, generate, prompt_messages, stream_chat
 from tunelab.methods import get_method
 from tunelab.models import load_model
+from tunelab.options import option_fields
 from tunelab.training import TrainConfig, train
 from tunelab.training.loop import Trainer
 
@@ -79,9 +80,10 @@ def fixed_answer_data(tmp_path_factory):
 
 
 def run_config(model_dir, data, out, **options) -> TrainConfig:
-    settings = dict(max_steps=20, batch_size=8, warmup=0, scheduler="constant", dropout=0.0, seed=0)
-    settings |= dict(num_virtual_tokens=4, **options)
-    return TrainConfig(model=str(model_dir), data=str(data), out=str(out), **settings)
+    settings = dict(max_steps=20, batch_size=8, warmup=0, scheduler="constant", seed=0) | options
+    takes = option_fields(get_method(settings["method"]).options)
+    small = {name: value for name, value in dict(dropout=0.0, num_virtual_tokens=4).items() if name in takes}
+    return TrainConfig.from_sources(model=str(model_dir), data=str(data), out=str(out), **small | settings)
 
 
 def base_state(model, names) -> dict:
@@ -149,7 +151,11 @@ def test_trainable_parameter_counts(tiny_llama_dir):
         "selective norms": dict(method="selective", norms_only=True),
     }
     for label, count in expected.items():
-        config = TrainConfig(num_virtual_tokens=4, **options.get(label, {"method": label}))
+        chosen = options.get(label, {"method": label})
+        takes = option_fields(get_method(chosen["method"]).options)
+        config = TrainConfig.from_sources(
+            **chosen, **({"num_virtual_tokens": 4} if "num_virtual_tokens" in takes else {})
+        )
         base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
         model = get_method(config.method).prepare(base, config)
         assert sum(p.numel() for p in model.parameters() if p.requires_grad) == count, label
@@ -161,7 +167,7 @@ def test_selective_patterns_and_tied_embeddings(tiny_llama_dir):
     method = get_method("selective")
     model = method.prepare(
         AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
-        TrainConfig(method="selective", train_layers="*.mlp.down_proj.weight, lm_head.weight"),
+        TrainConfig.from_sources(method="selective", train_layers="*.mlp.down_proj.weight, lm_head.weight"),
     )
     trained = [name for name, p in model.named_parameters() if p.requires_grad]
     # lm_head is tied to the input embedding: one tensor, listed under the embedding's name
@@ -188,13 +194,15 @@ def test_selective_refuses_unusable_choices(tiny_llama_dir, options, message):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)  # Llama: no biases
     with pytest.raises(UserError, match=message):
-        get_method("selective").prepare(model, TrainConfig(method="selective", **options))
+        get_method("selective").prepare(model, TrainConfig(method="selective", options=options))
 
 
 def test_prompt_init_text_starts_the_soft_prompt_at_its_token_embeddings(tiny_llama_dir, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    config = TrainConfig(method="prompt-tuning", num_virtual_tokens=6, prompt_init="say the answer")
+    config = TrainConfig.from_sources(
+        method="prompt-tuning", num_virtual_tokens=6, prompt_init="say the answer"
+    )
     model = get_method("prompt-tuning").prepare(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), config)
     ids = tiny_tokenizer("say the answer")["input_ids"]
     ids = (ids * 6)[:6]  # PEFT repeats a short text to fill the virtual tokens

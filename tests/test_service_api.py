@@ -218,7 +218,8 @@ def test_personal_data_in_the_training_file_is_a_warning_event(client):
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
         ({"tunelab": {"method": "full"}}, "tunelab.method"),
         ({"tunelab": {"lora_r": 0}}, "tunelab.lora_r"),
-        ({"tunelab": {"scheduler": "wavy"}}, "tunelab"),
+        ({"tunelab": {"scheduler": "wavy"}}, "tunelab.scheduler"),
+        ({"tunelab": {"method": "ia3", "lora_r": 8}}, "tunelab.lora_r"),
         # Upper bounds: each of these was accepted and could hold the single worker for ever.
         ({"tunelab": {"lora_r": 10**6}}, "tunelab.lora_r"),
         ({"tunelab": {"max_length": 10**9}}, "tunelab.max_length"),

@@ -12,9 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-import typing
 
 import httpx
+import pydantic
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,9 +22,10 @@ from conftest import copy_task_rows
 from server import ServerProcess, serve_in_thread
 from test_service_api import K1, K2, api_routes, chat, create_job, jsonl, settings_for, upload
 from tunelab.errors import UserError
+from tunelab.methods import REGISTRY
 from tunelab.service import create_app
 from tunelab.service.deps import COOKIE
-from tunelab.service.jobs import BOUNDS, EXTENSION_FIELDS, FIELD_TYPES
+from tunelab.service.jobs import extension_model
 from tunelab.service.quotas import LOGIN_FAILURES_PER_MINUTE
 from tunelab.service.settings import ServiceSettings, resolve_api_keys
 from tunelab.service.store import Store
@@ -403,13 +404,18 @@ def test_login_attempts_are_rate_limited(client):
 
 
 def test_every_numeric_job_option_has_an_upper_bound():
-    numeric = {
-        name
-        for name in EXTENSION_FIELDS
-        if {int, float} & set(typing.get_args(FIELD_TYPES[name]) or [FIELD_TYPES[name]])
-    }
-    assert numeric - set(BOUNDS) == {"max_minutes"}  # bounded by --max-job-minutes instead
-    assert set(BOUNDS) <= EXTENSION_FIELDS
+    """Each number the `tunelab` extension takes (TrainConfig's and every method's options) is bounded
+    by its field's metadata, or for max_minutes by the server's --max-job-minutes: none takes 10**12."""
+    model = extension_model(tuple(REGISTRY), 60.0)
+    assert {"lora_r", "max_steps", "adapter_size", "max_minutes"} <= set(model.model_fields)
+    accepted = []
+    for name in model.model_fields:
+        try:
+            model.model_validate({name: 10**12})
+            accepted.append(name)
+        except pydantic.ValidationError:
+            pass
+    assert accepted == []
 
 
 def test_each_job_gets_the_servers_time_budget(client):

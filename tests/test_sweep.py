@@ -81,7 +81,9 @@ def test_four_trials_then_a_killed_sweep_resumes_with_only_the_missing_trials(se
     # best.yaml, as it is, retrains the best trial: same seed, same val loss
     best = results["best_trial"]
     config = TrainConfig.from_sources(out / "best.yaml")
-    assert config.lr == pytest.approx(best["params"]["lr"]) and config.lora_r == best["params"]["lora_r"]
+    assert (
+        config.lr == pytest.approx(best["params"]["lr"]) and config.options.lora_r == best["params"]["lora_r"]
+    )
     retrained = train(config).summary
     assert abs(retrained["best_val_loss"] - best["val_loss"]) < 1e-6
 

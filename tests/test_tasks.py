@@ -13,6 +13,7 @@ from tunelab.data.mixture import Task, epoch_indices, hold_out, mixing_weights, 
 from tunelab.data.tokenize import encode_documents
 from tunelab.errors import UserError
 from tunelab.inference import classify_file, load_for_inference
+from tunelab.methods import get_method
 from tunelab.training import TrainConfig, train
 from tunelab.training.loop import param_groups
 
@@ -103,7 +104,8 @@ def test_head_trains_classifier_and_predicts(tiny_llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "cls.jsonl", rows)
     out = tmp_path / "head"
     cfg = TrainConfig(model=str(tiny_llama_dir), data=str(data), out=str(out), method="head", max_steps=40,
-                      lr=1e-2, labels="negative,positive", batch_size=8, unfreeze_top=1)  # fmt: skip
+                      lr=1e-2, labels="negative,positive", batch_size=8,
+                      options={"unfreeze_top": 1})  # fmt: skip
     result = train(cfg)
     losses = [r["loss"] for r in records(out / "metrics.jsonl") if r["kind"] == "train"]
     assert losses[-1] < losses[0]
@@ -138,8 +140,8 @@ def test_layer_lr_decay_groups():
         "model.norm.weight": torch.zeros(4),
         "classifier.weight": torch.zeros(2, 4),
     }
-    cfg = TrainConfig(layer_lr_decay=0.5, head_lr=0.1, weight_decay=0.01)
-    groups = param_groups(list(params.items()), cfg, lr=1.0)
+    cfg = TrainConfig(method="head", layer_lr_decay=0.5, weight_decay=0.01, options={"head_lr": 0.1})
+    groups = param_groups(list(params.items()), cfg, lr=1.0, method=get_method("head"))
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     lrs = {name: lr_of[id(p)] for name, p in params.items()}
     assert lrs == {

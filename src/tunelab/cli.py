@@ -57,6 +57,8 @@ def config_flags(config_class, given_only: bool) -> list[inspect.Parameter]:
     hints = typing.get_type_hints(config_class)
     flags = []
     for field in dataclasses.fields(config_class):
+        if field.metadata.get("cli") is False:
+            continue
         option = typer.Option(*SHORT_FLAGS.get(field.name, ()), help=field.metadata["help"])
         kind = flag_type(hints[field.name])
         if given_only or field.default is None:
@@ -88,11 +90,70 @@ def command_signature(command, config_class, given_only: bool = False):
 
 
 SHORT_FLAGS = {"model": ("--model", "-m")}
+METHOD_OPTIONS = "method_options"  # where TrainingCommand leaves the method options' values in ctx.meta
 
 
-@app.command("train")
+class TrainingCommand(typer.core.TyperCommand):
+    """A command that trains: its own flags, then one per option of every registered method (its help
+    names the methods that take it). Made when the command runs or shows its help, so `tunelab --help`
+    does not import the methods; their values reach the command in `ctx.meta`, not as arguments."""
+
+    def get_params(self, ctx):
+        return [*super().get_params(ctx), *method_option_params()]
+
+    def invoke(self, ctx):
+        given = {p.name: ctx.params.pop(p.name) for p in method_option_params() if p.name in ctx.params}
+        ctx.meta[METHOD_OPTIONS] = {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in given.items()
+            if value not in (None, ())
+        }
+        return super().invoke(ctx)
+
+
+def method_option_params() -> tuple:
+    from .methods import REGISTRY
+
+    return option_params(tuple(REGISTRY))
+
+
+@functools.cache
+def option_params(method_names: tuple[str, ...]) -> tuple:
+    """Click parameters for the options of these registered methods, made by typer from a signature as
+    for any command (a shared name, e.g. dropout, is one flag)."""
+    from .methods import REGISTRY
+
+    users: dict[str, list[str]] = {}
+    flags: dict[str, inspect.Parameter] = {}
+    for method in map(REGISTRY.get, method_names):
+        hints = typing.get_type_hints(method.options)
+        for field in dataclasses.fields(method.options):
+            users.setdefault(field.name, []).append(method.name)
+            flags.setdefault(field.name, method_flag(field, hints[field.name]))
+    for name, flag in flags.items():
+        option = typing.get_args(flag.annotation)[1]
+        option.help = f"{', '.join(users[name])}: {option.help}"
+
+    def method_options(**values): ...
+
+    method_options.__signature__ = inspect.Signature(list(flags.values()))
+    scratch = typer.Typer()
+    scratch.command()(method_options)
+    return tuple(p for p in typer.main.get_command(scratch).params if p.name in flags)  # not --help
+
+
+def method_flag(field, hint) -> inspect.Parameter:
+    option = typer.Option(help=field.metadata["help"], rich_help_panel="Options of the methods")
+    choices = field.metadata.get("choices")
+    kind = typing.Literal[choices] if choices else flag_type(hint)
+    annotation = Annotated[kind | None, option]
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+@app.command("train", cls=TrainingCommand)
 @user_errors
 def train_cmd(
+    ctx: typer.Context,
     config: Annotated[
         Path | None, typer.Option(help="YAML file with the same keys; flags override it")
     ] = None,
@@ -101,7 +162,7 @@ def train_cmd(
     """Fine-tune a model on a data file (or several, for multi-task)."""
     from .training import ConfigError, train
 
-    cfg = TrainConfig.from_sources(config, **options)
+    cfg = TrainConfig.from_sources(config, **options, **ctx.meta[METHOD_OPTIONS])
     if not cfg.data or not cfg.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
     train(cfg, console=console)
@@ -385,9 +446,10 @@ def without(signature: inspect.Signature, *names: str) -> inspect.Signature:
     return signature.replace(parameters=[p for p in signature.parameters.values() if p.name not in names])
 
 
-@app.command("distill")
+@app.command("distill", cls=TrainingCommand)
 @user_errors
 def distill_cmd(
+    ctx: typer.Context,
     teacher: Annotated[str, typer.Option(help="the teacher: model spec, folder, or its adapter folder")],
     student: Annotated[str, typer.Option(help="the student (same tokenizer), e.g. a `tunelab prune` folder")],
     teacher_adapter: Annotated[str | None, typer.Option(help="adapter folder applied on the teacher")] = None,
@@ -407,7 +469,7 @@ def distill_cmd(
     from .compress.distill import DistillConfig, distill
     from .training import ConfigError
 
-    train_config = TrainConfig.from_sources(config, **options, model=student)
+    train_config = TrainConfig.from_sources(config, **options, **ctx.meta[METHOD_OPTIONS], model=student)
     if not train_config.data or not train_config.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
     distill_config = DistillConfig(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from ..training.config import comma_separated
+from ..options import comma_separated
 from .benchmarks import MODES
 
 TASKS = ("generation", "classification", "multiple-choice", "perplexity")

@@ -16,6 +16,7 @@ adapter weights) but PEFT has no bottleneck-adapter tuner, so only tunelab can l
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +27,22 @@ from ..errors import UserError
 from ..models.blocks import decoder_blocks
 from ..run_dir import RunDir
 from .base import Method, register
+
+
+@dataclass
+class AdapterOptions:
+    adapter_size: int = field(default=64, metadata={"help": "bottleneck width", "bounds": (1, 4096)})
+    adapter_placement: str = field(
+        default="houlsby",
+        metadata={
+            "help": "houlsby (after attention and MLP) or pfeiffer (MLP)",
+            "choices": ("houlsby", "pfeiffer"),
+        },
+    )
+    dropout: float = field(
+        default=0.05, metadata={"help": "dropout on the trained modules", "bounds": (0.0, 0.9)}
+    )
+
 
 ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU}
 PLACEMENTS = {"houlsby": ("self_attn", "mlp"), "pfeiffer": ("mlp",)}
@@ -158,15 +175,16 @@ class BottleneckAdapter(Method):
     summary = "small residual bottleneck MLPs after attention and/or MLP; base frozen, tiny artefact"
     mergeable = False
     not_mergeable = "its bottleneck MLPs are extra layers that the base architecture does not have"
+    options = AdapterOptions
 
     def prepare(self, model, config):
         model.requires_grad_(False)
         settings = {
-            "adapter_size": config.adapter_size,
-            "placement": config.adapter_placement,
-            # Fixed (TrainConfig has no field for it); saved in the config, so loading follows it.
+            "adapter_size": config.options.adapter_size,
+            "placement": config.options.adapter_placement,
+            # Fixed (no option sets it); saved in the config, so loading follows it.
             "activation": "gelu",
-            "dropout": config.dropout,
+            "dropout": config.options.dropout,
             "hidden_size": model.config.get_text_config().hidden_size,
         }
         if config.init_adapter:

@@ -7,7 +7,10 @@ callers ask the method, never compare its name.
 
 Adding a method: write `methods/<name>.py` with a `Method` subclass, call `register(...)` at its bottom,
 import it in `methods/__init__.py`, add its row to the method table in tests/test_methods.py and a README
-section.
+section. Options only it takes go in a dataclass named by its `options` attribute (see `LoRAOptions` in
+lora.py): each field's metadata holds its `help` and, where they apply, `bounds` and `choices`; the
+`train` flags, the YAML keys and the service's `tunelab` extension are made from those fields, and
+`prepare` reads them as `config.options.<name>`. Nothing else needs to be edited.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from ..data.batching import count_label_tokens
 from ..errors import UserError
 from ..ops import causal_lm_loss
+from ..options import ConfigError, NoOptions, check_fields, option_fields
 
 
 class Method:
@@ -37,6 +41,26 @@ class Method:
     not_mergeable: str = ""
     # The service can serve it: a PEFT adapter switched on the shared base model at request time.
     servable: bool = False
+    # The options only this method takes: a dataclass whose fields carry help, bounds and choices.
+    options: type = NoOptions
+
+    def make_options(self, given):
+        """This method's options from a mapping of option names (or an instance), checked; a name that
+        belongs to other methods, or to none, is an error naming this method."""
+        if isinstance(given, self.options):
+            check_fields(given)
+            return given
+        own = option_fields(self.options)
+        for name in given:
+            if name not in own:
+                raise ConfigError(not_an_option_of(self, name), name)
+        options = self.options(**given)
+        check_fields(options)
+        return options
+
+    def parameter_lr(self, name: str, options) -> float | None:
+        """The method's own learning rate for parameter `name` (e.g. a new head's), or None for the run's."""
+        return None
 
     def prepare(self, model, config):
         """Return the model to train, with `requires_grad` set on exactly the parameters to train."""
@@ -88,6 +112,21 @@ def get_method(name: str) -> Method:
     if name not in REGISTRY:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
+
+
+def not_an_option_of(method: Method, name: str) -> str:
+    """Why option `name` is refused for `method`: whose option it is, and what `method` takes instead."""
+    users = methods_with_option(name)
+    own = sorted(option_fields(method.options))
+    takes = f"{method.name} takes {', '.join(own)}" if own else f"{method.name} has no options of its own"
+    whose = (
+        f"an option of {', '.join(users)}, not of {method.name}" if users else "not an option of any method"
+    )
+    return f"{name} is {whose} ({takes})"
+
+
+def methods_with_option(name: str) -> list[str]:
+    return sorted(m.name for m in REGISTRY.values() if name in option_fields(m.options))
 
 
 def wrap_with_peft(model, peft_config, config):

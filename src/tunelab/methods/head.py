@@ -10,6 +10,7 @@ with the head and any unfrozen block weights; only tunelab loads it (`tunelab pr
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -58,24 +59,39 @@ class SequenceClassifier(nn.Module):
         return self.classifier(pooled.to(self.classifier.weight.dtype))  # (B, classes)
 
 
+@dataclass
+class HeadOptions:
+    head_lr: float | None = field(
+        default=None, metadata={"help": "learning rate of the new head", "bounds": (0.0, 1.0)}
+    )
+    unfreeze_top: int = field(
+        default=0,
+        metadata={"help": "gradually unfreeze this many top blocks during training", "bounds": (0, 1000)},
+    )
+
+
 class ClassificationHead(Method):
     name = "head"
     default_lr = 1e-3
     artifact = "tunelab"
     task = "classification"
     summary = "frozen pretrained body, new classification head (transfer learning); fastest, smallest"
+    options = HeadOptions
 
     def prepare(self, model, config):
         if not config.labels:
             raise UserError("head: no class labels (they come from the training data's answers or --labels)")
         model.requires_grad_(False)
         classifier = SequenceClassifier(model, config.labels)
-        classifier.unfreeze_top = config.unfreeze_top
-        if config.unfreeze_top > len(classifier.blocks()):
+        classifier.unfreeze_top = config.options.unfreeze_top
+        if classifier.unfreeze_top > len(classifier.blocks()):
             raise UserError(
-                f"--unfreeze-top {config.unfreeze_top}: the model has {len(classifier.blocks())} blocks"
+                f"--unfreeze-top {classifier.unfreeze_top}: the model has {len(classifier.blocks())} blocks"
             )
         return classifier
+
+    def parameter_lr(self, name: str, options: HeadOptions) -> float | None:
+        return options.head_lr if name.startswith("classifier") else None
 
     def optimizer_params(self, model):
         top = list(model.blocks())[len(model.blocks()) - model.unfreeze_top :]

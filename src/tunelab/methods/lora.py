@@ -1,8 +1,28 @@
 """LoRA (with DoRA and rsLoRA options) through PEFT; saved as a PEFT adapter any PEFT user can load."""
 
+from dataclasses import dataclass, field
+
 from peft import LoraConfig
 
+from ..options import comma_separated
 from .base import Method, register, wrap_with_peft
+
+
+@dataclass
+class LoRAOptions:
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank", "bounds": (1, 1024)})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha", "bounds": (1, 4096)})
+    dropout: float = field(
+        default=0.05, metadata={"help": "dropout on the trained modules", "bounds": (0.0, 0.9)}
+    )
+    target_modules: list[str] | None = field(
+        default=None, metadata={"help": "modules LoRA adapts (default all linear)"}
+    )
+    dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA)"})
+    rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA scaling"})
+
+    def __post_init__(self):
+        self.target_modules = comma_separated(self.target_modules)
 
 
 class LoRA(Method):
@@ -11,15 +31,17 @@ class LoRA(Method):
     summary = "low-rank updates to frozen linear layers; small artefact, near full-tuning quality"
     mergeable = True
     servable = True
+    options = LoRAOptions
 
     def prepare(self, model, config):
+        options = config.options
         lora_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.dropout,
-            target_modules=config.target_modules or "all-linear",
-            use_dora=config.dora,
-            use_rslora=config.rslora,
+            r=options.lora_r,
+            lora_alpha=options.lora_alpha,
+            lora_dropout=options.dropout,
+            target_modules=options.target_modules or "all-linear",
+            use_dora=options.dora,
+            use_rslora=options.rslora,
             task_type="CAUSAL_LM",
         )
         return wrap_with_peft(model, lora_config, config)

@@ -5,10 +5,17 @@ more with the same number of tokens. They enter through the KV cache, so the seq
 its logits) keeps its length. The artefact is a PEFT adapter.
 """
 
+from dataclasses import dataclass, field
+
 from peft import PrefixTuningConfig
 
 from ..errors import UserError
 from .base import Method, register, wrap_with_peft
+
+
+@dataclass
+class VirtualTokenOptions:
+    num_virtual_tokens: int = field(default=20, metadata={"help": "virtual tokens", "bounds": (1, 512)})
 
 
 class PrefixTuning(Method):
@@ -17,6 +24,7 @@ class PrefixTuning(Method):
     summary = "trains key/value prefixes in every attention layer; small artefact"
     mergeable = False
     not_mergeable = "its prefixes are extra keys and values in every layer's cache, not changed weights"
+    options = VirtualTokenOptions
 
     def prepare(self, model, config):
         if config.gradient_checkpointing:
@@ -26,7 +34,9 @@ class PrefixTuning(Method):
                 "prefix-tuning cannot use --gradient-checkpointing: transformers drops the KV cache that "
                 "carries the prefixes; turn it off (prefix tuning needs little activation memory anyway)"
             )
-        peft_config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=config.num_virtual_tokens)
+        peft_config = PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=config.options.num_virtual_tokens
+        )
         return wrap_with_peft(model, peft_config, config)
 
 

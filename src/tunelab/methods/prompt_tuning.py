@@ -5,9 +5,19 @@ The soft prompt starts from the embeddings of `prompt_init` text when given (Les
 text or vocabulary initialisation far better than random vectors), else from randomly sampled vocabulary.
 """
 
+from dataclasses import dataclass, field
+
 from peft import PromptTuningConfig, PromptTuningInit
 
 from .base import Method, register, wrap_with_peft
+from .prefix_tuning import VirtualTokenOptions
+
+
+@dataclass
+class PromptTuningOptions(VirtualTokenOptions):
+    prompt_init: str | None = field(
+        default=None, metadata={"help": "initialise the soft prompt from this text"}
+    )
 
 
 class PromptTuning(Method):
@@ -16,12 +26,14 @@ class PromptTuning(Method):
     summary = "trains only a soft prompt of virtual tokens; tiny artefact, weaker on small models"
     mergeable = False
     not_mergeable = "its soft prompt is extra input embeddings, not a change to any weight"
+    options = PromptTuningOptions
 
     def prepare(self, model, config):
-        if config.prompt_init:
+        options = config.options
+        if options.prompt_init:
             init = {
                 "prompt_tuning_init": PromptTuningInit.TEXT,
-                "prompt_tuning_init_text": config.prompt_init,
+                "prompt_tuning_init_text": options.prompt_init,
                 # PEFT tokenises the text itself; our models are loaded from a folder with the tokenizer.
                 "tokenizer_name_or_path": model.name_or_path,
             }
@@ -29,7 +41,7 @@ class PromptTuning(Method):
             # RANDOM would draw N(0, 1) vectors, far larger than real token embeddings.
             init = {"prompt_tuning_init": PromptTuningInit.SAMPLE_VOCAB}
         peft_config = PromptTuningConfig(
-            task_type="CAUSAL_LM", num_virtual_tokens=config.num_virtual_tokens, **init
+            task_type="CAUSAL_LM", num_virtual_tokens=options.num_virtual_tokens, **init
         )
         return wrap_with_peft(model, peft_config, config)
 

@@ -8,6 +8,7 @@ Tied weights: in models that tie `lm_head.weight` to `model.embed_tokens.weight`
 tensor, so selecting either trains both.
 """
 
+from dataclasses import dataclass, field
 from fnmatch import fnmatch
 
 from torch import nn
@@ -15,6 +16,15 @@ from torch import nn
 from ..errors import UserError
 from ..models.blocks import decoder_blocks
 from .base import Method, register
+
+
+@dataclass
+class SelectiveOptions:
+    train_layers: str | None = field(
+        default=None, metadata={"help": "'last:K' blocks or comma-separated parameter name patterns"}
+    )
+    norms_only: bool = field(default=False, metadata={"help": "train only normalisation weights"})
+    bitfit: bool = field(default=False, metadata={"help": "train only biases"})
 
 
 def last_blocks(model, spec: str) -> list[nn.Parameter]:
@@ -38,17 +48,17 @@ def matching(model, pattern: str) -> list[nn.Parameter]:
     return params
 
 
-def selected_parameters(model, config) -> list[nn.Parameter]:
-    chosen = [bool(config.train_layers), config.norms_only, config.bitfit]
+def selected_parameters(model, options: SelectiveOptions) -> list[nn.Parameter]:
+    chosen = [bool(options.train_layers), options.norms_only, options.bitfit]
     if sum(chosen) != 1:
         raise UserError("selective: give exactly one of --train-layers, --norms-only, --bitfit")
-    if config.norms_only:
+    if options.norms_only:
         norms = [m for m in model.modules() if "Norm" in type(m).__name__]
         params = [p for norm in norms for p in norm.parameters(recurse=False)]
         if not params:
             raise UserError(f"norms_only: {type(model).__name__} has no normalisation weights")
         return params
-    if config.bitfit:
+    if options.bitfit:
         params = [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
         if not params:
             raise UserError(
@@ -57,7 +67,7 @@ def selected_parameters(model, config) -> list[nn.Parameter]:
             )
         return params
     params = []
-    for item in config.train_layers.split(","):
+    for item in options.train_layers.split(","):
         item = item.strip()
         if item:
             params += last_blocks(model, item) if item.startswith("last:") else matching(model, item)
@@ -71,9 +81,10 @@ class Selective(Method):
     artifact = "model"
     default_lr = 1e-4  # between full tuning (2e-5) and BitFit's 1e-4..1e-3: fewer weights move
     summary = "trains chosen weights of the model itself (last blocks, patterns, norms or biases)"
+    options = SelectiveOptions
 
     def prepare(self, model, config):
-        selected = selected_parameters(model, config)
+        selected = selected_parameters(model, config.options)
         for param in model.parameters():
             param.requires_grad_(False)
         for param in selected:

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import reprlib
 import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, ValidationError, create_model
 
 from ..data.errors import DataError
 from ..data.formats import load_examples
@@ -23,41 +26,12 @@ from .store import Store
 from .strict import StrictModel
 
 MIN_EXAMPLES = 10
-# TrainConfig fields the `tunelab` extension may set; paths, the model, the seed and the OpenAI
+# TrainConfig fields the `tunelab` extension may not set: paths, the model, the seed and the OpenAI
 # hyperparameters come from the request itself.
-FIXED = set("model data val out resume overwrite init_adapter seed epochs batch_size lr".split())
+FIXED = set("model data val out resume overwrite init_adapter seed epochs batch_size lr options".split())
 FIXED |= {"format", "objective", "labels", "mix"}  # chat SFT only
 FIXED |= {"dry_run"}  # a job trains
-FIELD_TYPES = typing.get_type_hints(TrainConfig)
-EXTENSION_FIELDS = set(FIELD_TYPES) - FIXED
 WARNINGS_ONLY = {"duplicate_example"}  # such examples still train; the job notes them
-MAX_STEPS = 100_000
-# (lowest, highest) of every number the `tunelab` extension may set, so no key can hold the single
-# worker for ever (lora_r 10**6 or max_steps 10**12 were accepted); tests check that each has one.
-# max_minutes is bounded by the server's --max-job-minutes instead.
-BOUNDS = {
-    "adapter_size": (1, 4096),
-    "batch_tokens": (1, 1_048_576),
-    "dropout": (0.0, 0.9),
-    "eval_every": (1, MAX_STEPS),
-    "grad_accum": (1, 64),
-    "head_lr": (0.0, 1.0),
-    "keep_checkpoints": (1, 20),
-    "layer_lr_decay": (0.0, 1.0),
-    "log_every": (1, MAX_STEPS),
-    "lora_alpha": (1, 4096),
-    "lora_r": (1, 256),
-    "max_grad_norm": (0.0, 1000.0),
-    "max_length": (1, 32_768),
-    "max_steps": (1, MAX_STEPS),
-    "num_virtual_tokens": (1, 512),
-    "patience": (1, 1000),
-    "save_every": (1, MAX_STEPS),
-    "unfreeze_top": (0, 1000),
-    "val_split": (0.0, 0.9),
-    "warmup": (0.0, MAX_STEPS),
-    "weight_decay": (0.0, 10.0),
-}
 MAX_TEXT = 1024  # characters in a text option (prompt_init, train_layers, a target module's name)
 MAX_ITEMS = 64  # entries in a list option (target_modules)
 
@@ -107,19 +81,12 @@ def model_name(job: dict) -> str:
 
 
 def check_options(extension: dict | None, max_minutes: float) -> dict:
-    """The `tunelab` extension checked against TrainConfig and our bounds; errors name the field. Every
-    job gets a time budget, at most `max_minutes` (the server's --max-job-minutes)."""
+    """The `tunelab` extension checked against the fields of TrainConfig and of every method's options,
+    with their bounds; errors name the field. Every job gets a time budget, at most `max_minutes` (the
+    server's --max-job-minutes)."""
     options = dict(extension or {})
     options.setdefault("method", TrainConfig.method)
     options.setdefault("max_minutes", max_minutes)
-    unknown = sorted(set(options) - EXTENSION_FIELDS)
-    if unknown:
-        raise ApiError(
-            400,
-            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(EXTENSION_FIELDS))}",
-            param=f"tunelab.{unknown[0]}",
-            code="invalid_value",
-        )
     served = sorted(name for name, method in REGISTRY.items() if method.servable)
     if options["method"] not in served:
         raise ApiError(
@@ -129,48 +96,61 @@ def check_options(extension: dict | None, max_minutes: float) -> dict:
             param="tunelab.method",
             code="invalid_value",
         )
-    for name, value in options.items():
-        check_option_type(name, value)
-        check_option_size(name, value, {**BOUNDS, "max_minutes": (0.0, max_minutes)})
     try:
-        TrainConfig(**options)
+        extension_model(tuple(REGISTRY), max_minutes).model_validate(options)
+        TrainConfig.from_sources(**options)
+    except ValidationError as err:
+        raise option_error(err, options) from None
     except ConfigError as err:
-        raise ApiError(400, str(err), param="tunelab", code="invalid_value") from err
+        param = f"tunelab.{err.key}" if err.key else "tunelab"
+        raise ApiError(400, str(err), param=param, code="invalid_value") from err
     return options
 
 
-def check_option_type(name: str, value) -> None:
-    """Against the TrainConfig field's type, strictly: 1 is not a bool, "3" not an int, True not a number."""
-    try:
-        TypeAdapter(FIELD_TYPES[name]).validate_python(value, strict=True)
-    except ValidationError as err:
-        raise ApiError(
-            400,
-            f"tunelab.{name}: {err.errors()[0]['msg']} (got {value!r})",
-            param=f"tunelab.{name}",
-            code="invalid_value",
-        ) from None
+def option_error(err: ValidationError, options: dict) -> ApiError:
+    error = err.errors()[0]
+    name = error["loc"][0]
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(sorted(extension_model(tuple(REGISTRY), 0).model_fields))
+        message = f"unknown option {name}; known: {known}"
+    else:
+        message = f"tunelab.{name}: {error['msg']} (got {reprlib.repr(options[name])})"
+    return ApiError(400, message, param=f"tunelab.{name}", code="invalid_value")
 
 
-def check_option_size(name: str, value, bounds: dict) -> None:
-    """Numbers within BOUNDS (NaN is in none), texts and lists short."""
-    low, high = bounds.get(name, (None, None))
-    if isinstance(value, int | float) and not isinstance(value, bool) and low is not None:
-        if not low <= value <= high:
-            raise ApiError(
-                400,
-                f"tunelab.{name} must be between {low:g} and {high:g} on this server (got {value!r})",
-                param=f"tunelab.{name}",
-                code="invalid_value",
-            )
-    texts = value if isinstance(value, list) else [value]
-    if len(texts) > MAX_ITEMS or any(isinstance(t, str) and len(t) > MAX_TEXT for t in texts):
-        raise ApiError(
-            400,
-            f"tunelab.{name} is too long (at most {MAX_ITEMS} entries of {MAX_TEXT} characters)",
-            param=f"tunelab.{name}",
-            code="invalid_value",
-        )
+@functools.lru_cache(maxsize=8)
+def extension_model(method_names: tuple[str, ...], max_minutes: float) -> type[StrictModel]:
+    """The `tunelab` extension as a pydantic model: TrainConfig's fields but FIXED, and every registered
+    method's options, each with its bounds and choices; texts and lists short. Made again when a
+    method is registered (the cache is keyed by their names)."""
+    specs = {name: spec for name, spec in option_specs(TrainConfig).items() if name not in FIXED}
+    for name in method_names:
+        specs = option_specs(REGISTRY[name].options) | specs  # a shared name keeps its first spec
+    specs["max_minutes"] = (Annotated[float, Field(ge=0, le=max_minutes)] | None, None)
+    return create_model("TunelabOptions", __base__=StrictModel, **specs)
+
+
+def option_specs(config_class) -> dict:
+    """name -> (type, default None) of each field of a config dataclass, as pydantic takes them."""
+    hints = typing.get_type_hints(config_class)
+    return {f.name: (bounded(hints[f.name], f.metadata) | None, None) for f in fields(config_class)}
+
+
+def bounded(hint, metadata: dict):
+    """`hint` without None, narrowed by the field's choices or bounds, and short if text."""
+    kinds = [kind for kind in typing.get_args(hint) or [hint] if kind is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 else hint
+    if metadata.get("choices"):
+        return Literal[metadata["choices"]]
+    if metadata.get("bounds"):
+        low, high = metadata["bounds"]
+        return Annotated[kind, Field(ge=low, le=high)]
+    text = Annotated[str, Field(max_length=MAX_TEXT)]
+    if kind is str:
+        return text
+    if typing.get_origin(kind) is list:
+        return Annotated[list[text], Field(max_length=MAX_ITEMS)]
+    return kind
 
 
 def data_error_message(err: DataError) -> str:

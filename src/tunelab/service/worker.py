@@ -179,7 +179,7 @@ def job_config(job: dict, data: DataDir) -> TrainConfig:
     """The job's run; it continues from the last checkpoint, and without one starts clean (a run killed
     before its first checkpoint leaves only metrics that the new run would repeat)."""
     resume = bool(list_checkpoints(data.run_dir(job["id"])))
-    return TrainConfig(
+    return TrainConfig.from_sources(
         **train_options(job),
         data=[str(data.file(job["training_file"]))],
         val=[str(data.file(job["validation_file"]))] if job["validation_file"] else [],

@@ -75,7 +75,9 @@ def check(config: SweepConfig) -> Space:
     if config.trials < 1:
         raise UserError(f"--trials must be at least 1 (got {config.trials})")
     budget_seconds(config.budget)
-    return load_space(config.space) if config.space else default_space(get_method(config.method).default_lr)
+    if config.space:
+        return load_space(config.space, config.method)
+    return default_space(get_method(config.method).default_lr)
 
 
 def study_key(config: SweepConfig, space: Space) -> str:
@@ -107,11 +109,14 @@ class PruningHooks(TrainHooks):
 
 
 def trial_config(config: SweepConfig, space: Space, params: dict, out: Path, seconds: float | None):
-    options = {"method": config.method, "model": config.model, "seed": config.seed}
-    options |= config.train | space.fixed | params
+    method = params.get("method", space.fixed.get("method", config.method))
+    options = {"method": method, "model": config.model, "seed": config.seed}
+    options |= config.train | space.fixed_for(method) | params
     if seconds is not None:
         options["max_minutes"] = seconds / 60
-    return TrainConfig(**options, data=[config.data], val=[config.val], out=str(out), overwrite=True)
+    return TrainConfig.from_sources(
+        **options, data=[config.data], val=[config.val], out=str(out), overwrite=True
+    )
 
 
 def score_on_val(config: SweepConfig, train_config: TrainConfig, out: Path) -> float:
@@ -227,7 +232,7 @@ def sweep(config: SweepConfig, console=None, pruner=None) -> dict:
             seed=config.seed + len(study.trials), n_startup_trials=startup
         )
         trial = study.ask()
-        params = space.suggest(trial)
+        params = space.suggest(trial, config.method)
         log(f"[trial {count + 1}/{config.trials}] {params_text(params)}")
         outcome = run_trial(study, trial, params, config, space, key, seconds, console)
         log(f"[trial {count + 1}/{config.trials}] {outcome}")

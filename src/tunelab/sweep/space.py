@@ -1,5 +1,7 @@
 """The search space of a sweep, read from a YAML file: one key per training option (any `TrainConfig`
-field, the method included), each either a distribution to search or a fixed value for every trial.
+field, the method included, or a method's own option), each either a distribution to search or a fixed
+value for every trial. A method's own option (lora_r) is set only in the trials of methods that take it,
+so one space can search the method too (a conditional space, as Optuna allows).
 
     lr: {log_uniform: [1.0e-5, 1.0e-2]}
     lora_r: {int: [4, 32]}            # {int: [LOW, HIGH], log: true} for a log scale
@@ -16,7 +18,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..training.config import TrainConfig
+from ..methods import get_method
+from ..options import option_fields
+from ..training.config import TrainConfig, all_method_options
 
 KINDS = ("log_uniform", "uniform", "int", "categorical")
 # Set by the sweep itself (its data, its folders, fresh runs), never searched.
@@ -48,11 +52,28 @@ class Space:
     params: list[Param]
     fixed: dict
 
-    def suggest(self, trial) -> dict:
-        return {param.name: param.suggest(trial) for param in self.params}
+    def suggest(self, trial, method: str) -> dict:
+        """A trial's values; `method` is the sweep's, unless the space searches or fixes the method."""
+        method_first = sorted(self.params, key=lambda param: param.name != "method")
+        values: dict = {}
+        for param in method_first:
+            if applies(param.name, values.get("method", self.fixed.get("method", method))):
+                values[param.name] = param.suggest(trial)
+        return values
+
+    def fixed_for(self, method: str) -> dict:
+        return {name: value for name, value in self.fixed.items() if applies(name, method)}
 
 
-def load_space(path: str | Path) -> Space:
+def applies(name: str, method: str) -> bool:
+    """A method's own option applies to the trials of methods that take it; other keys to every trial."""
+    return name in TRAIN_FIELDS or name in option_fields(get_method(method).options)
+
+
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"options"}
+
+
+def load_space(path: str | Path, method: str = TrainConfig.method) -> Space:
     path = Path(path)
     try:
         text = path.read_text()
@@ -63,7 +84,7 @@ def load_space(path: str | Path) -> Space:
     if not isinstance(values, dict):
         raise SpaceError(f"{path}: a search space is a mapping of training options to distributions")
     lines = {key.value: key.start_mark.line + 1 for key, _ in root.value} if root else {}
-    known = {f.name for f in fields(TrainConfig)} - NOT_SEARCHED
+    known = (TRAIN_FIELDS | all_method_options()) - NOT_SEARCHED
     params, fixed = [], {}
     for name, spec in values.items():
         where = f"{path}, line {lines.get(name, '?')}, {name}"
@@ -77,11 +98,13 @@ def load_space(path: str | Path) -> Space:
             fixed[name] = spec
     if not params:
         raise SpaceError(f"{path}: nothing to search (give at least one option a distribution)")
+    space = Space(params, fixed)
+    method = fixed.get("method", method)
     try:
-        TrainConfig(**fixed)
+        TrainConfig.from_sources(method=method, **space.fixed_for(method))
     except UserError as err:
         raise SpaceError(f"{path}: the fixed values: {err}") from err
-    return Space(params, fixed)
+    return space
 
 
 def parse_param(name: str, spec: dict, where: str) -> Param:

@@ -237,7 +237,7 @@ class Trainer:
     def _optimizer(self, model):
         config = self.config
         self.peak_lr = config.lr or self.method.default_lr
-        groups = param_groups(self.method.optimizer_params(model), config, self.peak_lr)
+        groups = param_groups(self.method.optimizer_params(model), config, self.peak_lr, self.method)
         optimizer = torch.optim.AdamW(groups, lr=self.peak_lr)
         return optimizer, lr_scheduler(optimizer, self.plan)
 
@@ -466,9 +466,10 @@ class Trainer:
         return TrainResult(self.out, summary)
 
 
-def param_groups(named_params: list, config: TrainConfig, lr: float) -> list[dict]:
+def param_groups(named_params: list, config: TrainConfig, lr: float, method: Method) -> list[dict]:
     """AdamW groups: no weight decay on biases and norms; with `layer_lr_decay`, block i of L gets
-    lr * decay**(L - 1 - i) and the embeddings lr * decay**L; a new head (`classifier`) gets `head_lr`."""
+    lr * decay**(L - 1 - i) and the embeddings lr * decay**L; the method may give a parameter its own lr
+    (e.g. a new head's)."""
     blocks = [int(m.group(1)) for name, _ in named_params if (m := BLOCK_INDEX.search(name))]
     n_blocks = max(blocks) + 1 if blocks else 0
     groups: dict[tuple[float, float], list] = {}
@@ -480,7 +481,7 @@ def param_groups(named_params: list, config: TrainConfig, lr: float) -> list[dic
                 scale = config.layer_lr_decay ** (n_blocks - 1 - int(match.group(1)))
             elif "embed" in name:
                 scale = config.layer_lr_decay**n_blocks
-        group_lr = config.head_lr if ("classifier" in name and config.head_lr) else lr * scale
+        group_lr = method.parameter_lr(name, config.options) or lr * scale
         decay = config.weight_decay if param.ndim >= 2 else 0.0
         groups.setdefault((group_lr, decay), []).append(param)
     return [{"params": ps, "lr": glr, "weight_decay": wd} for (glr, wd), ps in groups.items()]
