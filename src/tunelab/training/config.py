@@ -147,7 +147,8 @@ class TrainConfig:
     # The method's own options (e.g. lora_r): a mapping of them, made into the method's `options`
     # dataclass; YAML, flags and `to_dict` keep them flat beside the fields above.
     options: Any = field(
-        default_factory=dict, metadata={"help": "the method's own options", "cli": False}  # one flag each
+        default_factory=dict,
+        metadata={"help": "the method's own options", "cli": False},  # one flag each
     )
 
     def __post_init__(self):
