@@ -34,7 +34,7 @@ def test_two_ranks_match_one_process_with_grad_accum(tiny_llama_dir, tmp_path):
             max_steps=4,
             batch_size=4,
             lr=0.01,
-            dropout=0,
+            options={"dropout": 0},
             precision="fp32",
             grad_accum=2,
         )
@@ -85,7 +85,8 @@ def step(*a, **k):
     return real_step(*a, **k)
 loop.train_step = step
 train(TrainConfig(model=sys.argv[2], data=sys.argv[3], out=sys.argv[4], resume=sys.argv[5] == "resume",
-                  max_steps=12, save_every=4, batch_size=4, lr=5e-3, dropout=0.1, seed=3, precision="fp32"))
+                  max_steps=12, save_every=4, batch_size=4, lr=5e-3, options={"dropout": 0.1}, seed=3,
+                  precision="fp32"))
 """
 
 

@@ -152,7 +152,7 @@ loop.train_step = step
 cfg = dict(model=sys.argv[2], data=sys.argv[3], out=sys.argv[4], max_steps=12, lr=5e-3, batch_size=4,
            save_every=4,
            resume=sys.argv[5] == "resume", dropout=0.1, seed=3)
-train(TrainConfig(**cfg))
+train(TrainConfig.from_sources(**cfg))
 """
 
 
