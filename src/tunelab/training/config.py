@@ -34,8 +34,12 @@ class TrainConfig:
     mix: str | None = field(
         default=None, metadata={"help": "multi-task mixing: 'temperature:T' (default: the given weights)"}
     )
-    objective: str = field(
-        default="sft", metadata={"help": "sft (chat examples) or causal-lm (plain text, packed blocks)"}
+    objective: str | None = field(
+        default=None,
+        metadata={
+            "help": "sft (chat examples), causal-lm (plain text, packed blocks) or classification (a class "
+            "per example); default: the method's first (sft; head: classification)"
+        },
     )
     format: str | None = field(
         default=None, metadata={"help": "force the data format instead of detecting it"}
@@ -141,8 +145,10 @@ class TrainConfig:
         if isinstance(self.val, str):
             self.val = [self.val]
         self.val = self.val or []
-        if self.objective not in ("sft", "causal-lm"):
-            raise ConfigError(f"objective: '{self.objective}' is not one of sft, causal-lm")
+        from ..objectives import REGISTRY as OBJECTIVES  # imports torch: here, not when --help reads this
+
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective: '{self.objective}' is not one of {', '.join(sorted(OBJECTIVES))}")
         if self.adapter_placement not in ("houlsby", "pfeiffer"):
             raise ConfigError(f"adapter_placement: '{self.adapter_placement}' is not houlsby or pfeiffer")
         if not 0 <= self.val_split < 1:

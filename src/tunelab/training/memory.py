@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.batching import collate
-from ..data.tokenize import EncodedExample
 from ..errors import UserError
 from ..ops import LOSS_CHUNK, autocast
 
@@ -47,6 +45,7 @@ class MemoryModel:
     step: float  # bytes a step takes whatever its size: gradients, the loss's vocabulary slice, workspaces
     per_row: tuple[float, float]  # bytes one row of length T adds at the step's peak: b*T + c*T^2
     seconds_per_token: float
+    in_use: float  # bytes: of `fixed`, what the process held when measured (the rest: optimizer state)
 
     def activations(self, rows: int, length: int) -> float:
         b, c = self.per_row
@@ -60,9 +59,17 @@ class MemoryModel:
         return int((budget - self.fixed - self.step) // max(self.activations(1, length), 1))
 
 
-def measure(model, method, trainable: int, vocab: int, device, precision: str, longest: int) -> MemoryModel:
-    """Probe the model as the run will train it (same method, dtype, checkpointing), with one row of a
-    quarter, half and all of `longest` tokens."""
+def measure(
+    model, objective, trainable: int, vocab: int, device, precision: str, longest: int
+) -> MemoryModel:
+    """Probe the model as the run will train it (same method, objective, dtype, checkpointing), with one
+    row of a quarter, half and all of `longest` tokens (the objective's probe row). The probes draw no
+    random numbers the run would (dropout): a run measured first trains as one that was not."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _measure(model, objective, trainable, vocab, device, precision, longest)
+
+
+def _measure(model, objective, trainable, vocab, device, precision, longest) -> MemoryModel:
     resident = resident_bytes(model, device)
     model.train()  # as the run trains it: dropout keeps its masks, checkpointing acts only in training
     top = max(longest, 4 * MIN_PROBE)
@@ -70,9 +77,10 @@ def measure(model, method, trainable: int, vocab: int, device, precision: str, l
     peaks, seconds = [], 0.0
     for length in lengths:
         reset_peak(device)
+        batch = {k: v.to(device) for k, v in objective.probe_batch(length, vocab).items()}
         start = time.perf_counter()
         with autocast(device, precision):
-            loss = method.loss(model, _probe_batch(length, vocab, device), 1)
+            loss = objective.loss(model, batch, 1)
         loss.backward()
         seconds = time.perf_counter() - start
         del loss
@@ -83,7 +91,7 @@ def measure(model, method, trainable: int, vocab: int, device, precision: str, l
         peaks.append(peak_bytes(device) - resident - loss_slice)
     step, b, c = _quadratic(lengths, peaks)
     fixed = resident + trainable * ADAM_BYTES  # AdamW's moments: the probes take no optimizer step
-    return MemoryModel(fixed, step + loss_slice_bytes(vocab), (b, c), seconds / lengths[-1])
+    return MemoryModel(fixed, step + loss_slice_bytes(vocab), (b, c), seconds / lengths[-1], resident)
 
 
 def _quadratic(xs, ys) -> tuple[float, float, float]:
@@ -98,13 +106,6 @@ def _quadratic(xs, ys) -> tuple[float, float, float]:
 def loss_slice_bytes(vocab: int) -> int:
     """The chunked loss's logits, softmax and gradient for one slice of LOSS_CHUNK positions, in fp32."""
     return 3 * LOSS_CHUNK * vocab * 4
-
-
-def _probe_batch(length: int, vocab: int, device) -> dict:
-    ids = [(10 + i) % vocab for i in range(length)]
-    # Every position labelled (the loss's worst case), and a class for heads that classify instead.
-    item = EncodedExample(ids, ids, target=0)
-    return {k: v.to(device) for k, v in collate([item], pad_id=0).items()}
 
 
 def resident_bytes(model, device) -> float:
