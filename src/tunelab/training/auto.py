@@ -9,7 +9,6 @@ batch costs is the run's measured memory model (memory.py, the one `--memory-bud
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 
 from .memory import MemoryModel
@@ -46,24 +45,10 @@ def pick(n_examples: int, default_lr: float, rows_that_fit: int) -> dict:
     return {"epochs": epochs, "batch_size": batch, "lr": float(f"{lr:.3g}")}
 
 
-def rows_that_fit(memory: MemoryModel, length: int, free_bytes: float) -> int:
-    """Rows of `length` tokens a micro-batch may hold when a step may add STEP_SHARE of `free_bytes` to
-    what the process held when `memory` was measured."""
-    return memory.fit(memory.in_use + STEP_SHARE * free_bytes, length)
-
-
-def free_memory_bytes() -> float:
-    """What the device has free now: the GPU's, else the machine's available memory."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.mem_get_info()[0]
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):  # not Linux: all of the physical memory
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def rows_that_fit(memory: MemoryModel, length: int) -> int:
+    """Rows of `length` tokens a micro-batch may hold when a step may add STEP_SHARE of the memory that was
+    free when `memory` was measured to what the process held then."""
+    return memory.fit(memory.in_use + STEP_SHARE * memory.free, length)
 
 
 def percentile_95(lengths: list[int]) -> int:
@@ -86,7 +71,7 @@ def resolve(config, lengths: list[int], default_lr: float, memory: MemoryModel |
         return config, {}
     fits = MAX_BATCH
     if config.batch_size == AUTO:
-        fits = rows_that_fit(memory, percentile_95(lengths), free_memory_bytes())
+        fits = rows_that_fit(memory, percentile_95(lengths))
     picks = pick(len(lengths), default_lr, fits)
     if config.batch_size != AUTO:  # the lr follows the batch size the run really uses
         picks["lr"] = float(f"{default_lr * math.sqrt(config.batch_size / REFERENCE_BATCH):.3g}")

@@ -133,8 +133,10 @@ class Trainer:
         self.method = get_method(config.method)
         if objective:
             check_pairing(self.method, objective)
-        self.objective = objective or objective_for(config, self.method)
-        config = replace(config, objective=config.objective or self.objective.name)  # saved as it ran
+        else:
+            objective = objective_for(config, self.method)
+            config = replace(config, objective=objective.name)  # saved as it ran: the default is named
+        self.objective = objective
         self.config, self.out = config, Path(config.out)
         self.hooks = hooks or TrainHooks()
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: DDP over gloo on CPUs

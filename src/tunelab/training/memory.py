@@ -12,6 +12,7 @@ kept as a matrix grows with its square).
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import resource
 import time
@@ -46,6 +47,7 @@ class MemoryModel:
     per_row: tuple[float, float]  # bytes one row of length T adds at the step's peak: b*T + c*T^2
     seconds_per_token: float
     in_use: float  # bytes: of `fixed`, what the process held when measured (the rest: optimizer state)
+    free: float  # bytes the device had free then
 
     def activations(self, rows: int, length: int) -> float:
         b, c = self.per_row
@@ -91,7 +93,8 @@ def _measure(model, objective, trainable, vocab, device, precision, longest) -> 
         peaks.append(peak_bytes(device) - resident - loss_slice)
     step, b, c = _quadratic(lengths, peaks)
     fixed = resident + trainable * ADAM_BYTES  # AdamW's moments: the probes take no optimizer step
-    return MemoryModel(fixed, step + loss_slice_bytes(vocab), (b, c), seconds / lengths[-1], resident)
+    free = free_bytes(device)
+    return MemoryModel(fixed, step + loss_slice_bytes(vocab), (b, c), seconds / lengths[-1], resident, free)
 
 
 def _quadratic(xs, ys) -> tuple[float, float, float]:
@@ -118,6 +121,18 @@ def resident_bytes(model, device) -> float:
         return torch.cuda.memory_allocated(device)
     give_back_freed()  # what earlier probes freed is not resident weight
     return current_rss()
+
+
+def free_bytes(device) -> float:
+    """What the device has free now: a GPU's free memory, else the machine's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux: all of the physical memory
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def current_rss() -> float:
