@@ -2,9 +2,10 @@
 
 The training loop is shared; a method only decides which parameters train (`prepare`) and what the
 artefact on disk looks like (`save`, `load`). Checkpoints hold exactly the parameters that require grad.
-What is learned from the data, and the loss, is the run's objective (objectives/): any objective whose
-`task` is the method's. What a method can do is declared by its class attributes (`task`,
-`default_objective`, `artifact`, `mergeable`, `servable`); callers ask the method, never compare its name.
+What is learned from the data, and the loss, is the run's objective (objectives/; its base.py says how to
+add one): any objective whose `task` is the method's. What a method can do is declared by its class
+attributes (`task`, `default_objective`, `artifact`, `mergeable`, `servable`); callers ask the method,
+never compare its name.
 
 Adding a method: write `methods/<name>.py` with a `Method` subclass, call `register(...)` at its bottom,
 import it in `methods/__init__.py`, add its row to the method table in tests/test_methods.py and a README
