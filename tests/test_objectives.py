@@ -25,7 +25,6 @@ class FirstAnswerToken(SupervisedFineTuning):
     """Chat examples as sft reads them, but only each answer's first token is learned: one target a row."""
 
     name = "toy-first-token"
-    summary = "a test's own objective"
 
     def __init__(self):
         self.counted: list[int] = []  # the targets of every batch the loop asked about

@@ -30,7 +30,6 @@ from ..ops import causal_lm_loss
 
 class Objective:
     name: str = ""
-    summary: str = ""
     task: str = "causal-lm"  # the model it trains, matched with `Method.task`
 
     def read(self, path: str, config) -> list:

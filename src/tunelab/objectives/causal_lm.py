@@ -9,7 +9,6 @@ from .base import Objective, register
 
 class CausalLM(Objective):
     name = "causal-lm"
-    summary = "plain text, packed into blocks: learn every next token"
 
     def read(self, path, config):
         return load_documents(path)

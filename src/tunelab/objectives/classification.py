@@ -16,7 +16,6 @@ from .base import Objective, probe_ids, register
 class Classification(Objective):
     name = "classification"
     task = "classification"
-    summary = "chat examples whose answer is a class: learn the class"
 
     def settle(self, config, records):
         """The classes are the answers found in the data, when `labels` does not name them."""

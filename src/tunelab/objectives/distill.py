@@ -68,7 +68,6 @@ class Distillation(Objective):
     """`on`'s data and targets, with the distillation loss while training (see the module doc)."""
 
     name = "distill"
-    summary = "learn what a teacher model predicts (tunelab distill)"
 
     def __init__(
         self, on: Objective, teacher, temperature: float = 2.0, alpha: float = 0.5,

@@ -9,7 +9,6 @@ from .base import Objective, register
 
 class SupervisedFineTuning(Objective):
     name = "sft"
-    summary = "chat examples: learn the assistant's answers"
 
     def encode(self, records, tokenizer, config):
         return encode_examples(records, tokenizer, config.max_length, config.train_on_inputs)
