@@ -9,19 +9,13 @@ from typer.testing import CliRunner
 
 from conftest import copy_task_rows, write_jsonl
 from tunelab.cli import app
-from tunelab.compress.distill import (
-    DistillConfig,
-    distill,
-    hidden_state_loss,
-    kd_loss,
-    teacher_blocks_of,
-    with_distillation,
-)
+from tunelab.compress.distill import DistillConfig, distill, teacher_blocks_of
 from tunelab.compress.prune import PruneConfig, prune
 from tunelab.compress.quantize import QuantizeConfig, load_quantized, quantize
 from tunelab.compress.source import parameter_count
 from tunelab.errors import UserError
-from tunelab.methods import get_method
+from tunelab.objectives import get_objective
+from tunelab.objectives.distill import Distillation, hidden_state_loss, kd_loss
 from tunelab.run_dir import RunDir
 from tunelab.training import TrainConfig
 
@@ -130,12 +124,12 @@ def test_distilled_loss_of_the_teacher_itself_is_its_cross_entropy(tiny_llama_di
     model = plain(tiny_llama_dir).train()
     items, _ = encode_examples([Example(r["messages"]) for r in copy_task_rows(4)], tiny_tokenizer, 64)
     batch = collate(items, tiny_tokenizer.pad_token_id)
-    lora = get_method("lora")
-    only_kd = with_distillation(lora, plain(tiny_llama_dir), temperature=2.0, alpha=1.0)
+    sft = get_objective("sft")
+    only_kd = Distillation(sft, plain(tiny_llama_dir), temperature=2.0, alpha=1.0)
     assert abs(float(only_kd.loss(model, batch, 1).detach())) < 1e-4
-    half = with_distillation(lora, plain(tiny_llama_dir), temperature=2.0, alpha=0.5)
-    torch.testing.assert_close(half.loss(model, batch, 1), 0.5 * lora.loss(model, batch, 1))
-    assert half.name == "lora" and half.artifact == "peft"  # saved and loaded as the method it extends
+    half = Distillation(sft, plain(tiny_llama_dir), temperature=2.0, alpha=0.5)
+    torch.testing.assert_close(half.loss(model, batch, 1), 0.5 * sft.loss(model, batch, 1))
+    assert half.count_targets(batch) == sft.count_targets(batch)  # the data and targets of sft
 
 
 def test_hidden_state_loss_is_the_share_of_variance_left_unexplained():
@@ -177,20 +171,20 @@ def test_hidden_state_term_matches_pruned_blocks_to_where_they_came_from(
     with pytest.raises(UserError, match="not a `tunelab prune` cut"):
         teacher_blocks_of(str(shallow), teacher)
     with pytest.raises(UserError, match="needs the teacher block"):
-        with_distillation(get_method("lora"), teacher, 2.0, 0.5, hidden_weight=1.0)
+        Distillation(get_objective("sft"), teacher, 2.0, 0.5, hidden_weight=1.0)
     with pytest.raises(UserError, match="only with --mode logits"):
         DistillConfig(mode="sequence", hidden_weight=1.0)
 
     tokenizer = load_tokenizer(str(tiny_llama_dir))
     items, _ = encode_examples([Example(r["messages"]) for r in copy_task_rows(4)], tokenizer, 64)
     batch = collate(items, tokenizer.pad_token_id)
-    lora = get_method("lora")
+    sft = get_objective("sft")
     student = plain(pruned).train()
-    logits_only = with_distillation(lora, teacher, 2.0, 0.5)
+    logits_only = Distillation(sft, teacher, 2.0, 0.5)
     # The student's one block against a teacher block that had another input: a positive term.
-    other = with_distillation(lora, teacher, 2.0, 0.5, hidden_weight=1.0, teacher_blocks=[1 - kept[0]])
+    other = Distillation(sft, teacher, 2.0, 0.5, hidden_weight=1.0, teacher_blocks=[1 - kept[0]])
     assert float(other.loss(student, batch, 1)) > float(logits_only.loss(student, batch, 1)) + 1e-3
-    itself = with_distillation(lora, teacher, 2.0, 0.5, hidden_weight=1.0, teacher_blocks=[0, 1])
+    itself = Distillation(sft, teacher, 2.0, 0.5, hidden_weight=1.0, teacher_blocks=[0, 1])
     copy = plain(tiny_llama_dir).train()
     torch.testing.assert_close(itself.loss(copy, batch, 1), logits_only.loss(copy, batch, 1))
 

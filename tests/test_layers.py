@@ -15,6 +15,7 @@ LAYERS = [
     {"data", "models", "run_dir"},
     {"ops"},
     {"methods"},
+    {"objectives"},
     {"training"},
     {"inference"},
     {"evaluation"},

@@ -59,7 +59,7 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(tiny_model_dir, monkeyp
 
 
 def test_token_budget_micro_batches_give_the_same_step_as_example_counts(tiny_llama_dir):
-    from tunelab.methods import get_method
+    from tunelab.objectives import get_objective
 
     torch.manual_seed(0)
     model, tokenizer = load_model(str(tiny_llama_dir))
@@ -70,12 +70,12 @@ def test_token_budget_micro_batches_give_the_same_step_as_example_counts(tiny_ll
     assert len(micro) > 1 and sorted(i for m in micro for i in m) == [0, 1, 2, 3]
     assert all(len(m) * max(lengths[i] for i in m) <= 2 * max(lengths) - 1 for m in micro)
 
-    method = get_method("full")
+    sft = get_objective("sft")
     whole = collate(items, tokenizer.pad_token_id)
-    n_targets = method.count_targets(whole)
-    one = method.loss(model, whole, n_targets)
+    n_targets = sft.count_targets(whole)
+    one = sft.loss(model, whole, n_targets)
     pieces = [
-        method.loss(model, collate([items[i] for i in m], tokenizer.pad_token_id), n_targets) for m in micro
+        sft.loss(model, collate([items[i] for i in m], tokenizer.pad_token_id), n_targets) for m in micro
     ]
     assert sum(p.item() for p in pieces) == pytest.approx(one.item(), abs=1e-6)
 

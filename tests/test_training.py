@@ -15,7 +15,7 @@ from tunelab import ops
 from tunelab.data import Example
 from tunelab.data.batching import collate
 from tunelab.data.tokenize import encode_chat
-from tunelab.methods import get_method
+from tunelab.objectives import get_objective
 from tunelab.training import ConfigError, TrainConfig, TrainingDiverged, loop, steps, train
 from tunelab.training import checkpoint as ckpt
 
@@ -130,7 +130,7 @@ def test_grad_accumulation_normalises_by_tokens_across_micro_batches(tiny_llama_
         cfg = TrainConfig(max_grad_norm=0)
         micro = [collate(g, pad) for g in groups]
         loss, _, _ = steps.train_step(
-            model, micro, opt, sched, Accelerator(), cfg, "fp32", get_method("full")
+            model, micro, opt, sched, Accelerator(), cfg, "fp32", get_objective("sft")
         )
         results.append((loss, model.state_dict()))
     (loss_a, sd_a), (loss_b, sd_b) = results

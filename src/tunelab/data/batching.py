@@ -56,13 +56,10 @@ def collate(items: list[EncodedExample], pad_id: int, padding_side: str = "right
         n = len(item.input_ids)
         cols = slice(0, n) if padding_side == "right" else slice(width - n, width)
         input_ids[row, cols] = torch.tensor(item.input_ids)
-        if item.labels:  # classification items have a target instead
+        if item.labels:  # items without labels (a prompt to score, a class target) stay all -100
             labels[row, cols] = torch.tensor(item.labels)
         attention_mask[row, cols] = 1
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-    if items[0].target is not None:
-        batch["targets"] = torch.tensor([item.target for item in items])
-    return batch
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def count_label_tokens(labels: torch.Tensor) -> int:

@@ -2,8 +2,10 @@
 
 The training loop is shared; a method only decides which parameters train (`prepare`) and what the
 artefact on disk looks like (`save`, `load`). Checkpoints hold exactly the parameters that require grad.
-What a method can do is declared by its class attributes (`task`, `artifact`, `mergeable`, `servable`);
-callers ask the method, never compare its name.
+What is learned from the data, and the loss, is the run's objective (objectives/; its base.py says how to
+add one): any objective whose `task` is the method's. What a method can do is declared by its class
+attributes (`task`, `default_objective`, `artifact`, `mergeable`, `servable`); callers ask the method,
+never compare its name.
 
 Adding a method: write `methods/<name>.py` with a `Method` subclass, call `register(...)` at its bottom,
 import it in `methods/__init__.py`, add its row to the method table in tests/test_methods.py and a README
@@ -19,9 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.batching import count_label_tokens
 from ..errors import UserError
-from ..ops import causal_lm_loss
 from ..options import ConfigError, NoOptions, check_fields, option_fields
 
 
@@ -33,8 +33,10 @@ class Method:
     # "tunelab" (an adapter folder only tunelab loads); the model card and loaders follow it.
     artifact: str = "peft"
     # "causal-lm" learns next tokens; "classification" learns one class per example with a new head
-    # (see head.py), so its model predicts labels and does not generate.
+    # (see head.py), so its model predicts labels and does not generate. It takes the objectives of its
+    # task (objectives/: sft, causal-lm, distill; classification) and is refused the others.
     task: str = "causal-lm"
+    default_objective: str = "sft"  # what a run trains it with when the config names no objective
     # Whether `tunelab export` can fold the result into plain weights of the base architecture; when not,
     # `not_mergeable` says why (the export error shows it).
     mergeable: bool = True
@@ -69,13 +71,6 @@ class Method:
     def save(self, model, out_dir: Path) -> None:
         """Write the final artefact (weights and config) into `out_dir`."""
         model.save_pretrained(out_dir)
-
-    def loss(self, model, batch: dict, normaliser) -> torch.Tensor:
-        """Summed loss over the batch's targets divided by `normaliser` (targets in the whole step)."""
-        return causal_lm_loss(model, batch, normaliser)
-
-    def count_targets(self, batch: dict) -> int:
-        return count_label_tokens(batch["labels"])
 
     def optimizer_params(self, model) -> list[tuple[str, torch.nn.Parameter]]:
         """(name, parameter) pairs the optimizer holds: those that train now or may later (unfreezing)."""

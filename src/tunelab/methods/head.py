@@ -1,8 +1,9 @@
 """Transfer learning: the pretrained body frozen, a new classification head trained on top.
 
 The example's prompt goes through the chat template (as for generation); the hidden state of its last
-real token is pooled and a linear `classifier` maps it to the classes, trained with cross-entropy. With
-`--unfreeze-top K` the top K blocks are unfrozen one by one during training (gradual unfreezing).
+real token is pooled and a linear `classifier` maps it to the classes, trained with cross-entropy (the
+classification objective, objectives/classification.py). With `--unfreeze-top K` the top K blocks are
+unfrozen one by one during training (gradual unfreezing).
 
 Saved like an adapter: an adapter config (`tunelab_method: head`, labels) and adapter weights
 with the head and any unfrozen block weights; only tunelab loads it (`tunelab predict`).
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -75,6 +75,7 @@ class ClassificationHead(Method):
     default_lr = 1e-3
     artifact = "tunelab"
     task = "classification"
+    default_objective = "classification"
     summary = "frozen pretrained body, new classification head (transfer learning); fastest, smallest"
     options = HeadOptions
 
@@ -104,13 +105,6 @@ class ClassificationHead(Method):
         for k in range(model.unfreeze_top):
             if step >= (k + 1) * total_steps // (model.unfreeze_top + 1):
                 blocks[len(blocks) - 1 - k].requires_grad_(True)
-
-    def loss(self, model, batch: dict, normaliser) -> torch.Tensor:
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        return F.cross_entropy(logits.float(), batch["targets"], reduction="sum") / normaliser
-
-    def count_targets(self, batch: dict) -> int:
-        return int(batch["targets"].shape[0])
 
     def save(self, model, out_dir: Path) -> None:
         config = {

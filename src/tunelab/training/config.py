@@ -36,8 +36,12 @@ class TrainConfig:
     mix: str | None = field(
         default=None, metadata={"help": "multi-task mixing: 'temperature:T' (default: the given weights)"}
     )
-    objective: str = field(
-        default="sft", metadata={"help": "sft (chat examples) or causal-lm (plain text, packed blocks)"}
+    objective: str | None = field(
+        default=None,
+        metadata={
+            "help": "sft (chat examples), causal-lm (plain text, packed blocks) or classification (a class "
+            "per example); default: the method's first (sft; head: classification)"
+        },
     )
     format: str | None = field(
         default=None, metadata={"help": "force the data format instead of detecting it"}
@@ -157,8 +161,10 @@ class TrainConfig:
         if isinstance(self.val, str):
             self.val = [self.val]
         self.val = self.val or []
-        if self.objective not in ("sft", "causal-lm"):
-            raise ConfigError(f"objective: '{self.objective}' is not one of sft, causal-lm")
+        from ..objectives import REGISTRY as OBJECTIVES  # imports torch: here, not when --help reads this
+
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective: '{self.objective}' is not one of {', '.join(sorted(OBJECTIVES))}")
         if self.val and self.val_split:
             raise ConfigError("val_split: give either val files or a val_split fraction, not both")
         self._numbers_or_auto()

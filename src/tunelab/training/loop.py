@@ -10,26 +10,27 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 
-from ..data.batching import collate, epoch_batches, split_by_tokens
+from ..data.batching import epoch_batches, split_by_tokens
 from ..data.mixture import epoch_indices, mixing_weights
 from ..data.tokenize import EncodedExample
 from ..errors import UserError
 from ..methods import Method, get_method
 from ..models import load_model
 from ..models.blocks import BLOCK_INDEX
+from ..objectives import Objective
 from ..ops import pick_precision
 from ..run_dir import RunDir, atomic_folder
 from . import auto
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
-from .datasets import load_tasks
+from .datasets import check_pairing, load_tasks, objective_for
 from .memory import MemoryModel, batch_tokens_for, measure, parse_bytes, peak_bytes
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
@@ -87,12 +88,13 @@ class TrainHooks:
 
 
 def train(
-    config: TrainConfig, console=None, hooks: TrainHooks | None = None, method: Method | None = None
+    config: TrainConfig, console=None, hooks: TrainHooks | None = None, objective: Objective | None = None
 ) -> TrainResult:
     """Train `config.method` on `config.data` and write the result to `config.out`.
 
-    `method` replaces the registered one, e.g. with another loss (distillation, compress/distill.py)."""
-    return Trainer(config, console, hooks, method).fit()
+    `objective` replaces the registered one `config.objective` names, for one that needs more than a
+    config holds (distillation's teacher, compress/distill.py)."""
+    return Trainer(config, console, hooks, objective).fit()
 
 
 def check_out_dir(out: Path, config: TrainConfig) -> None:
@@ -120,15 +122,22 @@ def padding_fraction(items: list[EncodedExample], batches: list[list[int]]) -> f
 
 
 class Trainer:
-    """Sets a run up (model, method, data, optimizer), runs it, and writes its artefacts."""
+    """Sets a run up (model, method, objective, data, optimizer), runs it, and writes its artefacts."""
 
     def __init__(
-        self, config: TrainConfig, console=None, hooks: TrainHooks | None = None, method: Method | None = None
-    ):
+        self, config: TrainConfig, console=None, hooks: TrainHooks | None = None,
+        objective: Objective | None = None,
+    ):  # fmt: skip
         if not config.out:
             raise ConfigError("out: an output folder is required")
+        self.method = get_method(config.method)
+        if objective:
+            check_pairing(self.method, objective)
+        else:
+            objective = objective_for(config, self.method)
+            config = replace(config, objective=objective.name)  # saved as it ran: the default is named
+        self.objective = objective
         self.config, self.out = config, Path(config.out)
-        self.method = method or get_method(config.method)
         self.hooks = hooks or TrainHooks()
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: DDP over gloo on CPUs
         self.main = self.accelerator.is_main_process
@@ -142,25 +151,27 @@ class Trainer:
         set_seed(config.seed)  # before the method wraps the model: adapter initialisation is seeded too
 
         model, self.tokenizer = load_model(config.model, log=self.log)
+        # The config settled by the objective: classification runs now know their labels.
         config, self.tasks, self.val_sets, self.data_stats = load_tasks(
-            config, self.tokenizer, self.method.task
+            config, self.tokenizer, self.objective
         )
-        lengths = [len(item.input_ids) for task in self.tasks for item in task.train]
-        config, self.auto = auto.resolve(config, lengths, self.method.default_lr, model.config)
-        if self.auto:
-            picked = ", ".join(f"{name} {value:g}" for name, value in self.auto.items())
-            self.log(f"auto settings for {len(lengths)} examples: {picked} (rule: README, Training)")
-        # The batch cut the run uses; the config keeps the user's value (a GPU rerun takes whole batches).
-        self.micro_tokens = auto.micro_batch_tokens(config, self.accelerator.device.type)
-        self.config = config  # classification runs now know their labels, auto settings their values
         model = self.method.prepare(model, config)
         if config.gradient_checkpointing:
             enable_checkpointing(model)
         self.train_items = [item for task in self.tasks for item in task.train]
         self.lengths = [len(item.input_ids) for item in self.train_items]
         self.memory = None
-        if config.memory_budget or config.dry_run:
-            self.memory = self._fit_memory(model)
+        if config.memory_budget or config.dry_run or config.batch_size == auto.AUTO:
+            self.memory = self._measure(model)
+        config, self.auto = auto.resolve(config, self.lengths, self.method.default_lr, self.memory)
+        if self.auto:
+            picked = ", ".join(f"{name} {value:g}" for name, value in self.auto.items())
+            self.log(f"auto settings for {len(self.lengths)} examples: {picked} (rule: README, Training)")
+        # The batch cut the run uses; the config keeps the user's value (a GPU rerun takes whole batches).
+        self.micro_tokens = auto.micro_batch_tokens(config, self.accelerator.device.type)
+        self.config = config  # auto settings now have their values
+        if config.memory_budget:
+            self._fit_memory(model)
         self.task_sizes = [len(task.train) for task in self.tasks]
         self.mix = mixing_weights(self.tasks, config.mix)
 
@@ -180,22 +191,23 @@ class Trainer:
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.state = TrainState()
 
-    def _fit_memory(self, model) -> MemoryModel:
-        """Measure what the run will cost; under `memory_budget`, cut batches to fit (checkpointing the
-        activations when even one example would not)."""
-        config, longest = self.config, max(self.lengths)
+    def _measure(self, model) -> MemoryModel:
+        """What the run will cost (memory.py), measured on the model as it will train."""
         trainable = sum(p.numel() for _, p in self.method.optimizer_params(model))
         vocab = model.config.vocab_size  # a classifier has no output embeddings
         device = next(model.parameters()).device
-        memory = measure(model, self.method, trainable, vocab, device, self.precision, longest)
-        if not config.memory_budget:
-            return memory
+        return measure(model, self.objective, trainable, vocab, device, self.precision, max(self.lengths))
+
+    def _fit_memory(self, model) -> None:
+        """Under `memory_budget`, cut batches to fit (checkpointing the activations when even one example
+        would not)."""
+        config, longest, memory = self.config, max(self.lengths), self.memory
         budget = parse_bytes(config.memory_budget)
         tokens = self._budget_tokens(memory, budget, longest)
         if tokens is None and not config.gradient_checkpointing:
             enable_checkpointing(model)
             config.gradient_checkpointing = True
-            memory = measure(model, self.method, trainable, vocab, device, self.precision, longest)
+            memory = self.memory = self._measure(model)
             tokens = self._budget_tokens(memory, budget, longest)
         if tokens is None:
             need = memory.peak(1, longest) / 2**30
@@ -208,7 +220,6 @@ class Trainer:
             f"memory budget {config.memory_budget}: micro-batches of at most {tokens} tokens"
             f"{', gradient checkpointing' if config.gradient_checkpointing else ''}"
         )
-        return memory
 
     def _budget_tokens(self, memory: MemoryModel, budget: float, longest: int) -> int | None:
         """Micro-batch tokens within `budget`; never more than the run would use without one."""
@@ -313,11 +324,13 @@ class Trainer:
         self.method.on_step(self.unwrapped, state.step, self.plan.total_steps)
         lr_factor = self.plan.factor(state.step)  # what the scheduler set for this step
         micro = [
-            collate([self.train_items[i] for i in m], pad_id) for batch in group for m in self._micro(batch)
+            self.objective.collate([self.train_items[i] for i in m], pad_id)
+            for batch in group
+            for m in self._micro(batch)
         ]
         loss, grad_norm, tokens = train_step(
             self.model, micro, self.optimizer, self.scheduler, self.accelerator, self.config, self.precision,
-            self.method,
+            self.objective,
         )  # fmt: skip
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise TrainingDiverged(
@@ -364,7 +377,7 @@ class Trainer:
         by_task = {
             name: evaluate_loss(
                 self.unwrapped, items, config.batch_size, self.tokenizer.pad_token_id,
-                self.accelerator.device, self.precision, self.method,
+                self.accelerator.device, self.precision, self.objective,
             )
             for name, items in self.val_sets.items()
         }  # fmt: skip

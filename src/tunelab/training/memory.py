@@ -12,6 +12,7 @@ kept as a matrix grows with its square).
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import resource
 import time
@@ -19,8 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.batching import collate
-from ..data.tokenize import EncodedExample
 from ..errors import UserError
 from ..ops import LOSS_CHUNK, autocast
 
@@ -47,6 +46,8 @@ class MemoryModel:
     step: float  # bytes a step takes whatever its size: gradients, the loss's vocabulary slice, workspaces
     per_row: tuple[float, float]  # bytes one row of length T adds at the step's peak: b*T + c*T^2
     seconds_per_token: float
+    in_use: float  # bytes: of `fixed`, what the process held when measured (the rest: optimizer state)
+    free: float  # bytes the device had free then
 
     def activations(self, rows: int, length: int) -> float:
         b, c = self.per_row
@@ -60,9 +61,17 @@ class MemoryModel:
         return int((budget - self.fixed - self.step) // max(self.activations(1, length), 1))
 
 
-def measure(model, method, trainable: int, vocab: int, device, precision: str, longest: int) -> MemoryModel:
-    """Probe the model as the run will train it (same method, dtype, checkpointing), with one row of a
-    quarter, half and all of `longest` tokens."""
+def measure(
+    model, objective, trainable: int, vocab: int, device, precision: str, longest: int
+) -> MemoryModel:
+    """Probe the model as the run will train it (same method, objective, dtype, checkpointing), with one
+    row of a quarter, half and all of `longest` tokens (the objective's probe row). The probes draw no
+    random numbers the run would (dropout): a run measured first trains as one that was not."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _measure(model, objective, trainable, vocab, device, precision, longest)
+
+
+def _measure(model, objective, trainable, vocab, device, precision, longest) -> MemoryModel:
     resident = resident_bytes(model, device)
     model.train()  # as the run trains it: dropout keeps its masks, checkpointing acts only in training
     top = max(longest, 4 * MIN_PROBE)
@@ -70,9 +79,10 @@ def measure(model, method, trainable: int, vocab: int, device, precision: str, l
     peaks, seconds = [], 0.0
     for length in lengths:
         reset_peak(device)
+        batch = {k: v.to(device) for k, v in objective.probe_batch(length, vocab).items()}
         start = time.perf_counter()
         with autocast(device, precision):
-            loss = method.loss(model, _probe_batch(length, vocab, device), 1)
+            loss = objective.loss(model, batch, 1)
         loss.backward()
         seconds = time.perf_counter() - start
         del loss
@@ -83,7 +93,8 @@ def measure(model, method, trainable: int, vocab: int, device, precision: str, l
         peaks.append(peak_bytes(device) - resident - loss_slice)
     step, b, c = _quadratic(lengths, peaks)
     fixed = resident + trainable * ADAM_BYTES  # AdamW's moments: the probes take no optimizer step
-    return MemoryModel(fixed, step + loss_slice_bytes(vocab), (b, c), seconds / lengths[-1])
+    free = free_bytes(device)
+    return MemoryModel(fixed, step + loss_slice_bytes(vocab), (b, c), seconds / lengths[-1], resident, free)
 
 
 def _quadratic(xs, ys) -> tuple[float, float, float]:
@@ -100,13 +111,6 @@ def loss_slice_bytes(vocab: int) -> int:
     return 3 * LOSS_CHUNK * vocab * 4
 
 
-def _probe_batch(length: int, vocab: int, device) -> dict:
-    ids = [(10 + i) % vocab for i in range(length)]
-    # Every position labelled (the loss's worst case), and a class for heads that classify instead.
-    item = EncodedExample(ids, ids, target=0)
-    return {k: v.to(device) for k, v in collate([item], pad_id=0).items()}
-
-
 def resident_bytes(model, device) -> float:
     """Memory in use with every weight resident: loaded weights may be mapped from their file and not yet
     read, so one short forward pass touches them first."""
@@ -117,6 +121,18 @@ def resident_bytes(model, device) -> float:
         return torch.cuda.memory_allocated(device)
     give_back_freed()  # what earlier probes freed is not resident weight
     return current_rss()
+
+
+def free_bytes(device) -> float:
+    """What the device has free now: a GPU's free memory, else the machine's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux: all of the physical memory
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def current_rss() -> float:

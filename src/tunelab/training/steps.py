@@ -7,20 +7,20 @@ from contextlib import nullcontext
 
 import torch
 
-from ..data.batching import collate
 from ..data.tokenize import EncodedExample
 from ..ops import autocast
 from .memory import give_back_freed
 
 
 def train_step(
-    model, micro, optimizer, scheduler, accelerator, config, precision, method
+    model, micro, optimizer, scheduler, accelerator, config, precision, objective
 ) -> tuple[float, float, int]:
-    """One optimizer step over a group of micro-batches; the loss is a mean over all their target tokens.
+    """One optimizer step over a group of micro-batches (collated by `objective`); the loss is a mean over
+    all their targets.
 
     Returns (loss, grad norm, tokens), summed over ranks. A non-finite loss skips the update.
     """
-    n_targets = torch.tensor(sum(method.count_targets(b) for b in micro), device=accelerator.device)
+    n_targets = torch.tensor(sum(objective.count_targets(b) for b in micro), device=accelerator.device)
     n_targets = accelerator.reduce(n_targets, "sum")
     world = accelerator.num_processes  # DDP averages gradients over ranks; the token mean wants their sum
     total_loss, tokens = 0.0, 0
@@ -29,7 +29,7 @@ def train_step(
         tokens += int(batch["attention_mask"].sum())
         sync = k == len(micro) - 1
         with nullcontext() if sync else accelerator.no_sync(model), autocast(accelerator.device, precision):
-            loss = method.loss(model, batch, n_targets) * world
+            loss = objective.loss(model, batch, n_targets) * world
         accelerator.backward(loss)
         total_loss += loss.item() / world
         if config.memory_budget and accelerator.device.type == "cpu":
@@ -50,18 +50,18 @@ def train_step(
 
 
 def evaluate_loss(
-    model, items: list[EncodedExample], batch_size: int, pad_id: int, device, precision, method
+    model, items: list[EncodedExample], batch_size: int, pad_id: int, device, precision, objective
 ) -> tuple[float, int]:
-    """(mean loss per target token over all items, not a mean of batch means; target tokens)."""
+    """(mean loss per target over all items, not a mean of batch means; targets)."""
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            batch = collate([items[i] for i in order[start : start + batch_size]], pad_id)
+            batch = objective.collate([items[i] for i in order[start : start + batch_size]], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, precision):
-                total += method.loss(model, batch, 1).item()
-            count += method.count_targets(batch)
+                total += objective.loss(model, batch, 1).item()
+            count += objective.count_targets(batch)
     model.train()
     return total / max(count, 1), count

@@ -1,0 +1,81 @@
+"""What an objective is: what a run learns from its data, from the file to the loss.
+
+A method decides which parameters train and what is saved; the objective decides everything about the
+data and the loss: how a file is read (`read`) and its records encoded (`encode`), how encoded items are
+padded into a batch (`collate`), the loss on a batch (`loss`) and how many targets it counts
+(`count_targets`, the loss's normaliser), and what a batch for the memory probe looks like
+(`probe_batch`). The training loop asks the run's objective and never compares objective names.
+
+An objective trains a model of one `task`, as a method does: `causal-lm` (next tokens) or
+`classification` (a class per example, through the head method). A run pairs any method with any objective
+of the method's task; another pairing is refused with both names (training/datasets.py `check_pairing`).
+
+Adding an objective: write `objectives/<name>.py` with an `Objective` subclass (its `name`, `task`,
+`encode`, and whichever of the rest differ from next-token learning on chat examples), call
+`register(...)` at its bottom, import it in `objectives/__init__.py`, and add its row to the table in
+tests/test_objectives.py. That file also trains a toy objective defined in the test only, with LoRA and
+with full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import load_examples, name_labels
+from ..data.batching import collate, count_label_tokens
+from ..data.tokenize import EncodedExample
+from ..errors import UserError
+from ..ops import causal_lm_loss
+
+
+class Objective:
+    name: str = ""
+    task: str = "causal-lm"  # the model it trains, matched with `Method.task`
+
+    def read(self, path: str, config) -> list:
+        """The records of one data file: chat examples (integer class answers named by `config.labels`)."""
+        examples = load_examples(path, format=config.format)
+        return name_labels(examples, config.labels) if config.labels else examples
+
+    def settle(self, config, records: list[list]):
+        """The config completed from every file's records (e.g. the class labels); by default as it is."""
+        return config
+
+    def encode(self, records: list, tokenizer, config) -> tuple[list[EncodedExample], dict]:
+        """(items to train on, stats: examples, dropped_no_labels, truncated and any of its own)."""
+        raise NotImplementedError
+
+    def collate(self, items: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate(items, pad_id)
+
+    def loss(self, model, batch: dict, normaliser) -> torch.Tensor:
+        """Summed loss over the batch's targets divided by `normaliser` (targets in the whole step)."""
+        return causal_lm_loss(model, batch, normaliser)
+
+    def count_targets(self, batch: dict) -> int:
+        return count_label_tokens(batch["labels"])
+
+    def probe_batch(self, length: int, vocab: int) -> dict[str, torch.Tensor]:
+        """One row of `length` tokens that costs what the costliest real row of that length would: here
+        every position labelled (the loss's worst case)."""
+        ids = probe_ids(length, vocab)
+        return self.collate([EncodedExample(ids, ids)], pad_id=0)
+
+
+def probe_ids(length: int, vocab: int) -> list[int]:
+    """`length` token ids for a probe row (which ids does not change the cost)."""
+    return [(10 + i) % vocab for i in range(length)]
+
+
+REGISTRY: dict[str, Objective] = {}
+
+
+def register(objective: Objective) -> Objective:
+    REGISTRY[objective.name] = objective
+    return objective
+
+
+def get_objective(name: str) -> Objective:
+    if name not in REGISTRY:
+        raise UserError(f"unknown objective '{name}'; choose one of: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
