@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from .evaluation.config import EvalConfig
+from .export.config import ExportConfig
 from .training.config import TrainConfig
 
 app = typer.Typer(help="Adapt pretrained language models to your task.", no_args_is_help=True)
@@ -51,43 +52,63 @@ ModelOpt = Annotated[
 AdapterOpt = Annotated[str | None, typer.Option(help="adapter folder (LoRA, ...) to apply on the model")]
 
 
-def config_flags(config_class, given_only: bool) -> list[inspect.Parameter]:
-    """One `--flag` per field of a config dataclass, with the field's help text. With `given_only` every
-    default is None (not given), so a YAML file and then the dataclass's own defaults fill in the rest."""
+# Flags spelled otherwise than their field: a short form, or a singular for a repeated list.
+FLAG_NAMES = {"model": ("--model", "-m"), "models": ("--model", "-m")}
+
+
+def config_flags(
+    config_class, given_only: bool = False, skip: tuple[str, ...] = ()
+) -> list[inspect.Parameter]:
+    """One parameter per field of a config dataclass (but `skip`), with the field's help text, default and
+    choices: a `--flag`, or a positional argument where the field's metadata says `argument`. With
+    `given_only` every default is None (not given), so a YAML file and then the dataclass's own defaults
+    fill in the rest."""
     hints = typing.get_type_hints(config_class)
-    flags = []
-    for field in dataclasses.fields(config_class):
-        option = typer.Option(*SHORT_FLAGS.get(field.name, ()), help=field.metadata["help"])
-        kind = flag_type(hints[field.name])
-        if given_only or field.default is None:
-            kind, default = kind | None, None
-        else:
-            has_factory = field.default_factory is not dataclasses.MISSING
-            default = field.default_factory() if has_factory else field.default
-        keyword = inspect.Parameter.KEYWORD_ONLY
-        flags.append(
-            inspect.Parameter(field.name, keyword, default=default, annotation=Annotated[kind, option])
-        )
-    return flags
+    fields = [field for field in dataclasses.fields(config_class) if field.name not in skip]
+    return [config_flag(field, hints[field.name], given_only) for field in fields]
 
 
-def flag_type(hint):
-    """The field's type without None: a list field is a repeatable flag, a bool one `--x/--no-x`, a number
-    that may also be `auto` a text (the config turns it into a number)."""
+def config_flag(field: dataclasses.Field, hint, given_only: bool) -> inspect.Parameter:
+    help_text = field.metadata["help"]
+    if field.metadata.get("argument"):
+        param = typer.Argument(help=help_text, show_default=False)
+    else:
+        param = typer.Option(*FLAG_NAMES.get(field.name, ()), help=help_text)
+    kind = flag_type(hint, field.metadata.get("choices"))
+    default = field_default(field)
+    if given_only or default is None:
+        kind, default = kind | None, None
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return inspect.Parameter(field.name, keyword, default=default, annotation=Annotated[kind, param])
+
+
+def field_default(field: dataclasses.Field):
+    """The field's default; `inspect.Parameter.empty` (a required flag) where it has none."""
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+
+
+def flag_type(hint, choices: tuple | None = None):
+    """The field's type without None: a list field is a repeatable flag, a bool one `--x/--no-x`, a field
+    with choices (metadata or a `Literal`) a click Choice, a number that may also be `auto` a text (the
+    config turns it into a number)."""
     kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        choices = typing.get_args(hint)
+    if choices:
+        return typing.Literal[tuple(choices)]
     if any(typing.get_origin(kind) is typing.Literal for kind in kinds):
         return str
     return kinds[0] if isinstance(hint, types.UnionType) else hint
 
 
-def command_signature(command, config_class, given_only: bool = False):
-    """`command`'s own options, then one flag per field of the config: typer reads options from here."""
+def command_signature(command, *config_classes, given_only: bool = False, skip: tuple[str, ...] = ()):
+    """`command`'s own parameters, then one per field of each config class: typer reads options from here."""
     signature = inspect.signature(command, eval_str=True)  # this module's annotations are strings
     own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
-    return signature.replace(parameters=[*own, *config_flags(config_class, given_only)])
-
-
-SHORT_FLAGS = {"model": ("--model", "-m")}
+    flags = [flag for config in config_classes for flag in config_flags(config, given_only, skip)]
+    return signature.replace(parameters=[*own, *flags])
 
 
 @app.command("train")
@@ -355,30 +376,22 @@ def demo(
 
 @app.command("export")
 @user_errors
-def export_cmd(
-    out: Annotated[str, typer.Option(help="folder to create (written in full, or not at all)")],
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    format: Annotated[str, typer.Option(help="hf, gguf, gguf-lora or ollama")] = "hf",
-    quant: Annotated[
-        str | None, typer.Option(help="f32, f16, bf16, q8_0 or a k-quant (q4_k_m, ...: needs llama-quantize)")
-    ] = None,
-    system: Annotated[str | None, typer.Option(help="ollama: the Modelfile's SYSTEM prompt")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
-):
+def export_cmd(**options):
     """Ship a tuned model: merged Hugging Face weights, GGUF, a llama.cpp LoRA or an Ollama Modelfile."""
-    from .export import ExportConfig, export
+    from .export import export
 
-    config = ExportConfig(out=out, model=model, adapter=adapter, format=format, quant=quant, system=system,
-                          overwrite=overwrite)  # fmt: skip
-    with console.status(f"exporting ({format})"):
+    config = ExportConfig(**options)
+    with console.status(f"exporting ({config.format})"):
         result = export(config, log=err_console.print)
     for name, size in result.files.items():
         console.print(f"  {name}  {size} MB")
     console.print(
-        f"Exported {result.method} as {result.format} ({result.quant}) in {result.seconds} s to {out}"
+        f"Exported {result.method} as {result.format} ({result.quant}) in {result.seconds} s to {config.out}"
     )
     console.print(f"  {result.command}")
+
+
+export_cmd.__signature__ = command_signature(export_cmd, ExportConfig)
 
 
 def without(signature: inspect.Signature, *names: str) -> inspect.Signature:
