@@ -14,8 +14,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from .compare.config import CompareConfig
 from .evaluation.config import EvalConfig
 from .export.config import ExportConfig
+from .sweep.config import SweepConfig
 from .training.config import TrainConfig
 
 app = typer.Typer(help="Adapt pretrained language models to your task.", no_args_is_help=True)
@@ -264,100 +266,40 @@ eval_cmd.__signature__ = command_signature(eval_cmd, EvalConfig)
 
 @app.command("compare")
 @user_errors
-def compare_cmd(
-    data: Annotated[
-        str, typer.Option(help="the user's data; val and test are split off it (10% each) unless given")
-    ],
-    out: Annotated[str, typer.Option(help="folder for runs/, results.json, report.md and report.html")],
-    model: ModelOpt = "default",
-    val: Annotated[str | None, typer.Option(help="validation file")] = None,
-    test: Annotated[str | None, typer.Option(help="test file (where quality is measured)")] = None,
-    task: Annotated[str, typer.Option(help="classification or generation")] = "classification",
-    methods: Annotated[
-        str,
-        typer.Option(
-            help="comma-separated: zero-shot,few-shot, any --method, and distill or prune+distill (their "
-            "teacher: the first tuned text method listed before them)"
-        ),
-    ] = "zero-shot,few-shot,lora,prompt-tuning,head",
-    budget: Annotated[
-        str, typer.Option(help="steps:N, epochs:N or minutes:N for every trained method")
-    ] = "epochs:1",
-    labels: Annotated[str | None, typer.Option(help="class names in order (for integer labels)")] = None,
-    instruction: Annotated[
-        str | None, typer.Option(help="put before every question, for every method")
-    ] = None,
-    shots: Annotated[int, typer.Option(help="exemplars for few-shot")] = 5,
-    calibrate: Annotated[
-        str | None, typer.Option(help="'contextual' calibration of the zero- and few-shot rows")
-    ] = None,
-    forgetting: Annotated[str | None, typer.Option(help="mmlu:PATH: also measure forgetting")] = None,
-    limit: Annotated[int | None, typer.Option(help="use the first N test examples")] = None,
-    sweep: Annotated[
-        int, typer.Option(help="N: tune each trained method's learning rate over N trials within its budget")
-    ] = 0,
-    student: Annotated[
-        str | None, typer.Option(help="the `distill` method's student: a model with --model's tokenizer")
-    ] = None,
-    seed: int = 0,
-    batch_size: int = 8,
-):
+def compare_cmd(**options):
     """Compare prompting and tuning methods on the same data and budget; writes report.html."""
-    from .compare import CompareConfig, compare
+    from .compare import compare
 
-    config = CompareConfig(
-        data=data, out=out, model=model, val=val, test=test, task=task, methods=methods.split(","),
-        budget=budget, labels=labels.split(",") if labels else None, instruction=instruction, shots=shots,
-        calibrate=calibrate,
-        forgetting=forgetting, limit=limit, seed=seed, batch_size=batch_size, sweep=sweep, student=student,
-    )  # fmt: skip
+    config = CompareConfig(**options)
     results = compare(config, console=console)
-    console.print(Path(out, "report.md").read_text())
-    console.print(
-        f"Report: {Path(out, 'report.html')}  ({results['recommendation']['best_quality']} is best)"
-    )
+    console.print(Path(config.out, "report.md").read_text())
+    best = results["recommendation"]["best_quality"]
+    console.print(f"Report: {Path(config.out, 'report.html')}  ({best} is best)")
+
+
+compare_cmd.__signature__ = command_signature(compare_cmd, CompareConfig)
 
 
 @app.command("sweep")
 @user_errors
 def sweep_cmd(
-    data: Annotated[str, typer.Option(help="training file")],
-    val: Annotated[str, typer.Option(help="validation file: the trials are scored on it")],
-    out: Annotated[
-        str, typer.Option(help="folder for the study, the trials' runs, best.yaml and the report")
-    ],
-    space: Annotated[
-        Path | None, typer.Option(help="YAML: a distribution or a fixed value per training option")
-    ] = None,
-    method: Annotated[str, typer.Option(help="tuning method (the space may search it too)")] = "lora",
-    model: ModelOpt = "default",
-    trials: Annotated[
-        int, typer.Option(help="trials to run in all (a rerun adds only the missing ones)")
-    ] = 20,
-    budget: Annotated[str | None, typer.Option(help="minutes:M for all the trials together")] = None,
-    objective: Annotated[
-        str, typer.Option(help="val_loss, or an eval metric on the val set: accuracy, macro_f1, rouge, ...")
-    ] = "val_loss",
     config: Annotated[
         Path | None, typer.Option(help="YAML of fixed training options (train's keys) under the space")
     ] = None,
-    seed: int = 0,
+    **options,
 ):
     """Search training options (Optuna: TPE, pruning on val loss); the best ones go to best.yaml."""
-    from .sweep import SweepConfig, sweep
+    from .sweep import sweep
     from .training.config import load_yaml
 
-    fixed = load_yaml(config) if config else {}
-    results = sweep(
-        SweepConfig(data=data, val=val, out=out, space=str(space) if space else None, method=method,
-                    model=model, trials=trials, budget=budget, objective=objective, seed=seed, train=fixed),
-        console=console,
-    )  # fmt: skip
+    results = sweep(SweepConfig(**options, train=load_yaml(config) if config else {}), console=console)
+    out = Path(options["out"])
     console.print(Path(out, "report.md").read_text())
     if results["best_trial"]:
-        console.print(
-            f"Best options: {Path(out, 'best.yaml')}  (tunelab train --config {Path(out, 'best.yaml')})"
-        )
+        console.print(f"Best options: {out / 'best.yaml'}  (tunelab train --config {out / 'best.yaml'})")
+
+
+sweep_cmd.__signature__ = command_signature(sweep_cmd, SweepConfig, skip=("train",))
 
 
 @app.command()
