@@ -15,8 +15,11 @@ import typer
 from rich.console import Console
 
 from .compare.config import CompareConfig
+from .compress.config import DistillConfig, PruneConfig, QuantizeConfig, ReportConfig
+from .data.config import CleanConfig, CleanFiles, DataReportConfig, SplitConfig, ValidateConfig
 from .evaluation.config import EvalConfig
 from .export.config import ExportConfig
+from .inference.config import ChatConfig, GenerateConfig, PredictConfig
 from .sweep.config import SweepConfig
 from .training.config import TrainConfig
 
@@ -105,12 +108,15 @@ def flag_type(hint, choices: tuple | None = None):
     return kinds[0] if isinstance(hint, types.UnionType) else hint
 
 
-def command_signature(command, *config_classes, given_only: bool = False, skip: tuple[str, ...] = ()):
-    """`command`'s own parameters, then one per field of each config class: typer reads options from here."""
+def command_signature(
+    command, *config_classes, given_only: bool = False, skip: tuple[str, ...] = (), more_flags=()
+):
+    """`command`'s own parameters, then one per field of each config class, then `more_flags` (another
+    config's, read otherwise): typer reads options from here."""
     signature = inspect.signature(command, eval_str=True)  # this module's annotations are strings
     own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
     flags = [flag for config in config_classes for flag in config_flags(config, given_only, skip)]
-    return signature.replace(parameters=[*own, *flags])
+    return signature.replace(parameters=[*own, *flags, *more_flags])
 
 
 @app.command("train")
@@ -135,59 +141,56 @@ train_cmd.__signature__ = command_signature(train_cmd, TrainConfig, given_only=T
 
 @app.command()
 @user_errors
-def predict(
-    data: Annotated[str, typer.Option(help="examples to classify (a final assistant turn is the reference)")],
-    out: Annotated[str, typer.Option(help="predictions JSONL")],
-    adapter: Annotated[str, typer.Option(help="a classification head folder (--method head)")],
-    model: ModelOpt = "default",
-    batch_size: int = 16,
-):
+def predict(**options):
     """Classify every example with a trained head; prints accuracy when the file has answers."""
     from .inference import classify_file, load_for_inference
     from .inference.generate import classifies
 
-    if not classifies(model, adapter):
+    config = PredictConfig(**options)
+    if not classifies(config.model, config.adapter):
         from .errors import UserError
 
-        raise UserError(f"{adapter} is not a classification head; use `tunelab generate` for other adapters")
-    classifier, tokenizer = load_for_inference(model, adapter)
-    result = classify_file(classifier, tokenizer, data, out, batch_size=batch_size)
+        raise UserError(
+            f"{config.adapter} is not a classification head; use `tunelab generate` for other adapters"
+        )
+    classifier, tokenizer = load_for_inference(config.model, config.adapter)
+    result = classify_file(classifier, tokenizer, config.data, config.out, batch_size=config.batch_size)
     accuracy = "" if result["accuracy"] is None else f"; accuracy {result['accuracy']:.1%}"
-    console.print(f"Wrote {result['examples']} predictions to {out}{accuracy}")
+    console.print(f"Wrote {result['examples']} predictions to {config.out}{accuracy}")
+
+
+predict.__signature__ = command_signature(predict, PredictConfig)
 
 
 @app.command()
 @user_errors
-def chat(
-    prompt: Annotated[str | None, typer.Argument(help="one message; interactive when omitted")] = None,
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    system: Annotated[str | None, typer.Option(help="system message")] = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-):
+def chat(**options):
     """Chat with a model (streams the reply)."""
     from .inference import load_for_inference, stream_chat
     from .inference.generate import require_generative
 
-    require_generative(model, adapter, "chat")
-    llm, tokenizer = load_for_inference(model, adapter)
-    messages = [{"role": "system", "content": system}] if system else []
+    config = ChatConfig(**options)
+    require_generative(config.model, config.adapter, "chat")
+    llm, tokenizer = load_for_inference(config.model, config.adapter)
+    messages = [{"role": "system", "content": config.system}] if config.system else []
     while True:
-        text = prompt if prompt is not None else _ask()
+        text = config.prompt if config.prompt is not None else _ask()
         if text is None:
             return
         messages.append({"role": "user", "content": text})
         reply = ""
-        if prompt is None:
+        if config.prompt is None:
             console.print("[bold green]model>[/] ", end="")
-        for piece in stream_chat(llm, tokenizer, messages, max_new_tokens, temperature):
+        for piece in stream_chat(llm, tokenizer, messages, config.max_new_tokens, config.temperature):
             reply += piece
             console.print(piece, end="", highlight=False, markup=False)
         console.print()
-        if prompt is not None:
+        if config.prompt is not None:
             return
         messages.append({"role": "assistant", "content": reply})
+
+
+chat.__signature__ = command_signature(chat, ChatConfig)
 
 
 def _ask() -> str | None:
@@ -200,38 +203,30 @@ def _ask() -> str | None:
 
 @app.command("generate")
 @user_errors
-def generate_cmd(
-    data: Annotated[
-        str, typer.Option(help="examples to answer (their last assistant turn, if any, is the reference)")
-    ],
-    out: Annotated[str, typer.Option(help="predictions JSONL")],
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    format: Annotated[str | None, typer.Option()] = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    seed: int = 0,
-):
+def generate_cmd(**options):
     """Generate a reply for every example in a file (batched, greedy by default)."""
     from .inference import generate_file, load_for_inference
     from .inference.generate import require_generative
 
-    require_generative(model, adapter, "generate")
-    llm, tokenizer = load_for_inference(model, adapter)
+    config = GenerateConfig(**options)
+    require_generative(config.model, config.adapter, "generate")
+    llm, tokenizer = load_for_inference(config.model, config.adapter)
     with console.status("generating"):
         n = generate_file(
             llm,
             tokenizer,
-            data,
-            out,
-            format,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=seed,
+            config.data,
+            config.out,
+            config.format,
+            batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            seed=config.seed,
         )
-    console.print(f"Wrote {n} predictions to {out}")
+    console.print(f"Wrote {n} predictions to {config.out}")
+
+
+generate_cmd.__signature__ = command_signature(generate_cmd, GenerateConfig)
 
 
 @app.command("eval")
@@ -336,125 +331,78 @@ def export_cmd(**options):
 export_cmd.__signature__ = command_signature(export_cmd, ExportConfig)
 
 
-def without(signature: inspect.Signature, *names: str) -> inspect.Signature:
-    return signature.replace(parameters=[p for p in signature.parameters.values() if p.name not in names])
-
-
 @app.command("distill")
 @user_errors
 def distill_cmd(
-    teacher: Annotated[str, typer.Option(help="the teacher: model spec, folder, or its adapter folder")],
     student: Annotated[str, typer.Option(help="the student (same tokenizer), e.g. a `tunelab prune` folder")],
-    teacher_adapter: Annotated[str | None, typer.Option(help="adapter folder applied on the teacher")] = None,
-    mode: Annotated[
-        str, typer.Option(help="logits (KL to the teacher's distribution) or sequence (its answers)")
-    ] = "logits",
-    temperature: Annotated[float, typer.Option(help="logits: softmax temperature T")] = 2.0,
-    alpha: Annotated[float, typer.Option(help="logits: weight of the KL term (1 - alpha: labels)")] = 0.5,
-    hidden_weight: Annotated[
-        float, typer.Option(help="logits: weight of matching the teacher's hidden states (pruned students)")
-    ] = 0.0,
-    max_new_tokens: Annotated[int, typer.Option(help="sequence: longest teacher answer")] = 256,
     config: Annotated[Path | None, typer.Option(help="YAML file of training options")] = None,
     **options,
 ):
     """Train a smaller student to imitate a teacher (its logits, or its answers); any --method."""
-    from .compress.distill import DistillConfig, distill
+    from .compress.distill import distill
     from .training import ConfigError
 
+    names = {field.name for field in dataclasses.fields(DistillConfig)}
+    distill_config = DistillConfig(**{name: options.pop(name) for name in names})
     train_config = TrainConfig.from_sources(config, **options, model=student)
     if not train_config.data or not train_config.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
-    distill_config = DistillConfig(
-        teacher, teacher_adapter, mode, temperature, alpha, hidden_weight, max_new_tokens=max_new_tokens
-    )
     distill(train_config, distill_config, console=console)
 
 
-distill_cmd.__signature__ = without(command_signature(distill_cmd, TrainConfig, given_only=True), "model")
+# The training options as `train` takes them, but --model: the student is the training's model.
+training_flags = config_flags(TrainConfig, given_only=True, skip=("model",))
+distill_cmd.__signature__ = command_signature(distill_cmd, DistillConfig, more_flags=training_flags)
 
 
 @app.command("prune")
 @user_errors
-def prune_cmd(
-    out: Annotated[str, typer.Option(help="folder for the pruned Hugging Face model")],
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    data: Annotated[
-        str | None, typer.Option(help="calibration examples (to rank blocks and channels)")
-    ] = None,
-    keep_layers: Annotated[int | None, typer.Option(help="keep this many decoder blocks")] = None,
-    mlp_keep: Annotated[float | None, typer.Option(help="keep this fraction of MLP channels")] = None,
-    sparsity: Annotated[float | None, typer.Option(help="zero this fraction of weights (no smaller)")] = None,
-    calibration_rows: Annotated[int, typer.Option(help="calibration examples used")] = 64,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
-):
+def prune_cmd(**options):
     """Cut decoder blocks and MLP channels by measured importance: a smaller Hugging Face model."""
-    from .compress.prune import PruneConfig, prune
+    from .compress.prune import prune
 
-    config = PruneConfig(model=model, out=out, adapter=adapter, data=data, keep_layers=keep_layers,
-                         mlp_keep=mlp_keep, sparsity=sparsity, calibration_rows=calibration_rows,
-                         overwrite=overwrite)  # fmt: skip
+    config = PruneConfig(**options)
     with console.status("pruning"):
         record = prune(config, log=err_console.print)
+    out = config.out
     console.print(
         f"{record['params_before']:,} -> {record['params_after']:,} parameters, weights "
         f"{record['weights_mb']} MB, in {out}. Recover it with `tunelab distill --student {out}`."
     )
 
 
+prune_cmd.__signature__ = command_signature(prune_cmd, PruneConfig)
+
+
 @app.command("quantize")
 @user_errors
-def quantize_cmd(
-    out: Annotated[str, typer.Option(help="folder for the quantized model")],
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    scheme: Annotated[str, typer.Option(help="int8-dynamic (CPU); GGUF quants: tunelab export")] = (
-        "int8-dynamic"
-    ),
-    keep_float: Annotated[
-        str | None,
-        typer.Option(help="linear layers left in fp32, comma-separated names ('' quantizes all) [down_proj]"),
-    ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
-):
+def quantize_cmd(**options):
     """int8 weights for CPU inference (PyTorch dynamic quantization of the linear layers)."""
-    from .compress.quantize import QuantizeConfig, quantize
+    from .compress.quantize import quantize
 
-    names = None if keep_float is None else [name.strip() for name in keep_float.split(",") if name.strip()]
-    kept = {} if names is None else {"keep_float": names}  # None: QuantizeConfig's default
-    config = QuantizeConfig(model=model, out=out, adapter=adapter, scheme=scheme, overwrite=overwrite, **kept)
+    config = QuantizeConfig(**options)
     with console.status("quantizing"):
         record = quantize(config, log=err_console.print)
-    console.print(f"Quantized ({scheme}): weights {record['weights_mb']} MB in {out} (loads with tunelab)")
+    console.print(
+        f"Quantized ({config.scheme}): weights {record['weights_mb']} MB in {config.out} (loads with tunelab)"
+    )
+
+
+quantize_cmd.__signature__ = command_signature(quantize_cmd, QuantizeConfig)
 
 
 @app.command("compress-report")
 @user_errors
-def compress_report_cmd(
-    model: Annotated[
-        list[str], typer.Option("--model", "-m", help="a model to measure (repeat; first is the reference)")
-    ],
-    test: Annotated[str, typer.Option(help="test examples (quality)")],
-    out: Annotated[str, typer.Option(help="folder for results.json, report.md and report.html")],
-    task: Annotated[str, typer.Option(help="classification or generation")] = "classification",
-    labels: Annotated[str | None, typer.Option(help="class names in order (for integer labels)")] = None,
-    instruction: Annotated[str | None, typer.Option(help="put before every question")] = None,
-    metrics: Annotated[str | None, typer.Option(help="generation metrics, e.g. exact_match")] = None,
-    limit: Annotated[int | None, typer.Option(help="use the first N test examples")] = None,
-    speed_prompts: Annotated[int, typer.Option(help="prompts timed for generation speed")] = 8,
-    new_tokens: Annotated[int, typer.Option(help="tokens generated per timed prompt")] = 32,
-):
+def compress_report_cmd(**options):
     """Size, memory, speed and quality of models side by side (e.g. teacher, pruned student, int8)."""
-    from .compress.report import ReportConfig, compress_report
+    from .compress.report import compress_report
 
-    config = ReportConfig(
-        models=model, test=test, out=out, task=task, labels=labels.split(",") if labels else None,
-        instruction=instruction, metrics=metrics.split(",") if metrics else [], limit=limit,
-        speed_prompts=speed_prompts, new_tokens=new_tokens,
-    )  # fmt: skip
+    config = ReportConfig(**options)
     compress_report(config, log=err_console.print)
-    console.print(Path(out, "report.md").read_text())
+    console.print(Path(config.out, "report.md").read_text())
+
+
+compress_report_cmd.__signature__ = command_signature(compress_report_cmd, ReportConfig)
 
 
 @app.command()
@@ -477,110 +425,78 @@ def _tokenizer(model: str):
 
 @data_app.command("validate")
 @user_errors
-def data_validate(
-    file: Annotated[str, typer.Argument(help="training file")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="tokenizer for length checks; 'none' to skip")
-    ] = "default",
-    max_length: int = 1024,
-    format: Annotated[str | None, typer.Option()] = None,
-):
+def data_validate(**options):
     """Report every problem in a training file with its line number; exit 1 if there is any."""
     from .data.validate import print_report, validate_file
 
-    report = validate_file(file, tokenizer=_tokenizer(model), max_length=max_length, format=format)
+    config = ValidateConfig(**options)
+    report = validate_file(config.file, tokenizer=_tokenizer(config.model), max_length=config.max_length,
+                           format=config.format, min_examples=config.min_examples)  # fmt: skip
     print_report(report, console)
     raise typer.Exit(0 if report.ok else 1)
 
 
+data_validate.__signature__ = command_signature(data_validate, ValidateConfig)
+
+
 @data_app.command("split")
 @user_errors
-def data_split(
-    file: Annotated[str, typer.Argument(help="data file")],
-    out: Annotated[str, typer.Option(help="folder for train/val/test files")],
-    val: float = 0.1,
-    test: float = 0.1,
-    seed: int = 0,
-):
+def data_split(**options):
     """Split a data file into train/val/test deterministically."""
     from .data.split import split_file
 
-    for name, path in split_file(file, val=val, test=test, seed=seed, out_dir=out).items():
+    config = SplitConfig(**options)
+    split = split_file(config.file, val=config.val, test=config.test, seed=config.seed, out_dir=config.out)
+    for name, path in split.items():
         rows = sum(1 for line in Path(path).read_text().splitlines() if line.strip()) - (
             path.suffix == ".csv"
         )
         console.print(f"{name}: {path} ({rows} rows)")
 
 
+data_split.__signature__ = command_signature(data_split, SplitConfig)
+
+
 @data_app.command("clean")
 @user_errors
-def data_clean(
-    file: Annotated[str, typer.Argument(help="data file (JSONL, JSON array or CSV); never modified")],
-    out: Annotated[str, typer.Option(help="cleaned file; OUT.changes.jsonl logs every change")],
-    report: Annotated[str | None, typer.Option(help="also write this HTML summary")] = None,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="tokenizer for lengths; 'none' counts words")
-    ] = "default",
-    repair: Annotated[bool, typer.Option(help="Unicode NFC, mojibake, control characters, spacing")] = True,
-    lengths: Annotated[bool, typer.Option(help="drop too-short and too-long examples")] = True,
-    min_tokens: Annotated[int, typer.Option(help="fewest content tokens an example may have")] = 2,
-    max_tokens: Annotated[int, typer.Option(help="most tokens with the chat template")] = 2048,
-    dedup: Annotated[bool, typer.Option(help="drop exact copies (the first is kept)")] = True,
-    near: Annotated[bool, typer.Option(help="drop near copies too (MinHash LSH)")] = True,
-    near_threshold: Annotated[float, typer.Option(help="Jaccard similarity of word 3-grams")] = 0.8,
-    pii: Annotated[str, typer.Option(help="personal data: mask, drop, report or off")] = "mask",
-    format: Annotated[str | None, typer.Option()] = None,
-):
+def data_clean(**options):
     """Repair text, drop empty/short/long examples and duplicates, mask personal data; log every change."""
-    from .data.clean import CleanConfig, clean_file, print_summary, write_html
+    from .data.clean import clean_file, print_summary, write_html
 
-    config = CleanConfig(
-        repair=repair,
-        lengths=lengths,
-        dedup=dedup,
-        near=near,
-        near_threshold=near_threshold,
-        pii=pii,
-        min_tokens=min_tokens,
-        max_tokens=max_tokens,
-        format=format,
-    )
-    result = clean_file(file, out, config, tokenizer=_tokenizer(model) if lengths else None)
+    files = CleanFiles(**{field.name: options.pop(field.name) for field in dataclasses.fields(CleanFiles)})
+    config = CleanConfig(**options)
+    tokenizer = _tokenizer(files.model) if config.lengths else None
+    result = clean_file(files.file, files.out, config, tokenizer=tokenizer)
     print_summary(result, console)
-    if report:
-        console.print(f"Report: {write_html(result, report)}")
+    if files.report:
+        console.print(f"Report: {write_html(result, files.report)}")
+
+
+data_clean.__signature__ = command_signature(data_clean, CleanFiles, CleanConfig)
 
 
 @data_app.command("report")
 @user_errors
-def data_report_cmd(
-    file: Annotated[str, typer.Argument(help="training file")],
-    out: Annotated[str, typer.Option(help="report.html (a .json beside it)")],
-    val: Annotated[str | None, typer.Option(help="validation file: checked for copies of train")] = None,
-    test: Annotated[str | None, typer.Option(help="test file: checked for copies of train")] = None,
-    groups: Annotated[str | None, typer.Option(help="groups YAML: mentions and labels per group")] = None,
-    benchmark: Annotated[str | None, typer.Option(help="folder of benchmark files: 13-gram overlap")] = None,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="tokenizer for lengths; 'none' to skip")
-    ] = "default",
-    max_length: Annotated[int, typer.Option(help="the training --max-length: share truncated")] = 2048,
-    near_threshold: Annotated[float, typer.Option(help="Jaccard similarity for near copies")] = 0.8,
-):
+def data_report_cmd(**options):
     """Sizes, lengths, labels, train/val/test leakage, benchmark overlap and group bias of a data file."""
     from .data.report import data_report, print_summary, write_report
 
+    config = DataReportConfig(**options)
     result = data_report(
-        file,
-        val=val,
-        test=test,
-        groups=groups,
-        benchmark=benchmark,
-        tokenizer=_tokenizer(model),
-        max_length=max_length,
-        near_threshold=near_threshold,
+        config.file,
+        val=config.val,
+        test=config.test,
+        groups=config.groups,
+        benchmark=config.benchmark,
+        tokenizer=_tokenizer(config.model),
+        max_length=config.max_length,
+        near_threshold=config.near_threshold,
     )
     print_summary(result, console)
-    console.print(f"Report: {write_report(result, out)} (and .json)")
+    console.print(f"Report: {write_report(result, config.out)} (and .json)")
+
+
+data_report_cmd.__signature__ = command_signature(data_report_cmd, DataReportConfig)
 
 
 @data_app.command("from-feedback")

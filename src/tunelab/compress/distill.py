@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -38,28 +38,7 @@ from ..ops import labelled_logits
 from ..run_dir import RunDir
 from ..training import TrainConfig
 from ..training.loop import TrainResult, check_out_dir, train
-
-MODES = ("logits", "sequence")
-
-
-@dataclass
-class DistillConfig:
-    teacher: str = "default"
-    teacher_adapter: str | None = None
-    mode: str = "logits"  # or "sequence"
-    temperature: float = 2.0
-    alpha: float = 0.5  # weight of the distillation term; 1 - alpha weighs the cross-entropy on the labels
-    hidden_weight: float = 0.0  # weight of the hidden-state term (per labelled token), 0: logits only
-    max_new_tokens: int = 256  # sequence: the longest teacher answer
-    generate_batch_size: int = 16
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise UserError(f"--mode {self.mode}: choose one of {', '.join(MODES)}")
-        if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.hidden_weight < 0:
-            raise UserError("--temperature must be positive, --alpha in [0, 1] and --hidden-weight >= 0")
-        if self.hidden_weight and self.mode != "logits":
-            raise UserError("--hidden-weight: only with --mode logits (sequence mode trains on answers)")
+from .config import DistillConfig
 
 
 def kd_loss(student_logits, teacher_logits, mask, temperature: float) -> torch.Tensor:
