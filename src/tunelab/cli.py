@@ -17,6 +17,7 @@ from rich.console import Console
 from .compare.config import CompareConfig
 from .compress.config import DistillConfig, PruneConfig, QuantizeConfig, ReportConfig
 from .data.config import CleanConfig, CleanFiles, DataReportConfig, SplitConfig, ValidateConfig
+from .demo import DemoConfig
 from .evaluation.config import EvalConfig
 from .export.config import ExportConfig
 from .inference.config import ChatConfig, GenerateConfig, PredictConfig
@@ -299,16 +300,16 @@ sweep_cmd.__signature__ = command_signature(sweep_cmd, SweepConfig, skip=("train
 
 @app.command()
 @user_errors
-def demo(
-    out: Annotated[str, typer.Option(help="folder for the demo data and adapter")] = "runs/demo",
-    steps: Annotated[int, typer.Option(help="LoRA optimizer steps")] = 30,
-):
+def demo(**options):
     """Fine-tune the embedded model on a generated task and show before/after."""
     from .demo import run_demo
 
-    result = run_demo(out, steps=steps, console=console)
+    result = run_demo(DemoConfig(**options), console=console)
     if result.after <= result.before:
         raise typer.Exit(1)
+
+
+demo.__signature__ = command_signature(demo, DemoConfig)
 
 
 @app.command("export")
