@@ -16,6 +16,8 @@ from tunelab.demo import DemoConfig
 from tunelab.evaluation import EvalConfig
 from tunelab.export import ExportConfig
 from tunelab.inference import ChatConfig, GenerateConfig, PredictConfig
+from tunelab.service.feedback import FeedbackConfig
+from tunelab.service.settings import ServiceSettings
 from tunelab.sweep import SweepConfig
 from tunelab.training import TrainConfig
 
@@ -49,6 +51,14 @@ COMMANDS = {
     "data split": Case((SplitConfig,), (), (), ()),
     "data clean": Case((CleanFiles, CleanConfig), (), (), ()),
     "data report": Case((DataReportConfig,), (), (), ()),
+    "data from-feedback": Case((FeedbackConfig,), (), (), ()),
+    # Only a test or the service itself sets these; --base-model is NAME=SPEC; where uvicorn listens.
+    "serve": Case(
+        (ServiceSettings,),
+        (),
+        ("base_models", "metrics_keys", "start_worker"),
+        ("host", "port", "base_model"),
+    ),
 }
 # `train` is made from TrainConfig and each method's options (tests/test_training.py and the method tests).
 NOT_HERE = {"train"}

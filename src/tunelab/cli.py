@@ -21,6 +21,8 @@ from .demo import DemoConfig
 from .evaluation.config import EvalConfig
 from .export.config import ExportConfig
 from .inference.config import ChatConfig, GenerateConfig, PredictConfig
+from .service.feedback import FeedbackConfig
+from .service.settings import ServiceSettings
 from .sweep.config import SweepConfig
 from .training.config import TrainConfig
 
@@ -59,7 +61,12 @@ AdapterOpt = Annotated[str | None, typer.Option(help="adapter folder (LoRA, ...)
 
 
 # Flags spelled otherwise than their field: a short form, or a singular for a repeated list.
-FLAG_NAMES = {"model": ("--model", "-m"), "models": ("--model", "-m")}
+FLAG_NAMES = {
+    "model": ("--model", "-m"),
+    "models": ("--model", "-m"),
+    "api_keys": ("--api-key",),
+    "trusted_proxies": ("--trusted-proxy",),
+}
 
 
 def config_flags(
@@ -502,17 +509,18 @@ data_report_cmd.__signature__ = command_signature(data_report_cmd, DataReportCon
 
 @data_app.command("from-feedback")
 @user_errors
-def data_from_feedback(
-    data_dir: Annotated[str, typer.Option(help="the data dir of `tunelab serve`")],
-    out: Annotated[str, typer.Option(help="chat JSONL to write, ready for the next job")],
-):
+def data_from_feedback(**options):
     """Turn feedback collected by the service (corrections, good ratings) into training data."""
     from .service.feedback import export_feedback
 
-    result = export_feedback(data_dir, out)
+    config = FeedbackConfig(**options)
+    result = export_feedback(config.data_dir, config.out)
     console.print(
-        f"Wrote {result.written} example(s) to {out}; skipped {result.skipped} without a usable answer"
+        f"Wrote {result.written} example(s) to {config.out}; skipped {result.skipped} without a usable answer"
     )
+
+
+data_from_feedback.__signature__ = command_signature(data_from_feedback, FeedbackConfig)
 
 
 @app.command()
@@ -520,60 +528,11 @@ def data_from_feedback(
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    data_dir: Annotated[
-        str, typer.Option(help="where files, jobs, models and the database live")
-    ] = "tunelab-data",
-    api_key: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="accepted API key (repeatable); default: $TUNELAB_API_KEY or one kept in the data dir"
-        ),
-    ] = None,
     base_model: Annotated[
         list[str] | None,
         typer.Option(help="NAME=SPEC: serve and fine-tune this model as NAME (default: the embedded model)"),
     ] = None,
-    api_key_file: Annotated[
-        str | None,
-        typer.Option(help="read accepted API keys from this file, one a line (chmod 600), not the command"),
-    ] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="largest file an upload may be")] = 512.0,
-    max_body_kb: Annotated[int, typer.Option(help="largest request body other than an upload")] = 1024,
-    max_loaded_adapters: Annotated[int, typer.Option(help="fine-tuned adapters kept loaded at once")] = 4,
-    max_generations_per_key: Annotated[
-        int, typer.Option(help="sequences a key may have generating at once; n choices count n (more: 429)")
-    ] = 8,
-    max_batch: Annotated[
-        int,
-        typer.Option(help="sequences decoded together in one batch per base model (more wait their turn)"),
-    ] = 16,
-    engine: Annotated[
-        str,
-        typer.Option(
-            help="inference by 'tunelab' (in process, CPU or GPU) or 'vllm' (a GPU, vLLM installed)"
-        ),
-    ] = "tunelab",
-    max_queued_jobs_per_key: Annotated[
-        int, typer.Option(help="jobs a key may have waiting to train (more: 429)")
-    ] = 8,
-    max_job_minutes: Annotated[
-        float, typer.Option(help="a job stops after this long and keeps what it learnt")
-    ] = 24 * 60.0,
-    behind_tls_proxy: Annotated[
-        bool,
-        typer.Option(
-            help="served as https by a reverse proxy: Secure cookies, https origins, and 127.0.0.1's "
-            "X-Forwarded-For believed"
-        ),
-    ] = False,
-    trusted_proxy: Annotated[
-        list[str] | None,
-        typer.Option(help="address of a reverse proxy whose X-Forwarded-For is believed (repeatable)"),
-    ] = None,
-    metrics_key_file: Annotated[
-        str | None,
-        typer.Option(help="keys (one a line, chmod 600) that read /metrics, e.g. Prometheus's bearer token"),
-    ] = None,
+    **options,
 ):
     """Run the OpenAI-compatible fine-tuning service (files, jobs, models, chat) and its dashboard."""
     import os
@@ -582,22 +541,11 @@ def serve(
 
     from .errors import UserError
     from .models import resolve
-    from .service import ServiceSettings, create_app
+    from .service import create_app
     from .service.app import server_options
     from .service.settings import resolve_api_keys
 
     os.umask(0o077)  # the data dir holds every key's prompts and data: nobody else reads what we write
-    options = {"data_dir": data_dir, "api_keys": api_key or [], "max_upload_mb": max_upload_mb}
-    options |= {
-        "api_key_file": api_key_file,
-        "max_body_kb": max_body_kb,
-        "behind_tls_proxy": behind_tls_proxy,
-        "trusted_proxies": trusted_proxy or [],
-        "metrics_key_file": metrics_key_file,
-    }
-    options |= {"max_loaded_adapters": max_loaded_adapters, "max_job_minutes": max_job_minutes}
-    options |= {"max_generations_per_key": max_generations_per_key, "max_batch": max_batch, "engine": engine}
-    options["max_queued_jobs_per_key"] = max_queued_jobs_per_key
     if base_model:
         pairs = [item.partition("=") for item in base_model]
         if any(not name or not spec for name, _, spec in pairs):
@@ -607,16 +555,22 @@ def serve(
     for spec in settings.base_models.values():
         resolve(spec)  # a missing folder or file is said now, not at the first request
     keys, generated = resolve_api_keys(settings)
+    api_key_file, data_dir = settings.api_key_file, settings.data_dir
     settings.api_keys, settings.api_key_file = keys, None
     settings.metrics_keys, settings.metrics_key_file = settings.operator_keys(keys), None
     if generated:
         console.print(f"API key (kept in {Path(data_dir) / 'api_key'}): [bold]{keys[0]}[/]")
     elif api_key_file:
         console.print(f"API keys: {len(keys)} from {api_key_file}")
-    elif not api_key:
+    elif not options["api_keys"]:
         console.print(f"API key: the one in {Path(data_dir) / 'api_key'} (or $TUNELAB_API_KEY)")
     console.print(f"Dashboard and API on http://{host}:{port}  (OpenAI base_url http://{host}:{port}/v1)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", **server_options(settings))
+
+
+# The service's settings, but those only a test or the service itself sets; --base-model is NAME=SPEC.
+SERVE_SKIPS = ("base_models", "metrics_keys", "start_worker")
+serve.__signature__ = command_signature(serve, ServiceSettings, skip=SERVE_SKIPS)
 
 
 def main() -> None:  # pragma: no cover
