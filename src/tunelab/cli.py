@@ -54,12 +54,6 @@ def user_errors(fn):
     return wrapper
 
 
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="'default' (embedded SmolLM2-135M), folder, .gguf or hub id")
-]
-AdapterOpt = Annotated[str | None, typer.Option(help="adapter folder (LoRA, ...) to apply on the model")]
-
-
 # Flags spelled otherwise than their field: a short form, or a singular for a repeated list.
 FLAG_NAMES = {
     "model": ("--model", "-m"),
