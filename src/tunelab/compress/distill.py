@@ -29,8 +29,8 @@ from ..data import load_examples
 from ..data.mixture import parse_data_spec
 from ..data.tokenize import IGNORE_INDEX
 from ..errors import UserError
-from ..inference import generate, load_for_inference
-from ..inference.generate import prompt_messages, require_generative
+from ..inference import load_for_inference
+from ..inference.generate import generate, prompt_messages, require_generative
 from ..methods import Method, get_method
 from ..models import load_tokenizer
 from ..models.blocks import capture, decoder_blocks

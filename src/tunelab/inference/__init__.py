@@ -1,6 +1,8 @@
 """Inference with base models and adapters: batched generation and streamed chat.
 
-torch and the model code are imported on first use, so the CLI can read the configs quickly."""
+torch and the model code are imported on first use, so the CLI can read the configs quickly. `generate` and
+`classify` are their modules' names too (a lazy package cannot also lend them to functions): import the
+functions from `inference.generate` and `inference.classify`."""
 
 import importlib
 
@@ -8,9 +10,7 @@ from .config import ChatConfig, GenerateConfig, PredictConfig
 
 MODULE_OF = {
     "MultiAdapterModel": ".multi_adapter",
-    "classify": ".classify",
     "classify_file": ".classify",
-    "generate": ".generate",
     "generate_file": ".generate",
     "load_for_inference": ".generate",
     "stream_chat": ".generate",
