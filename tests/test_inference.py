@@ -3,7 +3,8 @@
 import json
 
 from conftest import write_jsonl
-from tunelab.inference import generate, generate_file, load_for_inference, stream_chat
+from tunelab.inference import generate_file, load_for_inference, stream_chat
+from tunelab.inference.generate import generate
 from tunelab.training import TrainConfig, train
 
 CONVERSATIONS = [

@@ -14,7 +14,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from .compare.config import CompareConfig
+from .compress.config import DistillConfig, PruneConfig, QuantizeConfig, ReportConfig
+from .data.config import CleanConfig, CleanFiles, DataReportConfig, SplitConfig, ValidateConfig
+from .demo import DemoConfig
 from .evaluation.config import EvalConfig
+from .export.config import ExportConfig
+from .inference.config import ChatConfig, GenerateConfig, PredictConfig
+from .service.feedback import FeedbackConfig
+from .service.settings import ServiceSettings
+from .sweep.config import SweepConfig
 from .training.config import TrainConfig
 
 app = typer.Typer(help="Adapt pretrained language models to your task.", no_args_is_help=True)
@@ -45,51 +54,77 @@ def user_errors(fn):
     return wrapper
 
 
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="'default' (embedded SmolLM2-135M), folder, .gguf or hub id")
-]
-AdapterOpt = Annotated[str | None, typer.Option(help="adapter folder (LoRA, ...) to apply on the model")]
+# Flags spelled otherwise than their field: a short form, or a singular for a repeated list.
+FLAG_NAMES = {
+    "model": ("--model", "-m"),
+    "models": ("--model", "-m"),
+    "api_keys": ("--api-key",),
+    "trusted_proxies": ("--trusted-proxy",),
+}
 
 
-def config_flags(config_class, given_only: bool) -> list[inspect.Parameter]:
-    """One `--flag` per field of a config dataclass, with the field's help text. With `given_only` every
-    default is None (not given), so a YAML file and then the dataclass's own defaults fill in the rest."""
+def config_flags(
+    config_class, given_only: bool = False, skip: tuple[str, ...] = ()
+) -> list[inspect.Parameter]:
+    """One parameter per field of a config dataclass (but `skip`), with the field's help text, default and
+    choices: a `--flag`, or a positional argument where the field's metadata says `argument`. With
+    `given_only` every default is None (not given), so a YAML file and then the dataclass's own defaults
+    fill in the rest."""
     hints = typing.get_type_hints(config_class)
-    flags = []
-    for field in dataclasses.fields(config_class):
-        if field.metadata.get("cli") is False:
-            continue
-        option = typer.Option(*SHORT_FLAGS.get(field.name, ()), help=field.metadata["help"])
-        kind = flag_type(hints[field.name])
-        if given_only or field.default is None:
-            kind, default = kind | None, None
-        else:
-            has_factory = field.default_factory is not dataclasses.MISSING
-            default = field.default_factory() if has_factory else field.default
-        keyword = inspect.Parameter.KEYWORD_ONLY
-        flags.append(
-            inspect.Parameter(field.name, keyword, default=default, annotation=Annotated[kind, option])
-        )
-    return flags
+    fields = [
+        field
+        for field in dataclasses.fields(config_class)
+        if field.name not in skip and field.metadata.get("cli") is not False
+    ]
+    return [config_flag(field, hints[field.name], given_only) for field in fields]
 
 
-def flag_type(hint):
-    """The field's type without None: a list field is a repeatable flag, a bool one `--x/--no-x`, a number
-    that may also be `auto` a text (the config turns it into a number)."""
+def config_flag(field: dataclasses.Field, hint, given_only: bool) -> inspect.Parameter:
+    help_text = field.metadata["help"]
+    if field.metadata.get("argument"):
+        param = typer.Argument(help=help_text, show_default=False)
+    else:
+        param = typer.Option(*FLAG_NAMES.get(field.name, ()), help=help_text)
+    kind = flag_type(hint, field.metadata.get("choices"))
+    default = field_default(field)
+    if given_only or default is None:
+        kind, default = kind | None, None
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return inspect.Parameter(field.name, keyword, default=default, annotation=Annotated[kind, param])
+
+
+def field_default(field: dataclasses.Field):
+    """The field's default; `inspect.Parameter.empty` (a required flag) where it has none."""
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+
+
+def flag_type(hint, choices: tuple | None = None):
+    """The field's type without None: a list field is a repeatable flag, a bool one `--x/--no-x`, a field
+    with choices (metadata or a `Literal`) a click Choice, a number that may also be `auto` a text (the
+    config turns it into a number)."""
     kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        choices = typing.get_args(hint)
+    if choices:
+        return typing.Literal[tuple(choices)]
     if any(typing.get_origin(kind) is typing.Literal for kind in kinds):
         return str
     return kinds[0] if isinstance(hint, types.UnionType) else hint
 
 
-def command_signature(command, config_class, given_only: bool = False):
-    """`command`'s own options, then one flag per field of the config: typer reads options from here."""
+def command_signature(
+    command, *config_classes, given_only: bool = False, skip: tuple[str, ...] = (), more_flags=()
+):
+    """`command`'s own parameters, then one per field of each config class, then `more_flags` (another
+    config's, read otherwise): typer reads options from here."""
     signature = inspect.signature(command, eval_str=True)  # this module's annotations are strings
     own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
-    return signature.replace(parameters=[*own, *config_flags(config_class, given_only)])
+    flags = [flag for config in config_classes for flag in config_flags(config, given_only, skip)]
+    return signature.replace(parameters=[*own, *flags, *more_flags])
 
 
-SHORT_FLAGS = {"model": ("--model", "-m")}
 METHOD_OPTIONS = "method_options"  # where TrainingCommand leaves the method options' values in ctx.meta
 
 
@@ -144,9 +179,7 @@ def option_params(method_names: tuple[str, ...]) -> tuple:
 
 def method_flag(field, hint) -> inspect.Parameter:
     option = typer.Option(help=field.metadata["help"], rich_help_panel="Options of the methods")
-    choices = field.metadata.get("choices")
-    kind = typing.Literal[choices] if choices else flag_type(hint)
-    annotation = Annotated[kind | None, option]
+    annotation = Annotated[flag_type(hint, field.metadata.get("choices")) | None, option]
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 
@@ -173,59 +206,56 @@ train_cmd.__signature__ = command_signature(train_cmd, TrainConfig, given_only=T
 
 @app.command()
 @user_errors
-def predict(
-    data: Annotated[str, typer.Option(help="examples to classify (a final assistant turn is the reference)")],
-    out: Annotated[str, typer.Option(help="predictions JSONL")],
-    adapter: Annotated[str, typer.Option(help="a classification head folder (--method head)")],
-    model: ModelOpt = "default",
-    batch_size: int = 16,
-):
+def predict(**options):
     """Classify every example with a trained head; prints accuracy when the file has answers."""
     from .inference import classify_file, load_for_inference
     from .inference.generate import classifies
 
-    if not classifies(model, adapter):
+    config = PredictConfig(**options)
+    if not classifies(config.model, config.adapter):
         from .errors import UserError
 
-        raise UserError(f"{adapter} is not a classification head; use `tunelab generate` for other adapters")
-    classifier, tokenizer = load_for_inference(model, adapter)
-    result = classify_file(classifier, tokenizer, data, out, batch_size=batch_size)
+        raise UserError(
+            f"{config.adapter} is not a classification head; use `tunelab generate` for other adapters"
+        )
+    classifier, tokenizer = load_for_inference(config.model, config.adapter)
+    result = classify_file(classifier, tokenizer, config.data, config.out, batch_size=config.batch_size)
     accuracy = "" if result["accuracy"] is None else f"; accuracy {result['accuracy']:.1%}"
-    console.print(f"Wrote {result['examples']} predictions to {out}{accuracy}")
+    console.print(f"Wrote {result['examples']} predictions to {config.out}{accuracy}")
+
+
+predict.__signature__ = command_signature(predict, PredictConfig)
 
 
 @app.command()
 @user_errors
-def chat(
-    prompt: Annotated[str | None, typer.Argument(help="one message; interactive when omitted")] = None,
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    system: Annotated[str | None, typer.Option(help="system message")] = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-):
+def chat(**options):
     """Chat with a model (streams the reply)."""
     from .inference import load_for_inference, stream_chat
     from .inference.generate import require_generative
 
-    require_generative(model, adapter, "chat")
-    llm, tokenizer = load_for_inference(model, adapter)
-    messages = [{"role": "system", "content": system}] if system else []
+    config = ChatConfig(**options)
+    require_generative(config.model, config.adapter, "chat")
+    llm, tokenizer = load_for_inference(config.model, config.adapter)
+    messages = [{"role": "system", "content": config.system}] if config.system else []
     while True:
-        text = prompt if prompt is not None else _ask()
+        text = config.prompt if config.prompt is not None else _ask()
         if text is None:
             return
         messages.append({"role": "user", "content": text})
         reply = ""
-        if prompt is None:
+        if config.prompt is None:
             console.print("[bold green]model>[/] ", end="")
-        for piece in stream_chat(llm, tokenizer, messages, max_new_tokens, temperature):
+        for piece in stream_chat(llm, tokenizer, messages, config.max_new_tokens, config.temperature):
             reply += piece
             console.print(piece, end="", highlight=False, markup=False)
         console.print()
-        if prompt is not None:
+        if config.prompt is not None:
             return
         messages.append({"role": "assistant", "content": reply})
+
+
+chat.__signature__ = command_signature(chat, ChatConfig)
 
 
 def _ask() -> str | None:
@@ -238,38 +268,30 @@ def _ask() -> str | None:
 
 @app.command("generate")
 @user_errors
-def generate_cmd(
-    data: Annotated[
-        str, typer.Option(help="examples to answer (their last assistant turn, if any, is the reference)")
-    ],
-    out: Annotated[str, typer.Option(help="predictions JSONL")],
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    format: Annotated[str | None, typer.Option()] = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    seed: int = 0,
-):
+def generate_cmd(**options):
     """Generate a reply for every example in a file (batched, greedy by default)."""
     from .inference import generate_file, load_for_inference
     from .inference.generate import require_generative
 
-    require_generative(model, adapter, "generate")
-    llm, tokenizer = load_for_inference(model, adapter)
+    config = GenerateConfig(**options)
+    require_generative(config.model, config.adapter, "generate")
+    llm, tokenizer = load_for_inference(config.model, config.adapter)
     with console.status("generating"):
         n = generate_file(
             llm,
             tokenizer,
-            data,
-            out,
-            format,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=seed,
+            config.data,
+            config.out,
+            config.format,
+            batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            seed=config.seed,
         )
-    console.print(f"Wrote {n} predictions to {out}")
+    console.print(f"Wrote {n} predictions to {config.out}")
+
+
+generate_cmd.__signature__ = command_signature(generate_cmd, GenerateConfig)
 
 
 @app.command("eval")
@@ -304,264 +326,149 @@ eval_cmd.__signature__ = command_signature(eval_cmd, EvalConfig)
 
 @app.command("compare")
 @user_errors
-def compare_cmd(
-    data: Annotated[
-        str, typer.Option(help="the user's data; val and test are split off it (10% each) unless given")
-    ],
-    out: Annotated[str, typer.Option(help="folder for runs/, results.json, report.md and report.html")],
-    model: ModelOpt = "default",
-    val: Annotated[str | None, typer.Option(help="validation file")] = None,
-    test: Annotated[str | None, typer.Option(help="test file (where quality is measured)")] = None,
-    task: Annotated[str, typer.Option(help="classification or generation")] = "classification",
-    methods: Annotated[
-        str,
-        typer.Option(
-            help="comma-separated: zero-shot,few-shot, any --method, and distill or prune+distill (their "
-            "teacher: the first tuned text method listed before them)"
-        ),
-    ] = "zero-shot,few-shot,lora,prompt-tuning,head",
-    budget: Annotated[
-        str, typer.Option(help="steps:N, epochs:N or minutes:N for every trained method")
-    ] = "epochs:1",
-    labels: Annotated[str | None, typer.Option(help="class names in order (for integer labels)")] = None,
-    instruction: Annotated[
-        str | None, typer.Option(help="put before every question, for every method")
-    ] = None,
-    shots: Annotated[int, typer.Option(help="exemplars for few-shot")] = 5,
-    calibrate: Annotated[
-        str | None, typer.Option(help="'contextual' calibration of the zero- and few-shot rows")
-    ] = None,
-    forgetting: Annotated[str | None, typer.Option(help="mmlu:PATH: also measure forgetting")] = None,
-    limit: Annotated[int | None, typer.Option(help="use the first N test examples")] = None,
-    sweep: Annotated[
-        int, typer.Option(help="N: tune each trained method's learning rate over N trials within its budget")
-    ] = 0,
-    student: Annotated[
-        str | None, typer.Option(help="the `distill` method's student: a model with --model's tokenizer")
-    ] = None,
-    seed: int = 0,
-    batch_size: int = 8,
-):
+def compare_cmd(**options):
     """Compare prompting and tuning methods on the same data and budget; writes report.html."""
-    from .compare import CompareConfig, compare
+    from .compare import compare
 
-    config = CompareConfig(
-        data=data, out=out, model=model, val=val, test=test, task=task, methods=methods.split(","),
-        budget=budget, labels=labels.split(",") if labels else None, instruction=instruction, shots=shots,
-        calibrate=calibrate,
-        forgetting=forgetting, limit=limit, seed=seed, batch_size=batch_size, sweep=sweep, student=student,
-    )  # fmt: skip
+    config = CompareConfig(**options)
     results = compare(config, console=console)
-    console.print(Path(out, "report.md").read_text())
-    console.print(
-        f"Report: {Path(out, 'report.html')}  ({results['recommendation']['best_quality']} is best)"
-    )
+    console.print(Path(config.out, "report.md").read_text())
+    best = results["recommendation"]["best_quality"]
+    console.print(f"Report: {Path(config.out, 'report.html')}  ({best} is best)")
+
+
+compare_cmd.__signature__ = command_signature(compare_cmd, CompareConfig)
 
 
 @app.command("sweep")
 @user_errors
 def sweep_cmd(
-    data: Annotated[str, typer.Option(help="training file")],
-    val: Annotated[str, typer.Option(help="validation file: the trials are scored on it")],
-    out: Annotated[
-        str, typer.Option(help="folder for the study, the trials' runs, best.yaml and the report")
-    ],
-    space: Annotated[
-        Path | None, typer.Option(help="YAML: a distribution or a fixed value per training option")
-    ] = None,
-    method: Annotated[str, typer.Option(help="tuning method (the space may search it too)")] = "lora",
-    model: ModelOpt = "default",
-    trials: Annotated[
-        int, typer.Option(help="trials to run in all (a rerun adds only the missing ones)")
-    ] = 20,
-    budget: Annotated[str | None, typer.Option(help="minutes:M for all the trials together")] = None,
-    objective: Annotated[
-        str, typer.Option(help="val_loss, or an eval metric on the val set: accuracy, macro_f1, rouge, ...")
-    ] = "val_loss",
     config: Annotated[
         Path | None, typer.Option(help="YAML of fixed training options (train's keys) under the space")
     ] = None,
-    seed: int = 0,
+    **options,
 ):
     """Search training options (Optuna: TPE, pruning on val loss); the best ones go to best.yaml."""
-    from .sweep import SweepConfig, sweep
+    from .sweep import sweep
     from .training.config import load_yaml
 
-    fixed = load_yaml(config) if config else {}
-    results = sweep(
-        SweepConfig(data=data, val=val, out=out, space=str(space) if space else None, method=method,
-                    model=model, trials=trials, budget=budget, objective=objective, seed=seed, train=fixed),
-        console=console,
-    )  # fmt: skip
+    results = sweep(SweepConfig(**options, train=load_yaml(config) if config else {}), console=console)
+    out = Path(options["out"])
     console.print(Path(out, "report.md").read_text())
     if results["best_trial"]:
-        console.print(
-            f"Best options: {Path(out, 'best.yaml')}  (tunelab train --config {Path(out, 'best.yaml')})"
-        )
+        console.print(f"Best options: {out / 'best.yaml'}  (tunelab train --config {out / 'best.yaml'})")
+
+
+sweep_cmd.__signature__ = command_signature(sweep_cmd, SweepConfig, skip=("train",))
 
 
 @app.command()
 @user_errors
-def demo(
-    out: Annotated[str, typer.Option(help="folder for the demo data and adapter")] = "runs/demo",
-    steps: Annotated[int, typer.Option(help="LoRA optimizer steps")] = 30,
-):
+def demo(**options):
     """Fine-tune the embedded model on a generated task and show before/after."""
     from .demo import run_demo
 
-    result = run_demo(out, steps=steps, console=console)
+    result = run_demo(DemoConfig(**options), console=console)
     if result.after <= result.before:
         raise typer.Exit(1)
 
 
+demo.__signature__ = command_signature(demo, DemoConfig)
+
+
 @app.command("export")
 @user_errors
-def export_cmd(
-    out: Annotated[str, typer.Option(help="folder to create (written in full, or not at all)")],
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    format: Annotated[str, typer.Option(help="hf, gguf, gguf-lora or ollama")] = "hf",
-    quant: Annotated[
-        str | None, typer.Option(help="f32, f16, bf16, q8_0 or a k-quant (q4_k_m, ...: needs llama-quantize)")
-    ] = None,
-    system: Annotated[str | None, typer.Option(help="ollama: the Modelfile's SYSTEM prompt")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
-):
+def export_cmd(**options):
     """Ship a tuned model: merged Hugging Face weights, GGUF, a llama.cpp LoRA or an Ollama Modelfile."""
-    from .export import ExportConfig, export
+    from .export import export
 
-    config = ExportConfig(out=out, model=model, adapter=adapter, format=format, quant=quant, system=system,
-                          overwrite=overwrite)  # fmt: skip
-    with console.status(f"exporting ({format})"):
+    config = ExportConfig(**options)
+    with console.status(f"exporting ({config.format})"):
         result = export(config, log=err_console.print)
     for name, size in result.files.items():
         console.print(f"  {name}  {size} MB")
     console.print(
-        f"Exported {result.method} as {result.format} ({result.quant}) in {result.seconds} s to {out}"
+        f"Exported {result.method} as {result.format} ({result.quant}) in {result.seconds} s to {config.out}"
     )
     console.print(f"  {result.command}")
 
 
-def without(signature: inspect.Signature, *names: str) -> inspect.Signature:
-    return signature.replace(parameters=[p for p in signature.parameters.values() if p.name not in names])
+export_cmd.__signature__ = command_signature(export_cmd, ExportConfig)
 
 
 @app.command("distill", cls=TrainingCommand)
 @user_errors
 def distill_cmd(
     ctx: typer.Context,
-    teacher: Annotated[str, typer.Option(help="the teacher: model spec, folder, or its adapter folder")],
     student: Annotated[str, typer.Option(help="the student (same tokenizer), e.g. a `tunelab prune` folder")],
-    teacher_adapter: Annotated[str | None, typer.Option(help="adapter folder applied on the teacher")] = None,
-    mode: Annotated[
-        str, typer.Option(help="logits (KL to the teacher's distribution) or sequence (its answers)")
-    ] = "logits",
-    temperature: Annotated[float, typer.Option(help="logits: softmax temperature T")] = 2.0,
-    alpha: Annotated[float, typer.Option(help="logits: weight of the KL term (1 - alpha: labels)")] = 0.5,
-    hidden_weight: Annotated[
-        float, typer.Option(help="logits: weight of matching the teacher's hidden states (pruned students)")
-    ] = 0.0,
-    max_new_tokens: Annotated[int, typer.Option(help="sequence: longest teacher answer")] = 256,
     config: Annotated[Path | None, typer.Option(help="YAML file of training options")] = None,
     **options,
 ):
     """Train a smaller student to imitate a teacher (its logits, or its answers); any --method."""
-    from .compress.distill import DistillConfig, distill
+    from .compress.distill import distill
     from .training import ConfigError
 
+    names = {field.name for field in dataclasses.fields(DistillConfig)}
+    distill_config = DistillConfig(**{name: options.pop(name) for name in names})
     train_config = TrainConfig.from_sources(config, **options, **ctx.meta[METHOD_OPTIONS], model=student)
     if not train_config.data or not train_config.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
-    distill_config = DistillConfig(
-        teacher, teacher_adapter, mode, temperature, alpha, hidden_weight, max_new_tokens=max_new_tokens
-    )
     distill(train_config, distill_config, console=console)
 
 
-distill_cmd.__signature__ = without(command_signature(distill_cmd, TrainConfig, given_only=True), "model")
+# The training options as `train` takes them, but --model: the student is the training's model.
+training_flags = config_flags(TrainConfig, given_only=True, skip=("model",))
+distill_cmd.__signature__ = command_signature(distill_cmd, DistillConfig, more_flags=training_flags)
 
 
 @app.command("prune")
 @user_errors
-def prune_cmd(
-    out: Annotated[str, typer.Option(help="folder for the pruned Hugging Face model")],
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    data: Annotated[
-        str | None, typer.Option(help="calibration examples (to rank blocks and channels)")
-    ] = None,
-    keep_layers: Annotated[int | None, typer.Option(help="keep this many decoder blocks")] = None,
-    mlp_keep: Annotated[float | None, typer.Option(help="keep this fraction of MLP channels")] = None,
-    sparsity: Annotated[float | None, typer.Option(help="zero this fraction of weights (no smaller)")] = None,
-    calibration_rows: Annotated[int, typer.Option(help="calibration examples used")] = 64,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
-):
+def prune_cmd(**options):
     """Cut decoder blocks and MLP channels by measured importance: a smaller Hugging Face model."""
-    from .compress.prune import PruneConfig, prune
+    from .compress.prune import prune
 
-    config = PruneConfig(model=model, out=out, adapter=adapter, data=data, keep_layers=keep_layers,
-                         mlp_keep=mlp_keep, sparsity=sparsity, calibration_rows=calibration_rows,
-                         overwrite=overwrite)  # fmt: skip
+    config = PruneConfig(**options)
     with console.status("pruning"):
         record = prune(config, log=err_console.print)
+    out = config.out
     console.print(
         f"{record['params_before']:,} -> {record['params_after']:,} parameters, weights "
         f"{record['weights_mb']} MB, in {out}. Recover it with `tunelab distill --student {out}`."
     )
 
 
+prune_cmd.__signature__ = command_signature(prune_cmd, PruneConfig)
+
+
 @app.command("quantize")
 @user_errors
-def quantize_cmd(
-    out: Annotated[str, typer.Option(help="folder for the quantized model")],
-    model: ModelOpt = "default",
-    adapter: AdapterOpt = None,
-    scheme: Annotated[str, typer.Option(help="int8-dynamic (CPU); GGUF quants: tunelab export")] = (
-        "int8-dynamic"
-    ),
-    keep_float: Annotated[
-        str | None,
-        typer.Option(help="linear layers left in fp32, comma-separated names ('' quantizes all) [down_proj]"),
-    ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
-):
+def quantize_cmd(**options):
     """int8 weights for CPU inference (PyTorch dynamic quantization of the linear layers)."""
-    from .compress.quantize import QuantizeConfig, quantize
+    from .compress.quantize import quantize
 
-    names = None if keep_float is None else [name.strip() for name in keep_float.split(",") if name.strip()]
-    kept = {} if names is None else {"keep_float": names}  # None: QuantizeConfig's default
-    config = QuantizeConfig(model=model, out=out, adapter=adapter, scheme=scheme, overwrite=overwrite, **kept)
+    config = QuantizeConfig(**options)
     with console.status("quantizing"):
         record = quantize(config, log=err_console.print)
-    console.print(f"Quantized ({scheme}): weights {record['weights_mb']} MB in {out} (loads with tunelab)")
+    console.print(
+        f"Quantized ({config.scheme}): weights {record['weights_mb']} MB in {config.out} (loads with tunelab)"
+    )
+
+
+quantize_cmd.__signature__ = command_signature(quantize_cmd, QuantizeConfig)
 
 
 @app.command("compress-report")
 @user_errors
-def compress_report_cmd(
-    model: Annotated[
-        list[str], typer.Option("--model", "-m", help="a model to measure (repeat; first is the reference)")
-    ],
-    test: Annotated[str, typer.Option(help="test examples (quality)")],
-    out: Annotated[str, typer.Option(help="folder for results.json, report.md and report.html")],
-    task: Annotated[str, typer.Option(help="classification or generation")] = "classification",
-    labels: Annotated[str | None, typer.Option(help="class names in order (for integer labels)")] = None,
-    instruction: Annotated[str | None, typer.Option(help="put before every question")] = None,
-    metrics: Annotated[str | None, typer.Option(help="generation metrics, e.g. exact_match")] = None,
-    limit: Annotated[int | None, typer.Option(help="use the first N test examples")] = None,
-    speed_prompts: Annotated[int, typer.Option(help="prompts timed for generation speed")] = 8,
-    new_tokens: Annotated[int, typer.Option(help="tokens generated per timed prompt")] = 32,
-):
+def compress_report_cmd(**options):
     """Size, memory, speed and quality of models side by side (e.g. teacher, pruned student, int8)."""
-    from .compress.report import ReportConfig, compress_report
+    from .compress.report import compress_report
 
-    config = ReportConfig(
-        models=model, test=test, out=out, task=task, labels=labels.split(",") if labels else None,
-        instruction=instruction, metrics=metrics.split(",") if metrics else [], limit=limit,
-        speed_prompts=speed_prompts, new_tokens=new_tokens,
-    )  # fmt: skip
+    config = ReportConfig(**options)
     compress_report(config, log=err_console.print)
-    console.print(Path(out, "report.md").read_text())
+    console.print(Path(config.out, "report.md").read_text())
+
+
+compress_report_cmd.__signature__ = command_signature(compress_report_cmd, ReportConfig)
 
 
 @app.command()
@@ -584,125 +491,94 @@ def _tokenizer(model: str):
 
 @data_app.command("validate")
 @user_errors
-def data_validate(
-    file: Annotated[str, typer.Argument(help="training file")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="tokenizer for length checks; 'none' to skip")
-    ] = "default",
-    max_length: int = 1024,
-    format: Annotated[str | None, typer.Option()] = None,
-):
+def data_validate(**options):
     """Report every problem in a training file with its line number; exit 1 if there is any."""
     from .data.validate import print_report, validate_file
 
-    report = validate_file(file, tokenizer=_tokenizer(model), max_length=max_length, format=format)
+    config = ValidateConfig(**options)
+    report = validate_file(config.file, tokenizer=_tokenizer(config.model), max_length=config.max_length,
+                           format=config.format, min_examples=config.min_examples)  # fmt: skip
     print_report(report, console)
     raise typer.Exit(0 if report.ok else 1)
 
 
+data_validate.__signature__ = command_signature(data_validate, ValidateConfig)
+
+
 @data_app.command("split")
 @user_errors
-def data_split(
-    file: Annotated[str, typer.Argument(help="data file")],
-    out: Annotated[str, typer.Option(help="folder for train/val/test files")],
-    val: float = 0.1,
-    test: float = 0.1,
-    seed: int = 0,
-):
+def data_split(**options):
     """Split a data file into train/val/test deterministically."""
     from .data.split import split_file
 
-    for name, path in split_file(file, val=val, test=test, seed=seed, out_dir=out).items():
+    config = SplitConfig(**options)
+    split = split_file(config.file, val=config.val, test=config.test, seed=config.seed, out_dir=config.out)
+    for name, path in split.items():
         rows = sum(1 for line in Path(path).read_text().splitlines() if line.strip()) - (
             path.suffix == ".csv"
         )
         console.print(f"{name}: {path} ({rows} rows)")
 
 
+data_split.__signature__ = command_signature(data_split, SplitConfig)
+
+
 @data_app.command("clean")
 @user_errors
-def data_clean(
-    file: Annotated[str, typer.Argument(help="data file (JSONL, JSON array or CSV); never modified")],
-    out: Annotated[str, typer.Option(help="cleaned file; OUT.changes.jsonl logs every change")],
-    report: Annotated[str | None, typer.Option(help="also write this HTML summary")] = None,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="tokenizer for lengths; 'none' counts words")
-    ] = "default",
-    repair: Annotated[bool, typer.Option(help="Unicode NFC, mojibake, control characters, spacing")] = True,
-    lengths: Annotated[bool, typer.Option(help="drop too-short and too-long examples")] = True,
-    min_tokens: Annotated[int, typer.Option(help="fewest content tokens an example may have")] = 2,
-    max_tokens: Annotated[int, typer.Option(help="most tokens with the chat template")] = 2048,
-    dedup: Annotated[bool, typer.Option(help="drop exact copies (the first is kept)")] = True,
-    near: Annotated[bool, typer.Option(help="drop near copies too (MinHash LSH)")] = True,
-    near_threshold: Annotated[float, typer.Option(help="Jaccard similarity of word 3-grams")] = 0.8,
-    pii: Annotated[str, typer.Option(help="personal data: mask, drop, report or off")] = "mask",
-    format: Annotated[str | None, typer.Option()] = None,
-):
+def data_clean(**options):
     """Repair text, drop empty/short/long examples and duplicates, mask personal data; log every change."""
-    from .data.clean import CleanConfig, clean_file, print_summary, write_html
+    from .data.clean import clean_file, print_summary, write_html
 
-    config = CleanConfig(
-        repair=repair,
-        lengths=lengths,
-        dedup=dedup,
-        near=near,
-        near_threshold=near_threshold,
-        pii=pii,
-        min_tokens=min_tokens,
-        max_tokens=max_tokens,
-        format=format,
-    )
-    result = clean_file(file, out, config, tokenizer=_tokenizer(model) if lengths else None)
+    files = CleanFiles(**{field.name: options.pop(field.name) for field in dataclasses.fields(CleanFiles)})
+    config = CleanConfig(**options)
+    tokenizer = _tokenizer(files.model) if config.lengths else None
+    result = clean_file(files.file, files.out, config, tokenizer=tokenizer)
     print_summary(result, console)
-    if report:
-        console.print(f"Report: {write_html(result, report)}")
+    if files.report:
+        console.print(f"Report: {write_html(result, files.report)}")
+
+
+data_clean.__signature__ = command_signature(data_clean, CleanFiles, CleanConfig)
 
 
 @data_app.command("report")
 @user_errors
-def data_report_cmd(
-    file: Annotated[str, typer.Argument(help="training file")],
-    out: Annotated[str, typer.Option(help="report.html (a .json beside it)")],
-    val: Annotated[str | None, typer.Option(help="validation file: checked for copies of train")] = None,
-    test: Annotated[str | None, typer.Option(help="test file: checked for copies of train")] = None,
-    groups: Annotated[str | None, typer.Option(help="groups YAML: mentions and labels per group")] = None,
-    benchmark: Annotated[str | None, typer.Option(help="folder of benchmark files: 13-gram overlap")] = None,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="tokenizer for lengths; 'none' to skip")
-    ] = "default",
-    max_length: Annotated[int, typer.Option(help="the training --max-length: share truncated")] = 2048,
-    near_threshold: Annotated[float, typer.Option(help="Jaccard similarity for near copies")] = 0.8,
-):
+def data_report_cmd(**options):
     """Sizes, lengths, labels, train/val/test leakage, benchmark overlap and group bias of a data file."""
     from .data.report import data_report, print_summary, write_report
 
+    config = DataReportConfig(**options)
     result = data_report(
-        file,
-        val=val,
-        test=test,
-        groups=groups,
-        benchmark=benchmark,
-        tokenizer=_tokenizer(model),
-        max_length=max_length,
-        near_threshold=near_threshold,
+        config.file,
+        val=config.val,
+        test=config.test,
+        groups=config.groups,
+        benchmark=config.benchmark,
+        tokenizer=_tokenizer(config.model),
+        max_length=config.max_length,
+        near_threshold=config.near_threshold,
     )
     print_summary(result, console)
-    console.print(f"Report: {write_report(result, out)} (and .json)")
+    console.print(f"Report: {write_report(result, config.out)} (and .json)")
+
+
+data_report_cmd.__signature__ = command_signature(data_report_cmd, DataReportConfig)
 
 
 @data_app.command("from-feedback")
 @user_errors
-def data_from_feedback(
-    data_dir: Annotated[str, typer.Option(help="the data dir of `tunelab serve`")],
-    out: Annotated[str, typer.Option(help="chat JSONL to write, ready for the next job")],
-):
+def data_from_feedback(**options):
     """Turn feedback collected by the service (corrections, good ratings) into training data."""
     from .service.feedback import export_feedback
 
-    result = export_feedback(data_dir, out)
+    config = FeedbackConfig(**options)
+    result = export_feedback(config.data_dir, config.out)
     console.print(
-        f"Wrote {result.written} example(s) to {out}; skipped {result.skipped} without a usable answer"
+        f"Wrote {result.written} example(s) to {config.out}; skipped {result.skipped} without a usable answer"
     )
+
+
+data_from_feedback.__signature__ = command_signature(data_from_feedback, FeedbackConfig)
 
 
 @app.command()
@@ -710,60 +586,11 @@ def data_from_feedback(
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    data_dir: Annotated[
-        str, typer.Option(help="where files, jobs, models and the database live")
-    ] = "tunelab-data",
-    api_key: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="accepted API key (repeatable); default: $TUNELAB_API_KEY or one kept in the data dir"
-        ),
-    ] = None,
     base_model: Annotated[
         list[str] | None,
         typer.Option(help="NAME=SPEC: serve and fine-tune this model as NAME (default: the embedded model)"),
     ] = None,
-    api_key_file: Annotated[
-        str | None,
-        typer.Option(help="read accepted API keys from this file, one a line (chmod 600), not the command"),
-    ] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="largest file an upload may be")] = 512.0,
-    max_body_kb: Annotated[int, typer.Option(help="largest request body other than an upload")] = 1024,
-    max_loaded_adapters: Annotated[int, typer.Option(help="fine-tuned adapters kept loaded at once")] = 4,
-    max_generations_per_key: Annotated[
-        int, typer.Option(help="sequences a key may have generating at once; n choices count n (more: 429)")
-    ] = 8,
-    max_batch: Annotated[
-        int,
-        typer.Option(help="sequences decoded together in one batch per base model (more wait their turn)"),
-    ] = 16,
-    engine: Annotated[
-        str,
-        typer.Option(
-            help="inference by 'tunelab' (in process, CPU or GPU) or 'vllm' (a GPU, vLLM installed)"
-        ),
-    ] = "tunelab",
-    max_queued_jobs_per_key: Annotated[
-        int, typer.Option(help="jobs a key may have waiting to train (more: 429)")
-    ] = 8,
-    max_job_minutes: Annotated[
-        float, typer.Option(help="a job stops after this long and keeps what it learnt")
-    ] = 24 * 60.0,
-    behind_tls_proxy: Annotated[
-        bool,
-        typer.Option(
-            help="served as https by a reverse proxy: Secure cookies, https origins, and 127.0.0.1's "
-            "X-Forwarded-For believed"
-        ),
-    ] = False,
-    trusted_proxy: Annotated[
-        list[str] | None,
-        typer.Option(help="address of a reverse proxy whose X-Forwarded-For is believed (repeatable)"),
-    ] = None,
-    metrics_key_file: Annotated[
-        str | None,
-        typer.Option(help="keys (one a line, chmod 600) that read /metrics, e.g. Prometheus's bearer token"),
-    ] = None,
+    **options,
 ):
     """Run the OpenAI-compatible fine-tuning service (files, jobs, models, chat) and its dashboard."""
     import os
@@ -772,22 +599,11 @@ def serve(
 
     from .errors import UserError
     from .models import resolve
-    from .service import ServiceSettings, create_app
+    from .service import create_app
     from .service.app import server_options
     from .service.settings import resolve_api_keys
 
     os.umask(0o077)  # the data dir holds every key's prompts and data: nobody else reads what we write
-    options = {"data_dir": data_dir, "api_keys": api_key or [], "max_upload_mb": max_upload_mb}
-    options |= {
-        "api_key_file": api_key_file,
-        "max_body_kb": max_body_kb,
-        "behind_tls_proxy": behind_tls_proxy,
-        "trusted_proxies": trusted_proxy or [],
-        "metrics_key_file": metrics_key_file,
-    }
-    options |= {"max_loaded_adapters": max_loaded_adapters, "max_job_minutes": max_job_minutes}
-    options |= {"max_generations_per_key": max_generations_per_key, "max_batch": max_batch, "engine": engine}
-    options["max_queued_jobs_per_key"] = max_queued_jobs_per_key
     if base_model:
         pairs = [item.partition("=") for item in base_model]
         if any(not name or not spec for name, _, spec in pairs):
@@ -797,16 +613,22 @@ def serve(
     for spec in settings.base_models.values():
         resolve(spec)  # a missing folder or file is said now, not at the first request
     keys, generated = resolve_api_keys(settings)
+    api_key_file, data_dir = settings.api_key_file, settings.data_dir
     settings.api_keys, settings.api_key_file = keys, None
     settings.metrics_keys, settings.metrics_key_file = settings.operator_keys(keys), None
     if generated:
         console.print(f"API key (kept in {Path(data_dir) / 'api_key'}): [bold]{keys[0]}[/]")
     elif api_key_file:
         console.print(f"API keys: {len(keys)} from {api_key_file}")
-    elif not api_key:
+    elif not options["api_keys"]:
         console.print(f"API key: the one in {Path(data_dir) / 'api_key'} (or $TUNELAB_API_KEY)")
     console.print(f"Dashboard and API on http://{host}:{port}  (OpenAI base_url http://{host}:{port}/v1)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", **server_options(settings))
+
+
+# The service's settings, but those only a test or the service itself sets; --base-model is NAME=SPEC.
+SERVE_SKIPS = ("base_models", "metrics_keys", "start_worker")
+serve.__signature__ = command_signature(serve, ServiceSettings, skip=SERVE_SKIPS)
 
 
 def main() -> None:  # pragma: no cover

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from .data.examples import Example
-from .inference import generate, load_for_inference
-from .training import TrainConfig, train
 
 SYSTEM = "Extract the person as JSON."
 NAMES = """Alice Bruno Chen Dana Emeka Farah Goran Hana Ivan Julia Kofi Lena Mateo Nadia Omar Priya Quinn Rosa
@@ -74,9 +72,21 @@ class DemoResult:
     adapter: Path
 
 
-def run_demo(
-    out: str = "runs/demo", steps: int = 30, n_train: int = 300, n_test: int = 50, console=None
-) -> DemoResult:
+@dataclass
+class DemoConfig:
+    out: str = field(default="runs/demo", metadata={"help": "folder for the demo data and adapter"})
+    steps: int = field(default=30, metadata={"help": "LoRA optimizer steps"})
+    n_train: int = field(default=300, metadata={"help": "generated training examples"})
+    n_test: int = field(default=50, metadata={"help": "generated held-out examples"})
+
+
+def run_demo(config: DemoConfig | None = None, console=None) -> DemoResult:
+    from .inference import load_for_inference  # torch: only when the demo runs
+    from .inference.generate import generate
+    from .training import TrainConfig, train
+
+    config = config or DemoConfig()
+    out, steps, n_train, n_test = config.out, config.steps, config.n_train, config.n_test
     console = console or Console()
     out_dir = Path(out)
     data_dir = out_dir / "data"

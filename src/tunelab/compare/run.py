@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
@@ -29,32 +29,10 @@ from ..evaluation.config import CALIBRATIONS
 from ..methods import REGISTRY, get_method
 from ..run_dir import RunDir, file_hash
 from ..training.memory import peak_bytes
+from .config import CompareConfig
 from .distilled import DISTILLED, check_distilled, hidden_weight_of, teacher_of, train_student
 
 PROMPTING = ("zero-shot", "few-shot")
-
-
-@dataclass
-class CompareConfig:
-    data: str
-    out: str
-    model: str = "default"
-    val: str | None = None
-    test: str | None = None
-    task: str = "classification"  # or generation
-    methods: list[str] = field(default_factory=lambda: ["zero-shot", "few-shot", "lora", "head"])
-    budget: str = "epochs:1"  # steps:N | epochs:N | minutes:N, the same for every trained method
-    labels: list[str] | None = None
-    instruction: str | None = None
-    shots: int = 5
-    calibrate: str | None = None  # "contextual": the zero- and few-shot rows divide out the prompt's prior
-    forgetting: str | None = None  # mmlu:PATH
-    forgetting_limit: int = 200
-    limit: int | None = None  # test examples
-    seed: int = 0
-    batch_size: int = 8
-    sweep: int = 0  # N > 0: each tuned method's row is its best of N trials (its learning rate searched)
-    student: str | None = None  # the `distill` row's student: a model with --model's tokenizer
 
 
 def budget_fields(budget: str) -> dict:
@@ -203,21 +181,21 @@ def train_method(
 ) -> tuple[Path, dict, dict | None]:
     """The trained model's folder and summary; with `sweep`, those of the best of its trials (a minutes
     budget is shared by the trials, a steps or epochs budget is each trial's), and what the sweep chose."""
+    options = train_options(config, splits)
     if not config.sweep:
         from ..training import TrainConfig, train
 
-        train_config = TrainConfig(**train_options(config, splits), method=method, out=str(run_dir / "model"),
-                                   overwrite=True)  # fmt: skip
+        train_config = TrainConfig(**options, method=method, out=str(run_dir / "model"), overwrite=True)
         return run_dir / "model", train(train_config).summary, None
     from ..sweep import SweepConfig, sweep
 
-    fixed = budget_fields(config.budget)
-    data = {"data": str(splits["train"]), "val": str(splits["val"])}
-    minutes = fixed.pop("max_minutes", None)
-    fixed |= {"batch_size": config.batch_size, "labels": config.labels}
-    results = sweep(SweepConfig(**data, out=str(run_dir / "sweep"), method=method, model=config.model,
+    # The sweep's own flags take the splits, model and seed; the rest are its trials' fixed options.
+    own = {name: options.pop(name) for name in ("model", "seed")}
+    (data,), (val,) = options.pop("data"), options.pop("val")
+    minutes = options.pop("max_minutes", None)
+    results = sweep(SweepConfig(data=data, val=val, **own, out=str(run_dir / "sweep"), method=method,
                                 trials=config.sweep, budget=config.budget if minutes else None,
-                                seed=config.seed, train=fixed))  # fmt: skip
+                                train=options))  # fmt: skip
     best = results["best_trial"]
     if not best:
         raise UserError(f"compare: no trial of {method} completed; see {run_dir / 'sweep' / 'report.md'}")

@@ -11,14 +11,14 @@ the teacher) learns what a teacher does.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..data import load_examples
 from ..data.mixture import parse_data_spec
 from ..errors import UserError
-from ..inference import generate, load_for_inference
-from ..inference.generate import prompt_messages, require_generative
+from ..inference import load_for_inference
+from ..inference.generate import generate, prompt_messages, require_generative
 from ..methods import get_method
 from ..models import load_tokenizer
 from ..models.blocks import decoder_blocks
@@ -27,28 +27,7 @@ from ..run_dir import RunDir
 from ..training import TrainConfig
 from ..training.datasets import objective_for
 from ..training.loop import TrainResult, check_out_dir, train
-
-MODES = ("logits", "sequence")
-
-
-@dataclass
-class DistillConfig:
-    teacher: str = "default"
-    teacher_adapter: str | None = None
-    mode: str = "logits"  # or "sequence"
-    temperature: float = 2.0
-    alpha: float = 0.5  # weight of the distillation term; 1 - alpha weighs the cross-entropy on the labels
-    hidden_weight: float = 0.0  # weight of the hidden-state term (per labelled token), 0: logits only
-    max_new_tokens: int = 256  # sequence: the longest teacher answer
-    generate_batch_size: int = 16
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise UserError(f"--mode {self.mode}: choose one of {', '.join(MODES)}")
-        if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.hidden_weight < 0:
-            raise UserError("--temperature must be positive, --alpha in [0, 1] and --hidden-weight >= 0")
-        if self.hidden_weight and self.mode != "logits":
-            raise UserError("--hidden-weight: only with --mode logits (sequence mode trains on answers)")
+from .config import DistillConfig
 
 
 def teacher_blocks_of(student: str, teacher) -> list[int]:

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -25,41 +25,13 @@ from ..data.tokenize import chat_messages
 from ..errors import UserError
 from ..export.hf import save_hf
 from ..models.blocks import capture, decoder_blocks
+from .config import PruneConfig
 from .source import load_merged, parameter_count, write_folder
 
 SPARSITY_NOTE = (
     "unstructured sparsity: {pct:.0f}% of the blocks' linear weights are zero, but the file stores them "
     "densely (same size) and dense CPU kernels run no faster; use --keep-layers or --mlp-keep to shrink it"
 )
-
-
-@dataclass
-class PruneConfig:
-    model: str
-    out: str
-    adapter: str | None = None
-    data: str | None = None  # calibration examples (chat/any format); needed to rank blocks and channels
-    keep_layers: int | None = None
-    keep_share: float | None = None  # depth, instead of keep_layers: the share of blocks kept (at least 1)
-    mlp_keep: float | None = None  # fraction of MLP intermediate channels kept
-    sparsity: float | None = None  # fraction of block linear weights zeroed by magnitude
-    calibration_rows: int = 64
-    max_length: int = 256
-    batch_size: int = 8
-    overwrite: bool = False
-
-    def __post_init__(self):
-        cuts = (self.keep_layers, self.keep_share, self.mlp_keep, self.sparsity)
-        if all(cut is None for cut in cuts):
-            raise UserError("prune: say what to cut: --keep-layers N, --mlp-keep F and/or --sparsity F")
-        if (self.keep_layers or self.keep_share or self.mlp_keep) and not self.data:
-            raise UserError("prune: --data (calibration examples) is needed to rank blocks and channels")
-        if self.keep_share is not None and not 0 < self.keep_share <= 1:
-            raise UserError(f"keep_share {self.keep_share}: a fraction in (0, 1]")
-        if self.mlp_keep is not None and not 0 < self.mlp_keep <= 1:
-            raise UserError(f"--mlp-keep {self.mlp_keep}: a fraction in (0, 1]")
-        if self.sparsity is not None and not 0 <= self.sparsity < 1:
-            raise UserError(f"--sparsity {self.sparsity}: a fraction in [0, 1)")
 
 
 def prune(config: PruneConfig, log=print) -> dict:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,10 +29,9 @@ from torch import nn
 from ..errors import UserError
 from ..models import load_tokenizer
 from ..run_dir import RunDir
+from .config import KEEP_FLOAT, QuantizeConfig
 from .source import load_merged, parameter_count, write_folder
 
-SCHEMES = ("int8-dynamic",)
-KEEP_FLOAT = ("down_proj",)  # see the module doc
 CARD = """---
 tags: [tunelab, quantized, int8-dynamic]
 ---
@@ -46,22 +45,6 @@ from tunelab.compress.quantize import load_quantized
 model, tokenizer = load_quantized("{name}")
 ```
 """
-
-
-@dataclass
-class QuantizeConfig:
-    model: str
-    out: str
-    adapter: str | None = None
-    scheme: str = "int8-dynamic"
-    keep_float: list[str] = field(default_factory=lambda: list(KEEP_FLOAT))  # linear layers left in fp32
-    overwrite: bool = False
-
-    def __post_init__(self):
-        if self.scheme not in SCHEMES:
-            raise UserError(
-                f"--scheme {self.scheme}: choose one of {', '.join(SCHEMES)} (GGUF quants: tunelab export)"
-            )
 
 
 def quantize_linear(model, keep_float=KEEP_FLOAT):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
-from ..errors import UserError
 from ..report_page import cell_text, figure_png, figures_html, html_page, html_table, markdown_table
 from ..run_dir import RunDir
+from .config import ReportConfig
 
 COLUMNS = [
     ("name", "model"),
@@ -33,27 +33,6 @@ COLUMNS = [
     ("change", "quality change"),
     ("eval_time_s", "eval s"),
 ]
-
-
-@dataclass
-class ReportConfig:
-    models: list[str]  # model specs, model folders, adapter folders or `tunelab quantize` folders
-    test: str
-    out: str
-    task: str = "classification"  # or generation
-    labels: list[str] | None = None
-    instruction: str | None = None
-    metrics: list[str] = field(default_factory=list)
-    limit: int | None = None
-    batch_size: int = 8
-    speed_prompts: int = 8  # prompts timed, one at a time and as one batch
-    new_tokens: int = 32
-
-    def __post_init__(self):
-        if not self.models:
-            raise UserError("compress-report: give at least one --model")
-        if self.task not in ("classification", "generation"):
-            raise UserError(f"--task {self.task}: classification or generation")
 
 
 def load_any(spec: str):

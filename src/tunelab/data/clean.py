@@ -20,12 +20,12 @@ from pathlib import Path
 import ftfy
 
 from . import dedup, pii
+from .config import CleanConfig
 from .errors import DataError
 from .formats import check_format, check_record, guess_format, read_records, to_example
 from .tokenize import chat_messages
 from .validate import count_tokens
 
-PII_MODES = ("mask", "drop", "report", "off")
 TEXT_FIELDS = {
     "prompt-completion": ("prompt", "completion"),
     "alpaca": ("instruction", "input", "output"),
@@ -34,25 +34,6 @@ TEXT_FIELDS = {
 }
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufeff]")
 SAMPLES = 5  # examples of each kind of change kept for the summary and the report
-
-
-@dataclass
-class CleanConfig:
-    repair: bool = True
-    lengths: bool = True
-    dedup: bool = True
-    near: bool = True
-    near_threshold: float = 0.8
-    pii: str = "mask"
-    min_tokens: int = 2
-    max_tokens: int = 2048
-    format: str | None = None
-
-    def __post_init__(self):
-        if self.pii not in PII_MODES:
-            raise DataError(f"--pii {self.pii}: choose one of {', '.join(PII_MODES)}")
-        if not 0 < self.near_threshold <= 1:
-            raise DataError(f"--near-threshold {self.near_threshold}: must be in (0, 1]")
 
 
 @dataclass

@@ -23,9 +23,7 @@ class EvalConfig:
         default=None, metadata={"help": "adapter folder (LoRA, ...) to apply on the model"}
     )
     data: str | None = field(default=None, metadata={"help": "examples to evaluate on"})
-    task: str = field(
-        default="generation", metadata={"help": "generation, classification, multiple-choice or perplexity"}
-    )
+    task: str = field(default="generation", metadata={"help": "what is measured", "choices": TASKS})
     metrics: list[str] = field(
         default_factory=list,
         metadata={"help": "comma-separated: rouge,bleu,exact_match,token_f1,accuracy,macro_f1"},
@@ -50,14 +48,20 @@ class EvalConfig:
     )
     mode: str = field(
         default="letter",
-        metadata={"help": "multiple-choice: letter or cloze (lm-evaluation-harness conventions)"},
+        metadata={
+            "help": "multiple-choice: letter or cloze (lm-evaluation-harness conventions)",
+            "choices": MODES,
+        },
     )
     val: str | None = field(
         default=None, metadata={"help": "classification: fit temperature scaling on this file"}
     )
     calibrate: str | None = field(
         default=None,
-        metadata={"help": "classification: 'contextual' divides out the prompt's label prior (Zhao 2021)"},
+        metadata={
+            "help": "classification: 'contextual' divides out the prompt's label prior (Zhao 2021)",
+            "choices": CALIBRATIONS,
+        },
     )
     groups: str | None = field(
         default=None,

@@ -17,9 +17,9 @@ import torch
 from ..inference.generate import adapter_folder, base_of_adapter, load_for_inference
 from ..methods import Method, get_method
 from ..run_dir import RunDir
-from .llama_cpp import ExportError
+from .config import HF_DTYPES, ExportError
 
-DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = dict(zip(HF_DTYPES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 # PEFT's names for the PEFT-backed methods, for adapters saved without a tunelab run config.
 PEFT_TYPES = {
     "LORA": "lora",

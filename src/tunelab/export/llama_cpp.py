@@ -17,22 +17,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
 from ..models.loading import cache_root
+from .config import CONVERTER_QUANTS, ExportError
 
 LLAMA_CPP_PYTHON = "0.3.36"  # whose vendored llama.cpp converters we run
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "LICENSE")
 CONVERTER_DIRS = ("conversion/", "gguf-py/")
-# What the converter writes itself; anything else goes through llama-quantize from an f16 file.
-CONVERTER_QUANTS = ("f32", "f16", "bf16", "q8_0")
-QUANTIZE_QUANTS = (
-    "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l",
-    "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
-)  # fmt: skip
-
-
-class ExportError(UserError):
-    """An export that cannot be made as asked; the message says why and what to do."""
 
 
 def converter_dir(log=print) -> Path:

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .llama_cpp import ExportError
+from .config import ExportError
 
 MARK = "TUNELAB{}MARK"  # message contents no template alters, found again in its output
 

@@ -7,12 +7,20 @@ skipped. The latest feedback on a completion wins."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
 from .paths import DataDir
 from .store import Store
+
+
+@dataclass
+class FeedbackConfig:
+    """What `tunelab data from-feedback` reads and writes: `export_feedback`'s arguments."""
+
+    data_dir: str = field(metadata={"help": "the data dir of `tunelab serve`"})
+    out: str = field(metadata={"help": "chat JSONL to write, ready for the next job"})
 
 
 @dataclass

@@ -11,39 +11,82 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..models.loading import DEFAULT_MODEL
 
 DEFAULT_BASE = "smollm2-135m-instruct"
+DEFAULT_MODEL = "default"  # the embedded model's spec (models/loading.py); that module loads torch
 KEY_FILE = "api_key"
 ENGINES = ("tunelab", "vllm")
 
 
 @dataclass
 class ServiceSettings:
-    data_dir: str = "tunelab-data"
-    api_keys: list[str] = field(default_factory=list)
-    api_key_file: str | None = None  # one key a line; readable by its owner only (chmod 600)
+    data_dir: str = field(
+        default="tunelab-data", metadata={"help": "where files, jobs, models and the database live"}
+    )
+    api_keys: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "accepted API key (repeatable); default: $TUNELAB_API_KEY or one kept in the data dir"
+        },
+    )
+    api_key_file: str | None = field(
+        default=None,
+        metadata={"help": "read accepted API keys from this file, one a line (chmod 600), not the command"},
+    )
     # Public model name -> tunelab model spec ('default', a folder or a .gguf file); names hold no ':'.
     base_models: dict[str, str] = field(default_factory=lambda: {DEFAULT_BASE: DEFAULT_MODEL})
-    max_upload_mb: float = 512.0
-    max_body_kb: int = 1024  # any request body but an upload (JSON, forms)
-    max_loaded_adapters: int = 4  # adapters kept on the base model at once (least recently used goes)
-    max_batch: int = 16  # sequences decoded together on one base model; more wait for a free row
-    default_max_tokens: int = 512  # when a request gives no max_tokens
-    max_generations_per_key: int = 8  # sequences generating at once per key (a request's n choices count n)
-    max_queued_jobs_per_key: int = 8  # jobs waiting to train (validating_files or queued), per key
-    max_job_minutes: float = 24 * 60  # a job stops (and publishes what it has) after this long
-    session_hours: float = 12.0  # a dashboard sign-in lasts this long
-    behind_tls_proxy: bool = False  # served as https by a proxy: cookies are Secure, origins https
+    max_upload_mb: float = field(default=512.0, metadata={"help": "largest file an upload may be"})
+    max_body_kb: int = field(
+        default=1024, metadata={"help": "largest request body other than an upload (JSON, forms)"}
+    )
+    max_loaded_adapters: int = field(
+        default=4,
+        metadata={"help": "fine-tuned adapters kept loaded at once (the least recently used goes)"},
+    )
+    max_batch: int = field(
+        default=16,
+        metadata={"help": "sequences decoded together in one batch per base model (more wait their turn)"},
+    )
+    default_max_tokens: int = field(default=512, metadata={"help": "when a request gives no max_tokens"})
+    max_generations_per_key: int = field(
+        default=8,
+        metadata={"help": "sequences a key may have generating at once; n choices count n (more: 429)"},
+    )
+    max_queued_jobs_per_key: int = field(
+        default=8, metadata={"help": "jobs a key may have waiting to train (more: 429)"}
+    )
+    max_job_minutes: float = field(
+        default=24 * 60.0, metadata={"help": "a job stops after this long and keeps what it learnt"}
+    )
+    session_hours: float = field(default=12.0, metadata={"help": "a dashboard sign-in lasts this long"})
+    behind_tls_proxy: bool = field(
+        default=False,
+        metadata={
+            "help": "served as https by a reverse proxy: Secure cookies, https origins, and 127.0.0.1's "
+            "X-Forwarded-For believed"
+        },
+    )
     # Addresses of the reverse proxies whose X-Forwarded-For/-Proto are believed (the client's address
     # counts sign-in attempts); --behind-tls-proxy alone trusts 127.0.0.1. None by default: a client on
     # this host could otherwise reset its sign-in limit by changing the header.
-    trusted_proxies: list[str] = field(default_factory=list)
+    trusted_proxies: list[str] = field(
+        default_factory=list,
+        metadata={"help": "address of a reverse proxy whose X-Forwarded-For is believed (repeatable)"},
+    )
     # Keys for /metrics alone (Prometheus's bearer token): it counts every key's jobs, so no API key reads it.
     metrics_keys: list[str] = field(default_factory=list)
-    metrics_key_file: str | None = None
+    metrics_key_file: str | None = field(
+        default=None,
+        metadata={"help": "keys (one a line, chmod 600) that read /metrics, e.g. Prometheus's bearer token"},
+    )
     start_worker: bool = True  # tests of the API alone turn it off
-    engine: str = "tunelab"  # who runs inference: "tunelab" (in process, CPU or GPU) or "vllm" (GPU)
+    engine: str = field(
+        default="tunelab",
+        metadata={
+            "help": "inference by 'tunelab' (in process, CPU or GPU) or 'vllm' (a GPU, vLLM installed)",
+            "choices": ENGINES,
+        },
+    )
 
     def __post_init__(self):
         counts = ("max_loaded_adapters", "max_batch", "default_max_tokens", "max_body_kb")

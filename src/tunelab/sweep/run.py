@@ -20,7 +20,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
@@ -33,24 +33,10 @@ from ..methods import get_method
 from ..run_dir import RunDir, file_hash
 from ..training import TrainConfig, train
 from ..training.loop import TrainHooks
+from .config import SweepConfig
 from .space import NOT_SEARCHED, Space, default_space, load_space
 
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
-
-
-@dataclass
-class SweepConfig:
-    data: str
-    val: str
-    out: str
-    space: str | None = None  # a YAML file (space.py); None: the method's learning rate
-    method: str = "lora"
-    model: str = "default"
-    trials: int = 20
-    budget: str | None = None  # minutes:M for all the trials together
-    objective: str = "val_loss"  # or an eval metric on the val set (accuracy, macro_f1, rouge, ...)
-    seed: int = 0
-    train: dict = field(default_factory=dict)  # fixed training options (`--config` YAML) under the space
 
 
 def budget_seconds(budget: str | None) -> float | None:
