@@ -1,11 +1,13 @@
 """Every CLI command is made from its config dataclasses: each field is one flag (or argument) with the
-field's name, help text, default and choices, so the CLI and the Python API cannot drift apart."""
+field's name, help text, default and choices, so the CLI and the Python API cannot drift apart. The
+commands that train also have one flag per option of every registered method."""
 
 import dataclasses
 import typing
 
 import pytest
 import typer.main
+from typer import Context
 from typer.core import TyperArgument
 
 from tunelab.cli import FLAG_NAMES, app
@@ -16,6 +18,7 @@ from tunelab.demo import DemoConfig
 from tunelab.evaluation import EvalConfig
 from tunelab.export import ExportConfig
 from tunelab.inference import ChatConfig, GenerateConfig, PredictConfig
+from tunelab.methods import REGISTRY
 from tunelab.service.feedback import FeedbackConfig
 from tunelab.service.settings import ServiceSettings
 from tunelab.sweep import SweepConfig
@@ -23,12 +26,14 @@ from tunelab.training import TrainConfig
 
 
 # command -> its config classes, those read as "given or not" (no defaults: a YAML file fills them in),
-# the fields that are no flag, and the command's own parameters (not a field of any config).
+# the fields that are no flag, the command's own parameters (not a field of any config), and whether it
+# trains (then each method's options are flags too).
 class Case(typing.NamedTuple):
     configs: tuple
     given_only: tuple
     skip: tuple
     own: tuple
+    trains: bool = False
 
 
 COMMANDS = {
@@ -42,8 +47,12 @@ COMMANDS = {
     "sweep": Case((SweepConfig,), (), ("train",), ("config",)),
     "demo": Case((DemoConfig,), (), (), ()),
     "export": Case((ExportConfig,), (), (), ()),
+    # TrainConfig.options is one flag per method option (below); --config is the YAML file of the rest.
+    "train": Case((TrainConfig,), (TrainConfig,), ("options",), ("config",), trains=True),
     # The student is the training's --model; the training options are train's.
-    "distill": Case((DistillConfig, TrainConfig), (TrainConfig,), ("model",), ("student", "config")),
+    "distill": Case(
+        (DistillConfig, TrainConfig), (TrainConfig,), ("model", "options"), ("student", "config"), trains=True
+    ),
     "prune": Case((PruneConfig,), (), (), ()),
     "quantize": Case((QuantizeConfig,), (), (), ()),
     "compress-report": Case((ReportConfig,), (), (), ()),
@@ -60,8 +69,6 @@ COMMANDS = {
         ("host", "port", "base_model"),
     ),
 }
-# `train` is made from TrainConfig and each method's options (tests/test_training.py and the method tests).
-NOT_HERE = {"train"}
 
 
 def all_commands(group, prefix: str = "") -> dict:
@@ -101,14 +108,17 @@ def field_choices(field: dataclasses.Field, hint) -> tuple | None:
 def test_every_command_is_made_from_a_config():
     """A command added with hand-written options fails here until it is made from a config."""
     without_options = {name for name, command in COMMANDS_OF_APP.items() if not command.params}
-    assert set(COMMANDS_OF_APP) - NOT_HERE - without_options == set(COMMANDS)
+    assert set(COMMANDS_OF_APP) - without_options == set(COMMANDS)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_flags_match_the_config_fields(name):
     case = COMMANDS[name]
-    params = {param.name: param for param in COMMANDS_OF_APP[name].params if param.name != "help"}
+    command = COMMANDS_OF_APP[name]
+    params = {param.name: param for param in command.get_params(Context(command)) if param.name != "help"}
     expected_names = set(case.own)
+    if case.trains:
+        expected_names |= check_method_option_flags(params)
     for config in case.configs:
         hints = typing.get_type_hints(config)
         for field in dataclasses.fields(config):
@@ -132,3 +142,20 @@ def test_flags_match_the_config_fields(name):
     assert set(params) == expected_names, f"{name}: flags that are no field of its config"
     for own in case.own:
         assert params[own].help, f"{name} --{own}: no help text"
+
+
+def check_method_option_flags(params: dict) -> set[str]:
+    """Each registered method's options are flags, not given by default, whose help names the methods that
+    take them; the names of those flags."""
+    names = set()
+    for method in REGISTRY.values():
+        hints = typing.get_type_hints(method.options)
+        for field in dataclasses.fields(method.options):
+            param, where = params.get(field.name), f"{method.name} {field.name}"
+            assert param is not None, f"no flag for {where}"
+            users, _, help_text = param.help.partition(": ")
+            assert help_text == field.metadata["help"] and method.name in users.split(", "), where
+            assert param.default in (None, ()) and not param.required, where
+            assert choices_of(param) == field_choices(field, hints[field.name]), where
+            names.add(field.name)
+    return names
