@@ -7,7 +7,6 @@ may use different LoRA adapters and the base itself.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import OrderedDict
@@ -17,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..inference import MultiAdapterModel
-from ..inference.generate import IncrementalDecoder
+from ..inference.generate import TextPieces
 from ..inference.scheduler import BatchScheduler, SequenceRequest
+from ..methods.lora import plain_lora
 from ..run_dir import RunDir
 from .errors import ApiError, not_found
 from .metrics import Metrics
@@ -57,8 +57,7 @@ class Generation:
     def __init__(self, engine: Engine, target: Target, prompt_ids: list[int], sampling: Sampling):
         self.sampling = sampling
         tokenizer = engine.tokenizer(target.base)
-        self.decoder = IncrementalDecoder(tokenizer, prompt_ids)
-        self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # text pieces, then None
+        self.received = TextPieces(tokenizer, prompt_ids)
         self.error: Exception | None = None
         self.finish_reason = "stop"
         self.completion_tokens = 0
@@ -82,17 +81,11 @@ class Generation:
         if not self.completion_tokens:
             self.first_token_s(time.perf_counter() - self.started)
         self.completion_tokens += 1
-        if piece := self.decoder.add(token):
-            self.queue.put(piece)
+        self.received.add(token)
 
     def _end(self, finish_reason: str, error: Exception | None) -> None:
         self.finish_reason, self.error = finish_reason, error
-        self.queue.put(self.decoder.flush())
-        self.queue.put(None)
-
-    def _received(self) -> Iterator[str]:
-        while (piece := self.queue.get()) is not None:
-            yield piece
+        self.received.end()
 
     def cancel(self) -> None:
         self.request.cancelled.set()
@@ -101,7 +94,7 @@ class Generation:
         stops = self.sampling.stop
         hold = max((len(s) for s in stops), default=1) - 1  # text that may still grow into a stop string
         buffer, hit_stop = "", False
-        received = self._received()
+        received = iter(self.received)
         for piece in received:
             buffer += piece
             hits = [i for i in (buffer.find(s) for s in stops) if i >= 0]
@@ -220,9 +213,7 @@ class Engine:
     def _kind(self, name: str) -> tuple[str, bool]:
         if name not in self._kinds:
             config = RunDir(self._folder(name)).read_adapter_config()
-            peft_type = config.get("peft_type", "")
-            # PEFT runs rows of one batch through different adapters for plain LoRA only (not DoRA).
-            self._kinds[name] = (peft_type, peft_type == "LORA" and not config.get("use_dora"))
+            self._kinds[name] = (config.get("peft_type", ""), plain_lora(config))
         return self._kinds[name]
 
     def _load(self, multi: MultiAdapterModel, base: str, name: str, keep: set[str]) -> None:
