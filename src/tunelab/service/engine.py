@@ -22,14 +22,13 @@ from ..methods.lora import plain_lora
 from ..run_dir import RunDir
 from .errors import ApiError, not_found
 from .metrics import Metrics
-from .paths import DataDir
 from .settings import ServiceSettings
-from .store import Store
 
 
 @dataclass
 class Target:
-    """What a model name points at: a base model, maybe with an adapter folder on it."""
+    """What a model name points at: a base model, maybe with an adapter folder on it (the caller resolves
+    the name: `usecases.resolve_model`)."""
 
     name: str
     base: str
@@ -128,38 +127,14 @@ class Engine:
     """The base models (loaded on first use), each with its batch scheduler and the adapters on it. Adapters
     are loaded, switched and unloaded on the scheduler's thread only, between decode steps."""
 
-    def __init__(self, settings: ServiceSettings, data: DataDir, store: Store, metrics: Metrics):
-        self.settings, self.data, self.store, self.metrics = settings, data, store, metrics
+    def __init__(self, settings: ServiceSettings, metrics: Metrics):
+        self.settings, self.metrics = settings, metrics
         self._load_lock = threading.Lock()
         self._bases: dict[str, MultiAdapterModel] = {}
         self._schedulers: dict[str, BatchScheduler] = {}
         self._adapters: OrderedDict[str, str] = OrderedDict()  # loaded adapter -> its base, oldest first
         self._folders: dict[str, Path] = {}  # adapter name -> its folder, as last resolved
         self._kinds: dict[str, tuple[str, bool]] = {}  # adapter name -> (PEFT type, whether rows may mix it)
-
-    def resolve(self, name: str, owner: str) -> Target:
-        """A base name, one of the key's `ft:` models, or one of its checkpoints; else 404."""
-        if name in self.settings.base_models:
-            return Target(name, name)
-        model = self.store.get_model(name, owner)
-        checkpoint = self.store.checkpoint_by_model(name) if model is None else None
-        job = self.store.get_job((model or checkpoint or {}).get("job_id", ""), owner)
-        if job is None:
-            raise not_found("model", name, param="model")
-        if job["model_root"] not in self.settings.base_models:
-            raise ApiError(
-                400,
-                f"'{name}' was fine-tuned from '{job['model_root']}', which this server does not "
-                f"serve now; start it with --base-model {job['model_root']}=SPEC",
-                param="model",
-                code="model_not_available",
-            )
-        if model is not None:
-            return Target(
-                name, job["model_root"], self.data.run_dir(job["id"]), job["id"], model["created_at"]
-            )
-        folder = self.data.checkpoint_dir(job["id"], checkpoint["step"])
-        return Target(name, job["model_root"], folder, job["id"], checkpoint["created_at"])
 
     def base(self, name: str) -> MultiAdapterModel:
         with self._load_lock:
