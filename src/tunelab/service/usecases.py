@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from typing import NamedTuple
 
 from ..inference.generate import chat_prompt_ids
 from .deps import Service
@@ -113,14 +114,21 @@ def delete_file(service: Service, owner: str, file_id: str) -> None:
 # jobs
 
 
-def starting_point(service: Service, owner: str, model: str) -> tuple[str, str, str | None, str | None]:
-    """Where a job starts, (base name, its spec, adapter folder, method): a base model, or (continued
-    fine-tuning) one of the key's `ft:` models or checkpoints, whose adapter it goes on training."""
+class StartingPoint(NamedTuple):
+    root: str  # the base model's name on this server
+    spec: str  # its --model spec
+    init_adapter: str | None  # the adapter folder it goes on training
+    method: str | None  # that adapter's method, which the job keeps
+
+
+def starting_point(service: Service, owner: str, model: str) -> StartingPoint:
+    """Where a job starts: a base model, or (continued fine-tuning) one of the key's `ft:` models or
+    checkpoints, whose adapter it goes on training."""
     target = resolve_model(service, model, owner)
     if target.adapter is None:
-        return model, service.settings.base_models[model], None, None
+        return StartingPoint(model, service.settings.base_models[model], None, None)
     trained = service.store.get_job(target.job_id)
-    return target.base, trained.base_spec, str(target.adapter), trained.options["method"]
+    return StartingPoint(target.base, trained.base_spec, str(target.adapter), trained.options["method"])
 
 
 def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
@@ -150,22 +158,22 @@ def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
                 param=param,
                 code="file_not_found",
             )
-    root, spec, init_adapter, method = starting_point(service, owner, request.model)
+    start = starting_point(service, owner, request.model)
     options = check_options(request.tunelab, service.settings.max_job_minutes)
     service.quotas.check_queue(service.store.waiting_jobs(owner))
-    if method:
-        options["method"] = method  # continuing an adapter keeps its kind
+    if start.method:
+        options["method"] = start.method  # continuing an adapter keeps its kind
     job = JobRow(
         id=new_id("ftjob-"),
         owner=owner,
         model=request.model,
-        model_root=root,
+        model_root=start.root,
         training_file=request.training_file,
         validation_file=request.validation_file,
         hyperparameters=hyper,
         options=options,
-        base_spec=spec,
-        init_adapter=init_adapter,
+        base_spec=start.spec,
+        init_adapter=start.init_adapter,
         suffix=request.suffix or None,
         seed=request.seed if request.seed is not None else 42,
         metadata=request.metadata or None,
