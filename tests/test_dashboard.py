@@ -3,7 +3,6 @@ curves from metrics events, and the playground; plus one run in a real browser (
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 
@@ -15,7 +14,7 @@ from tunelab.service.app import create_app
 from tunelab.service.deps import COOKIE
 from tunelab.service.routes.dashboard import chart, thin
 from tunelab.service.settings import ServiceSettings, owner_of
-from tunelab.service.store import now
+from tunelab.service.store import JobRow, now
 
 JOB = "ftjob-dashboardtest000001"
 NASTY = "<script>alert(1)</script>.jsonl"
@@ -39,21 +38,23 @@ def add_job(store, job_id: str, status: str) -> None:
     """A job of k1 with a falling train loss and two validation points, as the worker records them."""
     owner = owner_of("k1")
     store.add_job(
-        {
-            "id": job_id,
-            "owner": owner,
-            "model": "tiny",
-            "model_root": "tiny",
-            "training_file": "file-train1",
-            "validation_file": None,
-            "hyperparameters": json.dumps({"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}),
-            "tunelab": json.dumps({"options": {"method": "lora"}, "base_spec": "tiny", "init_adapter": None}),
-            "suffix": None,
-            "seed": 42,
-            "metadata": None,
-            "status": status,
-            "created_at": now(),
-        }
+        JobRow(
+            id=job_id,
+            owner=owner,
+            model="tiny",
+            model_root="tiny",
+            training_file="file-train1",
+            validation_file=None,
+            hyperparameters={"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0},
+            options={"method": "lora"},
+            base_spec="tiny",
+            init_adapter=None,
+            suffix=None,
+            seed=42,
+            metadata=None,
+            status=status,
+            created_at=now(),
+        )
     )
     store.add_event(job_id, "Fine-tuning job started")
     for step in range(1, 11):

@@ -11,7 +11,6 @@ from peft import LoraConfig, get_peft_model
 from tunelab.models import load_model
 from tunelab.service.engine import Engine, Generation, Sampling, Target
 from tunelab.service.metrics import Metrics
-from tunelab.service.paths import DataDir
 from tunelab.service.settings import ServiceSettings
 
 PROMPTS = ["say bob", "the quick brown fox jumps over the lazy dog and then", "tokyo", "name age city json"]
@@ -39,7 +38,7 @@ def adapters(tiny_llama_dir, tmp_path_factory):
 @pytest.fixture
 def engine(tiny_llama_dir, tmp_path):
     settings = ServiceSettings(data_dir=str(tmp_path), base_models={"tiny": str(tiny_llama_dir)})
-    engine = Engine(settings, DataDir(tmp_path), store=None, metrics=Metrics())
+    engine = Engine(settings, metrics=Metrics())
     engine.base("tiny")
     return engine
 

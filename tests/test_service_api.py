@@ -16,6 +16,7 @@ from conftest import copy_task_rows
 from tunelab.service import ServiceSettings, create_app
 from tunelab.service.engine import Generation, Sampling
 from tunelab.service.routes.completions import Reply
+from tunelab.service.usecases import resolve_model
 
 K1, K2 = {"Authorization": "Bearer key-one"}, {"Authorization": "Bearer key-two"}
 
@@ -344,7 +345,7 @@ def test_text_completions_and_feedback_become_training_data(client, tmp_path):
 
 def test_a_client_leaving_mid_stream_stops_its_generation(client):
     service = client.app.state.service
-    target = service.engine.resolve("tiny", service.keys["key-one"])
+    target = resolve_model(service, "tiny", service.keys["key-one"])
     ids = service.engine.tokenizer("tiny")("hello")["input_ids"]
     runs = [(0, ids, Sampling(max_tokens=400, temperature=1.0, seed=0))]
     reply = Reply(service, service.keys["key-one"], target, "chat.completion", [], len(ids))
@@ -364,7 +365,7 @@ def test_a_client_leaving_mid_stream_stops_its_generation(client):
 
 def test_generation_cancel_stops_early(client):
     service = client.app.state.service
-    target = service.engine.resolve("tiny", service.keys["key-one"])
+    target = resolve_model(service, "tiny", service.keys["key-one"])
     ids = service.engine.tokenizer("tiny")("hello")["input_ids"]
     generation = Generation(service.engine, target, ids, Sampling(max_tokens=400, temperature=1.0, seed=0))
     pieces = generation.pieces()
@@ -537,7 +538,7 @@ def test_deleting_a_model_takes_its_checkpoints_and_waits_for_jobs_using_it(tmp_
         lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
         name = fake_fine_tuned_model(client, tiny_llama_dir, "ft:tiny:o::base", lora)
         service = client.app.state.service
-        job_id = service.store.get_model(name, service.keys["key-one"])["job_id"]
+        job_id = service.store.get_model(name, service.keys["key-one"]).job_id
         checkpoint = f"{name}:ckpt-step-2"
         service.store.add_checkpoint(job_id, 2, checkpoint, {"step": 2})
         shutil.copytree(service.data.run_dir(job_id), service.data.checkpoint_dir(job_id, 2))
@@ -560,7 +561,7 @@ def test_deleting_a_model_takes_its_checkpoints_and_waits_for_jobs_using_it(tmp_
 
 def test_a_client_leaving_a_plain_request_stops_its_generation(client):
     service = client.app.state.service
-    target = service.engine.resolve("tiny", service.keys["key-one"])
+    target = resolve_model(service, "tiny", service.keys["key-one"])
     ids = service.engine.tokenizer("tiny")("hello")["input_ids"]
     max_tokens = 512 - len(ids)  # all the tiny model's context: far longer than one disconnect check
     runs = [(i, ids, Sampling(max_tokens=max_tokens, temperature=1.0, seed=i)) for i in range(2)]

@@ -201,7 +201,7 @@ def test_7_an_event_or_checkpoint_cursor_is_looked_up_in_its_own_job_only(client
         for step in (10, 20):
             store.add_checkpoint(job, step, f"ft:tiny:x::{job}:ckpt-step-{step}", {"step": step})
     ours = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints", headers=K1).json()["data"]
-    others = [store.list_checkpoints(job)[-1]["id"] for job in (other_job, their_job)]
+    others = [store.list_checkpoints(job)[-1].id for job in (other_job, their_job)]
     path = f"/v1/fine_tuning/jobs/{job_id}/checkpoints"
     page = same_as_missing(client, path, others, "ftckpt-000000000000000000000000")
     assert page["data"] == [] and page["has_more"] is False

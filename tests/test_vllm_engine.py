@@ -83,7 +83,7 @@ def test_ft_models_reach_vllm_as_lora_requests_and_answers_come_back(tmp_path, t
         assert engine.args["max_loras"] == 3
         (prompt, params, base_lora), (_, tuned_params, lora_request), (_, _, same) = engine.requests
         assert base_lora is None and params["temperature"] == 0.0 and params["max_tokens"] == 2
-        folder = str(service.data.run_dir(service.store.get_model(tuned, service.keys["key-one"])["job_id"]))
+        folder = str(service.data.run_dir(service.store.get_model(tuned, service.keys["key-one"]).job_id))
         assert lora_request == (tuned, 1, folder) and same == lora_request  # one stable id per adapter
         assert tuned_params | {"stop_token_ids": None} == {
             "n": 1, "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop_token_ids": None

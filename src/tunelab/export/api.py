@@ -8,7 +8,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..run_dir import atomic_folder
+from ..methods.lora import plain_lora
+from ..run_dir import RunDir, atomic_folder
 from .config import QUANTIZE_QUANTS, ExportConfig, ExportError
 from .hf import find_source, hf_usage, merged_model, save_hf, write_card
 from .llama_cpp import hf_to_gguf, lora_to_gguf, quantize_tool
@@ -78,10 +79,11 @@ def _write(config: ExportConfig, source, folder: Path, name: str, log) -> str:
 
 def _write_gguf_lora(config: ExportConfig, source, folder: Path, name: str, log) -> str:
     """The adapter as a llama.cpp LoRA GGUF, and its base as GGUF for `llama-server -m base --lora ...`."""
-    if source.method.name != "lora" or source.run.get("dora"):
+    adapter_config = RunDir(source.adapter).read_adapter_config() if source.adapter else {}
+    if not plain_lora(adapter_config):
         raise ExportError(
             f"gguf-lora holds a plain LoRA adapter; this is a {source.method.name}"
-            f"{' (DoRA)' if source.run.get('dora') else ''} run: use --format gguf (merged) instead"
+            f"{' (DoRA)' if adapter_config.get('use_dora') else ''} run: use --format gguf (merged) instead"
         )
     from ..models import load_model
 

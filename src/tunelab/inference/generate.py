@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import queue
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from threading import Thread
@@ -241,6 +242,45 @@ class IncrementalDecoder:
         return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=True)
 
 
+class TextPieces:
+    """Tokens in, text out, from one thread to another: the generating thread `add`s each token and `end`s;
+    the reader iterates the pieces as they become whole (IncrementalDecoder)."""
+
+    def __init__(self, tokenizer, prompt_ids: list[int]):
+        self.decoder = IncrementalDecoder(tokenizer, prompt_ids)
+        self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # text pieces, then None
+
+    def add(self, token: int) -> None:
+        if piece := self.decoder.add(token):
+            self.queue.put(piece)
+
+    def end(self) -> None:
+        self.queue.put(self.decoder.flush())
+        self.queue.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while (piece := self.queue.get()) is not None:
+            yield piece
+
+
+class PiecesStreamer:
+    """A streamer for `model.generate` (its `put` and `end`) that decodes as the service does."""
+
+    def __init__(self, pieces: TextPieces):
+        self.pieces, self.prompt_seen = pieces, False
+
+    def put(self, value: torch.Tensor) -> None:
+        """The prompt's ids first (skipped), then each step's new token, (1,) or (1, 1)."""
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token in value.flatten().tolist():
+            self.pieces.add(token)
+
+    def end(self) -> None:
+        self.pieces.end()
+
+
 def stream_chat(
     model,
     tokenizer,
@@ -250,16 +290,26 @@ def stream_chat(
     top_p: float = 1.0,
 ) -> Iterator[str]:
     """Yield the reply piece by piece as it is generated."""
-    from transformers import TextIteratorStreamer
-
-    ids = torch.tensor([chat_prompt_ids(tokenizer, prompt_messages(messages))], device=model.device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    prompt_ids = chat_prompt_ids(tokenizer, prompt_messages(messages))
+    ids = torch.tensor([prompt_ids], device=model.device)
+    pieces = TextPieces(tokenizer, prompt_ids)
     kwargs = generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)
     call, inputs, _ = _generation_inputs(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
-    thread = Thread(target=call, kwargs={**inputs, **kwargs, "streamer": streamer})
+    failures: list[Exception] = []
+
+    def run() -> None:
+        try:
+            call(**inputs, **kwargs, streamer=PiecesStreamer(pieces))
+        except Exception as err:  # raised below, where the reader waits, instead of leaving it waiting
+            failures.append(err)
+            pieces.end()
+
+    thread = Thread(target=run)
     thread.start()
-    yield from streamer
+    yield from (piece for piece in pieces if piece)
     thread.join()
+    if failures:
+        raise failures[0]
 
 
 def generate_file(model, tokenizer, data: str, out: str, fmt: str | None = None, **kwargs) -> int:

@@ -48,3 +48,14 @@ class LoRA(Method):
 
 
 register(LoRA())
+
+
+def plain_lora(adapter_config: dict) -> bool:
+    """Whether a saved adapter (its adapter_config.json) is plain LoRA, not DoRA nor another PEFT kind: the
+    one kind PEFT mixes in a batch row by row, vLLM serves and llama.cpp loads as a LoRA GGUF."""
+    return adapter_config.get("peft_type") == "LORA" and not adapter_config.get("use_dora")
+
+
+def adapter_kind(adapter_config: dict) -> str:
+    """The adapter's kind in words, for messages: "LORA", "DoRA", "IA3", ..."""
+    return "DoRA" if adapter_config.get("use_dora") else adapter_config.get("peft_type", "non-LoRA")

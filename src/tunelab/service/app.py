@@ -10,6 +10,7 @@ import threading
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from .deps import Service, ServiceDep, bearer_key, credential_owner, credentialed, is_operator
 from .engine import Engine
@@ -22,6 +23,7 @@ from .quotas import Quotas
 from .routes import completions, dashboard, exports, feedback, files, jobs, models
 from .security import BodyGuard, SecurityHeaders
 from .settings import ServiceSettings, owner_of, resolve_api_keys
+from .shapes import Health
 from .store import Store, now
 
 WORKER_CHECK_S = 2.0
@@ -119,7 +121,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         quotas = Quotas(settings.max_generations_per_key, settings.max_queued_jobs_per_key)
         owners = {k: owner_of(k) for k in keys}
         operators = settings.operator_keys(keys)
-        engine = engine_class(settings)(settings, data, store, metrics)
+        engine = engine_class(settings)(settings, metrics)
         service = Service(settings, data, store, engine, owners, now(), quotas, metrics, operators)
         metrics.watch(service)
         app.state.service = service
@@ -145,14 +147,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         max_body_size=settings.max_body_kb * 1024,  # uploads have their own limit
+        # Responses written by json.dumps, as before routes declared a response_model (FastAPI's default
+        # then is pydantic's own JSON, which writes some floats differently: 1e-5 for 1e-05).
+        default_response_class=JSONResponse,
     )
     app.add_middleware(BodyGuard, credentialed=credentialed, open_paths=(dashboard.LOGIN,))
     app.add_middleware(RequestMetrics, metrics=metrics)
     install_error_handlers(app)
 
-    @app.get("/health", tags=["health"])
+    @app.get("/health", tags=["health"], response_model=Health)
     def health():
-        return {"status": "ok", "worker": app.state.worker.alive}
+        return Health(worker=app.state.worker.alive)
 
     @app.get("/metrics", tags=["health"])
     def prometheus_metrics(request: Request, service: ServiceDep):

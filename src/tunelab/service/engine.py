@@ -7,7 +7,6 @@ may use different LoRA adapters and the base itself.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import OrderedDict
@@ -17,19 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..inference import MultiAdapterModel
-from ..inference.generate import IncrementalDecoder
+from ..inference.generate import TextPieces
 from ..inference.scheduler import BatchScheduler, SequenceRequest
+from ..methods.lora import plain_lora
 from ..run_dir import RunDir
 from .errors import ApiError, not_found
 from .metrics import Metrics
-from .paths import DataDir
 from .settings import ServiceSettings
-from .store import Store
 
 
 @dataclass
 class Target:
-    """What a model name points at: a base model, maybe with an adapter folder on it."""
+    """What a model name points at: a base model, maybe with an adapter folder on it (the caller resolves
+    the name: `usecases.resolve_model`)."""
 
     name: str
     base: str
@@ -57,8 +56,7 @@ class Generation:
     def __init__(self, engine: Engine, target: Target, prompt_ids: list[int], sampling: Sampling):
         self.sampling = sampling
         tokenizer = engine.tokenizer(target.base)
-        self.decoder = IncrementalDecoder(tokenizer, prompt_ids)
-        self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # text pieces, then None
+        self.received = TextPieces(tokenizer, prompt_ids)
         self.error: Exception | None = None
         self.finish_reason = "stop"
         self.completion_tokens = 0
@@ -82,17 +80,11 @@ class Generation:
         if not self.completion_tokens:
             self.first_token_s(time.perf_counter() - self.started)
         self.completion_tokens += 1
-        if piece := self.decoder.add(token):
-            self.queue.put(piece)
+        self.received.add(token)
 
     def _end(self, finish_reason: str, error: Exception | None) -> None:
         self.finish_reason, self.error = finish_reason, error
-        self.queue.put(self.decoder.flush())
-        self.queue.put(None)
-
-    def _received(self) -> Iterator[str]:
-        while (piece := self.queue.get()) is not None:
-            yield piece
+        self.received.end()
 
     def cancel(self) -> None:
         self.request.cancelled.set()
@@ -101,7 +93,7 @@ class Generation:
         stops = self.sampling.stop
         hold = max((len(s) for s in stops), default=1) - 1  # text that may still grow into a stop string
         buffer, hit_stop = "", False
-        received = self._received()
+        received = iter(self.received)
         for piece in received:
             buffer += piece
             hits = [i for i in (buffer.find(s) for s in stops) if i >= 0]
@@ -135,38 +127,14 @@ class Engine:
     """The base models (loaded on first use), each with its batch scheduler and the adapters on it. Adapters
     are loaded, switched and unloaded on the scheduler's thread only, between decode steps."""
 
-    def __init__(self, settings: ServiceSettings, data: DataDir, store: Store, metrics: Metrics):
-        self.settings, self.data, self.store, self.metrics = settings, data, store, metrics
+    def __init__(self, settings: ServiceSettings, metrics: Metrics):
+        self.settings, self.metrics = settings, metrics
         self._load_lock = threading.Lock()
         self._bases: dict[str, MultiAdapterModel] = {}
         self._schedulers: dict[str, BatchScheduler] = {}
         self._adapters: OrderedDict[str, str] = OrderedDict()  # loaded adapter -> its base, oldest first
         self._folders: dict[str, Path] = {}  # adapter name -> its folder, as last resolved
         self._kinds: dict[str, tuple[str, bool]] = {}  # adapter name -> (PEFT type, whether rows may mix it)
-
-    def resolve(self, name: str, owner: str) -> Target:
-        """A base name, one of the key's `ft:` models, or one of its checkpoints; else 404."""
-        if name in self.settings.base_models:
-            return Target(name, name)
-        model = self.store.get_model(name, owner)
-        checkpoint = self.store.checkpoint_by_model(name) if model is None else None
-        job = self.store.get_job((model or checkpoint or {}).get("job_id", ""), owner)
-        if job is None:
-            raise not_found("model", name, param="model")
-        if job["model_root"] not in self.settings.base_models:
-            raise ApiError(
-                400,
-                f"'{name}' was fine-tuned from '{job['model_root']}', which this server does not "
-                f"serve now; start it with --base-model {job['model_root']}=SPEC",
-                param="model",
-                code="model_not_available",
-            )
-        if model is not None:
-            return Target(
-                name, job["model_root"], self.data.run_dir(job["id"]), job["id"], model["created_at"]
-            )
-        folder = self.data.checkpoint_dir(job["id"], checkpoint["step"])
-        return Target(name, job["model_root"], folder, job["id"], checkpoint["created_at"])
 
     def base(self, name: str) -> MultiAdapterModel:
         with self._load_lock:
@@ -220,9 +188,7 @@ class Engine:
     def _kind(self, name: str) -> tuple[str, bool]:
         if name not in self._kinds:
             config = RunDir(self._folder(name)).read_adapter_config()
-            peft_type = config.get("peft_type", "")
-            # PEFT runs rows of one batch through different adapters for plain LoRA only (not DoRA).
-            self._kinds[name] = (peft_type, peft_type == "LORA" and not config.get("use_dora"))
+            self._kinds[name] = (config.get("peft_type", ""), plain_lora(config))
         return self._kinds[name]
 
     def _load(self, multi: MultiAdapterModel, base: str, name: str, keep: set[str]) -> None:

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import UserError
+
 log = logging.getLogger("tunelab.service")
 NOT_FIELDS = {"body", "query", "path", "int", "float", "str", "bool", "list", "dict"}
 
@@ -25,7 +27,12 @@ TYPES = {
 }
 
 
-class ApiError(Exception):
+class ApiError(UserError):
+    """What a request asked that the service cannot do, said in OpenAI's terms: `status` is its kind
+    (400 invalid, 404 unknown, 409 in use, 429 too many, ...), `param` the field, `code` the reason. The use
+    cases raise it; the handler below answers it in OpenAI's error shape. Being a UserError, code shared
+    with the CLI treats it as the user's to fix; no HTTPException is raised below the routes."""
+
     def __init__(
         self,
         status: int,

@@ -33,11 +33,11 @@ def export_feedback(data_dir: str | Path, out: str | Path) -> FeedbackExport:
     data = DataDir(data_dir)
     if not data.db.is_file():
         raise UserError(f"{data.root} is not a tunelab serve data dir (no {data.db.name})")
-    latest = {row["completion_id"]: row for row in Store(data.db).feedback_with_completions()}
+    latest = {row.completion_id: row for row in Store(data.db).feedback_with_completions()}
     rows, skipped = [], 0
     for row in latest.values():
-        answer = row["correction"] or (row["response"] if row["rating"] > 0 else None)
-        prompt = json.loads(row["prompt"])
+        answer = row.correction or (row.response if row.rating > 0 else None)
+        prompt = row.prompt
         if isinstance(prompt, str):  # a text completion's prompt becomes the user's turn
             prompt = [{"role": "user", "content": prompt}]
         if not answer or not (isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)):

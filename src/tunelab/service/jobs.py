@@ -1,10 +1,10 @@
 """Fine-tuning jobs: the create request (OpenAI's fields plus a `tunelab` extension), checking the files
-(`validating_files`), model names, and the job, event and checkpoint objects in OpenAI's shapes."""
+(`validating_files`), model names and a job's training options. (Their response shapes are in
+`shapes.py`.)"""
 
 from __future__ import annotations
 
 import functools
-import json
 import reprlib
 import typing
 from dataclasses import fields
@@ -22,7 +22,7 @@ from ..methods import REGISTRY, get_method
 from ..training import ConfigError, TrainConfig
 from .errors import ApiError, internal_error
 from .paths import DataDir
-from .store import Store
+from .store import JobRow, Store
 from .strict import StrictModel
 
 MIN_EXAMPLES = 10
@@ -75,9 +75,9 @@ class JobCreate(StrictModel):
     )
 
 
-def model_name(job: dict) -> str:
+def model_name(job: JobRow) -> str:
     """`ft:{base}:{org}:{suffix}:{id}`, as OpenAI names fine-tuned models; a key's owner id is its org."""
-    return f"ft:{job['model_root']}:{job['owner']}:{job['suffix'] or ''}:{job['id'].removeprefix('ftjob-')}"
+    return f"ft:{job.model_root}:{job.owner}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')}"
 
 
 def check_options(extension: dict | None, max_minutes: float) -> dict:
@@ -159,26 +159,25 @@ def data_error_message(err: DataError) -> str:
     return f"{name}" + (f" line {err.line}" if err.line is not None else "") + f": {err.reason}"
 
 
-def train_options(job: dict) -> dict:
+def train_options(job: JobRow) -> dict:
     """TrainConfig values for a job: its extension options, base model and resolved hyperparameters."""
-    extension = json.loads(job["tunelab"])
-    hyper = json.loads(job["hyperparameters"])
-    method = get_method(extension["options"]["method"])
+    hyper = job.hyperparameters
+    method = get_method(job.options["method"])
     multiplier = hyper["learning_rate_multiplier"]
     return {
-        **extension["options"],
-        "model": extension["base_spec"],
-        "init_adapter": extension["init_adapter"],
+        **job.options,
+        "model": job.base_spec,
+        "init_adapter": job.init_adapter,
         "epochs": hyper["n_epochs"],
         "batch_size": hyper["batch_size"],
         "lr": "auto" if multiplier == "auto" else method.default_lr * multiplier,
     }
 
 
-def picked_hyperparameters(job: dict, picks: dict) -> dict:
+def picked_hyperparameters(job: JobRow, picks: dict) -> dict:
     """The job's hyperparameters with the run's `auto` picks in OpenAI's names."""
-    hyper = json.loads(job["hyperparameters"])
-    method = get_method(json.loads(job["tunelab"])["options"]["method"])
+    hyper = dict(job.hyperparameters)
+    method = get_method(job.options["method"])
     names = {"epochs": "n_epochs", "batch_size": "batch_size"}
     hyper |= {names[name]: value for name, value in picks.items() if name in names}
     if "lr" in picks:
@@ -186,22 +185,25 @@ def picked_hyperparameters(job: dict, picks: dict) -> dict:
     return hyper
 
 
-def validate_job_files(store: Store, data: DataDir, job: dict) -> None:
+def validate_job_files(store: Store, data: DataDir, job: JobRow) -> None:
     """`validating_files` -> `queued`, or `failed` with the first problem's line and class."""
     try:
-        for param in ("training_file", "validation_file"):
-            if job[param]:
-                check_file(store, job["id"], data, job[param], param)
-        pii_warning(store, job["id"], data, job["training_file"])
+        for param, file_id in (
+            ("training_file", job.training_file),
+            ("validation_file", job.validation_file),
+        ):
+            if file_id:
+                check_file(store, job.id, data, file_id, param)
+        pii_warning(store, job.id, data, job.training_file)
     except Exception as err:  # a bug here must not leave the job validating forever
         if not isinstance(err, ApiError):
-            body = internal_error(err, f"validating the files of {job['id']}")
+            body = internal_error(err, f"validating the files of {job.id}")
             err = ApiError(500, body["error"]["message"], code="server_error")
         error = {"code": err.code, "message": err.message, "param": err.param}
-        store.set_status(job["id"], "failed", only_from=("validating_files",), error=error, event=err.message)
+        store.set_status(job.id, "failed", only_from=("validating_files",), error=error, event=err.message)
         return
     validated = "Files validated; job queued"
-    store.set_status(job["id"], "queued", only_from=("validating_files",), event=validated)
+    store.set_status(job.id, "queued", only_from=("validating_files",), event=validated)
 
 
 def pii_warning(store: Store, job_id: str, data: DataDir, file_id: str) -> None:
@@ -263,55 +265,3 @@ def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: st
         param=param,
         code=f"invalid_{param}",
     )
-
-
-def job_object(job: dict) -> dict:
-    hyper = json.loads(job["hyperparameters"])
-    extension = json.loads(job["tunelab"])
-    return {
-        "object": "fine_tuning.job",
-        "id": job["id"],
-        "model": job["model"],
-        "created_at": job["created_at"],
-        "finished_at": job["finished_at"],
-        "fine_tuned_model": job["fine_tuned_model"],
-        "organization_id": job["owner"],
-        "result_files": json.loads(job["result_files"]),
-        "status": job["status"],
-        "validation_file": job["validation_file"],
-        "training_file": job["training_file"],
-        "hyperparameters": hyper,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
-        "trained_tokens": job["trained_tokens"],
-        "error": json.loads(job["error"]) if job["error"] else None,
-        "user_provided_suffix": job["suffix"],
-        "seed": job["seed"],
-        "estimated_finish": None,
-        "integrations": [],
-        "metadata": json.loads(job["metadata"]) if job["metadata"] else None,
-        "tunelab": extension["options"],
-    }
-
-
-def event_object(event: dict) -> dict:
-    return {
-        "object": "fine_tuning.job.event",
-        "id": event["id"],
-        "created_at": event["created_at"],
-        "level": event["level"],
-        "message": event["message"],
-        "data": json.loads(event["data"]) if event["data"] else {},
-        "type": event["type"],
-    }
-
-
-def checkpoint_object(checkpoint: dict) -> dict:
-    return {
-        "object": "fine_tuning.job.checkpoint",
-        "id": checkpoint["id"],
-        "created_at": checkpoint["created_at"],
-        "fine_tuned_model_checkpoint": checkpoint["model_name"],
-        "fine_tuning_job_id": checkpoint["job_id"],
-        "metrics": json.loads(checkpoint["metrics"]),
-        "step_number": checkpoint["step"],
-    }

@@ -1,6 +1,9 @@
 """The service's state in one SQLite file inside the data dir: files, jobs, events, checkpoints, models,
 completions and feedback. The API process and the worker process both open it (WAL mode); every change is
 one transaction, so a `kill -9` at any moment leaves it consistent.
+
+Rows come back as the typed records below, their JSON text columns decoded here, once; nothing outside
+this module reads a column by name or parses its JSON.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import secrets
 import sqlite3
 import time
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -47,6 +52,124 @@ CREATE TABLE IF NOT EXISTS sessions (
 
 FINISHED = ("succeeded", "failed", "cancelled")
 ADD_MODEL = "INSERT OR IGNORE INTO models (id, owner, job_id, created_at) VALUES (?, ?, ?, ?)"
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: str
+    owner: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A fine-tuning job. `options`, `base_spec` and `init_adapter` are tunelab's own (the `tunelab`
+    column): the checked training options, the base model's spec and the adapter it continues, if any."""
+
+    id: str
+    owner: str
+    model: str
+    model_root: str  # the base model it was (eventually) fine-tuned from
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    options: dict[str, Any]
+    base_spec: str
+    init_adapter: str | None
+    suffix: str | None
+    seed: int
+    metadata: dict[str, str] | None
+    status: str
+    created_at: int
+    finished_at: int | None = None
+    fine_tuned_model: str | None = None
+    trained_tokens: int | None = None
+    error: dict[str, Any] | None = None
+    result_files: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    seq: int
+    id: str
+    job_id: str
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any]  # {} when the event has none
+    step: int | None
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    id: str
+    job_id: str
+    step: int
+    created_at: int
+    model_name: str
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    id: str
+    owner: str
+    job_id: str
+    created_at: int
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class CompletionRow:
+    id: str
+    owner: str
+    model: str
+    created_at: int
+    prompt: str | list | dict  # a text prompt (or list of them) or a chat's messages
+    response: str
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """Feedback on a completion, with that completion's model, prompt and response."""
+
+    id: str
+    owner: str
+    completion_id: str
+    rating: int
+    correction: str | None
+    created_at: int
+    model: str
+    prompt: str | list | dict
+    response: str
+
+
+def decoded(row: sqlite3.Row, *json_columns: str) -> dict[str, Any]:
+    """The row as a dict, these columns' JSON text parsed (NULL stays None)."""
+    values = dict(row)
+    for name in json_columns:
+        if values[name] is not None:
+            values[name] = json.loads(values[name])
+    return values
+
+
+def job_row(row: sqlite3.Row) -> JobRow:
+    values = decoded(row, "hyperparameters", "tunelab", "metadata", "error", "result_files")
+    return JobRow(**values.pop("tunelab"), **values)
+
+
+def event_row(row: sqlite3.Row) -> EventRow:
+    values = decoded(row, "data")
+    return EventRow(**{**values, "data": values["data"] or {}})
+
+
+def checkpoint_row(row: sqlite3.Row) -> CheckpointRow:
+    return CheckpointRow(**decoded(row, "metrics"))
 
 
 def new_id(prefix: str) -> str:
@@ -86,14 +209,13 @@ class Store:
         finally:
             db.close()
 
-    def one(self, sql: str, *args) -> dict | None:
+    def one(self, sql: str, *args) -> sqlite3.Row | None:
         with self.connect() as db:
-            row = db.execute(sql, args).fetchone()
-        return dict(row) if row else None
+            return db.execute(sql, args).fetchone()
 
-    def all(self, sql: str, *args) -> list[dict]:
+    def all(self, sql: str, *args) -> list[sqlite3.Row]:
         with self.connect() as db:
-            return [dict(row) for row in db.execute(sql, args).fetchall()]
+            return db.execute(sql, args).fetchall()
 
     def run(self, sql: str, *args) -> int:
         """Execute a change; returns how many rows it touched."""
@@ -102,7 +224,7 @@ class Store:
 
     # files
 
-    def add_file(self, file_id: str, owner: str, filename: str, purpose: str, size: int) -> dict:
+    def add_file(self, file_id: str, owner: str, filename: str, purpose: str, size: int) -> FileRow:
         self.run(
             "INSERT INTO files (id, owner, filename, purpose, bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             file_id,
@@ -114,8 +236,9 @@ class Store:
         )
         return self.get_file(file_id, owner)
 
-    def get_file(self, file_id: str, owner: str) -> dict | None:
-        return self.one("SELECT * FROM files WHERE id = ? AND owner = ? AND NOT deleted", file_id, owner)
+    def get_file(self, file_id: str, owner: str) -> FileRow | None:
+        row = self.one("SELECT * FROM files WHERE id = ? AND owner = ? AND NOT deleted", file_id, owner)
+        return FileRow(**row) if row else None
 
     def list_files(
         self,
@@ -124,7 +247,7 @@ class Store:
         after: str | None = None,
         limit: int = -1,
         newest_first: bool = True,
-    ) -> list[dict]:
+    ) -> list[FileRow]:
         """`after`: the id of the previous page's last file, in the same order (OpenAI's cursor)."""
         direction, compare = ("DESC", "<") if newest_first else ("ASC", ">")
         sql, args = "SELECT * FROM files WHERE owner = ? AND NOT deleted", [owner]
@@ -135,28 +258,41 @@ class Store:
             # made-up one (an empty page), never a way to learn that it exists.
             cursor = "SELECT rowid FROM files WHERE id = ? AND owner = ?"
             sql, args = sql + f" AND rowid {compare} ({cursor})", [*args, after, owner]
-        return self.all(f"{sql} ORDER BY rowid {direction} LIMIT ?", *args, limit)
+        return [FileRow(**row) for row in self.all(f"{sql} ORDER BY rowid {direction} LIMIT ?", *args, limit)]
 
     def delete_file(self, file_id: str, owner: str) -> bool:
         return self.run("UPDATE files SET deleted = 1 WHERE id = ? AND owner = ?", file_id, owner) > 0
 
     # jobs
 
-    def add_job(self, job: dict) -> None:
-        columns = ", ".join(job)
-        marks = ", ".join("?" for _ in job)
-        self.run(f"INSERT INTO jobs ({columns}) VALUES ({marks})", *job.values())
+    def add_job(self, job: JobRow) -> None:
+        columns = {
+            **asdict(job),
+            "hyperparameters": json.dumps(job.hyperparameters),
+            "tunelab": json.dumps(
+                {"options": job.options, "base_spec": job.base_spec, "init_adapter": job.init_adapter}
+            ),
+            "metadata": json.dumps(job.metadata) if job.metadata else None,
+            "error": json.dumps(job.error) if job.error is not None else None,
+            "result_files": json.dumps(job.result_files),
+        }
+        for name in ("options", "base_spec", "init_adapter"):
+            del columns[name]
+        marks = ", ".join("?" for _ in columns)
+        self.run(f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({marks})", *columns.values())
 
-    def get_job(self, job_id: str, owner: str | None = None) -> dict | None:
+    def get_job(self, job_id: str, owner: str | None = None) -> JobRow | None:
         if owner is None:
-            return self.one("SELECT * FROM jobs WHERE id = ?", job_id)
-        return self.one("SELECT * FROM jobs WHERE id = ? AND owner = ?", job_id, owner)
+            row = self.one("SELECT * FROM jobs WHERE id = ?", job_id)
+        else:
+            row = self.one("SELECT * FROM jobs WHERE id = ? AND owner = ?", job_id, owner)
+        return job_row(row) if row else None
 
-    def list_jobs(self, owner: str, after: str | None, limit: int) -> list[dict]:
+    def list_jobs(self, owner: str, after: str | None, limit: int) -> list[JobRow]:
         """Newest first; `after` is the id of the last job of the previous page, looked up among the key's
         jobs only (another key's id is as unknown as a made-up one)."""
         if after:
-            return self.all(
+            rows = self.all(
                 "SELECT * FROM jobs WHERE owner = ? AND rowid < "
                 "(SELECT rowid FROM jobs WHERE id = ? AND owner = ?) ORDER BY rowid DESC LIMIT ?",
                 owner,
@@ -164,11 +300,14 @@ class Store:
                 owner,
                 limit,
             )
-        return self.all("SELECT * FROM jobs WHERE owner = ? ORDER BY rowid DESC LIMIT ?", owner, limit)
+        else:
+            rows = self.all("SELECT * FROM jobs WHERE owner = ? ORDER BY rowid DESC LIMIT ?", owner, limit)
+        return [job_row(row) for row in rows]
 
-    def jobs_with_status(self, *statuses: str) -> list[dict]:
+    def jobs_with_status(self, *statuses: str) -> list[JobRow]:
         marks = ", ".join("?" for _ in statuses)
-        return self.all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid", *statuses)
+        rows = self.all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid", *statuses)
+        return [job_row(row) for row in rows]
 
     def set_status(
         self,
@@ -226,18 +365,17 @@ class Store:
             "n"
         ]
 
-    def job_lifecycle(self, job_id: str, messages: tuple[str, ...]) -> list[dict]:
-        """The job's events with these messages, oldest first, their data decoded."""
+    def job_lifecycle(self, job_id: str, messages: tuple[str, ...]) -> list[EventRow]:
+        """The job's events with these messages, oldest first."""
         marks = ", ".join("?" for _ in messages)
-        sql = f"SELECT message, data FROM events WHERE job_id = ? AND message IN ({marks}) ORDER BY seq"
-        rows = self.all(sql, job_id, *messages)
-        return [{"message": r["message"], "data": json.loads(r["data"]) if r["data"] else {}} for r in rows]
+        sql = f"SELECT * FROM events WHERE job_id = ? AND message IN ({marks}) ORDER BY seq"
+        return [event_row(row) for row in self.all(sql, job_id, *messages)]
 
-    def list_events(self, job_id: str, after: str | None, limit: int) -> list[dict]:
+    def list_events(self, job_id: str, after: str | None, limit: int) -> list[EventRow]:
         """Newest first; `after` is one of this job's event ids (another job's is as unknown as a made-up
         one)."""
         if after:
-            return self.all(
+            rows = self.all(
                 "SELECT * FROM events WHERE job_id = ? AND seq < "
                 "(SELECT seq FROM events WHERE id = ? AND job_id = ?) ORDER BY seq DESC LIMIT ?",
                 job_id,
@@ -245,7 +383,9 @@ class Store:
                 job_id,
                 limit,
             )
-        return self.all("SELECT * FROM events WHERE job_id = ? ORDER BY seq DESC LIMIT ?", job_id, limit)
+        else:
+            rows = self.all("SELECT * FROM events WHERE job_id = ? ORDER BY seq DESC LIMIT ?", job_id, limit)
+        return [event_row(row) for row in rows]
 
     def metrics(self, job_id: str) -> list[dict]:
         """The data of a job's metrics events, oldest first (for loss curves)."""
@@ -276,32 +416,34 @@ class Store:
                     (json.dumps(merged), job_id, step),
                 )
 
-    def list_checkpoints(self, job_id: str) -> list[dict]:
-        return self.all("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step DESC", job_id)
+    def list_checkpoints(self, job_id: str) -> list[CheckpointRow]:
+        rows = self.all("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step DESC", job_id)
+        return [checkpoint_row(row) for row in rows]
 
-    def checkpoint_by_model(self, model_name: str) -> dict | None:
-        return self.one("SELECT * FROM checkpoints WHERE model_name = ?", model_name)
+    def checkpoint_by_model(self, model_name: str) -> CheckpointRow | None:
+        row = self.one("SELECT * FROM checkpoints WHERE model_name = ?", model_name)
+        return checkpoint_row(row) if row else None
 
     def drop_checkpoints(self, job_id: str) -> None:
         self.run("DELETE FROM checkpoints WHERE job_id = ?", job_id)
 
     def publish(
-        self, job: dict, model_name: str, trained_tokens: int, results_id: str, results_bytes: int
+        self, job: JobRow, model_name: str, trained_tokens: int, results_id: str, results_bytes: int
     ) -> bool:
         """In one transaction: the job `succeeded` (only if still running), its model, its results file."""
         with self.connect() as db:
             moved = db.execute(
                 "UPDATE jobs SET status = 'succeeded', finished_at = ?, fine_tuned_model = ?, "
                 "trained_tokens = ?, result_files = ? WHERE id = ? AND status = 'running'",
-                (now(), model_name, trained_tokens, json.dumps([results_id]), job["id"]),
+                (now(), model_name, trained_tokens, json.dumps([results_id]), job.id),
             ).rowcount
             if not moved:
                 return False
-            db.execute(ADD_MODEL, (model_name, job["owner"], job["id"], now()))
+            db.execute(ADD_MODEL, (model_name, job.owner, job.id, now()))
             db.execute(
                 "INSERT INTO files (id, owner, filename, purpose, bytes, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (results_id, job["owner"], "step_metrics.csv", "fine-tune-results", results_bytes, now()),
+                (results_id, job.owner, "step_metrics.csv", "fine-tune-results", results_bytes, now()),
             )
         return True
 
@@ -310,11 +452,13 @@ class Store:
     def add_model(self, model_id: str, owner: str, job_id: str) -> None:
         self.run(ADD_MODEL, model_id, owner, job_id, now())
 
-    def get_model(self, model_id: str, owner: str) -> dict | None:
-        return self.one("SELECT * FROM models WHERE id = ? AND owner = ? AND NOT deleted", model_id, owner)
+    def get_model(self, model_id: str, owner: str) -> ModelRow | None:
+        row = self.one("SELECT * FROM models WHERE id = ? AND owner = ? AND NOT deleted", model_id, owner)
+        return ModelRow(**row) if row else None
 
-    def list_models(self, owner: str) -> list[dict]:
-        return self.all("SELECT * FROM models WHERE owner = ? AND NOT deleted ORDER BY rowid", owner)
+    def list_models(self, owner: str) -> list[ModelRow]:
+        rows = self.all("SELECT * FROM models WHERE owner = ? AND NOT deleted ORDER BY rowid", owner)
+        return [ModelRow(**row) for row in rows]
 
     def delete_model(self, model_id: str, owner: str) -> bool:
         return self.run("UPDATE models SET deleted = 1 WHERE id = ? AND owner = ?", model_id, owner) > 0
@@ -333,8 +477,9 @@ class Store:
             response,
         )
 
-    def get_completion(self, completion_id: str, owner: str) -> dict | None:
-        return self.one("SELECT * FROM completions WHERE id = ? AND owner = ?", completion_id, owner)
+    def get_completion(self, completion_id: str, owner: str) -> CompletionRow | None:
+        row = self.one("SELECT * FROM completions WHERE id = ? AND owner = ?", completion_id, owner)
+        return CompletionRow(**decoded(row, "prompt")) if row else None
 
     def add_feedback(self, owner: str, completion_id: str, rating: int, correction: str | None) -> str:
         feedback_id = new_id("feedback-")
@@ -350,11 +495,12 @@ class Store:
         )
         return feedback_id
 
-    def feedback_with_completions(self) -> list[dict]:
-        return self.all(
+    def feedback_with_completions(self) -> list[FeedbackRow]:
+        rows = self.all(
             "SELECT f.*, c.model, c.prompt, c.response FROM feedback f "
             "JOIN completions c ON c.id = f.completion_id ORDER BY f.rowid"
         )
+        return [FeedbackRow(**decoded(row, "prompt")) for row in rows]
 
     # dashboard sessions
 

@@ -13,6 +13,7 @@ import uuid
 
 from ..inference.generate import MIN_TEMPERATURE
 from ..inference.scheduler import SequenceRequest
+from ..methods.lora import adapter_kind, plain_lora
 from ..models.loading import load_tokenizer, materialize, resolve
 from ..run_dir import RunDir
 from .engine import Engine, Target
@@ -86,12 +87,11 @@ class VllmEngine(Engine):
         if target.adapter is None:
             return None
         config = RunDir(target.adapter).read_adapter_config()
-        kind = "DoRA" if config.get("use_dora") else config.get("peft_type", "non-LoRA")
-        if kind != "LORA":
+        if not plain_lora(config):
             raise ApiError(
                 400,
-                f"'{target.name}' is a {kind} adapter; vLLM serves plain LoRA only: serve it with "
-                "`tunelab serve` (the default engine)",
+                f"'{target.name}' is a {adapter_kind(config)} adapter; vLLM serves plain LoRA only: serve it "
+                "with `tunelab serve` (the default engine)",
                 param="model",
                 code="model_not_available",
             )

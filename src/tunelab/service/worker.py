@@ -27,7 +27,7 @@ from ..training.loop import Trainer, TrainHooks
 from .errors import internal_error
 from .jobs import data_error_message, model_name, picked_hyperparameters, train_options
 from .paths import DataDir, open_private
-from .store import Store, new_id
+from .store import JobRow, Store, new_id
 
 POLL_S = 0.5
 RESUMING = "Resuming fine-tuning job"
@@ -45,11 +45,11 @@ class JobCancelled(Exception):
 class JobHooks(TrainHooks):
     """Turns the run's records into job events and published checkpoints; stops a cancelled job."""
 
-    def __init__(self, store: Store, data: DataDir, job: dict):
+    def __init__(self, store: Store, data: DataDir, job: JobRow):
         self.store, self.data, self.job = store, data, job
         self.name = model_name(job)
         # A resumed run repeats the steps and evals after its checkpoint: report each only once.
-        reported = store.metrics(job["id"])
+        reported = store.metrics(job.id)
         self.reported = {
             (kind, d["step"]) for d in reported for kind in ("train_loss", "valid_loss") if kind in d
         }
@@ -57,11 +57,11 @@ class JobHooks(TrainHooks):
         self.last_train: dict = {}
 
     def on_step(self, step: int) -> None:
-        if self.store.job_status(self.job["id"]) != "running":
+        if self.store.job_status(self.job.id) != "running":
             raise JobCancelled
 
     def on_record(self, record: dict) -> None:
-        job_id, step, kind = self.job["id"], record.get("step", 0), record["kind"]
+        job_id, step, kind = self.job.id, record.get("step", 0), record["kind"]
         if kind == "run":
             self.total_steps = record["total_steps"]
             message = (
@@ -105,27 +105,27 @@ class JobHooks(TrainHooks):
     def _report(self, key: str, data: dict, message: str) -> None:
         if (key, data["step"]) not in self.reported:
             self.reported.add((key, data["step"]))
-            self.store.add_event(self.job["id"], message, type="metrics", data=data, step=data["step"])
+            self.store.add_event(self.job.id, message, type="metrics", data=data, step=data["step"])
 
     def checkpoint_every(self, steps_per_epoch: int) -> int:
         return steps_per_epoch  # a checkpoint per epoch, as OpenAI makes them
 
     def on_checkpoint(self, trainer: Trainer, step: int) -> None:
-        folder = self.data.checkpoint_dir(self.job["id"], step)
+        folder = self.data.checkpoint_dir(self.job.id, step)
         with atomic_folder(folder) as tmp:
             trainer.method.save(trainer.unwrapped, tmp)
         metrics = {"step": step}
         if self.last_train.get("step") == step:
             metrics["train_loss"] = self.last_train["loss"]
-        self.store.add_checkpoint(self.job["id"], step, f"{self.name}:ckpt-step-{step}", metrics)
-        self.store.add_event(self.job["id"], f"Checkpoint created at step {step}")
+        self.store.add_checkpoint(self.job.id, step, f"{self.name}:ckpt-step-{step}", metrics)
+        self.store.add_event(self.job.id, f"Checkpoint created at step {step}")
 
 
-def run_job(store: Store, data: DataDir, job: dict) -> None:
+def run_job(store: Store, data: DataDir, job: JobRow) -> None:
     """Train one job to the end and publish its model, or record why it failed."""
-    job_id = job["id"]
+    job_id = job.id
     run_dir = data.run_dir(job_id)
-    resuming = job["status"] == "running"
+    resuming = job.status == "running"
     if not resuming and not store.set_status(job_id, "running", only_from=("queued",)):
         return  # cancelled between being picked and starting
     checkpoints = list_checkpoints(run_dir)
@@ -169,24 +169,24 @@ def crashes_at(store: Store, job_id: str, from_step: int) -> int:
     stopped politely left a PAUSED event, which does not count)."""
     count = 0
     for event in reversed(store.job_lifecycle(job_id, (RESUMING, PAUSED))):
-        if event["message"] == PAUSED or event["data"].get("from_step") != from_step:
+        if event.message == PAUSED or event.data.get("from_step") != from_step:
             break
         count += 1
     return count
 
 
-def job_config(job: dict, data: DataDir) -> TrainConfig:
+def job_config(job: JobRow, data: DataDir) -> TrainConfig:
     """The job's run; it continues from the last checkpoint, and without one starts clean (a run killed
     before its first checkpoint leaves only metrics that the new run would repeat)."""
-    resume = bool(list_checkpoints(data.run_dir(job["id"])))
+    resume = bool(list_checkpoints(data.run_dir(job.id)))
     return TrainConfig.from_sources(
         **train_options(job),
-        data=[str(data.file(job["training_file"]))],
-        val=[str(data.file(job["validation_file"]))] if job["validation_file"] else [],
-        out=str(data.run_dir(job["id"])),
+        data=[str(data.file(job.training_file))],
+        val=[str(data.file(job.validation_file))] if job.validation_file else [],
+        out=str(data.run_dir(job.id)),
         resume=resume,
         overwrite=not resume,
-        seed=job["seed"],
+        seed=job.seed,
     )
 
 
@@ -199,21 +199,21 @@ def fail(store: Store, data: DataDir, job_id: str, code: str, message: str, para
         shutil.rmtree(data.checkpoints_dir(job_id), ignore_errors=True)
 
 
-def publish(store: Store, data: DataDir, job: dict) -> None:
+def publish(store: Store, data: DataDir, job: JobRow) -> None:
     """Job `succeeded`, its model and its results file: all in one transaction, or none of it (a job
     cancelled at this very moment stays cancelled and publishes nothing)."""
-    summary = RunDir(data.run_dir(job["id"])).read_summary()
+    summary = RunDir(data.run_dir(job.id)).read_summary()
     results_id = new_id("file-")
     results = data.file(results_id)
     with open_private(results) as out:
-        out.write(results_csv(data.run_dir(job["id"])))
+        out.write(results_csv(data.run_dir(job.id)))
     name = model_name(job)
     if not store.publish(job, name, summary["trained_tokens"], results_id, results.stat().st_size):
         results.unlink()
         return
     loss = summary.get("final_train_loss")
-    store.add_event(job["id"], f"New fine-tuned model created: {name}")
-    store.add_event(job["id"], f"The job has successfully completed (final training loss {loss:.4f})")
+    store.add_event(job.id, f"New fine-tuned model created: {name}")
+    store.add_event(job.id, f"The job has successfully completed (final training loss {loss:.4f})")
 
 
 def results_csv(run_dir) -> str:
@@ -232,7 +232,7 @@ def results_csv(run_dir) -> str:
     return buffer.getvalue()
 
 
-def next_job(store: Store) -> dict | None:
+def next_job(store: Store) -> JobRow | None:
     """An interrupted job first (there is at most one), then the oldest queued one."""
     for status in ("running", "queued"):
         jobs = store.jobs_with_status(status)

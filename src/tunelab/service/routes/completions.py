@@ -7,205 +7,34 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import suppress
-from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from starlette.background import BackgroundTask
 
 from ...inference.generate import chat_prompt_ids
 from ...models.loading import PLAIN_CHAT_TEMPLATE
 from ..deps import Owner, Service, ServiceDep
-from ..engine import Generation, Sampling, Target
+from ..engine import Generation, Target
 from ..errors import ApiError, error_body, internal_error
+from ..shapes import (
+    ChatCompletion,
+    ChatRequest,
+    CompletionRequest,
+    GenerationRequest,
+    TextCompletion,
+    check_supported,
+)
 from ..store import new_id, now
-from ..strict import StrictModel
+from ..usecases import choice_seed, load_target, sampling_for
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
-# OpenAI's fields that this server does not honour: refused by name unless sent with a value that asks for
-# nothing (some clients always send `tools: []` or `logprobs: false`). Any other field is unknown to
-# OpenAI too, and refused as such.
-DO_NOTHING = {
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
-    "parallel_tool_calls": (None,),
-    "functions": (None, []),
-    "function_call": (None,),
-    "logprobs": (None, False),
-    "top_logprobs": (None,),
-    "logit_bias": (None, {}),
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
-    "audio": (None,),
-    "modalities": (None, ["text"]),
-    "prediction": (None,),
-    "best_of": (None, 1),
-    "echo": (None, False),
-    "suffix": (None,),
-    "user": (None,),
-    "store": (None, True),  # answers are always kept here, for feedback
-    "metadata": (None,),
-    "service_tier": (None,),
-    "reasoning_effort": (None,),
-    "verbosity": (None,),
-    "web_search_options": (None,),
-    "moderation": (None,),
-    "prompt_cache_key": (None,),
-    "prompt_cache_options": (None,),
-    "prompt_cache_retention": (None,),
-    "safety_identifier": (None,),
-}
-# A message's: what an SDK sends back when it replays an answer's `message.model_dump()`, and `name`.
-MESSAGE_DO_NOTHING = {
-    "name": (None,),
-    "refusal": (None,),
-    "annotations": (None, []),
-    "audio": (None,),
-    "function_call": (None,),
-    "tool_calls": (None, []),
-}
-STREAM_OPTIONS_DO_NOTHING = {"include_obfuscation": (None, False)}  # no obfuscation padding is added
-
-
-def asks_nothing(value, nothing: tuple) -> bool:
-    """Whether `value` is one of the values in `nothing`, of the same type (`false` is no 0 here)."""
-    return any(type(value) is type(option) and value == option for option in nothing)
-
-
-def refuse_unhonoured(extra: dict | None, do_nothing: dict[str, tuple], where: str = "") -> None:
-    """A 400 naming the first field of `extra` (what a model did not declare) that asks for something."""
-    for name, value in (extra or {}).items():
-        param = where + name
-        if name not in do_nothing:
-            raise ApiError(
-                400, f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter"
-            )
-        if not asks_nothing(value, do_nothing[name]):
-            raise ApiError(
-                400, f"'{param}' is not supported by this server", param=param, code="unsupported_parameter"
-            )
-
-
-class OpenEnded(StrictModel):
-    """A model whose undeclared fields are kept, for `refuse_unhonoured` to name."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class StreamOptions(OpenEnded):
-    include_usage: bool = False
-
-
-class GenerationRequest(OpenEnded):
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=8)
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64 (torch takes 64 bits)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    response_format: dict | None = None
-
-    @field_validator("temperature", "top_p", "n", "stream", mode="before")
-    @classmethod
-    def null_is_the_default(cls, value, info: ValidationInfo):
-        """The SDK sends `null` for these when a caller passes None: OpenAI takes it as the default."""
-        return cls.model_fields[info.field_name].default if value is None else value
-
-
-class ContentPart(OpenEnded):
-    """A part of a message's content; only `{"type": "text", "text": "..."}` is understood here (other
-    types' fields are refused by Message.text)."""
-
-    type: str
-    text: str | None = None
-
-
-class Message(OpenEnded):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
-
-    def text(self, index: int) -> str:
-        """The turn's text; any field of it this server would not honour is refused by name."""
-        refuse_unhonoured(self.model_extra, MESSAGE_DO_NOTHING, f"messages.{index}.")
-        if not isinstance(self.content, list):
-            return self.content or ""
-        for p, part in enumerate(self.content):
-            if part.type != "text" or part.text is None or part.model_extra:
-                raise ApiError(
-                    400,
-                    "only text content parts ({'type': 'text', 'text': '...'}) are supported",
-                    param=f"messages.{index}.content.{p}",
-                    code="unsupported_parameter" if part.type != "text" else "invalid_value",
-                )
-        return "".join(part.text for part in self.content)
-
-
-class ChatRequest(GenerationRequest):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-
-
-class CompletionRequest(GenerationRequest):
-    prompt: str | list[str]
-
-
-def check_supported(request: GenerationRequest) -> None:
-    refuse_unhonoured(request.model_extra, DO_NOTHING)
-    if request.stream_options is not None:
-        refuse_unhonoured(request.stream_options.model_extra, STREAM_OPTIONS_DO_NOTHING, "stream_options.")
-    if request.response_format is not None and request.response_format != {"type": "text"}:
-        raise ApiError(
-            400,
-            "only response_format {'type': 'text'} is supported",
-            param="response_format",
-            code="unsupported_parameter",
-        )
-
-
-def sampling_for(
-    request: GenerationRequest, requested: int | None, prompt_tokens: int, context: int, default_max: int
-) -> Sampling:
-    room = context - prompt_tokens
-    if room < 1:
-        raise ApiError(
-            400,
-            f"the prompt is {prompt_tokens} tokens; this model's context is {context} tokens",
-            param="messages",
-            code="context_length_exceeded",
-        )
-    if requested is not None and requested > room:
-        raise ApiError(
-            400,
-            f"max_tokens is {requested}, but the prompt already takes {prompt_tokens} of this model's "
-            f"{context}-token context: at most {room} more tokens fit",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
-    stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-    if len(stops) > 4 or any(not s for s in stops):
-        raise ApiError(400, "stop takes up to 4 non-empty strings", param="stop")
-    max_tokens = requested or min(default_max, room)
-    return Sampling(max_tokens, request.temperature, request.top_p, tuple(stops), request.seed)
 
 
 async def prepare(service: Service, owner: str, request: GenerationRequest) -> tuple[Target, object]:
     check_supported(request)
-    target = service.engine.resolve(request.model, owner)
-    tokenizer = await asyncio.to_thread(
-        service.engine.tokenizer, target.base
-    )  # the first call loads the base
-    return target, tokenizer
-
-
-def choice_seed(sampling: Sampling, index: int) -> Sampling:
-    """Each of n choices samples on its own, reproducibly when a seed is given (in torch's 64 bits)."""
-    seed = None if sampling.seed is None else (sampling.seed + index) % 2**64
-    return Sampling(sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.stop, seed)
+    return await load_target(service, owner, request.model)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -216,7 +45,8 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-@router.post("/chat/completions")
+# A stream is a StreamingResponse (passed as it is); None: the client left before the answer was whole.
+@router.post("/chat/completions", response_model=ChatCompletion | None)
 async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceDep, client: Request):
     target, tokenizer = await prepare(service, owner, request)
     messages = [
@@ -243,7 +73,7 @@ async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceD
     return await reply.respond(runs, request, client)
 
 
-@router.post("/completions")
+@router.post("/completions", response_model=TextCompletion | None)
 async def completions(request: CompletionRequest, owner: Owner, service: ServiceDep, client: Request):
     target, tokenizer = await prepare(service, owner, request)
     prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt

@@ -10,8 +10,6 @@ autoescape: file names, job messages and model replies are the users' text, neve
 
 from __future__ import annotations
 
-import asyncio
-import json
 import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -27,12 +25,10 @@ from jinja2 import Environment, FileSystemLoader
 from pydantic import ValidationError
 
 from ..deps import COOKIE, Service, ServiceDep, authenticate, owner_for
-from ..engine import Generation
 from ..errors import ApiError
-from ..jobs import checkpoint_object, job_object
 from ..security import check_same_origin
-from .completions import GenerationRequest, chat_prompt_ids, prepare, sampling_for
-from .models import visible_models
+from ..shapes import GenerationRequest, checkpoint_object, job_object
+from ..usecases import chat_reply, visible_models
 
 LOGIN = "/login"  # the one route whose body a request without credentials may send
 JOBS_SHOWN = 50
@@ -162,11 +158,11 @@ def chart(series: dict, width: int, height: int, margins: tuple[int, int, int, i
 def overview(request: Request, owner: DashboardOwner, service: ServiceDep):
     jobs = []
     for row in service.store.list_jobs(owner, None, JOBS_SHOWN):
-        series = loss_series(service, row["id"])
+        series = loss_series(service, row.id)
         train = series.get("train_loss")
         jobs.append(
             {
-                **job_object(row),
+                **job_object(row).model_dump(),
                 "chart": chart(series, 120, 28, (2, 3, 4, 3)),
                 "last_loss": train[-1][1] if train else None,
             }
@@ -185,20 +181,19 @@ def job_page(job_id: str, request: Request, owner: DashboardOwner, service: Serv
     row = service.store.get_job(job_id, owner)
     if row is None:  # another key's job looks the same as none at all
         return page(request, "not_found.html", status_code=404, what=f"fine-tuning job '{job_id}'")
-    events = service.store.list_events(job_id, None, EVENTS_SHOWN)
     return page(
         request,
         "job.html",
         job=job_object(row),
         chart=chart(loss_series(service, job_id), 640, 260, (56, 16, 16, 44)),
         checkpoints=[checkpoint_object(c) for c in service.store.list_checkpoints(job_id)],
-        events=[{**e, "data": json.loads(e["data"]) if e["data"] else None} for e in events],
+        events=service.store.list_events(job_id, None, EVENTS_SHOWN),
         events_shown=EVENTS_SHOWN,
     )
 
 
 def model_names(service: Service, owner: str) -> list[str]:
-    return [model["id"] for model in visible_models(service, owner)]
+    return [model.id for model in visible_models(service, owner)]
 
 
 @router.get("/playground")
@@ -209,24 +204,6 @@ def playground(request: Request, owner: DashboardOwner, service: ServiceDep, mod
         models=model_names(service, owner),
         form={"model": model, "message": "", "max_tokens": 128, "temperature": 0},
     )
-
-
-async def chat_reply(service: Service, owner: str, request: GenerationRequest, message: str) -> Generation:
-    """One user message answered as `/v1/chat/completions` would, the generation off the event loop."""
-    target, tokenizer = await prepare(service, owner, request)
-    ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": message}])
-    context = service.engine.context_length(target.base)
-    sampling = sampling_for(
-        request, request.max_tokens, len(ids), context, service.settings.default_max_tokens
-    )
-
-    def generate() -> Generation:
-        generation = Generation(service.engine, target, ids, sampling)
-        generation.run()
-        return generation
-
-    with service.quotas.generation(owner):
-        return await asyncio.to_thread(generate)
 
 
 @router.post("/playground")

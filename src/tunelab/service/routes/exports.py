@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from ...export import FORMATS, ExportConfig, ExportError, export
+from .. import usecases
 from ..deps import Owner, ServiceDep
 from ..errors import ApiError
 
@@ -24,7 +25,7 @@ def export_model(model_id: str, owner: Owner, service: ServiceDep, format: str =
     """Synchronous: a first GGUF export of a small model takes tens of seconds."""
     if format not in FORMATS:
         raise ApiError(400, f"format must be one of {', '.join(FORMATS)}", param="format")
-    target = service.engine.resolve(model_id, owner)  # another key's model is a 404
+    target = usecases.resolve_model(service, model_id, owner)  # another key's model is a 404
     base = service.settings.base_models[target.base]
     adapter = str(target.adapter) if target.adapter else None
     try:  # checked before any path is made: the quant names the folder, so it must be one export knows

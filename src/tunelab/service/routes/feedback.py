@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import Field
 
+from .. import usecases
 from ..deps import Owner, ServiceDep
-from ..errors import not_found
+from ..shapes import FeedbackObject
 from ..store import now
 from ..strict import StrictModel
 
@@ -19,9 +20,9 @@ class FeedbackCreate(StrictModel):
     correction: str | None = Field(None, description="the answer the model should have given")
 
 
-@router.post("")
+@router.post("", response_model=FeedbackObject)
 def add_feedback(request: FeedbackCreate, owner: Owner, service: ServiceDep):
-    if service.store.get_completion(request.completion_id, owner) is None:
-        raise not_found("completion", request.completion_id, param="completion_id")
-    feedback_id = service.store.add_feedback(owner, request.completion_id, request.rating, request.correction)
-    return {"id": feedback_id, "object": "feedback", "created_at": now(), **request.model_dump()}
+    feedback_id = usecases.add_feedback(
+        service, owner, request.completion_id, request.rating, request.correction
+    )
+    return FeedbackObject(id=feedback_id, created_at=now(), **request.model_dump())

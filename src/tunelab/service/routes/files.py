@@ -7,8 +7,10 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
+from .. import usecases
 from ..deps import Owner, ServiceDep
-from ..errors import ApiError, not_found
+from ..errors import ApiError
+from ..shapes import Deleted, FileList, FileObject, file_object
 from ..store import new_id
 from ..upload import receive_upload
 
@@ -16,22 +18,8 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 PURPOSES = ("fine-tune",)
 
 
-def file_object(row: dict) -> dict:
-    return {
-        "id": row["id"],
-        "object": "file",
-        "bytes": row["bytes"],
-        "created_at": row["created_at"],
-        "filename": row["filename"],
-        "purpose": row["purpose"],
-        "status": "processed",
-        "status_details": None,
-        "expires_at": None,
-    }
-
-
 # The app-wide body limit is for JSON and forms; an upload is held to --max-upload-mb as it streams in.
-@router.post("", max_body_size=2**62)
+@router.post("", max_body_size=2**62, response_model=FileObject)
 async def upload_file(request: Request, owner: Owner, service: ServiceDep):
     file_id = new_id("file-")
     final, partial = service.data.file(file_id), service.data.partial_upload(file_id)
@@ -49,7 +37,7 @@ async def upload_file(request: Request, owner: Owner, service: ServiceDep):
     return file_object(service.store.add_file(file_id, owner, filename, purpose, size))
 
 
-@router.get("")
+@router.get("", response_model=FileList)
 def list_files(
     owner: Owner,
     service: ServiceDep,
@@ -60,34 +48,27 @@ def list_files(
 ):
     rows = service.store.list_files(owner, purpose, after, limit + 1, newest_first=order == "desc")
     data = [file_object(r) for r in rows[:limit]]
-    return {
-        "object": "list", "data": data, "has_more": len(rows) > limit,
-        "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None,
-    }  # fmt: skip
+    return FileList(
+        data=data,
+        has_more=len(rows) > limit,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )
 
 
-def owned_file(service, owner: str, file_id: str) -> dict:
-    row = service.store.get_file(file_id, owner)
-    if row is None:
-        raise not_found("file", file_id)
-    return row
-
-
-@router.get("/{file_id}")
+@router.get("/{file_id}", response_model=FileObject)
 def get_file(file_id: str, owner: Owner, service: ServiceDep):
-    return file_object(owned_file(service, owner, file_id))
+    return file_object(usecases.owned_file(service, owner, file_id))
 
 
 @router.get("/{file_id}/content")
 def file_content(file_id: str, owner: Owner, service: ServiceDep):
-    row = owned_file(service, owner, file_id)
-    media = "text/csv" if row["filename"].endswith(".csv") else "application/jsonl"
-    return FileResponse(service.data.file(row["id"]), media_type=media)
+    row = usecases.owned_file(service, owner, file_id)
+    media = "text/csv" if row.filename.endswith(".csv") else "application/jsonl"
+    return FileResponse(service.data.file(row.id), media_type=media)
 
 
-@router.delete("/{file_id}")
+@router.delete("/{file_id}", response_model=Deleted)
 def delete_file(file_id: str, owner: Owner, service: ServiceDep):
-    row = owned_file(service, owner, file_id)
-    service.store.delete_file(row["id"], owner)
-    service.data.file(row["id"]).unlink(missing_ok=True)
-    return {"id": row["id"], "object": "file", "deleted": True}
+    usecases.delete_file(service, owner, file_id)
+    return Deleted(id=file_id, object="file")

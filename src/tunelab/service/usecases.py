@@ -1,0 +1,280 @@
+"""What the service does, below the HTTP routes (which parse, call one of these and shape the answer):
+resolve a model name, create and cancel jobs, delete models and files, take feedback, and prepare and run
+a generation. Errors are `errors.ApiError`s in OpenAI's terms; nothing here knows about requests."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from typing import NamedTuple
+
+from ..inference.generate import chat_prompt_ids
+from .deps import Service
+from .engine import Generation, Sampling, Target
+from .errors import ApiError, not_found
+from .jobs import Hyperparameters, JobCreate, check_options
+from .shapes import GenerationRequest, ModelObject
+from .store import FileRow, JobRow, new_id, now
+
+UNFINISHED = ("validating_files", "queued", "running")  # a job that can be cancelled
+
+
+# models
+
+
+def resolve_model(service: Service, name: str, owner: str) -> Target:
+    """A base name, one of the key's `ft:` models, or one of its checkpoints; else 404."""
+    settings, store = service.settings, service.store
+    if name in settings.base_models:
+        return Target(name, name)
+    model = store.get_model(name, owner)
+    checkpoint = store.checkpoint_by_model(name) if model is None else None
+    job = store.get_job((model or checkpoint).job_id, owner) if (model or checkpoint) else None
+    if job is None:
+        raise not_found("model", name, param="model")
+    if job.model_root not in settings.base_models:
+        raise ApiError(
+            400,
+            f"'{name}' was fine-tuned from '{job.model_root}', which this server does not "
+            f"serve now; start it with --base-model {job.model_root}=SPEC",
+            param="model",
+            code="model_not_available",
+        )
+    if model is not None:
+        return Target(name, job.model_root, service.data.run_dir(job.id), job.id, model.created_at)
+    folder = service.data.checkpoint_dir(job.id, checkpoint.step)
+    return Target(name, job.model_root, folder, job.id, checkpoint.created_at)
+
+
+def visible_models(service: Service, owner: str) -> list[ModelObject]:
+    """The server's base models, then the key's fine-tuned ones (checkpoints are not listed)."""
+    bases = [
+        ModelObject(id=name, created=service.started_at, owned_by="tunelab")
+        for name in service.settings.base_models
+    ]
+    tuned = [
+        ModelObject(id=m.id, created=m.created_at, owned_by=owner) for m in service.store.list_models(owner)
+    ]
+    return bases + tuned
+
+
+def model_object(service: Service, owner: str, name: str) -> ModelObject:
+    """Also a checkpoint (`...:ckpt-step-N`): not listed, but usable wherever a model is."""
+    target = resolve_model(service, name, owner)
+    if target.adapter is None:
+        return ModelObject(id=name, created=service.started_at, owned_by="tunelab")
+    return ModelObject(id=name, created=target.created_at, owned_by=owner)
+
+
+def delete_model(service: Service, owner: str, model_id: str) -> None:
+    """Deletes the model's weights and its checkpoints; refused while a job is fine-tuning from it."""
+    if model_id in service.settings.base_models:
+        raise ApiError(
+            403,
+            f"'{model_id}' is a base model of this server; only fine-tuned models can be deleted",
+            param="model",
+            code="model_not_deletable",
+        )
+    row = service.store.get_model(model_id, owner)
+    if row is None:
+        raise not_found("model", model_id, param="model")
+    checkpoints = [c.model_name for c in service.store.list_checkpoints(row.job_id)]
+    for job in service.store.jobs_with_status(*UNFINISHED):
+        if job.owner == owner and job.model in (model_id, *checkpoints):
+            raise ApiError(
+                409,
+                f"job {job.id} is fine-tuning from this model; cancel it or let it finish first",
+                param="model",
+                code="model_in_use",
+            )
+    service.store.delete_model(model_id, owner)
+    service.store.drop_checkpoints(row.job_id)
+    for name in (model_id, *checkpoints):
+        service.engine.unload(name)
+    shutil.rmtree(service.data.run_dir(row.job_id), ignore_errors=True)
+    shutil.rmtree(service.data.checkpoints_dir(row.job_id), ignore_errors=True)
+
+
+# files
+
+
+def owned_file(service: Service, owner: str, file_id: str) -> FileRow:
+    row = service.store.get_file(file_id, owner)
+    if row is None:
+        raise not_found("file", file_id)
+    return row
+
+
+def delete_file(service: Service, owner: str, file_id: str) -> None:
+    row = owned_file(service, owner, file_id)
+    service.store.delete_file(row.id, owner)
+    service.data.file(row.id).unlink(missing_ok=True)
+
+
+# jobs
+
+
+class StartingPoint(NamedTuple):
+    root: str  # the base model's name on this server
+    spec: str  # its --model spec
+    init_adapter: str | None  # the adapter folder it goes on training
+    method: str | None  # that adapter's method, which the job keeps
+
+
+def starting_point(service: Service, owner: str, model: str) -> StartingPoint:
+    """Where a job starts: a base model, or (continued fine-tuning) one of the key's `ft:` models or
+    checkpoints, whose adapter it goes on training."""
+    target = resolve_model(service, model, owner)
+    if target.adapter is None:
+        return StartingPoint(model, service.settings.base_models[model], None, None)
+    trained = service.store.get_job(target.job_id)
+    return StartingPoint(target.base, trained.base_spec, str(target.adapter), trained.options["method"])
+
+
+def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
+    """A new job in `validating_files`; the caller checks its files next (`jobs.validate_job_files`)."""
+    if request.integrations:
+        raise ApiError(
+            400,
+            "integrations (such as wandb) are not supported; metrics are in the job's events, its "
+            "results file and the dashboard",
+            param="integrations",
+            code="unsupported_parameter",
+        )
+    if request.hyperparameters and request.method:
+        raise ApiError(
+            400,
+            "give hyperparameters either at the top level or in method, not both",
+            param="hyperparameters",
+        )
+    hyper = request.method.supervised.hyperparameters if request.method else request.hyperparameters
+    hyper = (hyper or Hyperparameters()).resolved()
+    for param in ("training_file", "validation_file"):
+        file_id = getattr(request, param)
+        if file_id is not None and service.store.get_file(file_id, owner) is None:
+            raise ApiError(
+                400,
+                f"{param}: no file with id '{file_id}' exists for this API key",
+                param=param,
+                code="file_not_found",
+            )
+    start = starting_point(service, owner, request.model)
+    extension = dict(request.tunelab or {})
+    if start.method:  # continuing an adapter keeps its kind, and its options are that method's
+        extension["method"] = start.method
+    options = check_options(extension, service.settings.max_job_minutes)
+    service.quotas.check_queue(service.store.waiting_jobs(owner))
+    job = JobRow(
+        id=new_id("ftjob-"),
+        owner=owner,
+        model=request.model,
+        model_root=start.root,
+        training_file=request.training_file,
+        validation_file=request.validation_file,
+        hyperparameters=hyper,
+        options=options,
+        base_spec=start.spec,
+        init_adapter=start.init_adapter,
+        suffix=request.suffix or None,
+        seed=request.seed if request.seed is not None else 42,
+        metadata=request.metadata or None,
+        status="validating_files",
+        created_at=now(),
+    )
+    service.store.add_job(job)
+    service.store.add_event(job.id, f"Validating training file: {request.training_file}")
+    return service.store.get_job(job.id)
+
+
+def owned_job(service: Service, owner: str, job_id: str) -> JobRow:
+    job = service.store.get_job(job_id, owner)
+    if job is None:
+        raise not_found("fine-tuning job", job_id)
+    return job
+
+
+def cancel_job(service: Service, owner: str, job_id: str) -> JobRow:
+    job = owned_job(service, owner, job_id)
+    # The worker sees the new status at its next step and stops; a job it already finished keeps its end.
+    if not service.store.set_status(
+        job_id, "cancelled", only_from=UNFINISHED, event="Cancellation requested"
+    ):
+        raise ApiError(
+            400,
+            f"job {job_id} has already {job.status}; only {', '.join(UNFINISHED)} jobs can be cancelled",
+            code="invalid_job_status",
+        )
+    return service.store.get_job(job_id)
+
+
+# feedback
+
+
+def add_feedback(
+    service: Service, owner: str, completion_id: str, rating: int, correction: str | None
+) -> str:
+    """The new feedback's id; the completion must be one of the key's."""
+    if service.store.get_completion(completion_id, owner) is None:
+        raise not_found("completion", completion_id, param="completion_id")
+    return service.store.add_feedback(owner, completion_id, rating, correction)
+
+
+# generation
+
+
+async def load_target(service: Service, owner: str, model: str) -> tuple[Target, object]:
+    """The model's target and its tokenizer; the first call on a base loads it, off the event loop."""
+    target = resolve_model(service, model, owner)
+    tokenizer = await asyncio.to_thread(service.engine.tokenizer, target.base)
+    return target, tokenizer
+
+
+def sampling_for(
+    request: GenerationRequest, requested: int | None, prompt_tokens: int, context: int, default_max: int
+) -> Sampling:
+    """The request's sampling, its `requested` tokens checked against the room the prompt leaves."""
+    room = context - prompt_tokens
+    if room < 1:
+        raise ApiError(
+            400,
+            f"the prompt is {prompt_tokens} tokens; this model's context is {context} tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if requested is not None and requested > room:
+        raise ApiError(
+            400,
+            f"max_tokens is {requested}, but the prompt already takes {prompt_tokens} of this model's "
+            f"{context}-token context: at most {room} more tokens fit",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    if len(stops) > 4 or any(not s for s in stops):
+        raise ApiError(400, "stop takes up to 4 non-empty strings", param="stop")
+    max_tokens = requested or min(default_max, room)
+    return Sampling(max_tokens, request.temperature, request.top_p, tuple(stops), request.seed)
+
+
+def choice_seed(sampling: Sampling, index: int) -> Sampling:
+    """Each of n choices samples on its own, reproducibly when a seed is given (in torch's 64 bits)."""
+    seed = None if sampling.seed is None else (sampling.seed + index) % 2**64
+    return Sampling(sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.stop, seed)
+
+
+async def chat_reply(service: Service, owner: str, request: GenerationRequest, message: str) -> Generation:
+    """One user message answered as `/v1/chat/completions` would, the generation off the event loop."""
+    target, tokenizer = await load_target(service, owner, request.model)
+    ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": message}])
+    context = service.engine.context_length(target.base)
+    sampling = sampling_for(
+        request, request.max_tokens, len(ids), context, service.settings.default_max_tokens
+    )
+
+    def generate() -> Generation:
+        generation = Generation(service.engine, target, ids, sampling)
+        generation.run()
+        return generation
+
+    with service.quotas.generation(owner):
+        return await asyncio.to_thread(generate)
