@@ -52,6 +52,10 @@ class Method:
         if isinstance(given, self.options):
             check_fields(given)
             return given
+        if not isinstance(given, dict):
+            raise ConfigError(
+                f"options: {self.name} takes a mapping of option names or {self.options.__name__}"
+            )
         own = option_fields(self.options)
         for name in given:
             if name not in own:
