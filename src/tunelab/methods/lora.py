@@ -51,7 +51,7 @@ register(LoRA())
 
 
 def plain_lora(adapter_config: dict) -> bool:
-    """Whether a saved adapter (its adapter_config.json) is plain LoRA, not DoRA nor another PEFT kind: the
+    """Whether a saved adapter (its adapter config) is plain LoRA, not DoRA nor another PEFT kind: the
     one kind PEFT mixes in a batch row by row, vLLM serves and llama.cpp loads as a LoRA GGUF."""
     return adapter_config.get("peft_type") == "LORA" and not adapter_config.get("use_dora")
 
