@@ -87,8 +87,8 @@ import torch
 from tunelab.data import load_examples
 from tunelab.data.tokenize import IGNORE_INDEX, encode_examples
 from tunelab.inference import load_for_inference
-from tunelab.methods import get_method
 from tunelab.models import load_tokenizer
+from tunelab.objectives import get_objective
 from tunelab.training.steps import evaluate_loss
 
 data, max_length, *adapters = sys.argv[1:]
@@ -98,7 +98,7 @@ losses = []
 for adapter in adapters:
     model, _ = load_for_inference("default", adapter)
     loss, _ = evaluate_loss(model, items, 8, tokenizer.pad_token_id, torch.device("cpu"), "fp32",
-                            get_method("lora"))
+                            get_objective("sft"))
     losses.append(loss)
 lengths = [len(item.input_ids) for item in items]
 labelled = sum(label != IGNORE_INDEX for item in items for label in item.labels)

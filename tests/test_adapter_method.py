@@ -12,7 +12,7 @@ from tunelab.data import Example
 from tunelab.data.batching import collate
 from tunelab.data.tokenize import encode_chat
 from tunelab.errors import UserError
-from tunelab.inference.generate import generate
+from tunelab.inference.generation import generate
 from tunelab.methods import get_method
 from tunelab.methods.adapter import Adapter
 from tunelab.ops import causal_lm_loss

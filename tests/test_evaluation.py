@@ -13,7 +13,7 @@ from tunelab.evaluation.prompting import PromptStyle, build_messages, pick_shots
 from tunelab.evaluation.runner import EvalConfig
 from tunelab.evaluation.scoring import _sequence_scores, _single_token_scores, candidate_ids
 from tunelab.inference import load_for_inference
-from tunelab.inference.generate import chat_prompt_ids
+from tunelab.inference.generation import chat_prompt_ids
 from tunelab.training import TrainConfig, train
 
 SUBJECTS = ("algebra", "biology")

@@ -4,7 +4,7 @@ import json
 
 from conftest import write_jsonl
 from tunelab.inference import generate_file, load_for_inference, stream_chat
-from tunelab.inference.generate import generate
+from tunelab.inference.generation import generate
 from tunelab.training import TrainConfig, train
 
 CONVERSATIONS = [
@@ -59,7 +59,7 @@ def test_adapter_folder_alone_finds_its_base_and_answers_as_trained(tiny_llama_d
 
 
 def test_incremental_decoding_gives_a_piece_per_whole_token_and_the_same_text(tiny_tokenizer):
-    from tunelab.inference.generate import IncrementalDecoder
+    from tunelab.inference.generation import IncrementalDecoder
 
     prompt = tiny_tokenizer("say bob")["input_ids"]
     text = "the quick fox: h\u00e9llo \U0001f600 w\u00f6rld"

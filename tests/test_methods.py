@@ -16,7 +16,7 @@ from conftest import write_jsonl
 from tiny import make_model_dir
 from tunelab.errors import UserError
 from tunelab.inference import MultiAdapterModel
-from tunelab.inference.generate import chat_prompt_ids, generate, prompt_messages, stream_chat
+from tunelab.inference.generation import chat_prompt_ids, generate, prompt_messages, stream_chat
 from tunelab.methods import get_method
 from tunelab.models import load_model
 from tunelab.options import option_fields

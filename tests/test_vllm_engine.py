@@ -15,7 +15,7 @@ from peft import IA3Config, LoraConfig
 
 from test_service_api import K1, chat, fake_fine_tuned_model, settings_for
 from tunelab.errors import UserError
-from tunelab.inference.generate import chat_prompt_ids
+from tunelab.inference.generation import chat_prompt_ids
 from tunelab.service import ServiceSettings, create_app
 
 ANSWER = "bob paris london"

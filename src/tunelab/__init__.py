@@ -26,7 +26,7 @@ API = {
     "TrainConfig": "training",
     "compare": "compare",
     "evaluate": "evaluation",
-    "generate": "inference.generate",
+    "generate": "inference",
     "load_examples": "data",
     "load_for_inference": "inference",
     "load_model": "models",

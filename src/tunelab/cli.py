@@ -209,7 +209,7 @@ train_cmd.__signature__ = command_signature(train_cmd, TrainConfig, given_only=T
 def predict(**options):
     """Classify every example with a trained head; prints accuracy when the file has answers."""
     from .inference import classify_file, load_for_inference
-    from .inference.generate import classifies
+    from .inference.generation import classifies
 
     config = PredictConfig(**options)
     if not classifies(config.model, config.adapter):
@@ -232,7 +232,7 @@ predict.__signature__ = command_signature(predict, PredictConfig)
 def chat(**options):
     """Chat with a model (streams the reply)."""
     from .inference import load_for_inference, stream_chat
-    from .inference.generate import require_generative
+    from .inference.generation import require_generative
 
     config = ChatConfig(**options)
     require_generative(config.model, config.adapter, "chat")
@@ -271,7 +271,7 @@ def _ask() -> str | None:
 def generate_cmd(**options):
     """Generate a reply for every example in a file (batched, greedy by default)."""
     from .inference import generate_file, load_for_inference
-    from .inference.generate import require_generative
+    from .inference.generation import require_generative
 
     config = GenerateConfig(**options)
     require_generative(config.model, config.adapter, "generate")

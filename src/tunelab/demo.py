@@ -82,7 +82,7 @@ class DemoConfig:
 
 def run_demo(config: DemoConfig | None = None, console=None) -> DemoResult:
     from .inference import load_for_inference  # torch: only when the demo runs
-    from .inference.generate import generate
+    from .inference.generation import generate
     from .training import TrainConfig, train
 
     config = config or DemoConfig()

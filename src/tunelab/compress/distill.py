@@ -18,7 +18,7 @@ from ..data import load_examples
 from ..data.mixture import parse_data_spec
 from ..errors import UserError
 from ..inference import load_for_inference
-from ..inference.generate import generate, prompt_messages, require_generative
+from ..inference.generation import generate, prompt_messages, require_generative
 from ..methods import get_method
 from ..models import load_tokenizer
 from ..models.blocks import decoder_blocks

@@ -48,7 +48,7 @@ def load_any(spec: str):
 
 def weights_on_disk_mb(spec: str) -> float:
     """What it takes to run it: the weight files, and for an adapter its base's as well."""
-    from ..inference.generate import base_of_adapter
+    from ..inference.generation import base_of_adapter
     from ..models import materialize, resolve
     from .source import weights_mb
 
@@ -63,7 +63,7 @@ def generation_speed(model, tokenizer, prompts: list[list[dict]], new_tokens: in
     """Tokens/s generating `new_tokens` for each prompt: one prompt at a time, then all in one batch."""
     import torch
 
-    from ..inference.generate import chat_prompt
+    from ..inference.generation import chat_prompt
 
     texts = [chat_prompt(tokenizer, p) for p in prompts]
     tokenizer.padding_side = "left"
@@ -88,7 +88,7 @@ def measure(spec: str, config: ReportConfig) -> dict:
     from ..data import load_examples
     from ..evaluation import EvalConfig
     from ..evaluation.api import run_task
-    from ..inference.generate import prompt_messages
+    from ..inference.generation import prompt_messages
     from ..quiet import quiet_libraries
     from ..training.memory import peak_bytes
     from .source import parameter_count

@@ -17,8 +17,8 @@ from ..data import Example, load_documents, load_examples, name_labels
 from ..data.batching import collate
 from ..data.tokenize import encode_documents
 from ..errors import UserError
-from ..inference.classify import classify
-from ..inference.generate import chat_prompt_ids, classifies, generate
+from ..inference.classification import classify
+from ..inference.generation import chat_prompt_ids, classifies, generate
 from ..ops import causal_lm_loss
 from . import benchmarks, extraction, metrics
 from .config import EvalConfig

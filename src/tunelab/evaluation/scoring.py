@@ -12,7 +12,7 @@ import torch
 
 from ..data.batching import collate
 from ..data.tokenize import EncodedExample
-from ..inference.generate import chat_prompt_ids
+from ..inference.generation import chat_prompt_ids
 
 
 def candidate_ids(tokenizer, candidates: list[str]) -> list[list[int]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..inference.generate import adapter_folder, base_of_adapter, load_for_inference
+from ..inference.generation import adapter_folder, base_of_adapter, load_for_inference
 from ..methods import Method, get_method
 from ..run_dir import RunDir
 from .config import HF_DTYPES, ExportError

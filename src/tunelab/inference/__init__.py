@@ -1,8 +1,8 @@
 """Inference with base models and adapters: batched generation and streamed chat.
 
-torch and the model code are imported on first use, so the CLI can read the configs quickly. `generate` and
-`classify` are their modules' names too (a lazy package cannot also lend them to functions): import the
-functions from `inference.generate` and `inference.classify`."""
+torch and the model code are imported on first use, so the CLI can read the configs quickly. (No module
+here is named like a function it lends: the import system would set the package's attribute to the
+module.)"""
 
 import importlib
 
@@ -10,10 +10,12 @@ from .config import ChatConfig, GenerateConfig, PredictConfig
 
 MODULE_OF = {
     "MultiAdapterModel": ".multi_adapter",
-    "classify_file": ".classify",
-    "generate_file": ".generate",
-    "load_for_inference": ".generate",
-    "stream_chat": ".generate",
+    "classify": ".classification",
+    "classify_file": ".classification",
+    "generate": ".generation",
+    "generate_file": ".generation",
+    "load_for_inference": ".generation",
+    "stream_chat": ".generation",
 }
 __all__ = ["ChatConfig", "GenerateConfig", "PredictConfig", *MODULE_OF]
 

@@ -14,7 +14,7 @@ import torch
 from ..errors import UserError
 from ..models import load_model
 from ..run_dir import RunDir
-from .generate import generate
+from .generation import generate
 
 
 class MultiAdapterModel:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from .generate import MIN_TEMPERATURE, cache_argument
+from .generation import MIN_TEMPERATURE, cache_argument
 
 log = logging.getLogger(__name__)
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch

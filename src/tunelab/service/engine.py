@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..inference import MultiAdapterModel
-from ..inference.generate import TextPieces
+from ..inference.generation import TextPieces
 from ..inference.scheduler import BatchScheduler, SequenceRequest
 from ..methods.lora import plain_lora
 from ..run_dir import RunDir

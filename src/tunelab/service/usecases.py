@@ -8,7 +8,7 @@ import asyncio
 import shutil
 from typing import NamedTuple
 
-from ..inference.generate import chat_prompt_ids
+from ..inference.generation import chat_prompt_ids
 from .deps import Service
 from .engine import Generation, Sampling, Target
 from .errors import ApiError, not_found

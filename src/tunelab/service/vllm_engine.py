@@ -11,7 +11,7 @@ import itertools
 import threading
 import uuid
 
-from ..inference.generate import MIN_TEMPERATURE
+from ..inference.generation import MIN_TEMPERATURE
 from ..inference.scheduler import SequenceRequest
 from ..methods.lora import adapter_kind, plain_lora
 from ..models.loading import load_tokenizer, materialize, resolve

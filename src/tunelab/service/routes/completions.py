@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from ...inference.generate import chat_prompt_ids
+from ...inference.generation import chat_prompt_ids
 from ...models.loading import PLAIN_CHAT_TEMPLATE
 from ..deps import Owner, Service, ServiceDep
 from ..engine import Generation, Target

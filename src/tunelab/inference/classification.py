@@ -9,7 +9,7 @@ import torch
 from ..data import Example, load_examples, name_labels
 from ..data.batching import collate
 from ..data.tokenize import encode_for_classification
-from .generate import prompt_messages
+from .generation import prompt_messages
 
 
 @torch.no_grad()
