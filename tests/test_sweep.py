@@ -154,6 +154,23 @@ def test_space_errors_name_the_file_line_and_option(tmp_path):
     assert parsed.fixed == {"epochs": 2} and parsed.params[1].values == ["lora", "ia3"]
 
 
+def test_a_methods_own_option_is_set_only_in_the_trials_of_methods_that_take_it(tmp_path):
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("method: {categorical: [lora, ia3]}\nlora_r: {int: [2, 8]}\nlora_alpha: 8\n")
+    space = load_space(space_file)
+    config = SweepConfig(data="d.jsonl", val="v.jsonl", out=str(tmp_path), train={"dropout": 0.2})
+    for method in ("lora", "ia3"):
+        trial = optuna.trial.FixedTrial({"method": method, "lora_r": 4})
+        params = space.suggest(trial, sweep_run.sweep_method(config))
+        train_config = sweep_run.trial_config(config, space, params, tmp_path / method, None)
+        assert train_config.method == method
+        if method == "lora":
+            assert (train_config.options.lora_r, train_config.options.lora_alpha) == (4, 8)
+            assert train_config.options.dropout == 0.2
+        else:
+            assert "lora_r" not in params and train_config.to_dict().keys().isdisjoint({"lora_r", "dropout"})
+
+
 def test_compare_sweep_shows_each_methods_best_trial(tiny_llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", copy_task_rows(40))
     out = tmp_path / "cmp"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from conftest import copy_task_rows, write_jsonl
@@ -231,6 +232,27 @@ def test_yaml_config_then_flags(tmp_path):
         TrainConfig.from_sources(path)
     with pytest.raises(ConfigError, match="scheduler"):
         TrainConfig(scheduler="exponential")
+
+
+def test_a_saved_config_of_any_method_reloads_and_options_are_the_methods_own(tmp_path):
+    """A run's config.yaml is flat; one from before options were per method holds every method's at their
+    defaults, which reload, while another method's option at another value is refused by name."""
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(TrainConfig(method="adapter", options={"adapter_size": 8}).to_dict()))
+    assert TrainConfig.from_sources(saved).options.adapter_size == 8
+    saved.write_text("method: full\nlora_r: 8\ndropout: 0.05\nadapter_placement: houlsby\nhead_lr: null\n")
+    assert TrainConfig.from_sources(saved).method == "full"
+    saved.write_text("method: full\nlora_r: 64\n")
+    with pytest.raises(ConfigError, match="lora_r is an option of lora, not of full"):
+        TrainConfig.from_sources(saved)
+    for bad, message in [
+        (dict(scheduler=True), "scheduler: 'True' is not one of"),  # YAML's `yes`
+        (dict(options={"lora_r": True}), "lora_r is a number"),
+        (dict(options={"lora_r": 0}), "lora_r must be between 1 and 1024"),
+        (dict(method="ia3", options={"dropout": 0.1}), "dropout is an option of adapter, lora, not of ia3"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**bad)
 
 
 def test_example_configs_parse():

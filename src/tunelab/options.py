@@ -32,12 +32,14 @@ def check_fields(values) -> None:
     """Every field of the dataclass `values` within its `bounds` and `choices` (None is 'not set')."""
     for f in fields(values):
         value = getattr(values, f.name)
-        if value is None or isinstance(value, bool):
+        if value is None:
             continue
         choices = f.metadata.get("choices")
-        if choices and value not in choices:
+        if choices and (isinstance(value, bool) or value not in choices):  # True == 1, YAML's yes is True
             raise ConfigError(f"{f.name}: '{value}' is not one of {', '.join(choices)}", f.name)
         bounds = f.metadata.get("bounds")
+        if bounds and isinstance(value, bool):
+            raise ConfigError(f"{f.name} is a number, not {value}", f.name)
         if bounds and isinstance(value, int | float) and not bounds[0] <= value <= bounds[1]:
             raise ConfigError(f"{f.name} must be between {bounds[0]} and {bounds[1]} (got {value!r})", f.name)
 

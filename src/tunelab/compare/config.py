@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..evaluation.config import CALIBRATIONS
-from ..training.config import comma_separated
+from ..options import comma_separated
 
 TASKS = ("classification", "generation")
 

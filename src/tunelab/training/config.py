@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ..options import ConfigError, check_fields, comma_separated
+from ..options import ConfigError, check_fields, comma_separated, option_fields
 
 MAX_STEPS = 10_000_000  # a bound on every count of steps, so that no value can mean "for ever"
 
@@ -30,7 +30,7 @@ class TrainConfig:
         default=0.0,
         metadata={
             "help": "hold out this fraction of the training data as val (no --val)",
-            "bounds": (0.0, 0.9),
+            "bounds": (0.0, 0.99),
         },
     )
     mix: str | None = field(
@@ -40,7 +40,7 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "sft (chat examples), causal-lm (plain text, packed blocks) or classification (a class "
-            "per example); default: the method's first (sft; head: classification)"
+            "per example); default: the method's (sft; head: classification)"
         },
     )
     format: str | None = field(
@@ -122,7 +122,7 @@ class TrainConfig:
         default=None, metadata={"help": "checkpoint every N steps", "bounds": (1, MAX_STEPS)}
     )
     keep_checkpoints: int = field(
-        default=2, metadata={"help": "how many recent checkpoints to keep", "bounds": (1, 1000)}
+        default=2, metadata={"help": "how many recent checkpoints to keep", "bounds": (1, 100)}
     )
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in `out`"})
     overwrite: bool = field(default=False, metadata={"help": "replace a finished model already in `out`"})
@@ -198,12 +198,11 @@ class TrainConfig:
     def from_sources(cls, yaml_path: str | Path | None = None, **overrides) -> TrainConfig:
         """Defaults, then the YAML file, then explicit overrides (None means 'not given'); both flat, the
         keys that are not fields here being the method's options."""
-        values: dict = {}
-        if yaml_path:
-            values.update(load_yaml(yaml_path))
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        from_file = load_yaml(yaml_path) if yaml_path else {}
+        values = from_file | {k: v for k, v in overrides.items() if v is not None}
         own = {f.name for f in fields(cls)} - {"options"}
         options = {k: values.pop(k) for k in list(values) if k not in own}
+        options = without_others_defaults(values.get("method", cls.method), options, from_file)
         return cls(**values, options=options)
 
 
@@ -225,9 +224,23 @@ def load_yaml(path: str | Path) -> dict:
     return values
 
 
+def without_others_defaults(method: str, options: dict, from_file: dict) -> dict:
+    """`options` less those of other methods that the file gives at their default: a run's config.yaml
+    from before options were per method holds every method's, and they changed nothing. Any other value
+    stays, so that it is refused by name."""
+    from ..methods import REGISTRY, get_method
+
+    own = option_fields(get_method(method).options)
+    defaults = {(f.name, repr(f.default)) for m in REGISTRY.values() for f in fields(m.options)}
+    return {
+        name: value
+        for name, value in options.items()
+        if name in own or name not in from_file or (name, repr(value)) not in defaults
+    }
+
+
 def all_method_options() -> set[str]:
     """The option names of every registered method (any of them may be a key in a config file)."""
     from ..methods import REGISTRY
-    from ..options import option_fields
 
     return {name for method in REGISTRY.values() for name in option_fields(method.options)}

@@ -1,4 +1,4 @@
-"""The run's objective (`--objective`, else the method's first) and, through it, `--data`/`--val`/
+"""The run's objective (`--objective`, else the method's default) and, through it, `--data`/`--val`/
 `--val-split` turned into encoded training and validation sets per task."""
 
 from __future__ import annotations
