@@ -174,6 +174,9 @@ def test_hidden_state_term_matches_pruned_blocks_to_where_they_came_from(
         Distillation(get_objective("sft"), teacher, 2.0, 0.5, hidden_weight=1.0)
     with pytest.raises(UserError, match="only with --mode logits"):
         DistillConfig(mode="sequence", hidden_weight=1.0)
+    for bad, message in [({"alpha": 1.5}, "alpha must be between 0.0 and 1.0"), ({"mode": "soft"}, "mode")]:
+        with pytest.raises(UserError, match=message):
+            DistillConfig(**bad)
 
     tokenizer = load_tokenizer(str(tiny_llama_dir))
     items, _ = encode_examples([Example(r["messages"]) for r in copy_task_rows(4)], tokenizer, 64)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from ..training.config import comma_separated
+from ..options import check_fields, comma_separated
 
 MODEL_HELP = "'default' (embedded SmolLM2-135M), folder, .gguf or hub id"
 ADAPTER_HELP = "adapter folder (LoRA, ...) to apply on the model"
@@ -121,23 +121,31 @@ class DistillConfig:
             "choices": MODES,
         },
     )
-    temperature: float = field(default=2.0, metadata={"help": "logits: softmax temperature T"})
+    temperature: float = field(
+        default=2.0, metadata={"help": "logits: softmax temperature T", "bounds": (0.01, 100.0)}
+    )
     alpha: float = field(
-        default=0.5, metadata={"help": "logits: weight of the KL term (1 - alpha: the labels' cross-entropy)"}
+        default=0.5,
+        metadata={
+            "help": "logits: weight of the KL term (1 - alpha: the labels' cross-entropy)",
+            "bounds": (0.0, 1.0),
+        },
     )
     hidden_weight: float = field(
         default=0.0,
-        metadata={"help": "logits: weight of matching the teacher's hidden states (pruned students)"},
+        metadata={
+            "help": "logits: weight of matching the teacher's hidden states (pruned students)",
+            "bounds": (0.0, 1000.0),
+        },
     )
-    max_new_tokens: int = field(default=256, metadata={"help": "sequence: longest teacher answer"})
+    max_new_tokens: int = field(
+        default=256, metadata={"help": "sequence: longest teacher answer", "bounds": (1, 131_072)}
+    )
     generate_batch_size: int = field(
-        default=16, metadata={"help": "sequence: prompts the teacher answers at once"}
+        default=16, metadata={"help": "sequence: prompts the teacher answers at once", "bounds": (1, 4096)}
     )
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise UserError(f"--mode {self.mode}: choose one of {', '.join(MODES)}")
-        if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.hidden_weight < 0:
-            raise UserError("--temperature must be positive, --alpha in [0, 1] and --hidden-weight >= 0")
+        check_fields(self)
         if self.hidden_weight and self.mode != "logits":
             raise UserError("--hidden-weight: only with --mode logits (sequence mode trains on answers)")
