@@ -5,12 +5,6 @@ the input of `down_proj` (the MLP's activations). The vectors start at 1, so the
 The artefact is a PEFT adapter, the smallest of the additive methods.
 """
 
-from peft import IA3Config
-from peft.utils.constants import (
-    TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as PEFT_FEEDFORWARD,
-)
-from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as PEFT_TARGETS
-
 from ..errors import UserError
 from .base import Method, register, wrap_with_peft
 
@@ -24,6 +18,11 @@ def ia3_modules(model) -> tuple[list[str], list[str]]:
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     if all(name in names for name in KEYS_VALUES_FEEDFORWARD):
         return KEYS_VALUES_FEEDFORWARD, FEEDFORWARD
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as PEFT_FEEDFORWARD,
+    )
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
     model_type = model.config.model_type
     if model_type in PEFT_TARGETS and model_type in PEFT_FEEDFORWARD:
         return PEFT_TARGETS[model_type], PEFT_FEEDFORWARD[model_type]
@@ -38,6 +37,8 @@ class IA3(Method):
     servable = True
 
     def prepare(self, model, config):
+        from peft import IA3Config
+
         targets, feedforward = ia3_modules(model)
         peft_config = IA3Config(
             task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=feedforward

@@ -2,8 +2,6 @@
 
 from dataclasses import dataclass, field
 
-from peft import LoraConfig
-
 from ..options import comma_separated
 from .base import Method, register, wrap_with_peft
 
@@ -34,6 +32,8 @@ class LoRA(Method):
     options = LoRAOptions
 
     def prepare(self, model, config):
+        from peft import LoraConfig
+
         options = config.options
         lora_config = LoraConfig(
             r=options.lora_r,

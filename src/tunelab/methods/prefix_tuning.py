@@ -7,8 +7,6 @@ its logits) keeps its length. The artefact is a PEFT adapter.
 
 from dataclasses import dataclass, field
 
-from peft import PrefixTuningConfig
-
 from ..errors import UserError
 from .base import Method, register, wrap_with_peft
 
@@ -27,6 +25,8 @@ class PrefixTuning(Method):
     options = VirtualTokenOptions
 
     def prepare(self, model, config):
+        from peft import PrefixTuningConfig
+
         if config.gradient_checkpointing:
             # transformers 5 drops `past_key_values` in every checkpointed decoder layer while training
             # (GradientCheckpointingLayer), so the prefixes would vanish and the attention shapes clash.

@@ -7,8 +7,6 @@ text or vocabulary initialisation far better than random vectors), else from ran
 
 from dataclasses import dataclass, field
 
-from peft import PromptTuningConfig, PromptTuningInit
-
 from .base import Method, register, wrap_with_peft
 from .prefix_tuning import VirtualTokenOptions
 
@@ -29,6 +27,8 @@ class PromptTuning(Method):
     options = PromptTuningOptions
 
     def prepare(self, model, config):
+        from peft import PromptTuningConfig, PromptTuningInit
+
         options = config.options
         if options.prompt_init:
             init = {
