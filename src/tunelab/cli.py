@@ -157,17 +157,16 @@ def option_params(method_names: tuple[str, ...]) -> tuple:
     """Click parameters for the options of these registered methods, made by typer from a signature as
     for any command (a shared name, e.g. dropout, is one flag)."""
     from .methods import REGISTRY
+    from .methods.base import methods_with_option
 
-    users: dict[str, list[str]] = {}
-    flags: dict[str, inspect.Parameter] = {}
+    first: dict[str, tuple] = {}  # name -> (field, type) of the first method that declares it
     for method in map(REGISTRY.get, method_names):
         hints = typing.get_type_hints(method.options)
         for field in dataclasses.fields(method.options):
-            users.setdefault(field.name, []).append(method.name)
-            flags.setdefault(field.name, method_flag(field, hints[field.name]))
-    for name, flag in flags.items():
-        option = typing.get_args(flag.annotation)[1]
-        option.help = f"{', '.join(users[name])}: {option.help}"
+            first.setdefault(field.name, (field, hints[field.name]))
+    flags = {
+        name: method_flag(field, hint, methods_with_option(name)) for name, (field, hint) in first.items()
+    }
 
     def method_options(**values): ...
 
@@ -177,8 +176,9 @@ def option_params(method_names: tuple[str, ...]) -> tuple:
     return tuple(p for p in typer.main.get_command(scratch).params if p.name in flags)  # not --help
 
 
-def method_flag(field, hint) -> inspect.Parameter:
-    option = typer.Option(help=field.metadata["help"], rich_help_panel="Options of the methods")
+def method_flag(field, hint, users: list[str]) -> inspect.Parameter:
+    help_text = f"{', '.join(users)}: {field.metadata['help']}"
+    option = typer.Option(help=help_text, rich_help_panel="Options of the methods")
     annotation = Annotated[flag_type(hint, field.metadata.get("choices")) | None, option]
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 

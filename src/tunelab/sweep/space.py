@@ -12,7 +12,7 @@ so one space can search the method too (a conditional space, as Optuna allows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -20,7 +20,7 @@ import yaml
 from ..errors import UserError
 from ..methods import get_method
 from ..options import option_fields
-from ..training.config import TrainConfig, all_method_options
+from ..training.config import FLAT_FIELDS, TrainConfig, all_method_options
 
 KINDS = ("log_uniform", "uniform", "int", "categorical")
 # Set by the sweep itself (its data, its folders, fresh runs), never searched.
@@ -67,10 +67,7 @@ class Space:
 
 def applies(name: str, method: str) -> bool:
     """A method's own option applies to the trials of methods that take it; other keys to every trial."""
-    return name in TRAIN_FIELDS or name in option_fields(get_method(method).options)
-
-
-TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"options"}
+    return name in FLAT_FIELDS or name in option_fields(get_method(method).options)
 
 
 def load_space(path: str | Path, method: str = TrainConfig.method) -> Space:
@@ -84,7 +81,7 @@ def load_space(path: str | Path, method: str = TrainConfig.method) -> Space:
     if not isinstance(values, dict):
         raise SpaceError(f"{path}: a search space is a mapping of training options to distributions")
     lines = {key.value: key.start_mark.line + 1 for key, _ in root.value} if root else {}
-    known = (TRAIN_FIELDS | all_method_options()) - NOT_SEARCHED
+    known = (FLAT_FIELDS | all_method_options()) - NOT_SEARCHED
     params, fixed = [], {}
     for name, spec in values.items():
         where = f"{path}, line {lines.get(name, '?')}, {name}"

@@ -200,10 +200,13 @@ class TrainConfig:
         keys that are not fields here being the method's options."""
         from_file = load_yaml(yaml_path) if yaml_path else {}
         values = from_file | {k: v for k, v in overrides.items() if v is not None}
-        own = {f.name for f in fields(cls)} - {"options"}
-        options = {k: values.pop(k) for k in list(values) if k not in own}
+        options = {k: values.pop(k) for k in list(values) if k not in FLAT_FIELDS}
         options = without_others_defaults(values.get("method", cls.method), options, from_file)
         return cls(**values, options=options)
+
+
+# The keys of a flat config that are TrainConfig's own; the others are the method's options.
+FLAT_FIELDS = {f.name for f in fields(TrainConfig)} - {"options"}
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -214,7 +217,7 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: cannot read config: {err}") from err
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys to values")
-    known = ({f.name for f in fields(TrainConfig)} - {"options"}) | all_method_options()
+    known = FLAT_FIELDS | all_method_options()
     values = {key.replace("-", "_"): value for key, value in loaded.items()}
     unknown = sorted(set(values) - known)
     if unknown:
