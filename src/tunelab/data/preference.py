@@ -1,0 +1,268 @@
+"""Preference data: pairs of a preferred and a non-preferred answer to one prompt (DPO and its family), and
+unpaired answers rated good or bad (KTO).
+
+Three shapes are read, each keeping the file's line numbers for errors:
+- `openai-dpo`: OpenAI's DPO training file, `{"input": {"messages": [...], "tools": [...]},
+  "preferred_output": [{"role": "assistant", ...}], "non_preferred_output": [...]}`, one assistant message
+  per output;
+- `trl-pairs`: TRL's `prompt`/`chosen`/`rejected`, plain text (strings) or conversational (message lists;
+  then `chosen`/`rejected` hold the answer as one assistant message, and `prompt` may be left out when
+  both sides are whole conversations sharing their prefix);
+- `unpaired`: TRL's KTO shape, `prompt`/`completion`/`label` (true: a good answer, false: a bad one).
+
+All become `PreferencePair` or `UnpairedExample`, whose `prompt` is the conversation before the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DataError, Issue
+from .formats import _check_message, _content_problem, _type_name, read_records
+
+PAIR_FORMATS = ("openai-dpo", "trl-pairs")
+UNPAIRED_FORMATS = ("unpaired",)
+PREFERENCE_FORMATS = PAIR_FORMATS + UNPAIRED_FORMATS
+
+
+@dataclass
+class PreferencePair:
+    """`prompt`: the messages before the answer (for plain text, one user message holding it); `chosen`
+    and `rejected`: one assistant message each. `text`: a plain-text pair, encoded without a chat
+    template, as TRL does for its standard (non-conversational) format."""
+
+    prompt: list[dict]
+    chosen: dict
+    rejected: dict
+    tools: list | None = None
+    text: bool = False
+    line: int = 0
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class UnpairedExample:
+    """One answer to `prompt`, rated good (`desirable`) or bad, for KTO."""
+
+    prompt: list[dict]
+    completion: dict
+    desirable: bool
+    tools: list | None = None
+    text: bool = False
+    line: int = 0
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+def preference_format(keys) -> str | None:
+    """The preference shape a record's keys say, or None for a record of another kind."""
+    keys = set(keys)
+    if {"preferred_output", "non_preferred_output"} & keys or ("input" in keys and "messages" not in keys):
+        return "openai-dpo"
+    if {"chosen", "rejected"} & keys:
+        return "trl-pairs"
+    if {"completion", "label"} <= keys:
+        return "unpaired"
+    return None
+
+
+def check_preference_record(data: object, format: str, line: int) -> list[Issue]:
+    """Every problem in one record read as `format`; empty when `to_preference` will succeed."""
+    if not isinstance(data, dict):
+        return [Issue(line, "data_type", f"expected a JSON object, got {_type_name(data)}")]
+    if format == "openai-dpo":
+        return _check_openai_dpo(data, line)
+    if format == "trl-pairs":
+        return _check_trl_pair(data, line)
+    if format == "unpaired":
+        return _check_unpaired(data, line)
+    raise DataError(f"records cannot be read as {format!r}")
+
+
+def _check_messages(value: object, where: str, line: int, allow_empty: bool = False) -> list[Issue]:
+    if not isinstance(value, list):
+        return [Issue(line, "data_type", f"'{where}' must be a list of messages, got {_type_name(value)}", where)]
+    if not value and not allow_empty:
+        return [Issue(line, "missing_messages_list", f"'{where}' is an empty list", where)]
+    issues = []
+    for i, message in enumerate(value):
+        issues += _check_message(message, f"{where}[{i}]", line)
+    return issues
+
+
+def _check_output(data: dict, key: str, line: int) -> list[Issue]:
+    """An OpenAI DPO output: a list of exactly one assistant message."""
+    if key not in data:
+        return [Issue(line, "missing_output", f"no '{key}' (the {key.split('_')[0]} answer)", key)]
+    issues = _check_messages(data[key], key, line)
+    if issues:
+        return issues
+    if len(data[key]) != 1:
+        text = f"'{key}' holds {len(data[key])} messages; it must hold exactly one assistant message"
+        return [Issue(line, "wrong_output_count", text, key)]
+    if data[key][0]["role"] != "assistant":
+        text = f"'{key}[0]' is a {data[key][0]['role']} message; the output must be the assistant's"
+        return [Issue(line, "unrecognized_role", text, f"{key}[0].role")]
+    return []
+
+
+def _check_openai_dpo(data: dict, line: int) -> list[Issue]:
+    issues = []
+    given = data.get("input")
+    if not isinstance(given, dict):
+        text = "'input' must be an object with 'messages'" if "input" in data else "no 'input' object"
+        issues.append(Issue(line, "missing_input", text, "input"))
+    else:
+        issues += _check_messages(given.get("messages"), "input.messages", line)
+        if "tools" in given and not isinstance(given["tools"], list):
+            issues.append(Issue(line, "data_type", "'input.tools' must be a list", "input.tools"))
+    issues += _check_output(data, "preferred_output", line)
+    issues += _check_output(data, "non_preferred_output", line)
+    if not issues and data["preferred_output"][0]["content"] == data["non_preferred_output"][0]["content"]:
+        text = "'preferred_output' and 'non_preferred_output' are the same answer; the pair teaches nothing"
+        issues.append(Issue(line, "identical_outputs", text, "non_preferred_output"))
+    return issues
+
+
+def _check_trl_pair(data: dict, line: int) -> list[Issue]:
+    issues = []
+    for key in ("chosen", "rejected"):
+        if key not in data:
+            issues.append(Issue(line, "missing_output", f"no '{key}' answer", key))
+    if issues:
+        return issues
+    conversational = isinstance(data["chosen"], list)
+    for key in ("prompt", "chosen", "rejected"):
+        if key == "prompt" and key not in data and conversational:
+            continue  # both sides are whole conversations: the prompt is their shared prefix
+        value = data.get(key)
+        if conversational:
+            issues += _check_messages(value, key, line)
+        else:
+            problem = _content_problem(value)
+            if problem:
+                issues.append(Issue(line, "missing_content", f"'{key}' {problem}", key))
+    if issues:
+        return issues
+    pair = _trl_pair(data, line, "")
+    if isinstance(pair, Issue):
+        return [pair]
+    if pair.chosen["content"] == pair.rejected["content"]:
+        text = "'chosen' and 'rejected' are the same answer; the pair teaches nothing"
+        return [Issue(line, "identical_outputs", text, "rejected")]
+    return []
+
+
+def _check_unpaired(data: dict, line: int) -> list[Issue]:
+    issues = []
+    label = data.get("label")
+    if not isinstance(label, bool):
+        text = f"'label' must be true (a good answer) or false (a bad one), got {_type_name(label)}"
+        issues.append(Issue(line, "data_type", text, "label"))
+    for key in ("prompt", "completion"):
+        value = data.get(key)
+        if isinstance(value, list):
+            issues += _check_messages(value, key, line)
+        else:
+            problem = _content_problem(value)
+            if problem:
+                issues.append(Issue(line, "missing_content", f"'{key}' {problem}", key))
+    if not issues and isinstance(data["completion"], list):
+        if len(data["completion"]) != 1 or data["completion"][0]["role"] != "assistant":
+            text = "'completion' must hold exactly one assistant message"
+            issues.append(Issue(line, "wrong_output_count", text, "completion"))
+    return issues
+
+
+def _answer(value) -> dict:
+    return {"role": "assistant", "content": value} if isinstance(value, str) else dict(value)
+
+
+def _user(value) -> list[dict]:
+    return [{"role": "user", "content": value}] if isinstance(value, str) else [dict(m) for m in value]
+
+
+def _trl_pair(data: dict, line: int, source: str) -> PreferencePair | Issue:
+    chosen, rejected = data["chosen"], data["rejected"]
+    if isinstance(chosen, str):
+        return PreferencePair(_user(data["prompt"]), _answer(chosen), _answer(rejected), text=True)
+    prompt = [dict(m) for m in data.get("prompt", [])]
+    if "prompt" not in data:  # whole conversations: split off the shared prefix
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        prompt, chosen, rejected = [dict(m) for m in chosen[:shared]], chosen[shared:], rejected[shared:]
+    for key, side in (("chosen", chosen), ("rejected", rejected)):
+        if len(side) != 1 or side[0].get("role") != "assistant":
+            text = f"'{key}' must end the prompt with exactly one assistant message"
+            return Issue(line, "wrong_output_count", text, key)
+    if not prompt:
+        return Issue(line, "missing_content", "the pair has no prompt before its answers", "prompt")
+    return PreferencePair(prompt, dict(chosen[0]), dict(rejected[0]), tools=data.get("tools"))
+
+
+def to_preference(data: dict, format: str, line: int, source: str = "") -> PreferencePair | UnpairedExample:
+    """A record that passed `check_preference_record`, as a pair or an unpaired example."""
+    if format == "openai-dpo":
+        given = data["input"]
+        used = {"input", "preferred_output", "non_preferred_output"}
+        record = PreferencePair(
+            [dict(m) for m in given["messages"]], dict(data["preferred_output"][0]),
+            dict(data["non_preferred_output"][0]), tools=given.get("tools"),
+        )  # fmt: skip
+    elif format == "trl-pairs":
+        record, used = _trl_pair(data, line, source), {"prompt", "chosen", "rejected", "tools"}
+    else:
+        text = isinstance(data["completion"], str)
+        completion = _answer(data["completion"] if text else data["completion"][0])
+        record = UnpairedExample(_user(data["prompt"]), completion, data["label"], data.get("tools"), text)
+        used = {"prompt", "completion", "label", "tools"}
+    record.line, record.source = line, source
+    record.meta = {key: value for key, value in data.items() if key not in used}
+    return record
+
+
+def load_preferences(path: str | Path, unpaired: bool = False) -> list:
+    """The pairs (or, with `unpaired`, the rated answers) of a preference file; `DataError` at the first bad
+    record, and one that says which format was expected and which was found for a file of another kind."""
+    records = read_records(path)
+    expected = UNPAIRED_FORMATS if unpaired else PAIR_FORMATS
+    loaded = []
+    for record in records.records:
+        if record.error:
+            raise DataError.from_issue(record.error, str(path))
+        found = preference_format(record.data) if isinstance(record.data, dict) else None
+        if found not in expected:
+            raise DataError(
+                f"expected {_describe(expected)}, found {_describe_keys(record.data)}",
+                path=str(path), line=record.line, code="wrong_format",
+            )  # fmt: skip
+        issues = check_preference_record(record.data, found, record.line)
+        if issues:
+            raise DataError.from_issue(issues[0], str(path))
+        loaded.append(to_preference(record.data, found, record.line, str(path)))
+    if not loaded:
+        raise DataError("the file holds no examples", path=str(path), code="empty_file")
+    return loaded
+
+
+def _describe(formats: tuple[str, ...]) -> str:
+    if formats == UNPAIRED_FORMATS:
+        return "unpaired preference data (KTO: 'prompt', 'completion', 'label' true/false)"
+    return (
+        "preference pairs (OpenAI DPO: 'input', 'preferred_output', 'non_preferred_output'; or TRL: "
+        "'prompt', 'chosen', 'rejected')"
+    )
+
+
+def _describe_keys(data: object) -> str:
+    if not isinstance(data, dict):
+        return _type_name(data)
+    found = preference_format(data)
+    if found:
+        return _describe(UNPAIRED_FORMATS if found == "unpaired" else PAIR_FORMATS)
+    if "messages" in data:
+        return "a supervised chat example ('messages'), which trains with --objective sft"
+    return f"a record with the keys {sorted(data)}"
