@@ -22,6 +22,7 @@ PAIR_FORMATS = ("openai-dpo", "trl-pairs")  # preference pairs (DPO, IPO, ORPO, 
 UNPAIRED_FORMATS = ("unpaired",)  # answers rated good or bad (KTO)
 PREFERENCE_FORMATS = PAIR_FORMATS + UNPAIRED_FORMATS
 DATA_FORMATS = FORMATS + PREFERENCE_FORMATS  # what the validator, cleaner and report read
+KINDS = ("supervised", "pairs", "unpaired")  # what a file trains: see kind_of
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "weight", "name"}
 
