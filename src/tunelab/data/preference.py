@@ -35,7 +35,7 @@ from .formats import (
 
 __all__ = [
     "PAIR_FORMATS", "PREFERENCE_FORMATS", "UNPAIRED_FORMATS", "PreferencePair", "UnpairedExample",
-    "check_preference_record", "load_preferences", "preference_format", "to_preference",
+    "answers", "check_preference_record", "load_preferences", "preference_format", "to_preference",
 ]  # fmt: skip
 
 
@@ -67,6 +67,13 @@ class UnpairedExample:
     line: int = 0
     source: str = ""
     meta: dict = field(default_factory=dict)
+
+
+def answers(example: PreferencePair | UnpairedExample) -> list[dict]:
+    """The answers of a pair (preferred first) or the one of an unpaired example."""
+    if isinstance(example, PreferencePair):
+        return [example.chosen, example.rejected]
+    return [example.completion]
 
 
 def check_preference_record(data: object, format: str, line: int) -> list[Issue]:

@@ -37,7 +37,7 @@ from .formats import (
     to_example,
     wrong_kind,
 )
-from .preference import PreferencePair, check_preference_record, to_preference
+from .preference import answers, check_preference_record, to_preference
 
 # Each preference format's names for its answers, as the file spells them: issues and token counts use them.
 SIDES = {
@@ -175,14 +175,12 @@ def _check_preference(report: ValidationReport, record, first_seen: dict, tokeni
     example = to_preference(record.data, report.format, record.line, report.path)
     report.num_valid += 1
     sides = SIDES[report.format]
-    answers = (
-        [example.chosen, example.rejected] if isinstance(example, PreferencePair) else [example.completion]
-    )
-    key = [example.prompt, *answers] + ([] if isinstance(example, PreferencePair) else [example.desirable])
+    # An unpaired answer's rating is part of it: a good and a bad copy of one answer are not duplicates.
+    key = [example.prompt, *answers(example), getattr(example, "desirable", None)]
     _note_duplicate(report, first_seen, key, record.line, "same prompt and answers", sides[0])
     if tokenizer is None:
         return
-    counts = [sequence_tokens(tokenizer, example.prompt, answer, example.text) for answer in answers]
+    counts = [sequence_tokens(tokenizer, example.prompt, answer, example.text) for answer in answers(example)]
     for side, n_tokens in zip(sides, counts, strict=True):
         report.side_tokens.setdefault(side, []).append(n_tokens)
         if n_tokens > report.max_length:
