@@ -328,6 +328,10 @@ def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: st
             )
     if not problems:
         return
+    wrong = next((issue for issue in problems if issue.code == "wrong_format"), None)
+    if wrong is not None:  # the one problem of such a file: its lines were not judged
+        message = f"{param} {file_id} is not what this job trains on: {wrong.message}"
+        raise ApiError(400, message, param=param, code=f"invalid_{param}")
     if all(issue.line is None for issue in problems):  # empty_file or too_few_examples
         raise ApiError(
             400,
