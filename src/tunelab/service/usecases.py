@@ -264,6 +264,13 @@ def choice_seed(sampling: Sampling, index: int) -> Sampling:
     return Sampling(sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.stop, seed)
 
 
+def keep_chat_reply(service: Service, owner: str, model: str, message: str, text: str) -> str:
+    """The id of a kept `chat_reply`, a completion as `/v1/chat/completions` keeps one, for feedback."""
+    completion_id = new_id("chatcmpl-")
+    service.store.add_completion(completion_id, owner, model, [{"role": "user", "content": message}], text)
+    return completion_id
+
+
 async def chat_reply(service: Service, owner: str, request: GenerationRequest, message: str) -> Generation:
     """One user message answered as `/v1/chat/completions` would, the generation off the event loop."""
     target, tokenizer = await load_target(service, owner, request.model)
