@@ -218,3 +218,39 @@ def test_reward_metrics_go_into_events_checkpoints_and_results(app_client, tmp_p
     header, row = results_csv(run).splitlines()
     assert header.split(",")[:4] == ["step", "train_loss", "valid_loss", "rewards/chosen"]
     assert header.endswith("val_rewards/accuracies") and row.endswith(",0.5")
+
+
+def test_a_dpo_method_splits_into_hyperparameters_objective_and_ignored_keys():
+    from tunelab.service.jobs import MethodSpec, training_method
+    from tunelab.service.shapes import method_object
+
+    hyper = {"beta": 0.2, "n_epochs": 2, "new_knob": 1}
+    spec = MethodSpec.model_validate({"type": "dpo", "dpo": {"hyperparameters": hyper, "other": {}}})
+    extension = {"objective": "ipo", "lora_r": 8}
+    method = training_method(spec, None, extension)
+    assert method.hyperparameters == {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    assert method.objective == {"objective": "ipo", "beta": 0.2} and extension == {"lora_r": 8}
+    assert method.ignored == ["method.dpo.other", "method.dpo.hyperparameters.new_knob"]
+    job = JobRow(
+        id="ftjob-1",
+        owner="o",
+        model="tiny",
+        model_root="tiny",
+        training_file="file-1",
+        validation_file=None,
+        hyperparameters=method.hyperparameters,
+        options={"method": "lora", "objective": "ipo"},
+        base_spec="tiny",
+        init_adapter=None,
+        suffix=None,
+        seed=1,
+        metadata=None,
+        status="queued",
+        created_at=0,
+    )
+    assert method_object(job) == {
+        "type": "dpo",
+        "dpo": {"hyperparameters": method.hyperparameters | {"beta": "auto"}},
+    }
+    supervised = training_method(MethodSpec.model_validate({"type": "supervised"}), None, {})
+    assert supervised.objective == {} and supervised.hyperparameters["n_epochs"] == "auto"
