@@ -156,6 +156,14 @@ def check_supported(request: GenerationRequest) -> None:
         )
 
 
+class FeedbackCreate(StrictModel):
+    """`POST /v1/feedback`'s body, and the dashboard playground's feedback form."""
+
+    completion_id: str = Field(description="the `id` of a chat.completion or text_completion")
+    rating: int = Field(ge=-1, le=1, description="1 good, -1 bad, 0 neither")
+    correction: str | None = Field(None, description="the answer the model should have given")
+
+
 class FileObject(BaseModel):
     id: str
     object: Literal["file"] = "file"

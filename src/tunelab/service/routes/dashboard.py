@@ -27,9 +27,8 @@ from pydantic import ValidationError
 from ..deps import COOKIE, Service, ServiceDep, authenticate, owner_for
 from ..errors import ApiError
 from ..security import check_same_origin
-from ..shapes import GenerationRequest, checkpoint_object, job_object
+from ..shapes import FeedbackCreate, GenerationRequest, checkpoint_object, job_object
 from ..usecases import add_feedback, chat_reply, keep_chat_reply, visible_models
-from .feedback import FeedbackCreate
 
 LOGIN = "/login"  # the one route whose body a request without credentials may send
 JOBS_SHOWN = 50
