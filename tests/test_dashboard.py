@@ -96,6 +96,7 @@ def test_pages_without_a_key_answer_401_with_the_login_form(client):
         ("get", f"/jobs/{JOB}"),
         ("get", "/playground"),
         ("post", "/playground"),
+        ("post", "/playground/feedback"),
         ("post", "/logout"),
         ("post", "/login"),
     ]:
@@ -260,3 +261,43 @@ def test_in_a_browser(server):
         page.click("header >> text=Log out")
         expect(page.locator("input[name=api_key]")).to_be_visible()
         browser.close()
+
+
+def test_a_dpo_job_page_shows_its_method_and_reward_accuracy_curves(client):
+    store = client.app.state.service.store
+    add_job(store, "ftjob-dpo000000000000000001", "running")
+    for step, accuracy in ((1, 0.5), (2, 0.75)):
+        data = {"step": step, "train_loss": 0.69, "rewards/accuracies": accuracy, "rewards/margins": 0.1}
+        store.add_event("ftjob-dpo000000000000000001", "train", type="metrics", data=data, step=step)
+    data = {"step": 2, "valid_loss": 0.6, "val_rewards/accuracies": 1.0}
+    store.add_event("ftjob-dpo000000000000000001", "eval", type="metrics", data=data, step=2)
+    login(client, "k1")
+    page = client.get("/jobs/ftjob-dpo000000000000000001").text
+    assert "Reward accuracy" in page and ">reward accuracy<" in page
+    assert 'class="rewards_accuracies"' in page and 'class="val_rewards_accuracies"' in page
+    assert "valid reward accuracy" in page
+    assert "Reward accuracy" not in client.get(f"/jobs/{JOB}").text  # a supervised job has none
+
+
+def test_playground_thumbs_and_a_better_answer_become_feedback(client):
+    login(client, "k1")
+    reply = client.post("/playground", data={"model": "tiny", "message": "say alice", "max_tokens": "4"}).text
+    assert 'action="/playground/feedback"' in reply and 'name="correction"' in reply
+    completion_id = re.search(r'name="completion_id" value="([^"]+)"', reply).group(1)
+    store = client.app.state.service.store
+    assert store.get_completion(completion_id, owner_of("k1")).prompt == [
+        {"role": "user", "content": "say alice"}
+    ]
+
+    thumbs = client.post("/playground/feedback", data={"completion_id": completion_id, "rating": "1"})
+    assert thumbs.status_code == 200 and "your rating is kept" in thumbs.text
+    better = {"completion_id": completion_id, "rating": "-1", "correction": "alice"}
+    assert "better answer is kept" in client.post("/playground/feedback", data=better).text
+    kept = [(f.rating, f.correction, f.response) for f in store.feedback_with_completions()]
+    assert [(rating, correction) for rating, correction, _ in kept] == [(1, None), (-1, "alice")]
+    assert kept[0][2] in reply  # the answer rated is the one shown
+
+    unknown = client.post("/playground/feedback", data={"completion_id": "chatcmpl-nope", "rating": "1"})
+    assert unknown.status_code == 400 and 'role="alert"' in unknown.text
+    bad = client.post("/playground/feedback", data={"completion_id": completion_id, "rating": "5"})
+    assert bad.status_code == 400 and "rating" in bad.text

@@ -209,3 +209,60 @@ def test_cli_clean_writes_file_log_and_report(tmp_path, monkeypatch):
     assert "<h1>tunelab data clean</h1>" in report.read_text()
     same = CliRunner().invoke(app, ["data", "clean", str(data), "--out", str(data), "--model", "none"])
     assert same.exit_code == 1 and "never modified" in " ".join(same.output.split())
+
+
+def dpo_row(prompt: str, preferred: str, non_preferred: str) -> dict:
+    return {
+        "input": {"messages": [{"role": "user", "content": prompt}]},
+        "preferred_output": [{"role": "assistant", "content": preferred}],
+        "non_preferred_output": [{"role": "assistant", "content": non_preferred}],
+    }
+
+
+def test_preference_pairs_are_cleaned_on_both_sides_and_the_prompt_alike(tmp_path):
+    rows = [
+        dpo_row("Mail ann@example.com  \nplease", "Sent to ann@example.com.", "No.\x00"),
+        dpo_row("Say hi", "Hi there!", "Hi there!   "),  # the same answer once spacing is repaired
+        dpo_row("Mail ann@example.com please", "Sent to ann@example.com.", "No."),  # line 1 once repaired
+        dpo_row("Say bye", "Bye, see you.", "Go away."),
+        {"prompt": "x", "chosen": "y", "rejected": "z"},  # another format: not a pair of this file
+    ]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    result = clean_file(data, tmp_path / "clean.jsonl", CleanConfig(lengths=False, near=False))
+    assert result.format == "openai-dpo"
+    kept = [json.loads(x) for x in (tmp_path / "clean.jsonl").read_text().splitlines()]
+    assert kept == [
+        dpo_row("Mail <EMAIL_1>\nplease", "Sent to <EMAIL_1>.", "No."),
+        dpo_row("Say bye", "Bye, see you.", "Go away."),
+    ]
+    assert dict(result.dropped) == {"identical_sides": 1, "duplicate": 1, "invalid": 1}
+    assert result.pii["EMAIL"] == 4 and result.changed["repair"] == 3
+    log = [json.loads(x) for x in (tmp_path / "clean.changes.jsonl").read_text().splitlines()]
+    assert {(e["line"], e["step"], e.get("field")) for e in log} >= {
+        (1, "repair", "input.messages[0].content"),
+        (1, "repair", "non_preferred_output[0].content"),
+        (1, "pii", "preferred_output[0].content"),
+        (2, "repair", None),
+    }
+
+
+def test_trl_text_pairs_and_kto_answers_keep_their_format_and_their_lengths_count_the_longer_side(
+    tmp_path, tiny_tokenizer
+):
+    pairs = write_jsonl(tmp_path / "trl.jsonl", [
+        {"prompt": "Call +1 650-253-0000 ", "chosen": "ok", "rejected": "no " * 30},
+        {"prompt": "Call +1 650-253-0000", "chosen": "ok", "rejected": "no"},
+    ])  # fmt: skip
+    result = clean_file(
+        pairs, tmp_path / "trl.out.jsonl", CleanConfig(max_tokens=20), tokenizer=tiny_tokenizer
+    )
+    assert dict(result.dropped) == {"too_long": 1}
+    [kept] = [json.loads(x) for x in (tmp_path / "trl.out.jsonl").read_text().splitlines()]
+    assert kept == {"prompt": "Call <PHONE_1>", "chosen": "ok", "rejected": "no"}
+    # A good and a bad copy of one answer are both kept: they are not duplicates.
+    kto = [{"prompt": [{"role": "user", "content": "2+2?"}], "completion": "4", "label": label}
+           for label in (True, False, True)]  # fmt: skip
+    result = clean_file(
+        write_jsonl(tmp_path / "kto.jsonl", kto), tmp_path / "kto.out.jsonl", CleanConfig(lengths=False)
+    )
+    assert result.format == "unpaired" and result.kept == 2 and dict(result.dropped) == {"duplicate": 1}

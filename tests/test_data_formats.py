@@ -100,7 +100,8 @@ def test_format_argument_overrides_detection(tmp_path):
     path = write_lines(
         tmp_path / "both.jsonl", [{"prompt": "p", "completion": "c", "text": "t", "label": "l"}]
     )
-    assert load_examples(path)[0].messages[0]["content"] == "p"
+    assert detect_format(path) == "unpaired"  # TRL's KTO shape: prompt, completion, label
+    assert load_examples(path, format="prompt-completion")[0].messages[0]["content"] == "p"
     assert load_examples(path, format="classification")[0].messages[0]["content"] == "t"
     with pytest.raises(DataError, match="unknown format 'sharegpt'"):
         load_examples(path, format="sharegpt")

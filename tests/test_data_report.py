@@ -126,3 +126,41 @@ def test_report_opens_in_a_browser(tiny_llama_dir, tmp_path):
         widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
         assert widths and all(w > 0 for w in widths)
         browser.close()
+
+
+def test_a_preference_report_has_lengths_per_answer_duplicates_pii_and_leakage_on_prompts(
+    tmp_path, tiny_tokenizer
+):
+    prompts = sentences(6, seed=3, length=8)
+
+    def pair(prompt: str, chosen: str, rejected: str) -> dict:
+        answer = {"role": "assistant"}
+        return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{**answer, "content": chosen}],
+                "rejected": [{**answer, "content": rejected}]}  # fmt: skip
+
+    train = [pair(p, "yes", "no " * 100) for p in prompts[:4]] + [pair(prompts[0], "yes", "no " * 100)]
+    train.append(pair("write to ann@example.com", "ok", "no"))
+    # A val pair with a train prompt and other answers leaks all the same: leakage is on prompts.
+    val = [pair(prompts[1], "other", "answers"), pair(prompts[5], "yes", "no")]
+    write_jsonl(tmp_path / "train.jsonl", train)
+    write_jsonl(tmp_path / "val.jsonl", val)
+    train_file, val_file = str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl")
+    report = data_report(train_file, val=val_file, tokenizer=tiny_tokenizer, max_length=100)
+    stats = report["splits"]["train"]
+    assert stats["format"] == "trl-pairs" and stats["examples"] == 6
+    assert stats["duplicates"] == 1 and stats["pii"] == {"EMAIL": 1}
+    assert stats["role_sequences"] == {"user>assistant": 6}
+    sides = stats["tokens"]["sides"]
+    assert sides["rejected"]["max"] > 100 >= sides["chosen"]["max"]
+    assert sides["rejected"]["truncated_share"] == 5 / 6 and sides["chosen"]["truncated_share"] == 0
+    assert stats["tokens"]["max"] == sides["rejected"]["max"]
+    leak = report["leakage"]["val"]
+    assert (leak["exact"], leak["compared"], leak["lines"]) == (1, 2, [1])
+    page = write_report(report, tmp_path / "report.html").read_text()
+    assert "prompt + answer" in page and "duplicate records" in page
+
+
+def test_a_kto_report_counts_good_and_bad_answers(tmp_path):
+    rows = [{"prompt": "2+2?", "completion": answer, "label": answer == "4"} for answer in ("4", "5", "22")]
+    report = data_report(str(write_jsonl(tmp_path / "kto.jsonl", rows)))
+    assert report["splits"]["train"]["labels"] == {"bad": 2, "good": 1}

@@ -215,3 +215,79 @@ def test_a_lone_surrogate_or_runaway_nesting_is_a_line_error_not_a_crash(tmp_pat
     array = tmp_path / "t.json"
     array.write_text("[" + ", ".join([*good, surrogate]) + "]")
     assert [i.code for i in validate_file(array).issues] == ["invalid_unicode"]
+
+
+def dpo(user: str, preferred: str, non_preferred: str) -> dict:
+    return {
+        "input": {"messages": [{"role": "user", "content": user}]},
+        "preferred_output": [{"role": "assistant", "content": preferred}],
+        "non_preferred_output": [{"role": "assistant", "content": non_preferred}],
+    }
+
+
+def test_a_preference_file_lists_every_issue_with_its_line_and_counts_tokens_per_side(
+    tmp_path, word_tokenizer
+):
+    rows = [
+        dpo("a b", "c", "d e f"),  # 3+2 + 3+1 = 9 tokens with chosen, 3+2 + 3+3 = 11 with rejected
+        dpo("a b", "c", "c"),
+        {
+            "input": {"messages": [{"role": "user", "content": "a"}]},
+            "preferred_output": [{"role": "assistant", "content": "b"}],
+        },
+        "{not json",
+        dpo("a b", "c", "d e f"),
+    ]
+    path = write_jsonl(tmp_path / "dpo.jsonl", rows)
+    report = validate_file(path, word_tokenizer, max_length=10, min_examples=1)
+    assert report.format == "openai-dpo" and report.kind == "pairs"
+    found = [(i.line, i.code, i.field) for i in report.issues]
+    assert found == [
+        (1, "too_long", "non_preferred_output"),
+        (2, "identical_outputs", "non_preferred_output"),
+        (3, "missing_output", "non_preferred_output"),
+        (4, "invalid_json", None),
+        (5, "duplicate_example", "preferred_output"),
+        (5, "too_long", "non_preferred_output"),
+    ]
+    assert report.side_tokens == {"preferred_output": [9, 9], "non_preferred_output": [11, 11]}
+    assert report.token_counts == [11, 11] and report.num_valid == 2
+    assert "prompt + non_preferred_output: mean 11.0, max 11" in format_report(report)
+
+
+def test_trl_text_pairs_count_tokens_without_the_chat_template(tmp_path, word_tokenizer):
+    path = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "a b ", "chosen": "c", "rejected": "d e"}])
+    report = validate_file(path, word_tokenizer, min_examples=1)
+    assert report.ok and report.side_tokens == {"chosen": [3], "rejected": [4]}
+
+
+@pytest.mark.parametrize(
+    "row, expect, words",
+    [
+        (chat("a", "b"), "pairs", "expected preference pairs .* found supervised examples \\(chat\\)"),
+        (
+            dpo("a", "b", "c"),
+            "supervised",
+            "expected supervised examples .* found preference pairs \\(OpenAI DPO",
+        ),
+        (dpo("a", "b", "c"), "unpaired", "expected unpaired .* found preference pairs"),
+    ],
+)
+def test_expect_reports_the_format_found_when_the_kind_is_wrong(tmp_path, row, expect, words):
+    path = write_jsonl(tmp_path / "d.jsonl", ["", row, row])
+    report = validate_file(path, expect=expect, min_examples=1)
+    [issue] = report.issues
+    assert (issue.line, issue.code) == (2, "wrong_format") and re.search(words, issue.message)
+    assert report.kind != expect and report.num_examples == 2
+
+
+def test_expect_the_right_kind_and_forcing_a_preference_format(tmp_path):
+    path = write_jsonl(tmp_path / "kto.jsonl", [{"prompt": "a", "completion": "b", "label": 1}])
+    report = validate_file(path, expect="unpaired", min_examples=0)
+    assert report.format == "unpaired"
+    assert [(i.line, i.code, i.field) for i in report.issues] == [(1, "data_type", "label")]
+    forced = validate_file(path, format="trl-pairs", min_examples=0)
+    assert [(i.code, i.field) for i in forced.issues] == [
+        ("missing_output", "chosen"),
+        ("missing_output", "rejected"),
+    ]

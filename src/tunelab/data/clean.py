@@ -5,6 +5,10 @@ Only the fields an example is trained on are touched (message contents, prompt/c
 input/output, question/answer, text); metadata such as a source URL is copied unchanged. Steps run in
 this order: repair, PII (so copies that differ only in an e-mail address become exact copies), lengths,
 duplicates. The input file is never written to.
+
+Preference files (OpenAI DPO, TRL pairs, KTO unpaired) are cleaned the same way on the prompt and both
+answers; a pair whose answers became the same (they differed only in spacing or personal data) is
+dropped as `identical_sides`, and duplicates are judged on prompt and answers together.
 """
 
 from __future__ import annotations
@@ -22,9 +26,18 @@ import ftfy
 from . import dedup, pii
 from .config import CleanConfig
 from .errors import DataError
-from .formats import check_format, check_record, guess_format, read_records, to_example
+from .formats import (
+    DATA_FORMATS,
+    PREFERENCE_FORMATS,
+    check_format,
+    check_record,
+    guess_format,
+    read_records,
+    to_example,
+)
+from .preference import PreferencePair, answers, check_preference_record, to_preference
 from .tokenize import chat_messages
-from .validate import count_tokens
+from .validate import count_tokens, sequence_tokens
 
 TEXT_FIELDS = {
     "prompt-completion": ("prompt", "completion"),
@@ -65,15 +78,68 @@ def repair_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+# Where a preference format keeps its prompt and answers: (name, path of keys) per field.
+PREFERENCE_FIELDS = {
+    "openai-dpo": (("input.messages", ("input", "messages")), ("preferred_output", ("preferred_output",)),
+                   ("non_preferred_output", ("non_preferred_output",))),
+    "trl-pairs": (("prompt", ("prompt",)), ("chosen", ("chosen",)), ("rejected", ("rejected",))),
+    "unpaired": (("prompt", ("prompt",)), ("completion", ("completion",))),
+}  # fmt: skip
+
+
 def text_fields(data: dict, format: str) -> list[tuple[str, object, str | int]]:
     """(name, container, key) of every trained-on string: `container[key]` reads and writes it."""
     if format == "chat":
-        return [
-            (f"messages[{i}].content", message, "content")
-            for i, message in enumerate(data["messages"])
-            if isinstance(message.get("content"), str)
-        ]
+        return _message_fields("messages", data["messages"])
+    if format in PREFERENCE_FORMATS:
+        found = []
+        for name, keys in PREFERENCE_FIELDS[format]:
+            container = data
+            for key in keys[:-1]:
+                container = container[key]
+            value = container.get(keys[-1])
+            if isinstance(value, str):  # a TRL plain-text side
+                found.append((name, container, keys[-1]))
+            elif isinstance(value, list):
+                found += _message_fields(name, value)
+        return found
     return [(name, data, name) for name in TEXT_FIELDS[format] if isinstance(data.get(name), str)]
+
+
+def _message_fields(name: str, messages: list) -> list[tuple[str, object, str]]:
+    return [
+        (f"{name}[{i}].content", message, "content")
+        for i, message in enumerate(messages)
+        if isinstance(message.get("content"), str)
+    ]
+
+
+def check(data: object, format: str, line: int) -> list:
+    """Every problem in a record of any format the cleaner reads."""
+    if format in PREFERENCE_FORMATS:
+        return check_preference_record(data, format, line)
+    return check_record(data, format, line)
+
+
+def longest_tokens(tokenizer, data: dict, format: str, line: int) -> int:
+    """Tokens of what the model reads for a clean record, template included: for a preference record,
+    the prompt with its longer answer."""
+    if format not in PREFERENCE_FORMATS:
+        return count_tokens(tokenizer, chat_messages(to_example(data, format, line)))
+    example = to_preference(data, format, line)
+    return max(
+        sequence_tokens(tokenizer, example.prompt, answer, example.text) for answer in answers(example)
+    )
+
+
+def record_text(data: dict, format: str, line: int) -> str:
+    """A clean record's trained-on text, prompt first, for duplicates and word counts; an unpaired
+    answer's rating is part of it, so a good and a bad copy of one answer are not duplicates."""
+    if format not in PREFERENCE_FORMATS:
+        return "\n".join(m["content"] for m in to_example(data, format, line).messages)
+    example = to_preference(data, format, line)
+    rating = [] if isinstance(example, PreferencePair) else ["(good)" if example.desirable else "(bad)"]
+    return "\n".join([m["content"] for m in [*example.prompt, *answers(example)]] + rating)
 
 
 class Log:
@@ -114,7 +180,7 @@ def clean_file(
     if records.kind == "json" and records.records and records.records[0].error:
         raise DataError.from_issue(records.records[0].error, str(path))  # the whole array is unreadable
     format = config.format or guess_format(records)
-    check_format(format)
+    check_format(format, DATA_FORMATS)
     if format == "text":
         raise DataError("plain-text corpora are not cleaned; use a JSONL, JSON or CSV file", path=str(path))
     changes = out.with_suffix(".changes.jsonl")
@@ -141,7 +207,7 @@ def clean_file(
 def _clean_record(record, format: str, config: CleanConfig, tokenizer, log: Log) -> bool:
     """Repair, mask and measure one record in place; False when it is dropped."""
     line = record.line
-    issues = [record.error] if record.error else check_record(record.data, format, line)
+    issues = [record.error] if record.error else check(record.data, format, line)
     if issues:
         log.drop(
             line, "invalid", issues[0].message, kind="empty" if issues[0].code == "missing_content" else None
@@ -155,20 +221,20 @@ def _clean_record(record, format: str, config: CleanConfig, tokenizer, log: Log)
             if after != before:
                 container[key] = after
                 log.change(line, "repair", name, before, after)
-        issues = check_record(record.data, format, line)
-        if issues:  # a field that held only spaces or control characters
-            log.drop(line, "repair", issues[0].message, kind="empty")
+        if not _still_valid(record, format, "repair", log):  # a field that held only spaces, say
             return False
     if config.pii != "off" and not _pii(record, fields, config.pii, log):
         return False
+    if config.pii == "mask" and format in PREFERENCE_FORMATS and not _still_valid(record, format, "pii", log):
+        return False
     if config.lengths:
-        example = to_example(record.data, format, line)
-        content = "\n".join(m["content"] for m in example.messages)
+        content = record_text(record.data, format, line)
         # The minimum counts the contents alone: the template adds the same overhead to every example
-        # and would hide a one-word answer; the maximum counts what the model reads, template included.
+        # and would hide a one-word answer; the maximum counts what the model reads, template included
+        # (for a pair, the prompt with its longer answer).
         if tokenizer is not None:
             short = len(tokenizer(content, add_special_tokens=False)["input_ids"])
-            long = count_tokens(tokenizer, chat_messages(example))
+            long = longest_tokens(tokenizer, record.data, format, line)
         else:
             short = long = len(content.split())
         if short < config.min_tokens:
@@ -180,6 +246,17 @@ def _clean_record(record, format: str, config: CleanConfig, tokenizer, log: Log)
             log.drop(line, "length", f"{long} tokens > --max-tokens {config.max_tokens}", "too_long")
             return False
     return True
+
+
+def _still_valid(record, format: str, step: str, log: Log) -> bool:
+    """False (and the record dropped) when a step left a record unusable: a field emptied, or a pair's
+    answers made the same."""
+    issues = check(record.data, format, record.line)
+    if not issues:
+        return True
+    kind = "identical_sides" if issues[0].code == "identical_outputs" else "empty"
+    log.drop(record.line, step, issues[0].message, kind=kind)
+    return False
 
 
 def _pii(record, fields, mode: str, log: Log) -> bool:
@@ -223,7 +300,7 @@ def _pii(record, fields, mode: str, log: Log) -> bool:
 
 
 def _deduplicate(kept: list, format: str, config: CleanConfig, log: Log) -> list:
-    texts = ["\n".join(m["content"] for m in to_example(r.data, format, r.line).messages) for r in kept]
+    texts = [record_text(r.data, format, r.line) for r in kept]
     matches = dedup.duplicates(texts, config.near_threshold, near=config.near)
     for match in matches:
         copy, original = kept[match.index], kept[match.of]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import DataError
-from .formats import FORMATS
+from .formats import DATA_FORMATS
 
 PII_MODES = ("mask", "drop", "report", "off")
 FORMAT_HELP = "the file's format (default: guessed)"
@@ -19,7 +19,7 @@ class ValidateConfig:
     max_length: int = field(
         default=2048, metadata={"help": "longest example, in tokens with the chat template"}
     )
-    format: str | None = field(default=None, metadata={"help": FORMAT_HELP, "choices": FORMATS})
+    format: str | None = field(default=None, metadata={"help": FORMAT_HELP, "choices": DATA_FORMATS})
     min_examples: int = field(default=10, metadata={"help": "fewer valid examples than this is a problem"})
 
 
@@ -44,7 +44,7 @@ class CleanConfig:
     pii: str = field(default="mask", metadata={"help": "personal data", "choices": PII_MODES})
     min_tokens: int = field(default=2, metadata={"help": "fewest content tokens an example may have"})
     max_tokens: int = field(default=2048, metadata={"help": "most tokens with the chat template"})
-    format: str | None = field(default=None, metadata={"help": FORMAT_HELP, "choices": FORMATS})
+    format: str | None = field(default=None, metadata={"help": FORMAT_HELP, "choices": DATA_FORMATS})
 
     def __post_init__(self):
         if self.pii not in PII_MODES:

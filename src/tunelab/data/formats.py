@@ -17,7 +17,12 @@ from pathlib import Path
 from .errors import DataError, Issue
 from .examples import Example
 
-FORMATS = ("chat", "prompt-completion", "alpaca", "question-answer", "classification", "text")
+FORMATS = ("chat", "prompt-completion", "alpaca", "question-answer", "classification", "text")  # supervised
+PAIR_FORMATS = ("openai-dpo", "trl-pairs")  # preference pairs (DPO, IPO, ORPO, SimPO): data/preference.py
+UNPAIRED_FORMATS = ("unpaired",)  # answers rated good or bad (KTO)
+PREFERENCE_FORMATS = PAIR_FORMATS + UNPAIRED_FORMATS
+DATA_FORMATS = FORMATS + PREFERENCE_FORMATS  # what the validator, cleaner and report read
+KINDS = ("supervised", "pairs", "unpaired")  # what a file trains: see kind_of
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "weight", "name"}
 
@@ -186,8 +191,23 @@ def guess_format(records: RecordFile) -> str:
     return "chat"
 
 
+def preference_format(keys) -> str | None:
+    """The preference shape a record's keys say, or None for a record of another kind."""
+    keys = set(keys)
+    if {"preferred_output", "non_preferred_output"} & keys:
+        return "openai-dpo"
+    if {"chosen", "rejected"} & keys:
+        return "trl-pairs"
+    if {"completion", "label"} <= keys:
+        return "unpaired"
+    return None
+
+
 def _format_from_keys(keys, records: RecordFile, line: int) -> str:
     keys = set(keys)
+    found = preference_format(keys)
+    if found:
+        return found
     if "messages" in keys:
         return "chat"
     if {"prompt", "completion"} <= keys:
@@ -200,15 +220,50 @@ def _format_from_keys(keys, records: RecordFile, line: int) -> str:
         return "classification"
     raise DataError(
         f"cannot tell the format from the keys {sorted(keys)}; expected 'messages', 'prompt'+'completion', "
-        f"'instruction'+'output' or 'text'+'label' (or pass format= one of {', '.join(FORMATS)})",
+        f"'instruction'+'output', 'text'+'label', or preference data: 'preferred_output'+"
+        f"'non_preferred_output', 'chosen'+'rejected', 'completion'+'label' (or pass format= one of "
+        f"{', '.join(DATA_FORMATS)})",
         path=str(records.path),
         line=line,
     )
 
 
-def check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise DataError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+def check_format(format: str, known: tuple[str, ...] = FORMATS) -> None:
+    if format not in known:
+        raise DataError(f"unknown format {format!r}; expected one of {', '.join(known)}")
+
+
+def kind_of(format: str) -> str:
+    """`supervised`, `pairs` or `unpaired`: what a format trains, for errors that name both sides."""
+    if format in PAIR_FORMATS:
+        return "pairs"
+    return "unpaired" if format in UNPAIRED_FORMATS else "supervised"
+
+
+EXPECTED = {
+    "supervised": "supervised examples (chat 'messages', 'prompt'+'completion', ...)",
+    "pairs": "preference pairs (OpenAI DPO 'input'/'preferred_output'/'non_preferred_output' or TRL "
+    "'prompt'/'chosen'/'rejected')",
+    "unpaired": "unpaired preference data (KTO 'prompt'/'completion'/'label' true or false)",
+}
+FOUND = {
+    "openai-dpo": "preference pairs (OpenAI DPO: 'input', 'preferred_output', 'non_preferred_output')",
+    "trl-pairs": "preference pairs (TRL: 'prompt', 'chosen', 'rejected')",
+    "unpaired": "unpaired preference data (KTO: 'prompt', 'completion', 'label')",
+}
+TRAINS_WITH = {
+    "supervised": "--objective sft",
+    "pairs": "--objective dpo (or ipo, orpo, simpo; unpaired: kto)",
+    "unpaired": "--objective kto",
+}
+
+
+def wrong_kind(expected: str, found_format: str) -> str:
+    """The message for a file of one kind given where another kind is due, naming both."""
+    found = FOUND.get(found_format, f"supervised examples ({found_format})")
+    return (
+        f"expected {EXPECTED[expected]}, found {found}, which train with {TRAINS_WITH[kind_of(found_format)]}"
+    )
 
 
 def check_record(data: object, format: str, line: int) -> list[Issue]:
@@ -366,6 +421,8 @@ def load_examples(path: str | Path, format: str | None = None, for_training: boo
     """
     records = read_records(path)
     format = format or guess_format(records)
+    if format in PREFERENCE_FORMATS:
+        raise DataError(wrong_kind("supervised", format), path=str(path), code="wrong_format")
     check_format(format)
     if format == "text":
         raise DataError(

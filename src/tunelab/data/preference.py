@@ -19,11 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError, Issue
-from .formats import _check_message, _content_problem, _type_name, read_records
+from .formats import (
+    PAIR_FORMATS,
+    PREFERENCE_FORMATS,
+    UNPAIRED_FORMATS,
+    _check_message,
+    _content_problem,
+    _type_name,
+    guess_format,
+    kind_of,
+    preference_format,
+    read_records,
+    wrong_kind,
+)
 
-PAIR_FORMATS = ("openai-dpo", "trl-pairs")
-UNPAIRED_FORMATS = ("unpaired",)
-PREFERENCE_FORMATS = PAIR_FORMATS + UNPAIRED_FORMATS
+__all__ = [
+    "PAIR_FORMATS", "PREFERENCE_FORMATS", "UNPAIRED_FORMATS", "PreferencePair", "UnpairedExample",
+    "answers", "check_preference_record", "load_preferences", "preference_format", "to_preference",
+]  # fmt: skip
 
 
 @dataclass
@@ -56,16 +69,11 @@ class UnpairedExample:
     meta: dict = field(default_factory=dict)
 
 
-def preference_format(keys) -> str | None:
-    """The preference shape a record's keys say, or None for a record of another kind."""
-    keys = set(keys)
-    if {"preferred_output", "non_preferred_output"} & keys or ("input" in keys and "messages" not in keys):
-        return "openai-dpo"
-    if {"chosen", "rejected"} & keys:
-        return "trl-pairs"
-    if {"completion", "label"} <= keys:
-        return "unpaired"
-    return None
+def answers(example: PreferencePair | UnpairedExample) -> list[dict]:
+    """The answers of a pair (preferred first) or the one of an unpaired example."""
+    if isinstance(example, PreferencePair):
+        return [example.chosen, example.rejected]
+    return [example.completion]
 
 
 def check_preference_record(data: object, format: str, line: int) -> list[Issue]:
@@ -83,7 +91,9 @@ def check_preference_record(data: object, format: str, line: int) -> list[Issue]
 
 def _check_messages(value: object, where: str, line: int, allow_empty: bool = False) -> list[Issue]:
     if not isinstance(value, list):
-        return [Issue(line, "data_type", f"'{where}' must be a list of messages, got {_type_name(value)}", where)]
+        return [
+            Issue(line, "data_type", f"'{where}' must be a list of messages, got {_type_name(value)}", where)
+        ]
     if not value and not allow_empty:
         return [Issue(line, "missing_messages_list", f"'{where}' is an empty list", where)]
     issues = []
@@ -224,45 +234,24 @@ def to_preference(data: dict, format: str, line: int, source: str = "") -> Prefe
     return record
 
 
-def load_preferences(path: str | Path, unpaired: bool = False) -> list:
+def load_preferences(path: str | Path, unpaired: bool = False, format: str | None = None) -> list:
     """The pairs (or, with `unpaired`, the rated answers) of a preference file; `DataError` at the first bad
-    record, and one that says which format was expected and which was found for a file of another kind."""
+    record, and one that says which format was expected and which was found for a file of another kind.
+    `format` (default: guessed from the first record) is read for every record."""
     records = read_records(path)
-    expected = UNPAIRED_FORMATS if unpaired else PAIR_FORMATS
+    expected = "unpaired" if unpaired else "pairs"
+    if any(isinstance(record.data, dict) for record in records.records):
+        format = format or guess_format(records)
+        if kind_of(format) != expected:
+            raise DataError(wrong_kind(expected, format), path=str(path), code="wrong_format")
+    else:  # nothing to guess from: each record's own error is the message
+        format = format or (UNPAIRED_FORMATS if unpaired else PAIR_FORMATS)[0]
     loaded = []
     for record in records.records:
-        if record.error:
-            raise DataError.from_issue(record.error, str(path))
-        found = preference_format(record.data) if isinstance(record.data, dict) else None
-        if found not in expected:
-            raise DataError(
-                f"expected {_describe(expected)}, found {_describe_keys(record.data)}",
-                path=str(path), line=record.line, code="wrong_format",
-            )  # fmt: skip
-        issues = check_preference_record(record.data, found, record.line)
+        issues = [record.error] if record.error else check_preference_record(record.data, format, record.line)
         if issues:
             raise DataError.from_issue(issues[0], str(path))
-        loaded.append(to_preference(record.data, found, record.line, str(path)))
+        loaded.append(to_preference(record.data, format, record.line, str(path)))
     if not loaded:
         raise DataError("the file holds no examples", path=str(path), code="empty_file")
     return loaded
-
-
-def _describe(formats: tuple[str, ...]) -> str:
-    if formats == UNPAIRED_FORMATS:
-        return "unpaired preference data (KTO: 'prompt', 'completion', 'label' true/false)"
-    return (
-        "preference pairs (OpenAI DPO: 'input', 'preferred_output', 'non_preferred_output'; or TRL: "
-        "'prompt', 'chosen', 'rejected')"
-    )
-
-
-def _describe_keys(data: object) -> str:
-    if not isinstance(data, dict):
-        return _type_name(data)
-    found = preference_format(data)
-    if found:
-        return _describe(UNPAIRED_FORMATS if found == "unpaired" else PAIR_FORMATS)
-    if "messages" in data:
-        return "a supervised chat example ('messages'), which trains with --objective sft"
-    return f"a record with the keys {sorted(data)}"

@@ -1,7 +1,8 @@
 """`tunelab data report`: what is in a training file before training on it, as JSON and one HTML page.
 
 Sizes, token lengths with the model's chat template and the share `--max-length` would truncate, role and
-turn structure, labels; leakage (exact and near copies of train prompts in val/test, and 13-gram overlap
+turn structure, labels (for a preference file also lengths per answer, duplicate records and personal data
+found); leakage (exact and near copies of train prompts in val/test, and 13-gram overlap
 with a benchmark folder, as in the GPT-3 contamination study); and, with a groups file, how often each
 group is mentioned and the label distribution per group, with a permutation chi-square test.
 """
@@ -18,9 +19,11 @@ import numpy as np
 from ..report_page import figure_png, figures_html, html_page, html_table
 from . import dedup
 from .examples import Example
-from .formats import detect_format, load_examples
+from .formats import PREFERENCE_FORMATS, UNPAIRED_FORMATS, detect_format, load_examples
 from .groups import Groups, load_groups, mentions
-from .validate import ValidationReport, count_tokens
+from .pii import scan_texts
+from .preference import answers, load_preferences
+from .validate import SIDES, ValidationReport, count_tokens, sequence_tokens
 
 SAMPLES = 5
 BENCHMARK_FILES = (".csv", ".jsonl", ".json", ".txt", ".tsv")
@@ -44,33 +47,78 @@ def label_of(example: Example, format: str) -> str | None:
 
 def describe(path: str, tokenizer=None, max_length: int = 2048) -> tuple[dict, list[Example], str]:
     format = detect_format(path)
+    if format in PREFERENCE_FORMATS:
+        return describe_preferences(path, format, tokenizer, max_length)
     examples = load_examples(path, format, for_training=False)
-    turns = Counter(sum(m["role"] == "user" for m in e.messages) for e in examples)
-    shapes = Counter(">".join(m["role"] for m in e.messages) for e in examples)
-    stats: dict = {
-        "path": path,
-        "format": format,
-        "examples": len(examples),
-        "user_turns": {str(k): v for k, v in sorted(turns.items())},
-        "role_sequences": dict(shapes.most_common(5)),
-    }
+    stats = _shapes(path, format, [e.messages for e in examples])
     if tokenizer is not None:
-        counts = [count_tokens(tokenizer, e.messages) for e in examples]
-        histogram = ValidationReport(path, format, token_counts=counts).length_histogram(12)
-        stats["tokens"] = {
-            "total": sum(counts),
-            "mean": round(sum(counts) / len(counts), 1),
-            "p50": int(np.percentile(counts, 50)),
-            "p95": int(np.percentile(counts, 95)),
-            "max": max(counts),
-            "max_length": max_length,
-            "truncated_share": sum(n > max_length for n in counts) / len(counts),
-            "histogram": histogram,
-            "counts": counts,
-        }
+        stats["tokens"] = token_stats([count_tokens(tokenizer, e.messages) for e in examples], max_length)
     if format == "classification":
         stats["labels"] = dict(Counter(label_of(e, format) for e in examples).most_common())
     return stats, examples, format
+
+
+def describe_preferences(
+    path: str, format: str, tokenizer, max_length: int
+) -> tuple[dict, list[Example], str]:
+    """A preference file's stats; its records come back as examples holding the prompt and every answer,
+    so leakage (on the prompts) and benchmark overlap read them as they read chat examples."""
+    records = load_preferences(path, unpaired=format in UNPAIRED_FORMATS, format=format)
+    stats = _shapes(path, format, [[*r.prompt, answers(r)[0]] for r in records])
+    keys = [
+        json.dumps([r.prompt, answers(r), getattr(r, "desirable", None)], sort_keys=True) for r in records
+    ]
+    stats["duplicates"] = len(keys) - len(set(keys))
+    stats["pii"] = dict(
+        scan_texts(m["content"] for r in records for m in [*r.prompt, *answers(r)]).most_common()
+    )
+    if format in UNPAIRED_FORMATS:
+        stats["labels"] = dict(Counter("good" if r.desirable else "bad" for r in records).most_common())
+    if tokenizer is not None:
+        sides = {
+            side: [sequence_tokens(tokenizer, r.prompt, answers(r)[i], r.text) for r in records]
+            for i, side in enumerate(SIDES[format])
+        }
+        stats["tokens"] = token_stats(
+            [max(counts) for counts in zip(*sides.values(), strict=True)], max_length
+        )
+        stats["tokens"]["sides"] = {side: _side_stats(counts, max_length) for side, counts in sides.items()}
+    examples = [Example([*r.prompt, *answers(r)], r.line, r.source, r.meta) for r in records]
+    return stats, examples, format
+
+
+def _shapes(path: str, format: str, conversations: list[list[dict]]) -> dict:
+    turns = Counter(sum(m["role"] == "user" for m in messages) for messages in conversations)
+    shapes = Counter(">".join(m["role"] for m in messages) for messages in conversations)
+    return {
+        "path": path,
+        "format": format,
+        "examples": len(conversations),
+        "user_turns": {str(k): v for k, v in sorted(turns.items())},
+        "role_sequences": dict(shapes.most_common(5)),
+    }
+
+
+def token_stats(counts: list[int], max_length: int) -> dict:
+    """Lengths in tokens: a summary, the histogram and every count (those only in the JSON)."""
+    histogram = ValidationReport("", "chat", token_counts=counts).length_histogram(12)
+    return {
+        "total": sum(counts),
+        **_side_stats(counts, max_length),
+        "p50": int(np.percentile(counts, 50)),
+        "max_length": max_length,
+        "histogram": histogram,
+        "counts": counts,
+    }
+
+
+def _side_stats(counts: list[int], max_length: int) -> dict:
+    return {
+        "mean": round(sum(counts) / len(counts), 1),
+        "p95": int(np.percentile(counts, 95)),
+        "max": max(counts),
+        "truncated_share": sum(n > max_length for n in counts) / len(counts),
+    }
 
 
 def leakage(train: list[Example], other: list[Example], threshold: float) -> dict:
@@ -246,6 +294,20 @@ def _body(report: dict) -> str:
             ax.legend()
 
         figures.append(figures_html({"Token lengths (red: --max-length)": figure_png(lengths)}))
+    preference = {name: s for name, s in splits.items() if "duplicates" in s}
+    if preference:
+        parts.append("<h2>Preference data: answers, duplicates, personal data</h2>")
+        rows = [
+            [name, side, x["mean"], x["p95"], x["max"], f"{x['truncated_share']:.1%}"]
+            for name, s in preference.items()
+            for side, x in s.get("tokens", {}).get("sides", {}).items()
+        ]
+        if rows:
+            parts.append(
+                html_table(["split", "prompt + answer", "mean tokens", "p95", "max", "truncated"], rows)
+            )
+        rows = [[name, s["duplicates"], json.dumps(s["pii"])] for name, s in preference.items()]
+        parts.append(html_table(["split", "duplicate records", "personal data found"], rows))
     labelled = {name: s["labels"] for name, s in splits.items() if "labels" in s}
     if labelled:
         parts += [
@@ -305,6 +367,11 @@ def print_summary(report: dict, console) -> None:
         console.print(Text(f"{name}: {s['examples']} examples ({s['format']}){lengths}"))
         if "labels" in s:
             console.print(Text(f"  labels: {s['labels']}"))
+        for side, x in (t or {}).get("sides", {}).items():
+            console.print(Text(f"  prompt + {side}: tokens mean {x['mean']}, max {x['max']}, "
+                               f"{x['truncated_share']:.1%} over {t['max_length']}"))  # fmt: skip
+        if "duplicates" in s:
+            console.print(Text(f"  duplicates: {s['duplicates']}; personal data found: {s['pii'] or 'none'}"))
     for name, x in report["leakage"].items():
         console.print(Text(f"leakage train -> {name}: {x['exact']} exact and {x['near']} near copies of "
                            f"{x['compared']} ({x['share']:.2%})"))  # fmt: skip

@@ -3,8 +3,10 @@
 The problem classes (`Issue.code`) follow OpenAI's fine-tuning data checks, so users who know those read
 ours the same way. Per record: invalid_json, data_type, missing_messages_list, message_missing_key,
 message_unrecognized_key, unrecognized_role, missing_content, example_missing_assistant_message,
-no_trainable_tokens, duplicate_example and (with a tokenizer) too_long. Per file: empty_file,
-too_few_examples.
+no_trainable_tokens, duplicate_example and (with a tokenizer) too_long. Preference files (OpenAI DPO, TRL
+pairs, KTO unpaired) add missing_input, missing_output, wrong_output_count and identical_outputs, and count
+tokens per side (the prompt with each answer). Per file: empty_file, too_few_examples, and wrong_format
+when the caller `expect`s one kind of data (supervised, pairs, unpaired) and the file holds another.
 """
 
 from __future__ import annotations
@@ -22,7 +24,27 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import DataError, Issue
-from .formats import check_format, check_record, guess_format, read_records, to_example
+from .formats import (
+    DATA_FORMATS,
+    KINDS,
+    PREFERENCE_FORMATS,
+    RecordFile,
+    check_format,
+    check_record,
+    guess_format,
+    kind_of,
+    read_records,
+    to_example,
+    wrong_kind,
+)
+from .preference import answers, check_preference_record, to_preference
+
+# Each preference format's names for its answers, as the file spells them: issues and token counts use them.
+SIDES = {
+    "openai-dpo": ("preferred_output", "non_preferred_output"),
+    "trl-pairs": ("chosen", "rejected"),
+    "unpaired": ("completion",),
+}
 
 
 @dataclass
@@ -34,6 +56,13 @@ class ValidationReport:
     num_valid: int = 0  # records that load as examples; too-long and duplicate ones count, they still load
     token_counts: list[int] = field(default_factory=list)  # one per valid example, only with a tokenizer
     max_length: int = 2048
+    # Preference files: per answer (named as in the file), the tokens of the prompt with that answer.
+    side_tokens: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """`supervised`, `pairs` or `unpaired`: what the file trains."""
+        return kind_of(self.format)
 
     @property
     def ok(self) -> bool:
@@ -71,48 +100,111 @@ def validate_file(
     max_length: int = 2048,
     format: str | None = None,
     min_examples: int = 10,
+    expect: str | None = None,
 ) -> ValidationReport:
-    """Report every problem in a training file; raises `DataError` only if the file cannot be read at all."""
+    """Report every problem in a training file; raises `DataError` only if the file cannot be read at all.
+
+    `expect` (`supervised`, `pairs` or `unpaired`): the kind of data the caller trains on; a file of
+    another kind gets one `wrong_format` issue naming both, and `report.format` says what was found."""
     records = read_records(path)
-    if format is None:
-        try:
-            format = guess_format(records)
-        except DataError:
-            # Unknown keys: judge the lines as chat, the default, so each one says what it is missing.
-            format = "chat"
-    check_format(format)
+    format = format or _guess(records)
+    check_format(format, DATA_FORMATS)
     if format == "text":
         raise DataError("plain-text corpora have no records to validate", path=str(path))
-
     report = ValidationReport(str(path), format, max_length=max_length)
+    if expect is not None and _wrong_kind(report, records, expect):
+        return report
     first_seen: dict[str, int] = {}
     for record in records.records:
         report.num_examples += 1
-        issues = [record.error] if record.error else check_record(record.data, format, record.line)
-        if issues:
-            report.issues += issues
-            continue
-        example = to_example(record.data, format, record.line, str(path))
-        report.num_valid += 1
-        key = json.dumps(example.messages, sort_keys=True, ensure_ascii=False)
-        if key in first_seen:
-            text = f"same 'messages' as line {first_seen[key]}"
-            report.issues.append(Issue(record.line, "duplicate_example", text, "messages"))
+        if format in PREFERENCE_FORMATS:
+            _check_preference(report, record, first_seen, tokenizer)
         else:
-            first_seen[key] = record.line
-        if tokenizer is not None:
-            n_tokens = count_tokens(tokenizer, example.messages)
-            report.token_counts.append(n_tokens)
-            if n_tokens > max_length:
-                text = f"{n_tokens} tokens with the chat template, more than max_length {max_length}"
-                report.issues.append(Issue(record.line, "too_long", text, "messages"))
-
+            _check_supervised(report, record, first_seen, tokenizer)
     if report.num_examples == 0:
         report.issues.append(Issue(None, "empty_file", "the file holds no examples"))
     elif report.num_valid < min_examples:
         text = f"only {report.num_valid} valid example(s); at least {min_examples} are needed"
         report.issues.append(Issue(None, "too_few_examples", text))
     return report
+
+
+def _guess(records: RecordFile) -> str:
+    try:
+        return guess_format(records)
+    except DataError:
+        # Unknown keys: judge the lines as chat, the default, so each one says what it is missing.
+        return "chat"
+
+
+def _wrong_kind(report: ValidationReport, records: RecordFile, expect: str) -> bool:
+    """Add the `wrong_format` issue when the file holds another kind of data than `expect`."""
+    if expect not in KINDS:
+        raise DataError(f"expect={expect!r}: choose one of {', '.join(KINDS)}")
+    if report.kind == expect:
+        return False
+    line = next((record.line for record in records.records if isinstance(record.data, dict)), None)
+    report.num_examples = len(records.records)
+    report.issues.append(Issue(line, "wrong_format", wrong_kind(expect, report.format)))
+    return True
+
+
+def _check_supervised(report: ValidationReport, record, first_seen: dict, tokenizer) -> None:
+    issues = [record.error] if record.error else check_record(record.data, report.format, record.line)
+    if issues:
+        report.issues += issues
+        return
+    example = to_example(record.data, report.format, record.line, report.path)
+    report.num_valid += 1
+    _note_duplicate(report, first_seen, example.messages, record.line, "same 'messages'", "messages")
+    if tokenizer is not None:
+        n_tokens = count_tokens(tokenizer, example.messages)
+        report.token_counts.append(n_tokens)
+        if n_tokens > report.max_length:
+            text = f"{n_tokens} tokens with the chat template, more than max_length {report.max_length}"
+            report.issues.append(Issue(record.line, "too_long", text, "messages"))
+
+
+def _check_preference(report: ValidationReport, record, first_seen: dict, tokenizer) -> None:
+    issues = (
+        [record.error] if record.error else check_preference_record(record.data, report.format, record.line)
+    )
+    if issues:
+        report.issues += issues
+        return
+    example = to_preference(record.data, report.format, record.line, report.path)
+    report.num_valid += 1
+    sides = SIDES[report.format]
+    # An unpaired answer's rating is part of it: a good and a bad copy of one answer are not duplicates.
+    key = [example.prompt, *answers(example), getattr(example, "desirable", None)]
+    _note_duplicate(report, first_seen, key, record.line, "same prompt and answers", sides[0])
+    if tokenizer is None:
+        return
+    counts = [sequence_tokens(tokenizer, example.prompt, answer, example.text) for answer in answers(example)]
+    for side, n_tokens in zip(sides, counts, strict=True):
+        report.side_tokens.setdefault(side, []).append(n_tokens)
+        if n_tokens > report.max_length:
+            text = f"{n_tokens} tokens (the prompt with '{side}'), more than max_length {report.max_length}"
+            report.issues.append(Issue(record.line, "too_long", text, side))
+    report.token_counts.append(max(counts))
+
+
+def _note_duplicate(
+    report: ValidationReport, first_seen: dict, value, line: int, what: str, field: str
+) -> None:
+    key = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    if key in first_seen:
+        report.issues.append(Issue(line, "duplicate_example", f"{what} as line {first_seen[key]}", field))
+    else:
+        first_seen[key] = line
+
+
+def sequence_tokens(tokenizer, prompt: list[dict], answer: dict, text: bool) -> int:
+    """Tokens of a prompt with one answer as a preference objective reads it: plain text for a TRL text
+    pair (no chat template), else the conversation with the chat template."""
+    if text:
+        return len(tokenizer(prompt[-1]["content"] + answer["content"])["input_ids"])
+    return count_tokens(tokenizer, [*prompt, answer])
 
 
 def count_tokens(tokenizer, messages: list[dict]) -> int:
@@ -156,6 +248,8 @@ def print_report(report: ValidationReport, console: Console, max_issues: int = 5
             f"Tokens: {report.total_tokens} total; per example min {report.min_tokens}, "
             f"mean {report.mean_tokens:.1f}, max {report.max_tokens} (max_length {report.max_length})"
         )
+        for side, counts in report.side_tokens.items():
+            console.print(Text(f"  prompt + {side}: mean {sum(counts) / len(counts):.1f}, max {max(counts)}"))
         histogram = report.length_histogram()
         tallest = max(count for _, _, count in histogram)
         for low, high, count in histogram:

@@ -11,11 +11,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, create_model
+from pydantic import ConfigDict, Field, ValidationError, create_model
 
 from ..data.errors import DataError
 from ..data.formats import load_examples
 from ..data.pii import detectors, scan_texts
+from ..data.preference import load_preferences
 from ..data.validate import validate_file
 from ..errors import UserError
 from ..methods import REGISTRY, get_method
@@ -31,6 +32,9 @@ MIN_EXAMPLES = 10
 FIXED = set("model data val out resume overwrite init_adapter seed epochs batch_size lr options".split())
 FIXED |= {"format", "objective", "labels", "mix"}  # chat SFT only
 FIXED |= {"dry_run"}  # a job trains
+FIXED |= {"beta"}  # a dpo job's beta is method.dpo.hyperparameters.beta
+# The pair objectives a `dpo` job may train with (`tunelab.objective`); dpo unless it says otherwise.
+PAIR_OBJECTIVES = ("dpo", "ipo", "orpo", "simpo")
 WARNINGS_ONLY = {"duplicate_example"}  # such examples still train; the job notes them
 MAX_TEXT = 1024  # characters in a text option (prompt_init, train_layers, a target module's name)
 MAX_ITEMS = 64  # entries in a list option (target_modules)
@@ -53,9 +57,80 @@ class Supervised(StrictModel):
     hyperparameters: Hyperparameters = Hyperparameters()
 
 
+class DpoHyperparameters(Hyperparameters):
+    # OpenAI's SDK users send the keys OpenAI adds; they are tolerated, and the job's events name them.
+    model_config = ConfigDict(extra="allow")
+    beta: Annotated[float, Field(gt=0, le=100)] | Auto = "auto"
+
+    def resolved(self) -> dict:
+        """The hyperparameters the top-level field has too (beta goes to the objective's options)."""
+        return Hyperparameters.model_validate(self.model_dump(exclude={"beta", *self.model_extra})).resolved()
+
+
+class Dpo(StrictModel):
+    model_config = ConfigDict(extra="allow")
+    hyperparameters: DpoHyperparameters = DpoHyperparameters()
+
+
 class MethodSpec(StrictModel):
-    type: Literal["supervised"]
-    supervised: Supervised = Supervised()
+    model_config = ConfigDict(extra="allow")
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: Supervised | None = None
+    dpo: Dpo | None = None
+    reinforcement: dict | None = None
+
+    def ignored_keys(self) -> list[str]:
+        """The keys this server does not know, as `method.dpo.x`; OpenAI's SDK may send them."""
+        ignored = [f"method.{key}" for key in self.model_extra or {}]
+        if self.dpo is not None:
+            ignored += [f"method.dpo.{key}" for key in self.dpo.model_extra or {}]
+            ignored += [
+                f"method.dpo.hyperparameters.{key}" for key in self.dpo.hyperparameters.model_extra or {}
+            ]
+        return ignored
+
+
+class TrainingMethod(typing.NamedTuple):
+    hyperparameters: dict  # n_epochs, batch_size, learning_rate_multiplier ("auto" or a number)
+    objective: dict  # TrainConfig's objective and beta; empty for supervised
+    ignored: list[str]  # unknown keys of the method, which were tolerated
+
+
+def training_method(
+    method: MethodSpec | None, top_level: Hyperparameters | None, extension: dict
+) -> TrainingMethod:
+    """What a job's `method` (or top-level `hyperparameters`) asks to train; pops `objective` from the
+    `tunelab` extension, which only a dpo job may give (one of PAIR_OBJECTIVES)."""
+    if method is None or method.type == "supervised":
+        given = method.supervised if method and method.supervised else None
+        hyper = given.hyperparameters if given else top_level
+        return TrainingMethod(
+            (hyper or Hyperparameters()).resolved(), {}, method.ignored_keys() if method else []
+        )
+    if method.type == "reinforcement":
+        raise ApiError(
+            400,
+            "method type 'reinforcement' is not supported by this server; use 'supervised' or 'dpo'",
+            param="method.type",
+            code="unsupported_parameter",
+        )
+    objective = extension.pop("objective", "dpo")
+    if objective not in PAIR_OBJECTIVES:
+        raise ApiError(
+            400,
+            f"tunelab.objective: a dpo job trains with one of {', '.join(PAIR_OBJECTIVES)}, "
+            f"not {objective!r}",
+            param="tunelab.objective",
+            code="invalid_value",
+        )
+    hyper = (method.dpo or Dpo()).hyperparameters
+    options = {"objective": objective} | ({} if hyper.beta == "auto" else {"beta": hyper.beta})
+    return TrainingMethod(hyper.resolved(), options, method.ignored_keys())
+
+
+def data_kind(job: JobRow) -> str:
+    """The kind of data a job's files must hold (`data.formats.KINDS`)."""
+    return "pairs" if job.options.get("objective") in PAIR_OBJECTIVES else "supervised"
 
 
 class JobCreate(StrictModel):
@@ -80,10 +155,11 @@ def model_name(job: JobRow) -> str:
     return f"ft:{job.model_root}:{job.owner}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')}"
 
 
-def check_options(extension: dict | None, max_minutes: float) -> dict:
+def check_options(extension: dict | None, max_minutes: float, objective: dict | None = None) -> dict:
     """The `tunelab` extension checked against the fields of TrainConfig and of every method's options,
     with their bounds; errors name the field. Every job gets a time budget, at most `max_minutes` (the
-    server's --max-job-minutes)."""
+    server's --max-job-minutes). `objective` (from the job's method) joins the options."""
+    objective = objective or {}
     options = dict(extension or {})
     options.setdefault("method", TrainConfig.method)
     options.setdefault("max_minutes", max_minutes)
@@ -98,13 +174,14 @@ def check_options(extension: dict | None, max_minutes: float) -> dict:
         )
     try:
         extension_model(tuple(REGISTRY), max_minutes).model_validate(options)
-        TrainConfig.from_sources(**options)
+        TrainConfig.from_sources(**options, **objective)
     except ValidationError as err:
         raise option_error(err, options) from None
     except ConfigError as err:
-        param = f"tunelab.{err.key}" if err.key else "tunelab"
+        where = "method.dpo.hyperparameters" if err.key == "beta" else "tunelab"
+        param = f"{where}.{err.key}" if err.key else where
         raise ApiError(400, str(err), param=param, code="invalid_value") from err
-    return options
+    return options | objective
 
 
 def option_error(err: ValidationError, options: dict) -> ApiError:
@@ -193,8 +270,8 @@ def validate_job_files(store: Store, data: DataDir, job: JobRow) -> None:
             ("validation_file", job.validation_file),
         ):
             if file_id:
-                check_file(store, job.id, data, file_id, param)
-        pii_warning(store, job.id, data, job.training_file)
+                check_file(store, job.id, data, file_id, param, data_kind(job))
+        pii_warning(store, job.id, data, job.training_file, data_kind(job))
     except Exception as err:  # a bug here must not leave the job validating forever
         if not isinstance(err, ApiError):
             body = internal_error(err, f"validating the files of {job.id}")
@@ -206,11 +283,10 @@ def validate_job_files(store: Store, data: DataDir, job: JobRow) -> None:
     store.set_status(job.id, "queued", only_from=("validating_files",), event=validated)
 
 
-def pii_warning(store: Store, job_id: str, data: DataDir, file_id: str) -> None:
+def pii_warning(store: Store, job_id: str, data: DataDir, file_id: str, kind: str) -> None:
     """A warning with the personal data found per type, as `tunelab data clean` finds it; training still
     runs: the user decides whether to clean the file."""
-    examples = load_examples(data.file(file_id))
-    counts = scan_texts(m["content"] for e in examples for m in e.messages)
+    counts = scan_texts(m["content"] for m in file_messages(data.file(file_id), kind))
     if counts:
         found = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
         store.add_event(
@@ -222,10 +298,19 @@ def pii_warning(store: Store, job_id: str, data: DataDir, file_id: str) -> None:
         )
 
 
-def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: str) -> None:
+def file_messages(path: Path, kind: str) -> list[dict]:
+    """Every message of a checked file: the examples', or each pair's prompt and both answers."""
+    if kind == "supervised":
+        return [m for e in load_examples(path) for m in e.messages]
+    return [m for p in load_preferences(path) for m in (*p.prompt, p.chosen, p.rejected)]
+
+
+def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: str, kind: str) -> None:
+    """The file holds `kind` data (a pairs file for a supervised job fails, naming both formats) with
+    enough valid examples; warnings-only issues become events."""
     min_examples = MIN_EXAMPLES if param == "training_file" else 1
     try:
-        report = validate_file(data.file(file_id), min_examples=min_examples)
+        report = validate_file(data.file(file_id), min_examples=min_examples, expect=kind)
     except DataError as err:
         message = f"{param} {data_error_message(err)}"
         raise ApiError(400, message, param=param, code=f"invalid_{param}") from err
@@ -243,6 +328,10 @@ def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: st
             )
     if not problems:
         return
+    wrong = next((issue for issue in problems if issue.code == "wrong_format"), None)
+    if wrong is not None:  # the one problem of such a file: its lines were not judged
+        message = f"{param} {file_id} is not what this job trains on: {wrong.message}"
+        raise ApiError(400, message, param=param, code=f"invalid_{param}")
     if all(issue.line is None for issue in problems):  # empty_file or too_few_examples
         raise ApiError(
             400,

@@ -156,6 +156,14 @@ def check_supported(request: GenerationRequest) -> None:
         )
 
 
+class FeedbackCreate(StrictModel):
+    """`POST /v1/feedback`'s body, and the dashboard playground's feedback form."""
+
+    completion_id: str = Field(description="the `id` of a chat.completion or text_completion")
+    rating: int = Field(ge=-1, le=1, description="1 good, -1 bad, 0 neither")
+    correction: str | None = Field(None, description="the answer the model should have given")
+
+
 class FileObject(BaseModel):
     id: str
     object: Literal["file"] = "file"
@@ -336,7 +344,7 @@ def job_object(job: JobRow) -> JobObject:
         validation_file=job.validation_file,
         training_file=job.training_file,
         hyperparameters=job.hyperparameters,
-        method={"type": "supervised", "supervised": {"hyperparameters": job.hyperparameters}},
+        method=method_object(job),
         trained_tokens=job.trained_tokens,
         error=job.error,
         user_provided_suffix=job.suffix,
@@ -344,6 +352,16 @@ def job_object(job: JobRow) -> JobObject:
         metadata=job.metadata,
         tunelab=job.options,
     )
+
+
+def method_object(job: JobRow) -> dict:
+    """`method` as OpenAI reports it: the type and its hyperparameters, resolved as the run picked them
+    (a dpo job's beta stays "auto" where the objective's default applies)."""
+    if "objective" not in job.options:
+        return {"type": "supervised", "supervised": {"hyperparameters": job.hyperparameters}}
+    beta = job.options.get("beta")
+    hyper = job.hyperparameters | {"beta": "auto" if beta is None else beta}
+    return {"type": "dpo", "dpo": {"hyperparameters": hyper}}
 
 
 def event_object(event: EventRow) -> EventObject:

@@ -12,7 +12,7 @@ from ..inference.generation import chat_prompt_ids
 from .deps import Service
 from .engine import Generation, Sampling, Target
 from .errors import ApiError, not_found
-from .jobs import Hyperparameters, JobCreate, check_options
+from .jobs import JobCreate, check_options, training_method
 from .shapes import GenerationRequest, ModelObject
 from .store import FileRow, JobRow, new_id, now
 
@@ -147,8 +147,6 @@ def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
             "give hyperparameters either at the top level or in method, not both",
             param="hyperparameters",
         )
-    hyper = request.method.supervised.hyperparameters if request.method else request.hyperparameters
-    hyper = (hyper or Hyperparameters()).resolved()
     for param in ("training_file", "validation_file"):
         file_id = getattr(request, param)
         if file_id is not None and service.store.get_file(file_id, owner) is None:
@@ -160,9 +158,10 @@ def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
             )
     start = starting_point(service, owner, request.model)
     extension = dict(request.tunelab or {})
+    method = training_method(request.method, request.hyperparameters, extension)
     if start.method:  # continuing an adapter keeps its kind, and its options are that method's
         extension["method"] = start.method
-    options = check_options(extension, service.settings.max_job_minutes)
+    options = check_options(extension, service.settings.max_job_minutes, method.objective)
     service.quotas.check_queue(service.store.waiting_jobs(owner))
     job = JobRow(
         id=new_id("ftjob-"),
@@ -171,7 +170,7 @@ def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
         model_root=start.root,
         training_file=request.training_file,
         validation_file=request.validation_file,
-        hyperparameters=hyper,
+        hyperparameters=method.hyperparameters,
         options=options,
         base_spec=start.spec,
         init_adapter=start.init_adapter,
@@ -182,6 +181,9 @@ def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
         created_at=now(),
     )
     service.store.add_job(job)
+    if method.ignored:
+        ignored = ", ".join(method.ignored)
+        service.store.add_event(job.id, f"Ignored what this server does not know: {ignored}", level="warn")
     service.store.add_event(job.id, f"Validating training file: {request.training_file}")
     return service.store.get_job(job.id)
 
@@ -260,6 +262,13 @@ def choice_seed(sampling: Sampling, index: int) -> Sampling:
     """Each of n choices samples on its own, reproducibly when a seed is given (in torch's 64 bits)."""
     seed = None if sampling.seed is None else (sampling.seed + index) % 2**64
     return Sampling(sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.stop, seed)
+
+
+def keep_chat_reply(service: Service, owner: str, model: str, message: str, text: str) -> str:
+    """The id of a kept `chat_reply`, a completion as `/v1/chat/completions` keeps one, for feedback."""
+    completion_id = new_id("chatcmpl-")
+    service.store.add_completion(completion_id, owner, model, [{"role": "user", "content": message}], text)
+    return completion_id
 
 
 async def chat_reply(service: Service, owner: str, request: GenerationRequest, message: str) -> Generation:

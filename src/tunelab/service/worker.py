@@ -38,6 +38,23 @@ WORKER_NICENESS = 10
 current_job: str | None = None  # the job this worker trains now, for the SIGTERM handler
 
 
+# What a preference objective logs per step beside the loss (TRL's names; eval records prefix them `val_`).
+PREFERENCE_METRICS = (
+    "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+    "logps/rejected", "kl",
+)  # fmt: skip
+
+
+def preference_metrics(record: dict, prefix: str = "") -> dict:
+    """The record's reward metrics, under their names (`prefix` for an eval record's)."""
+    return {prefix + name: record[prefix + name] for name in PREFERENCE_METRICS if prefix + name in record}
+
+
+def accuracy_note(metrics: dict, key: str) -> str:
+    """`, reward accuracy=0.75` when the record has it."""
+    return f", reward accuracy={metrics[key]:.2f}" if key in metrics else ""
+
+
 class JobCancelled(Exception):
     """Raised from a hook when the job was cancelled through the API; the run stops at once."""
 
@@ -87,19 +104,21 @@ class JobHooks(TrainHooks):
             self.last_train = record
             data = {"step": step, "train_loss": record["loss"], "total_steps": self.total_steps}
             data |= {"learning_rate": record["lr"], "tokens_per_s": record["tokens_per_s"]}
-            self._report(
-                "train_loss", data, f"Step {step}/{self.total_steps}: training loss={record['loss']:.4f}"
-            )
+            data |= preference_metrics(record)
+            message = f"Step {step}/{self.total_steps}: training loss={record['loss']:.4f}"
+            self._report("train_loss", data, message + accuracy_note(data, "rewards/accuracies"))
         elif kind == "eval":
             data = {"step": step, "valid_loss": record["val_loss"], "total_steps": self.total_steps}
+            rewards = preference_metrics(record, "val_")
+            message = f"Step {step}/{self.total_steps}: validation loss={record['val_loss']:.4f}"
             self._report(
-                "valid_loss",
-                data,
-                f"Step {step}/{self.total_steps}: validation loss={record['val_loss']:.4f}",
+                "valid_loss", data | rewards, message + accuracy_note(rewards, "val_rewards/accuracies")
             )
             # An epoch's checkpoint is saved just before its eval: the checkpoint gets the val loss now.
             self.store.update_checkpoint_metrics(
-                job_id, step, {"valid_loss": record["val_loss"], "full_valid_loss": record["val_loss"]}
+                job_id,
+                step,
+                {"valid_loss": record["val_loss"], "full_valid_loss": record["val_loss"]} | rewards,
             )
 
     def _report(self, key: str, data: dict, message: str) -> None:
@@ -217,18 +236,26 @@ def publish(store: Store, data: DataDir, job: JobRow) -> None:
 
 
 def results_csv(run_dir) -> str:
-    """step, train_loss, valid_loss per step, as OpenAI's `fine-tune-results` file has them."""
+    """step, train_loss, valid_loss per step, as OpenAI's `fine-tune-results` file has them; then the
+    reward metrics of a preference run (train and `val_`), the columns it logged."""
     rows: dict[int, dict] = {}
     for record in RunDir(run_dir).read_metrics():
         if record["kind"] == "train":
-            rows.setdefault(record["step"], {})["train_loss"] = record["loss"]
+            row = rows.setdefault(record["step"], {})
+            row |= {"train_loss": record["loss"]} | preference_metrics(record)
         elif record["kind"] == "eval" and not record.get("baseline"):
-            rows.setdefault(record["step"], {})["valid_loss"] = record["val_loss"]
+            row = rows.setdefault(record["step"], {})
+            row |= {"valid_loss": record["val_loss"]} | preference_metrics(record, "val_")
+    logged = {key for row in rows.values() for key in row}
+    rewards = [
+        prefix + name for prefix in ("", "val_") for name in PREFERENCE_METRICS if prefix + name in logged
+    ]
+    columns = ["train_loss", "valid_loss", *rewards]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["step", "train_loss", "valid_loss"])
+    writer.writerow(["step", *columns])
     for step in sorted(rows):
-        writer.writerow([step, rows[step].get("train_loss", ""), rows[step].get("valid_loss", "")])
+        writer.writerow([step, *(rows[step].get(column, "") for column in columns)])
     return buffer.getvalue()
 
 

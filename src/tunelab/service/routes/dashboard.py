@@ -27,14 +27,21 @@ from pydantic import ValidationError
 from ..deps import COOKIE, Service, ServiceDep, authenticate, owner_for
 from ..errors import ApiError
 from ..security import check_same_origin
-from ..shapes import GenerationRequest, checkpoint_object, job_object
-from ..usecases import chat_reply, visible_models
+from ..shapes import FeedbackCreate, GenerationRequest, checkpoint_object, job_object
+from ..usecases import add_feedback, chat_reply, keep_chat_reply, visible_models
 
 LOGIN = "/login"  # the one route whose body a request without credentials may send
 JOBS_SHOWN = 50
 EVENTS_SHOWN = 200
 CURVE_POINTS = 200
 SERIES = {"train_loss": "train loss", "valid_loss": "valid loss"}
+# A preference job's reward accuracy (the share of pairs whose preferred answer gains more), on its own
+# chart: a 0-1 scale beside the loss's would flatten either.
+REWARD_SERIES = {
+    "rewards/accuracies": "train reward accuracy",
+    "val_rewards/accuracies": "valid reward accuracy",
+}
+LABELS = SERIES | REWARD_SERIES
 
 templates = Jinja2Templates(
     env=Environment(loader=FileSystemLoader(Path(__file__).parent.parent / "templates"), autoescape=True)
@@ -100,11 +107,11 @@ class Chart:
     y_ticks: list[tuple[float, str]]
 
 
-def loss_series(service: Service, job_id: str) -> dict[str, list[tuple[float, float]]]:
-    """(step, loss) per metric, oldest first, from the job's `metrics` events."""
-    series = {name: [] for name in SERIES}
+def loss_series(service: Service, job_id: str, names=SERIES) -> dict[str, list[tuple[float, float]]]:
+    """(step, value) per metric of `names`, oldest first, from the job's `metrics` events."""
+    series = {name: [] for name in names}
     for data in service.store.metrics(job_id):
-        for name in SERIES:
+        for name in names:
             value, step = data.get(name), data.get("step")
             if isinstance(value, int | float) and isinstance(step, int | float) and math.isfinite(value):
                 series[name].append((step, value))
@@ -140,8 +147,8 @@ def chart(series: dict, width: int, height: int, margins: tuple[int, int, int, i
         placed = [at(x, y) for x, y in thin(line, CURVE_POINTS)]
         lines.append(
             {
-                "name": name,
-                "label": SERIES[name],
+                "name": name.replace("/", "_"),  # a CSS class
+                "label": LABELS[name],
                 "points": " ".join(f"{x},{y}" for x, y in placed),
                 "last": placed[-1],
             }
@@ -186,6 +193,7 @@ def job_page(job_id: str, request: Request, owner: DashboardOwner, service: Serv
         "job.html",
         job=job_object(row),
         chart=chart(loss_series(service, job_id), 640, 260, (56, 16, 16, 44)),
+        rewards=chart(loss_series(service, job_id, REWARD_SERIES), 640, 260, (56, 16, 16, 44)),
         checkpoints=[checkpoint_object(c) for c in service.store.list_checkpoints(job_id)],
         events=service.store.list_events(job_id, None, EVENTS_SHOWN),
         events_shown=EVENTS_SHOWN,
@@ -218,15 +226,16 @@ async def playground_reply(
 ):
     """Fields arrive as text and are checked here, so a bad value is a message on the page, not JSON."""
     form = {"model": model, "message": message, "max_tokens": max_tokens, "temperature": temperature}
-    reply, error, status, headers = None, None, 400, None
+    reply, completion_id, error, status, headers = None, None, None, 400, None
     try:
         fields = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
         generation_request = GenerationRequest.model_validate(fields, strict=False)  # a form's text
         if not message.strip():
             raise ApiError(400, "write a message for the model to answer", param="message")
         reply = await chat_reply(service, owner, generation_request, message)
+        completion_id = keep_chat_reply(service, owner, model, message, reply.text)
     except ValidationError as err:
-        error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        error = form_errors(err)
     except ApiError as err:  # a message on the page; only a 429 keeps its status, for its Retry-After
         error, status, headers = err.message, 429 if err.status == 429 else 400, err.headers
     response = page(
@@ -236,10 +245,49 @@ async def playground_reply(
         models=model_names(service, owner),
         form=form,
         reply=reply,
+        completion_id=completion_id,
         error=error,
     )
     response.headers.update(headers or {})  # Retry-After on a 429
     return response
+
+
+def form_errors(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+
+
+@router.post("/playground/feedback")
+def playground_feedback(
+    request: Request,
+    owner: DashboardOwner,
+    service: ServiceDep,
+    completion_id: Annotated[str, Form()] = "",
+    rating: Annotated[str, Form()] = "",
+    correction: Annotated[str, Form()] = "",
+    model: Annotated[str, Form()] = "",
+):
+    """A reply's thumbs up or down, or a better answer (rated down), kept as `POST /v1/feedback` keeps it."""
+    fields = {"completion_id": completion_id, "rating": rating, "correction": correction.strip() or None}
+    notice, error = None, None
+    try:
+        feedback = FeedbackCreate.model_validate(fields, strict=False)  # a form's text
+        add_feedback(service, owner, feedback.completion_id, feedback.rating, feedback.correction)
+        notice = (
+            "Thanks: your better answer is kept" if feedback.correction else "Thanks: your rating is kept"
+        )
+    except ValidationError as err:
+        error = form_errors(err)
+    except ApiError as err:
+        error = err.message
+    return page(
+        request,
+        "playground.html",
+        status_code=200 if error is None else 400,
+        models=model_names(service, owner),
+        form={"model": model, "message": "", "max_tokens": 128, "temperature": 0},
+        notice=notice,
+        error=error,
+    )
 
 
 # signing in and out
