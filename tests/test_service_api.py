@@ -342,6 +342,18 @@ def test_text_completions_and_feedback_become_training_data(client, tmp_path):
         "content": good["choices"][0]["message"]["content"],
     }
 
+    pairs = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(app, [*args[:-1], str(pairs), "--as", "dpo"])
+    assert "Wrote 1 preference pair(s)" in result.output and "skipped 2" in result.output, result.output
+    [pair] = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert pair["preferred_output"] == [{"role": "assistant", "content": "bob"}]
+    assert pair["non_preferred_output"][0]["content"] == answer["choices"][0]["message"]["content"]
+    rated = tmp_path / "rated.jsonl"
+    result = CliRunner().invoke(app, [*args[:-1], str(rated), "--as", "kto"])
+    assert "Wrote 4 rated answer(s)" in result.output and "skipped 0" in result.output, result.output
+    labels = [json.loads(line)["label"] for line in rated.read_text().splitlines()]
+    assert labels == [False, True, True, False]
+
 
 def test_a_client_leaving_mid_stream_stops_its_generation(client):
     service = client.app.state.service

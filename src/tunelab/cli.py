@@ -60,6 +60,7 @@ FLAG_NAMES = {
     "models": ("--model", "-m"),
     "api_keys": ("--api-key",),
     "trusted_proxies": ("--trusted-proxy",),
+    "as_": ("--as",),  # `as` is a Python keyword
 }
 
 
@@ -568,13 +569,14 @@ data_report_cmd.__signature__ = command_signature(data_report_cmd, DataReportCon
 @data_app.command("from-feedback")
 @user_errors
 def data_from_feedback(**options):
-    """Turn feedback collected by the service (corrections, good ratings) into training data."""
+    """Turn feedback collected by the service into training data: chat examples, DPO pairs or KTO answers."""
     from .service.feedback import export_feedback
 
     config = FeedbackConfig(**options)
-    result = export_feedback(config.data_dir, config.out)
+    result = export_feedback(config.data_dir, config.out, config.as_)
+    what = {"sft": "example(s)", "dpo": "preference pair(s)", "kto": "rated answer(s)"}[config.as_]
     console.print(
-        f"Wrote {result.written} example(s) to {config.out}; skipped {result.skipped} without a usable answer"
+        f"Wrote {result.written} {what} to {config.out}; skipped {result.skipped} without a usable answer"
     )
 
 
