@@ -1,4 +1,4 @@
-"""tunelab's DPO against TRL's DPOTrainer with PEFT, on one workload, in one go: throughput, peak memory, loss.
+"""tunelab's DPO against TRL's DPOTrainer with PEFT on one workload, in one go: throughput, memory, loss.
 
     make bench-trl-dpo    # or: python bench/dpo_vs_trl.py --trl-python .venv-trl/bin/python
 
@@ -111,14 +111,18 @@ def workload(path: Path, source: Path, pairs: int) -> Path:
         for row in rows:
             prompt = [{"role": "user", "content": QUESTION + row["text"]}]
             right, wrong = LABELS[row["label"]], LABELS[1 - row["label"]]
-            pair = {"prompt": prompt, "chosen": [{"role": "assistant", "content": right}],
-                    "rejected": [{"role": "assistant", "content": wrong}]}
+            pair = {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": right}],
+                "rejected": [{"role": "assistant", "content": wrong}],
+            }
             f.write(json.dumps(pair) + "\n")
     return path
 
 
 def cpu_description() -> str:
-    """The CPU's model name and whether it has the bf16 and AMX instructions that decide CPU training speed."""
+    """The CPU's model name, and which of the AVX-512, bf16 and AMX instructions that decide a CPU's
+    training speed it has."""
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     except OSError:
@@ -145,11 +149,14 @@ def main() -> None:
         # TRL as its users run it: importing tunelab set THP_MEM_ALLOC_ENABLE here and in our children.
         trl_env = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
         trl = run(args.trl_python, TRL_SIDE, [model_dir, data, Path(tmp) / "trl", *common], trl_env)
-        final = run(sys.executable, FINAL_LOSS, [data, MAX_LENGTH, BETA, Path(tmp) / "tunelab", Path(tmp) / "trl"])
+        final = run(
+            sys.executable, FINAL_LOSS, [data, MAX_LENGTH, BETA, Path(tmp) / "tunelab", Path(tmp) / "trl"]
+        )
     ours["final_loss"], trl["final_loss"] = final["losses"]
     for side in (ours, trl):
         side["tokens_per_s"] = trl["tokens"] / side["seconds"]  # TRL's count of the same pairs' tokens
-    print(f"machine: {cpu_description()}; {os.cpu_count()} cores; fp32 matmul {matmul_ceiling_gflops():.0f} GFLOP/s")
+    ceiling = matmul_ceiling_gflops()
+    print(f"machine: {cpu_description()}; {os.cpu_count()} cores; fp32 matmul {ceiling:.0f} GFLOP/s")
     print(
         f"{args.pairs} SST-2 pairs, {trl['tokens']} tokens (tunelab counts {final['tokens']}), LoRA r={R}, "
         f"batch {BATCH}, beta {BETA}"

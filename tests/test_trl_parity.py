@@ -30,7 +30,8 @@ TOLERANCE = 1e-5
 
 pytestmark = pytest.mark.skipif(
     not TRL_PYTHON.exists(),
-    reason=f"TRL's environment is missing ({TRL_PYTHON}): `make parity-trl` builds it, or set $TUNELAB_TRL_PYTHON",
+    reason=f"TRL's environment is missing ({TRL_PYTHON}): `make parity-trl` builds it (or set "
+    "$TUNELAB_TRL_PYTHON)",
 )
 
 # Token ids of the tiny tokenizer (1 is its BOS, 2 its EOS and pad): prompts of different lengths, answers
@@ -70,7 +71,7 @@ def models(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("parity")
     reference = make_model_dir(folder / "reference", "llama")
     model = AutoModelForCausalLM.from_pretrained(reference)
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
@@ -109,7 +110,9 @@ def answer_item(prompt: list[int], answer: list[int]):
     return EncodedExample(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer)
 
 
-def tunelab_side(objective_name: str, options: dict, models: Path) -> tuple[torch.Tensor, dict, torch.nn.Module]:
+def tunelab_side(
+    objective_name: str, options: dict, models: Path
+) -> tuple[torch.Tensor, dict, torch.nn.Module]:
     """(loss, logged means, policy model with its gradients) for the batch, by tunelab's objective."""
     raise NotImplementedError  # filled in against the objectives API
 

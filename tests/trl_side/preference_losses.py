@@ -1,11 +1,12 @@
-"""TRL's side of the preference parity test: each objective's loss and gradients on one batch, by TRL's trainers.
+"""TRL's side of the preference parity test: each objective's loss and gradients on one batch, by TRL.
 
 Run with the Python of TRL's own environment (`make parity-trl` builds it; TRL is never a tunelab dependency):
 
     .venv-trl/bin/python tests/trl_side/preference_losses.py MODEL_DIR CASES.json OUT_DIR
 
 MODEL_DIR holds `reference/` (the frozen start) and `policy/` (the model being trained, moved away from the
-start so that rewards are not all zero). CASES.json holds token ids, not text, so that both sides score exactly the same tokens:
+start so that rewards are not all zero). CASES.json holds token ids, not text, so that both sides score
+exactly the same tokens:
 `pairs` [{prompt_ids, chosen_ids, rejected_ids}], `unpaired` [{prompt_ids, completion_ids, label}] (answers
 end with the end-of-sequence token, prompts start with the tokenizer's BOS, as TRL's tokenisation leaves
 them) and `cases` [{name, objective, options}], options named as tunelab's TrainConfig fields. For each case
@@ -46,18 +47,34 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROBUST_FLIP_RATE = 0.25  # any rate in (0, 1/2) works; with 1/4 the weights are 1+2e and -2e
-LOGGED = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-          "logps/rejected", "kl")
+LOGGED = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "kl",
+)
 
 
 class ExactLogProbs:
-    """TRL's `ChunkedLogProbFunction.apply` in the model's dtype, in one piece, with autograd's own backward:
-    per-token (log-prob of the target, entropy, log of the summed squared probabilities, mean logit, whether the
-    target is the first argmax), each only when `outputs` names it, as the kernel returns them."""
+    """TRL's `ChunkedLogProbFunction.apply` in the model's dtype, in one piece, with autograd's backward:
+    per token, the target's log-prob, the entropy, the log of the summed squared probabilities, the mean
+    logit and whether the target is the first argmax, each only when `outputs` names it, as the kernel."""
 
     @staticmethod
-    def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap=None, logit_scale=1.0,
-              outputs=("log_probs",)):
+    def apply(
+        hidden,
+        weight,
+        bias,
+        targets,
+        temperature,
+        chunk_size,
+        softcap=None,
+        logit_scale=1.0,
+        outputs=("log_probs",),
+    ):
         logits = torch.nn.functional.linear(hidden, weight, bias) * logit_scale  # (N, V)
         if softcap:
             logits = softcap * torch.tanh(logits / softcap)
@@ -75,8 +92,17 @@ class ExactLogProbs:
 
 
 def common_args(scratch: str, batch: int) -> dict:
-    return dict(output_dir=scratch, per_device_train_batch_size=batch, use_cpu=True, bf16=False, fp16=False,
-                report_to=[], save_strategy="no", seed=0, max_length=None)
+    return dict(
+        output_dir=scratch,
+        per_device_train_batch_size=batch,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+        max_length=None,
+    )
 
 
 def dpo_trainer(model, reference, tokenizer, objective: str, options: dict, batch: int, scratch: str):
@@ -86,13 +112,17 @@ def dpo_trainer(model, reference, tokenizer, objective: str, options: dict, batc
     if objective == "ipo":
         losses = dict(loss_type=["ipo"])
     elif smoothing:
-        losses = dict(loss_type=["sigmoid", "robust"], loss_weights=[1 + 2 * smoothing, -2 * smoothing],
-                      label_smoothing=ROBUST_FLIP_RATE)
+        losses = dict(
+            loss_type=["sigmoid", "robust"],
+            loss_weights=[1 + 2 * smoothing, -2 * smoothing],
+            label_smoothing=ROBUST_FLIP_RATE,
+        )
     else:
         losses = dict(loss_type=["sigmoid"])
     args = DPOConfig(beta=options["beta"], **losses, **common_args(scratch, batch))
-    return DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=text_pairs(),
-                      processing_class=tokenizer)
+    return DPOTrainer(
+        model=model, ref_model=reference, args=args, train_dataset=text_pairs(), processing_class=tokenizer
+    )
 
 
 def orpo_trainer(model, reference, tokenizer, objective: str, options: dict, batch: int, scratch: str):
@@ -105,26 +135,45 @@ def orpo_trainer(model, reference, tokenizer, objective: str, options: dict, bat
 def simpo_trainer(model, reference, tokenizer, objective: str, options: dict, batch: int, scratch: str):
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    args = CPOConfig(beta=options["beta"], loss_type="simpo", cpo_alpha=0.0, simpo_gamma=options["simpo_gamma"],
-                     label_smoothing=options.get("label_smoothing", 0.0),
-                     **common_args(scratch, batch) | {"max_length": 512})
+    args = CPOConfig(
+        beta=options["beta"],
+        loss_type="simpo",
+        cpo_alpha=0.0,
+        simpo_gamma=options["simpo_gamma"],
+        label_smoothing=options.get("label_smoothing", 0.0),
+        **common_args(scratch, batch) | {"max_length": 512},
+    )
     return CPOTrainer(model=model, args=args, train_dataset=text_pairs(), processing_class=tokenizer)
 
 
 def kto_trainer(model, reference, tokenizer, objective: str, options: dict, batch: int, scratch: str):
     from trl import KTOConfig, KTOTrainer
 
-    args = KTOConfig(beta=options["beta"], desirable_weight=options["desirable_weight"],
-                     undesirable_weight=options["undesirable_weight"], **common_args(scratch, batch))
-    dataset = Dataset.from_list([{"prompt": "a", "completion": "b", "label": True},
-                                 {"prompt": "b", "completion": "a", "label": False}])
-    return KTOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset,
-                      processing_class=tokenizer)
+    args = KTOConfig(
+        beta=options["beta"],
+        desirable_weight=options["desirable_weight"],
+        undesirable_weight=options["undesirable_weight"],
+        **common_args(scratch, batch),
+    )
+    dataset = Dataset.from_list(
+        [
+            {"prompt": "a", "completion": "b", "label": True},
+            {"prompt": "b", "completion": "a", "label": False},
+        ]
+    )
+    return KTOTrainer(
+        model=model, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
 
 
 REFERENCED = ("dpo", "ipo", "kto")  # the others are reference-free
-TRAINERS = {"dpo": dpo_trainer, "ipo": dpo_trainer, "orpo": orpo_trainer, "simpo": simpo_trainer,
-            "kto": kto_trainer}
+TRAINERS = {
+    "dpo": dpo_trainer,
+    "ipo": dpo_trainer,
+    "orpo": orpo_trainer,
+    "simpo": simpo_trainer,
+    "kto": kto_trainer,
+}
 
 
 def text_pairs() -> Dataset:
@@ -133,8 +182,8 @@ def text_pairs() -> Dataset:
 
 
 def reference_free_rows(pair: dict) -> dict:
-    """One pair as ORPO's and CPO's `tokenize_row` leaves it for a prompt that starts with BOS and answers that
-    end with EOS: each side the whole sequence, its labels -100 on the prompt."""
+    """One pair as ORPO's and CPO's `tokenize_row` leaves it for a prompt that starts with BOS and answers
+    that end with EOS: each side the whole sequence, its labels -100 on the prompt."""
     prompt = pair["prompt_ids"]
     row = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
     for side in ("chosen", "rejected"):
@@ -146,12 +195,19 @@ def reference_free_rows(pair: dict) -> dict:
 
 
 def kto_rows(examples: list[dict]) -> list[dict]:
-    """The unpaired examples with their KL completions as KTOTrainer builds them for one batch: the completions
-    rotated by one, (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1})."""
+    """The unpaired examples with their KL completions as KTOTrainer builds them for one batch: the
+    completions rotated by one, (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1})."""
     completions = [example["completion_ids"] for example in examples]
     rotated = completions[-1:] + completions[:-1]
-    return [{"prompt_ids": example["prompt_ids"], "completion_ids": example["completion_ids"],
-             "KL_completion_ids": kl, "label": example["label"]} for example, kl in zip(examples, rotated)]
+    return [
+        {
+            "prompt_ids": example["prompt_ids"],
+            "completion_ids": example["completion_ids"],
+            "KL_completion_ids": kl,
+            "label": example["label"],
+        }
+        for example, kl in zip(examples, rotated, strict=True)
+    ]
 
 
 def batch_rows(objective: str, cases: dict) -> list[dict]:
@@ -159,7 +215,9 @@ def batch_rows(objective: str, cases: dict) -> list[dict]:
         return kto_rows(cases["unpaired"])
     if objective in ("orpo", "simpo"):
         return [reference_free_rows(pair) for pair in cases["pairs"]]
-    return [{key: pair[key] for key in ("prompt_ids", "chosen_ids", "rejected_ids")} for pair in cases["pairs"]]
+    return [
+        {key: pair[key] for key in ("prompt_ids", "chosen_ids", "rejected_ids")} for pair in cases["pairs"]
+    ]
 
 
 def logged_metrics(trainer) -> dict[str, float]:
@@ -180,8 +238,9 @@ def run_case(model_dir: Path, cases: dict, case: dict, out: Path) -> None:
     reference = load(model_dir / "reference") if objective in REFERENCED else None
     rows = batch_rows(objective, cases)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = TRAINERS[objective](load(model_dir / "policy"), reference, tokenizer, objective, case["options"],
-                                      len(rows), scratch)
+        trainer = TRAINERS[objective](
+            load(model_dir / "policy"), reference, tokenizer, objective, case["options"], len(rows), scratch
+        )
         trainer.model.train()
         batch = trainer.data_collator(rows)
         loss = trainer.compute_loss(trainer.model, batch)
