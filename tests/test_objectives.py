@@ -20,6 +20,8 @@ from tunelab.training import TrainConfig, train
 from tunelab.training.config import ConfigError
 from tunelab.training.datasets import check_pairing, objective_for
 
+PREFERENCE = ("dpo", "ipo", "orpo", "simpo", "kto")
+
 
 class FirstAnswerToken(SupervisedFineTuning):
     """Chat examples as sft reads them, but only each answer's first token is learned: one target a row."""
@@ -87,6 +89,8 @@ def test_every_objective_pairs_with_the_methods_of_its_task(tiny_llama_dir):
         ("full", "classification"): False,
         ("head", "sft"): False, ("head", "causal-lm"): False, ("head", "distill"): False,
         ("head", "classification"): True,
+    } | {
+        (method, name): method != "head" for method in ("lora", "full", "head") for name in PREFERENCE
     }  # fmt: skip
 
 
@@ -97,8 +101,8 @@ def test_a_run_takes_the_methods_objective_unless_told_and_refuses_a_wrong_pair(
     with pytest.raises(ConfigError, match="objective classification .*method lora"):
         train(TrainConfig(model=str(tiny_llama_dir), data=["d.jsonl"], out=str(tmp_path / "o"),
                           objective="classification", method="lora"))  # fmt: skip
-    with pytest.raises(ConfigError, match="objective: 'dpo' is not one of causal-lm, classification, sft"):
-        TrainConfig(objective="dpo")
+    with pytest.raises(ConfigError, match="objective: 'rlhf' is not one of causal-lm, classification, dpo, "):
+        TrainConfig(objective="rlhf")
 
 
 def test_classification_batches_carry_one_class_per_row():

@@ -46,33 +46,41 @@ def causal_lm_loss(model, batch: dict, normaliser) -> torch.Tensor:
     backward pass instead of kept. With a 49k vocabulary that is most of a step's activation memory.
     """
     labels = batch["labels"]
+    predicts = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): positions whose next token is a label
+    return -token_logps(model, batch, predicts, labels[:, 1:]).sum() / normaliser
+
+
+def token_logps(model, batch: dict, wanted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, T-1) log-probabilities of `targets` (the tokens each position predicts) where `wanted` is set,
+    0 elsewhere; computed as `causal_lm_loss` computes its loss (the head on the wanted positions only, in
+    recomputed slices). The preference objectives sum them per answer."""
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        logits_to_keep=torch.zeros(0, dtype=torch.long, device=labels.device),  # no logits at all
+        logits_to_keep=torch.zeros(0, dtype=torch.long, device=wanted.device),  # no logits at all
         output_hidden_states=True,
     )
     hidden = out.hidden_states[-1][:, virtual_tokens(model) :]  # (B, T, H), after the final norm
-    predicts = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): positions whose next token is a label
-    hidden, targets = hidden[:, :-1][predicts], labels[:, 1:][predicts]  # (N, H), (N,)
+    hidden, picked = hidden[:, :-1][wanted], targets[wanted]  # (N, H), (N,)
     unwrapped = getattr(model, "module", model)  # DDP wraps in .module
     head = unwrapped.get_output_embeddings()
     softcap = getattr(unwrapped.config, "final_logit_softcapping", None)
-    loss = hidden.sum() * 0.0  # keeps the graph when nothing is labelled
-    for start in range(0, len(targets), LOSS_CHUNK):
+    pieces = [hidden.sum(-1).float()[:0]]  # keeps the graph when nothing is wanted
+    for start in range(0, len(picked), LOSS_CHUNK):
         piece = slice(start, start + LOSS_CHUNK)
-        loss = loss + checkpoint(
-            _head_loss, head, softcap, hidden[piece], targets[piece], use_reentrant=False
+        pieces.append(
+            checkpoint(_head_logps, head, softcap, hidden[piece], picked[piece], use_reentrant=False)
         )
-    return loss / normaliser
+    values = torch.cat(pieces)
+    return torch.zeros(wanted.shape, dtype=values.dtype, device=values.device).masked_scatter(wanted, values)
 
 
-def _head_loss(head, softcap, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _head_logps(head, softcap, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = head(hidden)  # (n, V), in fp32 at least (autocast's bf16 would lose the small probabilities)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if softcap:  # Gemma 2/3 cap their logits; the loss must see the same ones
         logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits, targets, reduction="sum")
+    return -F.cross_entropy(logits, targets, reduction="none")
 
 
 def labelled_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

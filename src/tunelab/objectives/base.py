@@ -19,6 +19,8 @@ with full fine-tuning.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..data import load_examples, name_labels
@@ -31,6 +33,16 @@ from ..ops import causal_lm_loss
 class Objective:
     name: str = ""
     task: str = "causal-lm"  # the model it trains, matched with `Method.task`
+    options: tuple[str, ...] = ()  # the TrainConfig fields of training/config.py OBJECTIVE_OPTIONS it reads
+
+    def configure(self, config) -> Objective:
+        """The objective with the run's values of its `options` (a copy; the registered one stays)."""
+        if not self.options:
+            return self
+        configured = copy.copy(self)
+        for name in self.options:
+            setattr(configured, name, getattr(config, name))
+        return configured
 
     def read(self, path: str, config) -> list:
         """The records of one data file: chat examples (integer class answers named by `config.labels`)."""
@@ -52,8 +64,29 @@ class Objective:
         """Summed loss over the batch's targets divided by `normaliser` (targets in the whole step)."""
         return causal_lm_loss(model, batch, normaliser)
 
+    def loss_with_stats(self, model, batch: dict, normaliser) -> tuple[torch.Tensor, dict]:
+        """The loss and what the objective measures on the batch besides it: name -> (sum, count), summed
+        over micro-batches and ranks and logged as sum / count (the preference objectives' rewards)."""
+        return self.loss(model, batch, normaliser), {}
+
+    def means(self, totals: dict) -> dict:
+        """The logged values of the summed statistics: name -> (sum, count) becomes name -> mean."""
+        return {name: total / count for name, (total, count) in totals.items() if count}
+
     def count_targets(self, batch: dict) -> int:
         return count_label_tokens(batch["labels"])
+
+    def length(self, item) -> int:
+        """An item's length in tokens, for batching by length and for the memory plan."""
+        return len(item.input_ids)
+
+    def prepare_reference(self, model, items: list, pad_id: int, batch_size: int, device, precision):
+        """For objectives scored against the model as training starts (DPO, KTO): that model's log-probs
+        of each item, a (len(items), k) tensor; None for the others."""
+        return None
+
+    def attach_reference(self, items: list, reference: torch.Tensor) -> None:
+        """Give each item its row of `prepare_reference`'s tensor (computed now or saved by the run)."""
 
     def probe_batch(self, length: int, vocab: int) -> dict[str, torch.Tensor]:
         """One row of `length` tokens that costs what the costliest real row of that length would: here

@@ -39,9 +39,31 @@ class TrainConfig:
     objective: str | None = field(
         default=None,
         metadata={
-            "help": "sft (chat examples), causal-lm (plain text, packed blocks) or classification (a class "
-            "per example); default: the method's (sft; head: classification)"
+            "help": "sft (chat examples), causal-lm (plain text, packed blocks), classification (a class "
+            "per example), dpo, ipo, orpo, simpo (preference pairs) or kto (answers rated good or bad); "
+            "default: the method's (sft; head: classification)"
         },
+    )
+    beta: float | None = field(
+        default=None,
+        metadata={
+            "help": "preference objectives: how far from the start the model may move (dpo, ipo, kto) or "
+            "the reward scale (orpo, simpo); default: the objective's (0.1; simpo 2.0)",
+            "bounds": (1e-6, 100.0),
+        },
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "dpo, simpo: the fraction of pairs assumed mislabelled", "bounds": (0.0, 0.5)},
+    )
+    simpo_gamma: float = field(
+        default=0.5, metadata={"help": "simpo: the reward margin it asks for", "bounds": (0.0, 100.0)}
+    )
+    desirable_weight: float = field(
+        default=1.0, metadata={"help": "kto: the weight of good answers", "bounds": (0.0, 100.0)}
+    )
+    undesirable_weight: float = field(
+        default=1.0, metadata={"help": "kto: the weight of bad answers", "bounds": (0.0, 100.0)}
     )
     format: str | None = field(
         default=None, metadata={"help": "force the data format instead of detecting it"}
@@ -177,6 +199,19 @@ class TrainConfig:
         from ..methods import get_method  # the registry imports torch: not when the CLI only reads fields
 
         self.options = get_method(self.method).make_options(self.options)
+        self._objective_options(OBJECTIVES[self.objective or get_method(self.method).default_objective])
+
+    def _objective_options(self, objective) -> None:
+        """An objective's option given to another objective is refused by name, never silently unused."""
+        from ..objectives import REGISTRY as OBJECTIVES
+
+        for f in fields(self):
+            if f.name in OBJECTIVE_OPTIONS and getattr(self, f.name) != f.default:
+                if f.name not in objective.options:
+                    takers = [name for name, o in OBJECTIVES.items() if f.name in o.options]
+                    raise ConfigError(
+                        f"{f.name} is an option of {', '.join(takers)}, not of {objective.name}", f.name
+                    )
 
     def _numbers_or_auto(self) -> None:
         """`--epochs 2` arrives as the text "2" (these flags also take `auto`): make it a number."""
@@ -204,6 +239,9 @@ class TrainConfig:
         options = without_others_defaults(values.get("method", cls.method), options, from_file)
         return cls(**values, options=options)
 
+
+# The fields that only some objectives read (`Objective.options` says which).
+OBJECTIVE_OPTIONS = ("beta", "label_smoothing", "simpo_gamma", "desirable_weight", "undesirable_weight")
 
 # The keys of a flat config that are TrainConfig's own; the others are the method's options.
 FLAT_FIELDS = {f.name for f in fields(TrainConfig)} - {"options"}
