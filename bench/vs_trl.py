@@ -97,9 +97,8 @@ items, _ = encode_examples(load_examples(data), tokenizer, int(max_length))
 losses = []
 for adapter in adapters:
     model, _ = load_for_inference("default", adapter)
-    loss, _ = evaluate_loss(model, items, 8, tokenizer.pad_token_id, torch.device("cpu"), "fp32",
-                            get_objective("sft"))
-    losses.append(loss)
+    losses.append(evaluate_loss(model, items, 8, tokenizer.pad_token_id, torch.device("cpu"), "fp32",
+                                get_objective("sft")).loss)
 lengths = [len(item.input_ids) for item in items]
 labelled = sum(label != IGNORE_INDEX for item in items for label in item.labels)
 print(json.dumps({"losses": losses, "mean_context": sum(n * n / 2 for n in lengths) / sum(lengths),

@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 import time
+from dataclasses import replace
 
 import pytest
 from fastapi.routing import APIRoute
@@ -394,9 +395,9 @@ def test_a_job_whose_loss_turns_nan_fails_and_publishes_nothing(client, monkeypa
     real_step, calls = loop.train_step, []
 
     def diverging_step(*args, **kwargs):
-        loss, grad_norm, tokens = real_step(*args, **kwargs)
-        calls.append(loss)
-        return (float("nan") if len(calls) > 4 else loss), grad_norm, tokens
+        result = real_step(*args, **kwargs)
+        calls.append(result.loss)
+        return replace(result, loss=float("nan")) if len(calls) > 4 else result
 
     monkeypatch.setattr(loop, "train_step", diverging_step)
     job = create_job(client, jsonl(copy_task_rows(12)), tunelab={"max_steps": 8, "save_every": 2})

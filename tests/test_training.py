@@ -130,10 +130,8 @@ def test_grad_accumulation_normalises_by_tokens_across_micro_batches(tiny_llama_
         sched = get_scheduler("constant", opt)
         cfg = TrainConfig(max_grad_norm=0)
         micro = [collate(g, pad) for g in groups]
-        loss, _, _ = steps.train_step(
-            model, micro, opt, sched, Accelerator(), cfg, "fp32", get_objective("sft")
-        )
-        results.append((loss, model.state_dict()))
+        result = steps.train_step(model, micro, opt, sched, Accelerator(), cfg, "fp32", get_objective("sft"))
+        results.append((result.loss, model.state_dict()))
     (loss_a, sd_a), (loss_b, sd_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     for key in sd_a:
@@ -194,7 +192,9 @@ def test_partial_checkpoint_is_never_picked_up(tmp_path):
 
 
 def test_nan_loss_stops_with_no_final_model(tiny_llama_dir, copy_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "train_step", lambda *a, **k: (float("nan"), float("nan"), 10))
+    monkeypatch.setattr(
+        loop, "train_step", lambda *a, **k: steps.StepResult(float("nan"), float("nan"), 10, {})
+    )
     with pytest.raises(TrainingDiverged, match="no model was saved"):
         run(tiny_llama_dir, copy_data, tmp_path / "nan")
     assert not (tmp_path / "nan" / "adapter_model.safetensors").exists()
@@ -203,7 +203,7 @@ def test_nan_loss_stops_with_no_final_model(tiny_llama_dir, copy_data, tmp_path,
 
 def test_early_stopping_keeps_the_best_weights(tiny_llama_dir, copy_data, tmp_path, monkeypatch):
     val_losses = iter([5.0, 3.0, 2.0, 2.5, 2.6, 2.7, 2.8])  # the first is the baseline before training
-    monkeypatch.setattr(loop, "evaluate_loss", lambda *a, **k: (next(val_losses), 10))
+    monkeypatch.setattr(loop, "evaluate_loss", lambda *a, **k: steps.Evaluation(next(val_losses), 10, {}))
     result = run(tiny_llama_dir, copy_data, tmp_path / "es", val=str(copy_data), eval_every=2, patience=2)
     assert result.summary["stopped_early"] and result.summary["steps"] == 8
     assert result.summary["best_step"] == 4 and result.summary["best_val_loss"] == 2.0

@@ -61,6 +61,11 @@ class RunDir:
         return self.root / "checkpoints"
 
     @property
+    def reference_logps(self) -> Path:
+        """The start's log-probs of every item, for objectives scored against it (DPO): kept for resume."""
+        return self.root / "reference" / "logps.safetensors"
+
+    @property
     def best(self) -> Path:
         """The trained weights with the best val loss so far."""
         return self.root / "best"

@@ -11,10 +11,11 @@ from .config import ConfigError, TrainConfig
 
 
 def objective_for(config: TrainConfig, method: Method) -> Objective:
-    """`config.objective`, else the method's default one; refused when the method cannot take it."""
+    """`config.objective`, else the method's default one, with the run's values of its options; refused
+    when the method cannot take it."""
     objective = get_objective(config.objective or method.default_objective)
     check_pairing(method, objective)
-    return objective
+    return objective.configure(config)
 
 
 def check_pairing(method: Method, objective: Objective) -> None:

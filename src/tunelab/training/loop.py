@@ -19,7 +19,6 @@ from accelerate.utils import gather_object, set_seed
 
 from ..data.batching import epoch_batches, split_by_tokens
 from ..data.mixture import epoch_indices, mixing_weights
-from ..data.tokenize import EncodedExample
 from ..errors import UserError
 from ..methods import Method, get_method
 from ..models import load_model
@@ -35,7 +34,7 @@ from .memory import MemoryModel, batch_tokens_for, measure, parse_bytes, peak_by
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
 from .schedule import LRPlan, TimeBudget, apply_plan, lr_scheduler
-from .steps import evaluate_loss, train_step
+from .steps import add_stats, evaluate_loss, train_step
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -53,6 +52,7 @@ class TrainState:
     elapsed_s: float = 0.0
     baseline_s: float = 0.0  # of elapsed_s, the baseline evaluation: not training, not in a time budget
     best_val_loss: float | None = None
+    best_val_measured: dict | None = None  # what the objective measured besides the loss (val_rewards/...)
     best_step: int | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
@@ -115,9 +115,9 @@ def enable_checkpointing(model) -> None:
     model.enable_input_require_grads()
 
 
-def padding_fraction(items: list[EncodedExample], batches: list[list[int]]) -> float:
-    real = sum(len(items[i].input_ids) for b in batches for i in b)
-    padded = sum(len(b) * max(len(items[i].input_ids) for i in b) for b in batches)
+def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     return 1 - real / padded if padded else 0.0
 
 
@@ -159,7 +159,7 @@ class Trainer:
         if config.gradient_checkpointing:
             enable_checkpointing(model)
         self.train_items = [item for task in self.tasks for item in task.train]
-        self.lengths = [len(item.input_ids) for item in self.train_items]
+        self.lengths = [self.objective.length(item) for item in self.train_items]
         self.memory = None
         if config.memory_budget or config.dry_run or config.batch_size == auto.AUTO:
             self.memory = self._measure(model)
@@ -172,6 +172,8 @@ class Trainer:
         self.config = config  # auto settings now have their values
         if config.memory_budget:
             self._fit_memory(model)
+        if not config.dry_run:
+            self._references(model)
         self.task_sizes = [len(task.train) for task in self.tasks]
         self.mix = mixing_weights(self.tasks, config.mix)
 
@@ -190,6 +192,38 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.state = TrainState()
+
+    def _references(self, model) -> None:
+        """The start's log-probs of every train and val item, for the objectives scored against the start
+        (DPO, IPO, KTO): computed once, now, and kept in the run folder, so that a resumed run reads the
+        numbers the interrupted one used."""
+        sets = {"train": self.train_items} | {f"val/{name}": items for name, items in self.val_sets.items()}
+        path = RunDir(self.out).reference_logps
+        if self.config.resume and path.exists():
+            saved = ckpt.load_file(path)
+        else:
+            saved = self._score_start(model, sets)
+            if saved is None:
+                return  # the objective is scored against nothing
+            if self.main:
+                with atomic_folder(path.parent) as folder:
+                    ckpt.save_file(saved, folder / path.name)
+        for name, items in sets.items():
+            if name not in saved or len(saved[name]) != len(items):
+                raise ConfigError(f"{path} does not match this run's data; the data changed since it started")
+            self.objective.attach_reference(items, saved[name])
+
+    def _score_start(self, model, sets: dict) -> dict | None:
+        device, pad_id, batch = self.accelerator.device, self.tokenizer.pad_token_id, self.config.batch_size
+        model.to(device)
+        scores, score = {}, self.objective.prepare_reference
+        for name, items in sets.items():
+            scores[name] = score(model, items, pad_id, batch, device, self.precision)
+            if scores[name] is None:
+                return None
+        total = sum(len(items) for items in sets.values())
+        self.log(f"{self.objective.name}: scored {total} examples by the model as training starts")
+        return scores
 
     def _measure(self, model) -> MemoryModel:
         """What the run will cost (memory.py), measured on the model as it will train."""
@@ -328,10 +362,11 @@ class Trainer:
             for batch in group
             for m in self._micro(batch)
         ]
-        loss, grad_norm, tokens = train_step(
+        result = train_step(
             self.model, micro, self.optimizer, self.scheduler, self.accelerator, self.config, self.precision,
             self.objective,
         )  # fmt: skip
+        loss, grad_norm = result.loss, result.grad_norm
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise TrainingDiverged(
                 f"loss became {loss} (grad norm {grad_norm}) at step {state.step + 1}; no model was saved. "
@@ -340,7 +375,7 @@ class Trainer:
         state.step += 1
         self.hooks.on_step(state.step)
         state.last_loss = loss
-        state.tokens_seen += tokens
+        state.tokens_seen += result.tokens
         state.elapsed_s = time.perf_counter() - started
         state.max_lr_factor = max(state.max_lr_factor, lr_factor)
         if self.budget:
@@ -352,7 +387,7 @@ class Trainer:
         if self.main and state.step % self.config.log_every == 0:
             record = {"kind": "train", "step": state.step, "epoch": state.epoch, "loss": loss}
             record |= {"lr": self.peak_lr * lr_factor, "grad_norm": grad_norm}
-            record |= {"tokens_per_s": rate, "elapsed_s": state.elapsed_s}
+            record |= {"tokens_per_s": rate, "elapsed_s": state.elapsed_s} | result.measured
             self.metrics.log(record)
 
     def _after_step(self) -> None:
@@ -381,20 +416,24 @@ class Trainer:
             )
             for name, items in self.val_sets.items()
         }  # fmt: skip
-        tokens = sum(count for _, count in by_task.values())
-        val_loss = sum(loss * count for loss, count in by_task.values()) / max(tokens, 1)
+        targets = sum(result.targets for result in by_task.values())
+        val_loss = sum(result.loss * result.targets for result in by_task.values()) / max(targets, 1)
+        totals: dict = {}
+        for result in by_task.values():
+            add_stats(totals, result.totals)
+        measured = {f"val_{name}": value for name, value in self.objective.means(totals).items()}
         if baseline:
             state.baseline_val_loss = val_loss
             if self.main:
-                self.metrics.log(
-                    {"kind": "eval", "step": 0, "val_loss": val_loss, "baseline": True}, prefix="eval"
-                )
+                record = {"kind": "eval", "step": 0, "val_loss": val_loss, "baseline": True} | measured
+                self.metrics.log(record, prefix="eval")
                 self.progress.note(f"before training: val loss {val_loss:.4f}")
             return
         state.last_eval_step = state.step
         improved = state.best_val_loss is None or val_loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
+            state.best_val_measured = measured
             if self.main:
                 weights = ckpt.trainable_state(self.unwrapped)
                 with atomic_folder(RunDir(self.out).best) as folder:
@@ -403,14 +442,14 @@ class Trainer:
             state.evals_without_improvement += 1
         state.stopped_early = bool(config.patience and state.evals_without_improvement >= config.patience)
         if self.main:
-            record = {"kind": "eval", "step": state.step, "val_loss": val_loss}
+            record = {"kind": "eval", "step": state.step, "val_loss": val_loss} | measured
             if len(by_task) > 1:
-                record |= {f"val_loss/{name}": loss for name, (loss, _) in by_task.items()}
+                record |= {f"val_loss/{name}": result.loss for name, result in by_task.items()}
             self.metrics.log(record, prefix="eval")
             self.progress.note(f"step {state.step}: val loss {val_loss:.4f}{' (best)' if improved else ''}")
 
     def _announce(self) -> None:
-        pct = 100 * padding_fraction(self.train_items, self._epoch_batches(0))
+        pct = 100 * padding_fraction(self.lengths, self._epoch_batches(0))
         self.header = {
             "kind": "run", "step": self.state.step, "method": self.method.name,
             "trainable_params": self.trainable, "total_params": self.total_params,
@@ -455,6 +494,7 @@ class Trainer:
             "baseline_val_loss": state.baseline_val_loss,
             "best_val_loss": state.best_val_loss,
             "best_step": state.best_step,
+            **(state.best_val_measured or {}),
             "stopped_early": state.stopped_early,
             "trainable_params": self.trainable,
             "total_params": self.total_params,
