@@ -89,16 +89,21 @@ FINAL_LOSS = """
 import json, sys
 import torch
 from tunelab.inference import load_for_inference
-from tunelab.models import load_tokenizer
-from tunelab.objectives.preference import pairs_dpo_loss, encode_pair_file
+from tunelab.objectives import get_objective
+from tunelab.training import TrainConfig
+from tunelab.training.steps import evaluate_loss
 
 data, max_length, beta, *adapters = sys.argv[1:]
-tokenizer = load_tokenizer("default")
-pairs = encode_pair_file(data, tokenizer, int(max_length))
+config = TrainConfig(objective="dpo", beta=float(beta), max_length=int(max_length))
+dpo = get_objective("dpo").configure(config)
+cpu = torch.device("cpu")
+base, tokenizer = load_for_inference("default")
+pairs, _ = dpo.encode(dpo.read(data, config), tokenizer, config)
+dpo.attach_reference(pairs, dpo.prepare_reference(base, pairs, tokenizer.pad_token_id, 8, cpu, "fp32"))
 losses = []
 for adapter in adapters:
     model, _ = load_for_inference("default", adapter)
-    losses.append(pairs_dpo_loss(model, pairs, float(beta), batch_size=8))
+    losses.append(evaluate_loss(model, pairs, 8, tokenizer.pad_token_id, cpu, "fp32", dpo).loss)
 tokens = sum(len(pair.chosen.input_ids) + len(pair.rejected.input_ids) for pair in pairs)
 print(json.dumps({"losses": losses, "tokens": tokens}))
 """

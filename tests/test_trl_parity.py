@@ -138,8 +138,8 @@ def tunelab_side(
             for p in PAIRS
         ]
     cpu = torch.device("cpu")
-    reference = objective.prepare_reference(load(models / "reference"), items, EOS, 8, cpu, "fp32")
-    if reference is not None:
+    if objective.uses_reference:
+        reference = objective.prepare_reference(load(models / "reference"), items, EOS, 8, cpu, "fp32")
         objective.attach_reference(items, reference)
     policy = load(models / "policy")
     policy.train()

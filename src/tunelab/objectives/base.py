@@ -34,6 +34,7 @@ class Objective:
     name: str = ""
     task: str = "causal-lm"  # the model it trains, matched with `Method.task`
     options: tuple[str, ...] = ()  # the TrainConfig fields of training/config.py OBJECTIVE_OPTIONS it reads
+    uses_reference = False  # scored against the model as training starts (`prepare_reference`)
 
     def configure(self, config) -> Objective:
         """The objective with the run's values of its `options` (a copy; the registered one stays)."""
@@ -81,9 +82,9 @@ class Objective:
         return len(item.input_ids)
 
     def prepare_reference(self, model, items: list, pad_id: int, batch_size: int, device, precision):
-        """For objectives scored against the model as training starts (DPO, KTO): that model's log-probs
-        of each item, a (len(items), k) tensor; None for the others."""
-        return None
+        """With `uses_reference` (DPO, KTO): the log-probs of each item by the model as training starts,
+        a (len(items), k) tensor."""
+        raise NotImplementedError
 
     def attach_reference(self, items: list, reference: torch.Tensor) -> None:
         """Give each item its row of `prepare_reference`'s tensor (computed now or saved by the run)."""

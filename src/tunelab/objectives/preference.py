@@ -220,8 +220,6 @@ class PairObjective(Objective):
         return with_margin(super().means(totals))
 
     def prepare_reference(self, model, items, pad_id, batch_size, device, precision):
-        if not self.uses_reference:
-            return None
         return score_rows(model, items, pair_rows, pad_id, batch_size, device, precision)
 
     def attach_reference(self, items, reference):

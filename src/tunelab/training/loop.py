@@ -197,14 +197,14 @@ class Trainer:
         """The start's log-probs of every train and val item, for the objectives scored against the start
         (DPO, IPO, KTO): computed once, now, and kept in the run folder, so that a resumed run reads the
         numbers the interrupted one used."""
+        if not self.objective.uses_reference:
+            return
         sets = {"train": self.train_items} | {f"val/{name}": items for name, items in self.val_sets.items()}
         path = RunDir(self.out).reference_logps
         if self.config.resume and path.exists():
             saved = ckpt.load_file(path)
         else:
             saved = self._score_start(model, sets)
-            if saved is None:
-                return  # the objective is scored against nothing
             if self.main:
                 with atomic_folder(path.parent) as folder:
                     ckpt.save_file(saved, folder / path.name)
@@ -213,17 +213,15 @@ class Trainer:
                 raise ConfigError(f"{path} does not match this run's data; the data changed since it started")
             self.objective.attach_reference(items, saved[name])
 
-    def _score_start(self, model, sets: dict) -> dict | None:
+    def _score_start(self, model, sets: dict) -> dict[str, torch.Tensor]:
         device, pad_id, batch = self.accelerator.device, self.tokenizer.pad_token_id, self.config.batch_size
-        model.to(device)
-        scores, score = {}, self.objective.prepare_reference
-        for name, items in sets.items():
-            scores[name] = score(model, items, pad_id, batch, device, self.precision)
-            if scores[name] is None:
-                return None
         total = sum(len(items) for items in sets.values())
-        self.log(f"{self.objective.name}: scored {total} examples by the model as training starts")
-        return scores
+        self.log(f"{self.objective.name}: scoring the {total} examples by the model as it starts (once)")
+        model.to(device)
+        score = self.objective.prepare_reference
+        return {
+            name: score(model, items, pad_id, batch, device, self.precision) for name, items in sets.items()
+        }
 
     def _measure(self, model) -> MemoryModel:
         """What the run will cost (memory.py), measured on the model as it will train."""

@@ -48,29 +48,46 @@ class MetricsLog:
 
 
 def plot_loss(out: Path) -> Path | None:
+    """The train and val loss by step; for a preference objective, a second panel with the rewards' margin
+    and accuracy (train and val), what DPO users read in TRL."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = RunDir(out).read_metrics()
-    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
-    val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval"]
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "eval"]
     if not train:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1)
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", label="val loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (per target token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    rewards = any("rewards/margins" in r for r in train)
+    fig, axes = plt.subplots(1, 2 if rewards else 1, figsize=(12 if rewards else 7, 4), squeeze=False)
+    loss_axis = axes[0][0]
+    plot_series(loss_axis, train, "loss", "train loss", linewidth=1)
+    plot_series(loss_axis, val, "val_loss", "val loss", style="o-")
+    loss_axis.set_ylabel("loss (per target)")
+    if rewards:
+        reward_axis = axes[0][1]
+        plot_series(reward_axis, train, "rewards/margins", "train reward margin", linewidth=1)
+        plot_series(reward_axis, val, "val_rewards/margins", "val reward margin", style="o-")
+        plot_series(reward_axis, train, "rewards/accuracies", "train reward accuracy", linewidth=1)
+        plot_series(reward_axis, val, "val_rewards/accuracies", "val reward accuracy", style="o-")
+        reward_axis.set_ylabel("reward margin (nats x beta) / accuracy")
+    for axis in axes[0]:
+        axis.set_xlabel("optimizer step")
+        axis.grid(alpha=0.3)
+        axis.legend()
     fig.tight_layout()
     path = RunDir(out).loss_plot
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_series(axis, records: list[dict], key: str, label: str, style: str = "-", **options) -> None:
+    points = [(r["step"], r[key]) for r in records if key in r]
+    if points:
+        axis.plot(*zip(*points, strict=True), style, label=label, **options)
 
 
 LOADERS = {
