@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import SHARED_DATA, copy_task_rows, write_jsonl
+from conftest import SHARED_DATA, copy_task_pairs, copy_task_rows, write_jsonl
 from tunelab.errors import UserError
 from tunelab.evaluation import evaluate, forgetting, score_predictions
 from tunelab.evaluation.benchmarks import read_split, stratified_sample
@@ -252,21 +252,6 @@ def test_bad_jsonl_benchmarks_name_the_line(tmp_path):
         read_jsonl(bad)
 
 
-WORDS = ["alice", "bob", "paris", "london", "tokyo", "great", "bad", "film"]
-
-
-def preference_pairs(n: int) -> list[dict]:
-    """TRL conversational pairs of the copy task: repeating the user's word is preferred."""
-    return [
-        {
-            "prompt": [{"role": "user", "content": f"say {WORDS[i % 8]}"}],
-            "chosen": [{"role": "assistant", "content": WORDS[i % 8]}],
-            "rejected": [{"role": "assistant", "content": WORDS[(i + 3) % 8]}],
-        }
-        for i in range(n)
-    ]
-
-
 def summed_answer_logps(model, tokenizer, messages: list[dict], answer: str) -> float:
     """An answer's summed log-probs from the model's plain logits: the prompt rendered with the generation
     prompt, then the answer's tokens and the end of turn."""
@@ -282,9 +267,9 @@ def summed_answer_logps(model, tokenizer, messages: list[dict], answer: str) -> 
 def test_preference_eval_scores_each_answer_with_the_tuned_model_and_the_adapter_disabled(
     tiny_llama_dir, tmp_path
 ):
-    data = write_jsonl(tmp_path / "pairs.jsonl", preference_pairs(12))
+    data = write_jsonl(tmp_path / "pairs.jsonl", copy_task_pairs(12))
     sft = write_jsonl(
-        tmp_path / "sft.jsonl", [{"messages": r["prompt"] + r["chosen"]} for r in preference_pairs(12)]
+        tmp_path / "sft.jsonl", [{"messages": r["prompt"] + r["chosen"]} for r in copy_task_pairs(12)]
     )
     adapter = tmp_path / "lora"
     train(TrainConfig(model=str(tiny_llama_dir), data=str(sft), out=str(adapter), max_steps=4, lr=3e-2))
@@ -298,7 +283,7 @@ def test_preference_eval_scores_each_answer_with_the_tuned_model_and_the_adapter
     # every score is the answer's summed log-prob, under the adapter and under the bare base
     tuned, _ = load_for_inference(str(tiny_llama_dir), str(adapter))
     base, tokenizer = load_for_inference(str(tiny_llama_dir))
-    pair, row = preference_pairs(12)[1], rows[1]
+    pair, row = copy_task_pairs(12)[1], rows[1]
     for model, side, key in ((tuned, "chosen", "tuned_chosen"), (base, "rejected", "base_rejected")):
         assert row[key] == pytest.approx(summed_answer_logps(model, tokenizer, pair["prompt"],
                                                              pair[side][0]["content"]), abs=1e-4)  # fmt: skip
@@ -317,7 +302,7 @@ def test_preference_eval_scores_each_answer_with_the_tuned_model_and_the_adapter
 
 
 def test_preference_eval_of_a_base_model_reports_its_own_preference_accuracy_only(tiny_llama_dir, tmp_path):
-    data = write_jsonl(tmp_path / "pairs.jsonl", preference_pairs(6))
+    data = write_jsonl(tmp_path / "pairs.jsonl", copy_task_pairs(6))
     results = evaluate(EvalConfig(model=str(tiny_llama_dir), data=str(data), task="preference"))["results"]
     assert results["main_metric"] == "preference_accuracy" and results["reward_accuracy"] is None
     assert results["value"] == results["preference_accuracy"]["value"] and "no base" in results["note"]
@@ -331,7 +316,7 @@ def test_preference_eval_finds_a_whole_models_base_in_its_run_config(tiny_llama_
 
     tuned = make_model_dir(tmp_path / "full")  # seeded: tiny_llama_dir's weights
     RunDir(tuned).write_config({"model": str(tiny_llama_dir), "method": "full"})
-    data = write_jsonl(tmp_path / "pairs.jsonl", preference_pairs(4))
+    data = write_jsonl(tmp_path / "pairs.jsonl", copy_task_pairs(4))
     results = evaluate(EvalConfig(model=str(tuned), data=str(data), task="preference"))["results"]
     assert results["base"] == str(tiny_llama_dir) and results["ties"] == 4
     assert results["reward_accuracy"]["value"] == 0.0 and "every margin is 0" in results["note"]
