@@ -235,8 +235,8 @@ def test_compare_on_pairs_runs_and_reports(tiny_llama_dir, tmp_path):
 @pytest.mark.parametrize(
     ("rows", "options", "message"),
     [
-        (copy_task_pairs(20), {"methods": ["zero-shot", "lora"]}, "lora do not run on preference pairs"),
-        (copy_task_pairs(20), {"methods": ["few-shot"]}, "few-shot do not run on preference pairs"),
+        (copy_task_pairs(20), {"methods": ["zero-shot", "lora"]}, "no row lora on preference pairs"),
+        (copy_task_pairs(20), {"methods": ["few-shot"]}, "no row few-shot on preference pairs"),
         (copy_task_pairs(20), {"task": "classification"}, "holds preference pairs"),
         (copy_task_pairs(20), {"calibrate": "contextual"}, "--calibrate"),
         (_rows(20), {"task": "preference"}, "holds supervised examples"),

@@ -47,7 +47,7 @@ def check_rows(config: CompareConfig) -> None:
     unknown = [m for m in config.methods if m not in ROWS]
     if unknown:
         raise UserError(
-            f"--methods: {', '.join(unknown)} do not run on preference pairs; choose from {', '.join(ROWS)} "
+            f"--methods: no row {', '.join(unknown)} on preference pairs; choose from {', '.join(ROWS)} "
             f"(zero-shot prompting, sft on the preferred answers, or {TUNING_METHOD} with a preference "
             "objective)"
         )
