@@ -47,3 +47,16 @@ def copy_task_rows(n: int) -> list[dict]:
         }
         for i in range(n)
     ]
+
+
+def copy_task_pairs(n: int) -> list[dict]:
+    """The copy task as TRL conversational preference pairs: the user's word preferred over another."""
+    words = ["alice", "bob", "paris", "london", "tokyo", "great", "bad", "film"]
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"say {words[i % 8]}"}],
+            "chosen": [{"role": "assistant", "content": words[i % 8]}],
+            "rejected": [{"role": "assistant", "content": words[(i + 3) % 8]}],
+        }
+        for i in range(n)
+    ]

@@ -5,9 +5,9 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import write_jsonl
+from conftest import copy_task_pairs, write_jsonl
 from tunelab.compare import CompareConfig, compare
-from tunelab.compare.run import prepare_splits, run_key
+from tunelab.compare.run import prepare_splits, run_key, run_method, settle
 from tunelab.errors import UserError
 
 FIELDS = {"value", "ci95", "trainable_params", "train_time_s", "eval_time_s", "peak_memory_mb", "artifact_mb",
@@ -158,6 +158,98 @@ def test_a_distilled_row_without_a_teacher_or_student_fails_before_anything_runs
     out = tmp_path / "cmp"
     config = CompareConfig(data=_sentiment(tmp_path), out=str(out), model=str(tiny_llama_dir),
                            methods=methods, student=student, budget="steps:2")  # fmt: skip
+    with pytest.raises(UserError, match=message):
+        compare(config)
+    assert not out.exists()
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_on_pairs_the_rows_are_prompting_sft_and_preference_objectives_scored_against_the_base(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
+    """The rows in-process, each as compare's child runs it. Until the loop trains pairs (issue 28's loop
+    part), the dpo and orpo rows' training is replaced by a short SFT run, so that they have an adapter
+    to score; what compare asks of the loop is checked on their TrainConfigs."""
+    import tunelab.training
+    from tunelab.compare.report import recommend, write_reports
+    from tunelab.training import TrainConfig
+
+    real_train, asked = tunelab.training.train, []
+
+    def train(config, **kwargs):
+        asked.append(config)
+        if config.objective != "sft":
+            config = TrainConfig(model=config.model, data=[str(splits["sft_train"])], out=config.out,
+                                 max_steps=2, overwrite=True)  # fmt: skip
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(tunelab.training, "train", train)
+    data = write_jsonl(tmp_path / "pairs.jsonl", copy_task_pairs(40))
+    out = tmp_path / "cmp"
+    config = settle(CompareConfig(data=str(data), out=str(out), model=str(tiny_llama_dir), budget="steps:2",
+                                  instruction="Repeat the word."))  # fmt: skip
+    assert config.task == "preference" and config.methods == ["zero-shot", "sft", "dpo", "orpo"]
+    splits = prepare_splits(config)
+    test, train_pairs, sft = _lines(splits["test"]), _lines(splits["train"]), _lines(splits["sft_train"])
+    assert len(test) == 4 and len(train_pairs) == len(sft) == 32 and len(_lines(splits["sft_val"])) == 4
+    assert test[0]["prompt"][-1]["content"].startswith("Repeat the word.\n\nsay ")
+    assert sft[0]["messages"] == train_pairs[0]["prompt"] + train_pairs[0]["chosen"]
+
+    rows = {method: run_method(config, method, splits) for method in config.methods}
+    learned = [(c.method, c.objective, c.data, c.val, c.max_steps) for c in asked]
+    pair_files = ([str(splits["train"])], [str(splits["val"])], 2)
+    assert learned == [("lora", "sft", [str(splits["sft_train"])], [str(splits["sft_val"])], 2),
+                       ("lora", "dpo", *pair_files), ("lora", "orpo", *pair_files)]  # fmt: skip
+    for method, row in rows.items():
+        assert row["metric"] == "preference_accuracy" and row["test_examples"] == 4, method
+        assert row["ci95"][0] <= row["value"] <= row["ci95"][1], method
+    assert rows["zero-shot"]["reward_accuracy"] is None and rows["zero-shot"]["margin"] is None
+    for method in ("sft", "dpo", "orpo"):
+        reward, margin = rows[method]["reward_accuracy"], rows[method]["margin"]
+        assert reward["ci95"][0] <= reward["value"] <= reward["ci95"][1], method
+        assert margin["ci95"][0] <= margin["value"] <= margin["ci95"][1], method
+
+    results = {"config": vars(config), "methods": list(rows.values())}
+    write_reports(results | {"recommendation": recommend(results["methods"])}, out)
+    report = (out / "report.md").read_text()
+    assert "reward accuracy vs base [95% CI]" in report and "4 test pairs" in report
+    assert "zero-shot, the base itself, has neither" in report
+    zero_shot = next(line for line in report.splitlines() if line.startswith("| zero-shot |"))
+    assert zero_shot.split(" | ")[3:5] == ["-", "-"]  # no reward accuracy, no margin against itself
+
+
+def test_compare_on_pairs_runs_and_reports(tiny_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", copy_task_pairs(20))
+    config = CompareConfig(data=str(data), out=str(tmp_path / "cmp"), model=str(tiny_llama_dir),
+                           methods=["zero-shot"])  # fmt: skip
+    results = compare(config)
+    assert (
+        results["config"]["task"] == "preference" and results["methods"][0]["metric"] == "preference_accuracy"
+    )
+    assert "2 test pairs" in (tmp_path / "cmp" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("rows", "options", "message"),
+    [
+        (copy_task_pairs(20), {"methods": ["zero-shot", "lora"]}, "no row lora on preference pairs"),
+        (copy_task_pairs(20), {"methods": ["few-shot"]}, "no row few-shot on preference pairs"),
+        (copy_task_pairs(20), {"task": "classification"}, "holds preference pairs"),
+        (copy_task_pairs(20), {"calibrate": "contextual"}, "--calibrate"),
+        (_rows(20), {"task": "preference"}, "holds supervised examples"),
+        (
+            [{"prompt": "say bob", "completion": "bob", "label": True}] * 20,
+            {},
+            "supervised examples or preference",
+        ),
+    ],
+)
+def test_a_row_or_task_that_the_data_cannot_take_fails_before_anything_runs(tmp_path, rows, options, message):
+    out = tmp_path / "cmp"
+    config = CompareConfig(data=str(write_jsonl(tmp_path / "d.jsonl", rows)), out=str(out), **options)
     with pytest.raises(UserError, match=message):
         compare(config)
     assert not out.exists()

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from conftest import SHARED_DATA, write_jsonl
+from conftest import SHARED_DATA, copy_task_pairs, copy_task_rows, write_jsonl
+from tunelab.errors import UserError
 from tunelab.evaluation import evaluate, forgetting, score_predictions
 from tunelab.evaluation.benchmarks import read_split, stratified_sample
 from tunelab.evaluation.prompting import PromptStyle, build_messages, pick_shots
@@ -249,3 +250,86 @@ def test_bad_jsonl_benchmarks_name_the_line(tmp_path):
     bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 2}\n')
     with pytest.raises(Exception, match="bad.jsonl:1: answer must be an index"):
         read_jsonl(bad)
+
+
+def summed_answer_logps(model, tokenizer, messages: list[dict], answer: str) -> float:
+    """An answer's summed log-probs from the model's plain logits: the prompt rendered with the generation
+    prompt, then the answer's tokens and the end of turn."""
+    prompt = chat_prompt_ids(tokenizer, messages)
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = torch.tensor([prompt + answer_ids])
+    with torch.no_grad():
+        logps = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
+    targets = ids[0, len(prompt) :]
+    return float(logps[len(prompt) - 1 :].gather(-1, targets[:, None]).sum())
+
+
+def test_preference_eval_scores_each_answer_with_the_tuned_model_and_the_adapter_disabled(
+    tiny_llama_dir, tmp_path
+):
+    data = write_jsonl(tmp_path / "pairs.jsonl", copy_task_pairs(12))
+    sft = write_jsonl(
+        tmp_path / "sft.jsonl", [{"messages": r["prompt"] + r["chosen"]} for r in copy_task_pairs(12)]
+    )
+    adapter = tmp_path / "lora"
+    train(TrainConfig(model=str(tiny_llama_dir), data=str(sft), out=str(adapter), max_steps=4, lr=3e-2))
+    config = EvalConfig(model=str(tiny_llama_dir), adapter=str(adapter), data=str(data), task="preference",
+                        precision="fp32", batch_size=5)  # fmt: skip
+    results = evaluate(config, str(tmp_path / "pref.json"))["results"]
+    rows = [json.loads(x) for x in (tmp_path / "pref.predictions.jsonl").read_text().splitlines()]
+    assert results["main_metric"] == "reward_accuracy" and results["base"] == "the adapter disabled"
+    assert results["examples"] == len(rows) == 12 and results["ties"] == 0
+
+    # every score is the answer's summed log-prob, under the adapter and under the bare base
+    tuned, _ = load_for_inference(str(tiny_llama_dir), str(adapter))
+    base, tokenizer = load_for_inference(str(tiny_llama_dir))
+    pair, row = copy_task_pairs(12)[1], rows[1]
+    for model, side, key in ((tuned, "chosen", "tuned_chosen"), (base, "rejected", "base_rejected")):
+        assert row[key] == pytest.approx(summed_answer_logps(model, tokenizer, pair["prompt"],
+                                                             pair[side][0]["content"]), abs=1e-4)  # fmt: skip
+
+    margins = [
+        (r["tuned_chosen"] - r["base_chosen"]) - (r["tuned_rejected"] - r["base_rejected"]) for r in rows
+    ]
+    assert results["reward_accuracy"]["value"] == results["value"] == sum(m > 0 for m in margins) / 12
+    assert results["margin"]["value"] == pytest.approx(sum(margins) / 12)
+    own = sum(r["tuned_chosen"] > r["tuned_rejected"] for r in rows) / 12
+    assert results["preference_accuracy"]["value"] == own
+    for name in ("reward_accuracy", "margin", "preference_accuracy"):
+        low, high = results[name]["ci95"]
+        assert low <= results[name]["value"] <= high, name
+    assert "| margin.unit | nats of summed answer log-prob" in (tmp_path / "pref.md").read_text()
+
+
+def test_preference_eval_of_a_base_model_reports_its_own_preference_accuracy_only(tiny_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", copy_task_pairs(6))
+    results = evaluate(EvalConfig(model=str(tiny_llama_dir), data=str(data), task="preference"))["results"]
+    assert results["main_metric"] == "preference_accuracy" and results["reward_accuracy"] is None
+    assert results["value"] == results["preference_accuracy"]["value"] and "no base" in results["note"]
+
+
+def test_preference_eval_finds_a_whole_models_base_in_its_run_config(tiny_llama_dir, tmp_path):
+    """A whole-model run folder (full fine-tuning) is scored against the `model` its config names; here
+    the same weights, so every margin is a tie: reward accuracy 0, as TRL counts a tie, and a note."""
+    from tiny import make_model_dir
+    from tunelab.run_dir import RunDir
+
+    tuned = make_model_dir(tmp_path / "full")  # seeded: tiny_llama_dir's weights
+    RunDir(tuned).write_config({"model": str(tiny_llama_dir), "method": "full"})
+    data = write_jsonl(tmp_path / "pairs.jsonl", copy_task_pairs(4))
+    results = evaluate(EvalConfig(model=str(tuned), data=str(data), task="preference"))["results"]
+    assert results["base"] == str(tiny_llama_dir) and results["ties"] == 4
+    assert results["reward_accuracy"]["value"] == 0.0 and "every margin is 0" in results["note"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (copy_task_rows(3), "expected preference pairs .* found supervised examples"),
+        ([{"prompt": "say bob", "chosen": "bob"}], r"pairs.jsonl:1: no 'rejected' answer"),
+    ],
+)
+def test_preference_eval_refuses_other_data_naming_file_and_line(tiny_llama_dir, tmp_path, rows, message):
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(UserError, match=message):
+        evaluate(EvalConfig(model=str(tiny_llama_dir), data=str(data), task="preference"))

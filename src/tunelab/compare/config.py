@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..evaluation.config import CALIBRATIONS
 from ..options import comma_separated
 
-TASKS = ("classification", "generation")
+TASKS = ("classification", "generation", "preference")
 
 
 @dataclass
@@ -22,14 +22,21 @@ class CompareConfig:
     )
     val: str | None = field(default=None, metadata={"help": "validation file"})
     test: str | None = field(default=None, metadata={"help": "test file (where quality is measured)"})
-    task: str = field(
-        default="classification", metadata={"help": "what the rows are scored on", "choices": TASKS}
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "what the rows are scored on (default: preference for preference pairs, else "
+            "classification)",
+            "choices": TASKS,
+        },
     )
     methods: list[str] = field(
-        default_factory=lambda: ["zero-shot", "few-shot", "lora", "head"],
+        default_factory=list,
         metadata={
             "help": "comma-separated: zero-shot,few-shot, any --method, and distill or prune+distill (their "
-            "teacher: the first tuned text method listed before them)"
+            "teacher: the first tuned text method listed before them); on preference pairs zero-shot, sft "
+            "and dpo, orpo, ipo, simpo (LoRA with that objective). Default: zero-shot,few-shot,lora,head; "
+            "on pairs zero-shot,sft,dpo,orpo"
         },
     )
     budget: str = field(

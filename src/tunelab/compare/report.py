@@ -8,11 +8,14 @@ import json
 from pathlib import Path
 
 from ..report_page import cell_text, figure_png, figures_html, html_page, html_table, markdown_table
+from .preference import NOTE as PREFERENCE_NOTE
 
 COLUMNS = [
     ("method", "method"),
     ("value", "quality"),
     ("ci95", "95% CI"),
+    ("reward_accuracy", "reward accuracy vs base [95% CI]"),
+    ("margin", "margin vs base, nats [95% CI]"),
     ("trainable_params", "trainable params"),
     ("params", "model params"),
     ("steps", "steps (planned)"),
@@ -27,6 +30,12 @@ COLUMNS = [
     ("forgetting", "forgetting (MMLU change)"),
     ("sweep", "swept: the best trial"),
 ]
+# Columns shown only when a row has them: swept rows, and preference pairs' numbers against the base.
+OPTIONAL = {
+    "sweep": lambda rows: any(row.get("sweep") for row in rows),
+    "reward_accuracy": lambda rows: any("reward_accuracy" in row for row in rows),
+    "margin": lambda rows: any("margin" in row for row in rows),
+}
 
 
 def recommend(rows: list[dict]) -> dict:
@@ -65,13 +74,15 @@ def cell(row: dict, key: str) -> str:
         return f"{chosen} (trial {value['best_trial']} of {value['trials']})"
     if key == "forgetting":
         return f"{value['change']:+.3f} [{value['ci95'][0]:+.3f}, {value['ci95'][1]:+.3f}]"
+    if key == "reward_accuracy":
+        return f"{value['value']:.3f} [{value['ci95'][0]:.3f}, {value['ci95'][1]:.3f}]"
+    if key == "margin":
+        return f"{value['value']:+.3f} [{value['ci95'][0]:+.3f}, {value['ci95'][1]:+.3f}]"
     return cell_text(row, key)
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    columns = [
-        (key, title) for key, title in COLUMNS if key != "sweep" or any(row.get("sweep") for row in rows)
-    ]
+    columns = [(key, title) for key, title in COLUMNS if key not in OPTIONAL or OPTIONAL[key](rows)]
     return [title for _, title in columns], [[cell(row, key) for key, _ in columns] for row in rows]
 
 
@@ -79,8 +90,9 @@ def scored_on(results: dict) -> str:
     config, rows = results["config"], results["methods"]
     test = config["test"] or f"10% split off {config['data']}"
     examples = rows[0].get("test_examples") if rows else None
+    unit = "pairs" if config.get("task") == "preference" else "examples"
     swept = f"; each tuned method the best of {config['sweep']} trials" if config.get("sweep") else ""
-    return f"{examples} test examples from {test}; budget {config['budget']}{swept}; model {config['model']}"
+    return f"{examples} test {unit} from {test}; budget {config['budget']}{swept}; model {config['model']}"
 
 
 def starved(rows: list[dict]) -> list[str]:
@@ -93,12 +105,17 @@ def starved(rows: list[dict]) -> list[str]:
     ]
 
 
+def notes(results: dict) -> list[str]:
+    """What the table's numbers mean, where a task's need saying."""
+    return [PREFERENCE_NOTE] if results["config"].get("task") == "preference" else []
+
+
 def markdown(results: dict) -> str:
     rows = results["methods"]
     metric = rows[0]["metric"] if rows else ""
     lines = [f"# tunelab compare: {results['config']['data']} ({metric})", "", scored_on(results) + ".", ""]
     lines += markdown_table(*table(rows))
-    lines += ["", *(f"**Warning.** {text}" for text in starved(rows))]
+    lines += ["", *notes(results), *(f"**Warning.** {text}" for text in starved(rows))]
     lines += ["", f"**Recommendation.** {results['recommendation']['text']}", ""]
     return "\n".join(lines)
 
@@ -147,8 +164,10 @@ def write_reports(results: dict, out: Path) -> None:
     text = markdown(results)
     (out / "report.md").write_text(text)
     rows = results["methods"]
+    paragraphs = [f"<p>{html.escape(text)}</p>" for text in notes(results)]
+    paragraphs += [f"<p><b>Warning.</b> {html.escape(text)}</p>" for text in starved(rows)]
     body = f"""<p>Data: {html.escape(str(results["config"]["data"]))}; {html.escape(scored_on(results))}.</p>
-{html_table(*table(rows))}{"".join(f"<p><b>Warning.</b> {html.escape(text)}</p>" for text in starved(rows))}
+{html_table(*table(rows))}{"".join(paragraphs)}
 <p><b>Recommendation.</b> {html.escape(results["recommendation"]["text"])}</p>
 {figures_html(plots(rows))}"""
     (out / "report.html").write_text(html_page("tunelab compare", body))

@@ -6,6 +6,8 @@ leaves `DIR/runs/<method>-<key>/result.json`, where the key is a hash of everyth
 method's row. A rerun reuses a finished run with the same key (so an interrupted compare resumes) and runs
 anew whatever another budget, other data or other options change; older runs stay beside, never mixed in.
 A distilled row (distilled.py) learns from a tuned row of the same compare, its key holding its teacher's.
+On preference pairs the rows are prompting, SFT on the preferred answers and preference objectives
+(preference.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -29,10 +31,12 @@ from ..evaluation.config import CALIBRATIONS
 from ..methods import REGISTRY, get_method
 from ..run_dir import RunDir, file_hash
 from ..training.memory import peak_bytes
+from . import preference
 from .config import CompareConfig
 from .distilled import DISTILLED, check_distilled, hidden_weight_of, teacher_of, train_student
 
 PROMPTING = ("zero-shot", "few-shot")
+DEFAULT_ROWS = ["zero-shot", "few-shot", "lora", "head"]
 
 
 def budget_fields(budget: str) -> dict:
@@ -63,13 +67,27 @@ def split_sources(config: CompareConfig, data_dir: Path) -> dict[str, str]:
     return sources
 
 
+def settle(config: CompareConfig) -> CompareConfig:
+    """The config with what `--data` decides filled in: the task (preference for pairs) and the rows."""
+    pairs = preference.holds_pairs(config.data)
+    task = config.task or ("preference" if pairs else "classification")
+    if (task == "preference") != pairs:
+        found = "preference pairs" if pairs else "supervised examples"
+        raise UserError(f"--task {task}: {config.data} holds {found}; leave --task out to score them as such")
+    methods = config.methods or (preference.DEFAULT_ROWS if pairs else DEFAULT_ROWS)
+    return replace(config, task=task, methods=list(methods))
+
+
 def prepare_splits(config: CompareConfig) -> dict[str, Path]:
-    """Chat-format train/val/test files under DIR/data, the instruction baked into every question so that
-    prompting and tuned models see exactly the same prompts. Rewritten on every run (the same inputs give
-    the same files), so a rerun with other data never scores on the old test set."""
+    """Chat-format train/val/test files under DIR/data (preference pairs: preference.py), the instruction
+    baked into every question so that prompting and tuned models see exactly the same prompts. Rewritten on
+    every run (the same inputs give the same files), so a rerun with other data never scores on the old
+    test set."""
     data_dir = Path(config.out) / "data"
     sources = split_sources(config, data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    if config.task == "preference":
+        return preference.write_pair_splits(config, sources, data_dir)
     paths = {}
     for name, source in sources.items():
         examples = load_examples(source)
@@ -159,7 +177,8 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
         }  # fmt: skip
         results = evaluate(eval_config(config, splits, model_dir), str(run_dir / "eval.json"))["results"]
         # Forgetting compares the base with the tuned model: only an adapter that can be switched off.
-        if config.forgetting and method in REGISTRY and get_method(method).artifact == "peft":
+        tuning = tuning_of(config, method, splits)[0]
+        if config.forgetting and tuning in REGISTRY and get_method(tuning).artifact == "peft":
             report = forgetting(
                 EvalConfig(model=config.model, adapter=str(model_dir), task="multiple-choice",
                            benchmark=config.forgetting, limit=config.forgetting_limit, seed=config.seed),
@@ -172,6 +191,8 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
         "test_examples": results["examples"],
         "peak_memory_mb": round(peak_bytes() / 2**20, 1),
     }  # fmt: skip
+    if config.task == "preference":
+        row |= preference.row_numbers(results)
     (run_dir / "result.json").write_text(json.dumps(row, indent=2))
     return row
 
@@ -181,11 +202,12 @@ def train_method(
 ) -> tuple[Path, dict, dict | None]:
     """The trained model's folder and summary; with `sweep`, those of the best of its trials (a minutes
     budget is shared by the trials, a steps or epochs budget is each trial's), and what the sweep chose."""
-    options = train_options(config, splits)
+    tuning, row_options = tuning_of(config, method, splits)
+    options = train_options(config, splits) | row_options
     if not config.sweep:
         from ..training import TrainConfig, train
 
-        train_config = TrainConfig(**options, method=method, out=str(run_dir / "model"), overwrite=True)
+        train_config = TrainConfig(**options, method=tuning, out=str(run_dir / "model"), overwrite=True)
         return run_dir / "model", train(train_config).summary, None
     from ..sweep import SweepConfig, sweep
 
@@ -193,7 +215,7 @@ def train_method(
     own = {name: options.pop(name) for name in ("model", "seed")}
     (data,), (val,) = options.pop("data"), options.pop("val")
     minutes = options.pop("max_minutes", None)
-    results = sweep(SweepConfig(data=data, val=val, **own, out=str(run_dir / "sweep"), method=method,
+    results = sweep(SweepConfig(data=data, val=val, **own, out=str(run_dir / "sweep"), method=tuning,
                                 trials=config.sweep, budget=config.budget if minutes else None,
                                 train=options))  # fmt: skip
     best = results["best_trial"]
@@ -209,6 +231,12 @@ def train_options(config: CompareConfig, splits: dict) -> dict:
         "model": config.model, "seed": config.seed, "batch_size": config.batch_size, "labels": config.labels,
         **budget_fields(config.budget), "data": [str(splits["train"])], "val": [str(splits["val"])],
     }  # fmt: skip
+
+
+def tuning_of(config: CompareConfig, method: str, splits: dict) -> tuple[str, dict]:
+    """A tuned row's `--method` and the TrainConfig fields it sets beyond `train_options`: on preference
+    pairs, LoRA and the row's objective and files; otherwise the row is the method."""
+    return preference.training_of(method, splits) if config.task == "preference" else (method, {})
 
 
 def teacher_model(config: CompareConfig, method: str, splits: dict) -> tuple[str, Path]:
@@ -239,13 +267,21 @@ def _child(config_dict: dict, method: str, splits: dict, parent_pid: int) -> Non
     run_method(CompareConfig(**config_dict), method, splits)
 
 
-def compare(config: CompareConfig, console=None) -> dict:
-    from .report import recommend, write_reports
-
+def check_rows(config: CompareConfig) -> None:
+    """Fail before anything runs on a row that does not exist for the data."""
+    if config.task == "preference":
+        return preference.check_rows(config)
     known = [*PROMPTING, *sorted(REGISTRY), *DISTILLED]
     unknown = [m for m in config.methods if m not in known]
     if unknown:
         raise UserError(f"--methods: unknown {unknown}; choose from {', '.join(known)}")
+
+
+def compare(config: CompareConfig, console=None) -> dict:
+    from .report import recommend, write_reports
+
+    config = settle(config)
+    check_rows(config)
     budget_fields(config.budget)  # fail on a bad budget before anything runs
     if config.calibrate not in (None, *CALIBRATIONS):
         raise UserError(f"--calibrate {config.calibrate}: choose one of {', '.join(CALIBRATIONS)}")

@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..inference import load_for_inference
 from ..ops import autocast, pick_precision
 from . import metrics
+from .preference import eval_preference
 from .runner import (
     EvalConfig,
     eval_classification,
@@ -34,6 +35,8 @@ def _run_task(model, tokenizer, config: EvalConfig, out_dir: Path | None) -> tup
         summary, rows, prompts = eval_classification(model, tokenizer, config, out_dir)
     elif config.task == "multiple-choice":
         summary, rows, prompts = eval_multiple_choice(model, tokenizer, config)
+    elif config.task == "preference":
+        summary, rows, prompts = eval_preference(model, tokenizer, config)
     else:
         summary, rows, prompts = eval_perplexity(model, tokenizer, config)
     summary |= prompt_token_stats(tokenizer, prompts)

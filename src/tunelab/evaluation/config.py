@@ -8,7 +8,7 @@ from ..errors import UserError
 from ..options import comma_separated
 from .benchmarks import MODES
 
-TASKS = ("generation", "classification", "multiple-choice", "perplexity")
+TASKS = ("generation", "classification", "multiple-choice", "perplexity", "preference")
 CALIBRATIONS = ("contextual",)
 
 
@@ -75,7 +75,10 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "seed for exemplars, sampling and bootstrap intervals"})
     batch_size: int = field(default=8, metadata={"help": "prompts per forward pass"})
     max_new_tokens: int = field(default=256, metadata={"help": "longest generated answer, in tokens"})
-    max_length: int = field(default=2048, metadata={"help": "longest prompt, in tokens (the rest is cut)"})
+    max_length: int = field(
+        default=2048,
+        metadata={"help": "longest prompt (preference: prompt and answer), in tokens (the rest is cut)"},
+    )
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16 autocast where native, as in training) or fp32"}
     )

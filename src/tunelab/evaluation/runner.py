@@ -4,6 +4,7 @@ generation      generate answers, score them with text metrics (or extracted num
 classification  score each label word's likelihood after the prompt; accuracy, F1, calibration
 multiple-choice MMLU or JSONL questions scored as lm-evaluation-harness does (letter or cloze mode)
 perplexity      mean next-token loss over packed blocks of text
+preference      (preference.py) pairs' answers scored by the tuned model and its base: reward accuracy
 """
 
 from __future__ import annotations
