@@ -100,7 +100,8 @@ def main() -> None:
             method={"type": "dpo", "dpo": {"hyperparameters": hyperparameters}},
         )  # fmt: skip
         started = time.monotonic()
-        while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+        finished = ("succeeded", "failed", "cancelled")
+        while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in finished:
             time.sleep(2)
         print(f"DPO job {job.id}: {job.status} in {time.monotonic() - started:.0f} s")
         if job.status != "succeeded":
