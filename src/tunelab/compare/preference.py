@@ -22,11 +22,10 @@ from pathlib import Path
 from ..data.formats import FOUND, detect_format, kind_of
 from ..data.preference import PreferencePair, load_preferences
 from ..errors import UserError
+from ..objectives import objectives_reading
 from ..objectives.preference import refuse_tools
 from .config import CompareConfig
 
-PAIR_OBJECTIVES = ("dpo", "ipo", "orpo", "simpo")  # those that learn from pairs (kto reads unpaired answers)
-ROWS = ("zero-shot", "sft", *PAIR_OBJECTIVES)
 DEFAULT_ROWS = ["zero-shot", "sft", "dpo", "orpo"]
 TUNING_METHOD = "lora"  # every tuned row's, so that the rows differ only in what they learn from
 
@@ -44,10 +43,11 @@ def holds_pairs(path: str) -> bool:
 
 def check_rows(config: CompareConfig) -> None:
     """Fail before anything runs: a row or option that means nothing on pairs."""
-    unknown = [m for m in config.methods if m not in ROWS]
+    rows = ("zero-shot", "sft", *objectives_reading("pairs"))
+    unknown = [m for m in config.methods if m not in rows]
     if unknown:
         raise UserError(
-            f"--methods: no row {', '.join(unknown)} on preference pairs; choose from {', '.join(ROWS)} "
+            f"--methods: no row {', '.join(unknown)} on preference pairs; choose from {', '.join(rows)} "
             f"(zero-shot prompting, sft on the preferred answers, or {TUNING_METHOD} with a preference "
             "objective)"
         )

@@ -3,6 +3,6 @@
 
 # Importing an objective's module registers it.
 from . import causal_lm, classification, dpo, ipo, kto, orpo, sft, simpo  # noqa: F401
-from .base import REGISTRY, Objective, get_objective, register
+from .base import REGISTRY, Objective, get_objective, objectives_reading, register
 
-__all__ = ["REGISTRY", "Objective", "get_objective", "register"]
+__all__ = ["REGISTRY", "Objective", "get_objective", "objectives_reading", "register"]

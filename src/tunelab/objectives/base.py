@@ -35,6 +35,7 @@ class Objective:
     task: str = "causal-lm"  # the model it trains, matched with `Method.task`
     options: tuple[str, ...] = ()  # the TrainConfig fields of training/config.py OBJECTIVE_OPTIONS it reads
     uses_reference = False  # scored against the model as training starts (`prepare_reference`)
+    data_kind = "supervised"  # what its files hold (data/formats.py `kind_of`): supervised, pairs, unpaired
 
     def configure(self, config) -> Objective:
         """The objective with the run's values of its `options` (a copy; the registered one stays)."""
@@ -107,6 +108,11 @@ REGISTRY: dict[str, Objective] = {}
 def register(objective: Objective) -> Objective:
     REGISTRY[objective.name] = objective
     return objective
+
+
+def objectives_reading(data_kind: str) -> tuple[str, ...]:
+    """The names of the registered objectives that train on files of that kind (e.g. `pairs`)."""
+    return tuple(name for name, objective in REGISTRY.items() if objective.data_kind == data_kind)
 
 
 def get_objective(name: str) -> Objective:

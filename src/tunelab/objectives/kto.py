@@ -49,6 +49,7 @@ def rated_rows(item: EncodedRated) -> tuple[EncodedExample, EncodedExample]:
 
 class KahnemanTversky(PairObjective):
     name = "kto"
+    data_kind = "unpaired"
     options = ("beta", "desirable_weight", "undesirable_weight")
 
     def read(self, path, config):

@@ -149,6 +149,7 @@ class PairObjective(Objective):
 
     default_beta = 0.1
     uses_reference = True
+    data_kind = "pairs"
     options: tuple[str, ...] = ("beta",)  # the TrainConfig fields it reads
 
     def read(self, path, config):

@@ -20,6 +20,7 @@ from ..data.preference import load_preferences
 from ..data.validate import validate_file
 from ..errors import UserError
 from ..methods import REGISTRY, get_method
+from ..objectives import objectives_reading
 from ..training import ConfigError, TrainConfig
 from .errors import ApiError, internal_error
 from .paths import DataDir
@@ -33,8 +34,6 @@ FIXED = set("model data val out resume overwrite init_adapter seed epochs batch_
 FIXED |= {"format", "objective", "labels", "mix"}  # chat SFT only
 FIXED |= {"dry_run"}  # a job trains
 FIXED |= {"beta"}  # a dpo job's beta is method.dpo.hyperparameters.beta
-# The pair objectives a `dpo` job may train with (`tunelab.objective`); dpo unless it says otherwise.
-PAIR_OBJECTIVES = ("dpo", "ipo", "orpo", "simpo")
 WARNINGS_ONLY = {"duplicate_example"}  # such examples still train; the job notes them
 MAX_TEXT = 1024  # characters in a text option (prompt_init, train_layers, a target module's name)
 MAX_ITEMS = 64  # entries in a list option (target_modules)
@@ -100,7 +99,7 @@ def training_method(
     method: MethodSpec | None, top_level: Hyperparameters | None, extension: dict
 ) -> TrainingMethod:
     """What a job's `method` (or top-level `hyperparameters`) asks to train; pops `objective` from the
-    `tunelab` extension, which only a dpo job may give (one of PAIR_OBJECTIVES)."""
+    `tunelab` extension, which only a dpo job may give (an objective of pairs; dpo unless it says)."""
     if method is None or method.type == "supervised":
         given = method.supervised if method and method.supervised else None
         hyper = given.hyperparameters if given else top_level
@@ -115,10 +114,10 @@ def training_method(
             code="unsupported_parameter",
         )
     objective = extension.pop("objective", "dpo")
-    if objective not in PAIR_OBJECTIVES:
+    if objective not in objectives_reading("pairs"):
         raise ApiError(
             400,
-            f"tunelab.objective: a dpo job trains with one of {', '.join(PAIR_OBJECTIVES)}, "
+            f"tunelab.objective: a dpo job trains with one of {', '.join(objectives_reading('pairs'))}, "
             f"not {objective!r}",
             param="tunelab.objective",
             code="invalid_value",
@@ -130,7 +129,7 @@ def training_method(
 
 def data_kind(job: JobRow) -> str:
     """The kind of data a job's files must hold (`data.formats.KINDS`)."""
-    return "pairs" if job.options.get("objective") in PAIR_OBJECTIVES else "supervised"
+    return "pairs" if job.options.get("objective") in objectives_reading("pairs") else "supervised"
 
 
 class JobCreate(StrictModel):
