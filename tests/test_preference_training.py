@@ -174,9 +174,40 @@ def test_a_dpo_run_resumed_from_a_checkpoint_ends_where_an_uninterrupted_one_doe
 def test_resuming_on_other_data_is_refused(tiny_llama_dir, pairs, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(config(tiny_llama_dir, pairs, tmp_path / "cut", save_every=2), hooks=StopAt(3))
-    other = write_jsonl(tmp_path / "other.jsonl", pair_rows(12))
-    with pytest.raises(ConfigError, match="does not match this run's data"):
+    swapped = [
+        {
+            **row,
+            "preferred_output": row["non_preferred_output"],
+            "non_preferred_output": row["preferred_output"],
+        }
+        for row in pair_rows(16)
+    ]
+    other = write_jsonl(tmp_path / "other.jsonl", swapped)  # as many pairs, other answers
+    with pytest.raises(ConfigError, match="holds the start's log-probs of other examples"):
         train(config(tiny_llama_dir, other, tmp_path / "cut", save_every=2, resume=True))
+
+
+def test_dropout_is_off_while_a_preference_objective_trains(tiny_llama_dir, pairs, tmp_path):
+    trainer = Trainer(config(tiny_llama_dir, pairs, tmp_path / "run", dropout=0.1))
+    dropouts = [m for m in trainer.unwrapped.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0 for m in dropouts)
+
+
+def test_the_two_answers_of_a_pair_keep_the_same_prompt_when_cut(tiny_tokenizer):
+    """Cut to max_length, both rows lose the same start of the prompt (the longer answer's cut)."""
+    from tunelab.data.preference import PreferencePair
+    from tunelab.objectives.preference import encode_pair
+
+    prompt = [{"role": "user", "content": " ".join(WORDS * 6)}]
+    pair = PreferencePair(prompt, {"role": "assistant", "content": " ".join(WORDS * 3)},
+                          {"role": "assistant", "content": "bob"})  # fmt: skip
+    item = encode_pair(pair, tiny_tokenizer, max_length=80)
+    assert item.truncated and len(item.chosen.input_ids) == 80 and len(item.rejected.input_ids) < 80
+
+    def prompt_of(row):
+        return row.input_ids[: next(i for i, label in enumerate(row.labels) if label != -100)]
+
+    assert prompt_of(item.chosen) == prompt_of(item.rejected)
 
 
 def test_a_file_of_the_wrong_kind_names_the_format_expected_and_found(tiny_llama_dir, pairs, tmp_path):

@@ -20,10 +20,10 @@ import json
 from pathlib import Path
 
 from ..data.formats import FOUND, detect_format, kind_of
-from ..data.preference import PreferencePair, load_preferences
+from ..data.preference import PreferencePair
 from ..errors import UserError
 from ..objectives import objectives_reading
-from ..objectives.preference import refuse_tools
+from ..objectives.preference import load_pairs
 from .config import CompareConfig
 
 DEFAULT_ROWS = ["zero-shot", "sft", "dpo", "orpo"]
@@ -86,9 +86,7 @@ def write_pair_splits(config: CompareConfig, sources: dict[str, str], data_dir: 
     of their chosen answers, for the sft row."""
     paths = {}
     for name, source in sources.items():
-        pairs = load_preferences(source)
-        for pair in pairs:
-            refuse_tools(pair)
+        pairs = load_pairs(source)
         if name == "test" and config.limit:
             pairs = pairs[: config.limit]
         records = [pair_record(pair, config.instruction) for pair in pairs]

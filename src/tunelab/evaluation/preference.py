@@ -12,20 +12,21 @@ Each answer is scored as the preference objectives score it: the sum of its toke
 - preference accuracy: tuned_chosen > tuned_rejected, the model's own ranking, without the base.
 
 Each share or mean comes with a 95% bootstrap interval over the pairs (`metrics.bootstrap_ci`, as every
-task's main number). The base is the same model with its adapter disabled (a PEFT adapter), else the model
-named in the run's config (a full fine-tune, tunelab's own adapter kinds). A model with no base (a base model
-itself) has no reward accuracy or margin: its preference accuracy is the main number, and a note says why.
+task's main number). The base is what training started from: the adapter it continued (`init_adapter`),
+else the same model with its adapter disabled (a PEFT adapter), else the model named in the run's config (a
+full fine-tune, tunelab's own adapter kinds). A model with no base (a base model itself) has no reward
+accuracy or margin: its preference accuracy is the main number, and a note says why.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..data.preference import PreferencePair, load_preferences
+from ..data.preference import PreferencePair
 from ..errors import UserError
 from ..inference import load_for_inference
 from ..inference.generation import adapter_folder, base_of_adapter, require_generative
-from ..objectives.preference import EncodedPair, encode_answer, pair_rows, refuse_tools, score_rows
+from ..objectives.preference import EncodedPair, encode_pair, load_pairs, pair_rows, score_rows
 from ..ops import pick_precision
 from ..run_dir import RunDir
 from .config import EvalConfig
@@ -45,25 +46,16 @@ ALL_TIES = (
 def read_pairs(config: EvalConfig) -> list[PreferencePair]:
     if not config.data:
         raise UserError("--data is required for --task preference (a file of preference pairs)")
-    pairs = load_preferences(config.data)
-    for pair in pairs:
-        refuse_tools(pair)
+    pairs = load_pairs(config.data)
     return pairs[: config.limit] if config.limit else pairs
 
 
 def encode_pairs(pairs: list[PreferencePair], tokenizer, max_length: int) -> tuple[list, list[EncodedPair]]:
     """The pairs kept and their encodings; a pair whose answer `max_length` cuts away entirely has nothing
     to score and is left out (as in training)."""
-    kept, items = [], []
-    for pair in pairs:
-        item = EncodedPair(
-            encode_answer(pair.prompt, pair.chosen, pair.text, tokenizer, max_length),
-            encode_answer(pair.prompt, pair.rejected, pair.text, tokenizer, max_length),
-        )
-        if item.chosen.n_trainable and item.rejected.n_trainable:
-            kept.append(pair)
-            items.append(item)
-    return kept, items
+    encoded = [(pair, encode_pair(pair, tokenizer, max_length)) for pair in pairs]
+    kept = [(pair, item) for pair, item in encoded if item]
+    return [pair for pair, _ in kept], [item for _, item in kept]
 
 
 def answer_scores(model, items: list[EncodedPair], tokenizer, config: EvalConfig) -> torch.Tensor:
@@ -87,7 +79,13 @@ def base_spec(config: EvalConfig) -> str | None:
 def base_scores(
     model, items: list[EncodedPair], tokenizer, config: EvalConfig
 ) -> tuple[torch.Tensor | None, str | None]:
-    """The base's scores and what the base is, or (None, None) when the model has none."""
+    """The base's scores and what the base is, or (None, None) when the model has none. An adapter trained
+    on from another (`init_adapter`, e.g. DPO after SFT) is compared with that one, its training's start."""
+    folder = adapter_folder(config.model, config.adapter)
+    started_from = (RunDir(folder).read_config() or {}).get("init_adapter") if folder else None
+    if started_from:
+        start, _ = load_for_inference(base_of_adapter(folder), started_from)
+        return answer_scores(start, items, tokenizer, config), started_from
     if hasattr(model, "disable_adapter"):  # a PEFT adapter: the base is the same weights without it
         with model.disable_adapter():
             return answer_scores(model, items, tokenizer, config), "the adapter disabled"

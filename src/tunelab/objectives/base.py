@@ -33,8 +33,9 @@ from ..ops import causal_lm_loss
 class Objective:
     name: str = ""
     task: str = "causal-lm"  # the model it trains, matched with `Method.task`
-    options: tuple[str, ...] = ()  # the TrainConfig fields of training/config.py OBJECTIVE_OPTIONS it reads
+    options: tuple[str, ...] = ()  # the TrainConfig fields only some objectives read, that this one reads
     uses_reference = False  # scored against the model as training starts (`prepare_reference`)
+    disables_dropout = False  # trained with the model's dropout off
     data_kind = "supervised"  # what its files hold (data/formats.py `kind_of`): supervised, pairs, unpaired
 
     def configure(self, config) -> Objective:
@@ -89,6 +90,7 @@ class Objective:
 
     def attach_reference(self, items: list, reference: torch.Tensor) -> None:
         """Give each item its row of `prepare_reference`'s tensor (computed now or saved by the run)."""
+        raise NotImplementedError
 
     def probe_batch(self, length: int, vocab: int) -> dict[str, torch.Tensor]:
         """One row of `length` tokens that costs what the costliest real row of that length would: here

@@ -13,13 +13,9 @@ class IdentityPreference(PairObjective):
     name = "ipo"
 
     def pair_loss(self, scores: PairScores):
+        chosen, rejected = scores.averaged_ratios()
+        losses = (chosen - rejected - 1 / (2 * self.beta)) ** 2
         chosen_ratio, rejected_ratio = scores.log_ratios()
-        chosen_tokens, rejected_tokens = (
-            scores.chosen_tokens.clamp_min(1),
-            scores.rejected_tokens.clamp_min(1),
-        )
-        difference = chosen_ratio / chosen_tokens - rejected_ratio / rejected_tokens
-        losses = (difference - 1 / (2 * self.beta)) ** 2
         return losses, self.beta * chosen_ratio, self.beta * rejected_ratio
 
 

@@ -5,9 +5,10 @@ the batch's answers, as TRL's KTOTrainer (loss_type "kto").
 
 The KL estimate is the policy's log-ratio on mismatched answers: each example's prompt with another
 example's answer, the answers rotated by one over the file (TRL rotates them within each batch of its
-dataset; either is a sample of unrelated answers), averaged over the batch, detached and floored at 0. Its
-rows are scored without gradients, in a pass of their own, and the start's log-probs of both rows are
-computed once before training like DPO's.
+dataset; either is a sample of unrelated answers), averaged over the micro-batch, detached and floored at
+0 (TRL also averages it over its ranks; small micro-batches, e.g. under `--batch-tokens` on a CPU, make it
+noisier). Its rows are scored without gradients, in a pass of their own, and the start's log-probs of both
+rows are computed once before training like DPO's.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from ..data.batching import collate
+from ..data.errors import DataError
 from ..data.preference import load_preferences
 from ..data.tokenize import EncodedExample
 from .base import probe_ids, register
 from .preference import (
-    PairObjective,
+    PreferenceObjective,
     answer_logps,
-    encode_answer,
+    encode_answers,
     refuse_tools,
     score_rows,
     stack_references,
@@ -40,14 +42,14 @@ class EncodedRated:
 
     @property
     def truncated(self) -> bool:
-        return self.answer.truncated
+        return self.answer.truncated or self.mismatched.truncated
 
 
 def rated_rows(item: EncodedRated) -> tuple[EncodedExample, EncodedExample]:
     return item.answer, item.mismatched
 
 
-class KahnemanTversky(PairObjective):
+class KahnemanTversky(PreferenceObjective):
     name = "kto"
     data_kind = "unpaired"
     options = ("beta", "desirable_weight", "undesirable_weight")
@@ -56,18 +58,21 @@ class KahnemanTversky(PairObjective):
         examples = load_preferences(path, unpaired=True, format=config.format)
         for example in examples:
             refuse_tools(example)
+        if len(examples) < 2:
+            raise DataError(
+                "KTO needs at least 2 rated answers: its KL estimate scores each prompt with another's "
+                "answer",
+                path=str(path), code="too_few_examples",
+            )  # fmt: skip
         return examples
 
     def encode(self, records, tokenizer, config):
-        items, dropped = [], 0
+        items, dropped, limit = [], 0, config.max_length
         for i, record in enumerate(records):
             other = records[i - 1].completion  # the answers rotated by one
-            answer = encode_answer(
-                record.prompt, record.completion, record.text, tokenizer, config.max_length
-            )
-            mismatched = encode_answer(record.prompt, other, record.text, tokenizer, config.max_length)
-            if answer.n_trainable and mismatched.n_trainable:
-                items.append(EncodedRated(answer, mismatched, record.desirable))
+            rows = encode_answers(record.prompt, [record.completion, other], record.text, tokenizer, limit)
+            if all(row.n_trainable for row in rows):
+                items.append(EncodedRated(*rows, record.desirable))
             else:
                 dropped += 1
         truncated = sum(item.truncated for item in items)

@@ -3,9 +3,10 @@ preferred answer plus beta times -log sigmoid of the log odds ratio of the two a
 mean token log-probs (log odds of p: log p - log(1 - p)).
 
 The supervised term is TRL's ORPOTrainer's: the mean next-token loss over the preferred rows' whole
-sequence, prompt included (the paper's implementation does the same); as a sum over the batch's pairs it is
-that mean times the pairs in the batch, so that micro-batches add up as TRL's gradient accumulation does.
-Rewards are beta times the mean log-probs."""
+sequence, prompt included (the paper's implementation does the same). It is a token mean per micro-batch,
+weighted by the micro-batch's pairs; a step cut into micro-batches of unequal token counts (`--batch-tokens`,
+`--memory-budget`, or TRL's gradient accumulation) weighs its tokens slightly differently from one whole
+batch. Rewards are beta times the mean log-probs."""
 
 from __future__ import annotations
 

@@ -8,10 +8,13 @@ and each row's score is the sum of its answer tokens' log-probabilities (`answer
 
 The objectives scored against the start (dpo, ipo, kto) need the model's log-probs as training begins:
 the loop asks `prepare_reference` once, right after the method has wrapped the model, and keeps the result
-in the run folder so that a resumed run reads the same numbers. At that moment a new LoRA, IA3, adapter or
-prompt is the identity (or, with `init_adapter`, the model being continued, e.g. DPO after SFT), so this
-is "the base with the adapter disabled" and, for full fine-tuning, the frozen start, without a second copy
-of the model for any method.
+in the run folder so that a resumed run reads the same numbers. At that moment a new LoRA, IA3 or adapter
+is the identity (with `init_adapter`, the model being continued, e.g. DPO after SFT), so the reference is
+the base with the adapter disabled, as TRL's; for full fine-tuning it is the frozen start; for prompt and
+prefix tuning, the base with the initial virtual tokens. No method keeps a second copy of the model.
+
+Dropout is off while a preference objective trains (`disables_dropout`, TRL's `disable_dropout`): the
+policy's log-probs are compared with the start's, which are scored without it.
 
 Losses and logged statistics follow TRL 1.16 (tests/test_trl_parity.py compares them on one batch).
 """
@@ -44,31 +47,59 @@ class EncodedPair:
         return self.chosen.truncated or self.rejected.truncated
 
 
-def encode_answer(prompt: list[dict], answer: dict, text: bool, tokenizer, max_length: int) -> EncodedExample:
-    """The prompt then the answer, labelled on the answer only. Conversations go through the model's chat
-    template (earlier assistant turns are context); plain text is the prompt's tokens (with the tokenizer's
-    BOS) then the answer's and EOS, as TRL encodes its standard format."""
+def encode_answers(prompt: list[dict], answers: list[dict], text: bool, tokenizer, max_length: int):
+    """One row per answer: the prompt then the answer, labelled on the answer only, each at most
+    `max_length` tokens. Conversations go through the model's chat template (earlier assistant turns are
+    context); plain text is the prompt's tokens (with the tokenizer's BOS) then the answer's and EOS, as TRL
+    encodes its standard format. Too long, the rows lose the same start of the prompt (that of the row that
+    needs the most cut, down to half the length), so that the answers follow the same prompt, then each
+    answer its end: what is kept is the prompt's end, where the question usually is, and the answers'
+    start."""
+    rows = [whole_row(prompt, answer, text, tokenizer) for answer in answers]
+    cut = max(prompt_cut(ids, labels, max_length) for ids, labels in rows)
+    return [shorten(ids, labels, cut, max_length) for ids, labels in rows]
+
+
+def whole_row(prompt: list[dict], answer: dict, text: bool, tokenizer) -> tuple[list[int], list[int]]:
     if text:
         prompt_ids = tokenizer(prompt[-1]["content"])["input_ids"]
         answer_ids = tokenizer(answer["content"], add_special_tokens=False)["input_ids"]
         answer_ids = answer_ids + [tokenizer.eos_token_id]
-        ids, labels = prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
-    else:
-        context = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in prompt]
-        item = encode_chat(Example([*context, answer]), tokenizer, UNLIMITED)
-        ids, labels = item.input_ids, item.labels
-    return truncate(ids, labels, max_length)
+        return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+    context = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in prompt]
+    item = encode_chat(Example([*context, answer]), tokenizer, UNLIMITED)
+    return item.input_ids, item.labels
 
 
-def truncate(ids: list[int], labels: list[int], max_length: int) -> EncodedExample:
-    """At most `max_length` tokens: the prompt loses its start (down to half the length), then the answer
-    its end, so what is kept is the prompt's end, where the question usually is, and the answer's start."""
+def prompt_cut(ids: list[int], labels: list[int], max_length: int) -> int:
+    """How many of the prompt's first tokens a row over `max_length` loses (down to half the length)."""
     over = len(ids) - max_length
     if over <= 0:
-        return EncodedExample(ids, labels)
+        return 0
     prompt_length = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
-    cut = min(over, max(0, prompt_length - max_length // 2))
+    return min(over, max(0, prompt_length - max_length // 2))
+
+
+def shorten(ids: list[int], labels: list[int], cut: int, max_length: int) -> EncodedExample:
+    if not cut and len(ids) <= max_length:
+        return EncodedExample(ids, labels)
     return EncodedExample(ids[cut:][:max_length], labels[cut:][:max_length], truncated=True)
+
+
+def encode_pair(pair, tokenizer, max_length: int) -> EncodedPair | None:
+    """A pair's two rows; None when `max_length` cuts an answer away (nothing left to compare)."""
+    chosen, rejected = encode_answers(
+        pair.prompt, [pair.chosen, pair.rejected], pair.text, tokenizer, max_length
+    )
+    return EncodedPair(chosen, rejected) if chosen.n_trainable and rejected.n_trainable else None
+
+
+def load_pairs(path, format: str | None = None) -> list:
+    """The pairs of a file, refused by name where they hold what no preference objective reads yet."""
+    pairs = load_preferences(path, format=format)
+    for pair in pairs:
+        refuse_tools(pair)
+    return pairs
 
 
 def refuse_tools(record) -> None:
@@ -84,7 +115,7 @@ def stack_references(items: list, width: int) -> torch.Tensor | None:
     """The items' reference log-probs as a (B, width) float64 tensor; None until they are known."""
     if any(item.reference is None for item in items):
         return None
-    return torch.tensor([item.reference for item in items], dtype=torch.float64).reshape(len(items), width)
+    return torch.tensor([item.reference for item in items], dtype=torch.float64)
 
 
 def answer_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,6 +163,11 @@ class PairScores:
         chosen_tokens, rejected_tokens = self.chosen_tokens.clamp_min(1), self.rejected_tokens.clamp_min(1)
         return self.chosen / chosen_tokens, self.rejected / rejected_tokens
 
+    def averaged_ratios(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each answer's log-ratio to the start per answer token (IPO's)."""
+        chosen, rejected = self.log_ratios()
+        return chosen / self.chosen_tokens.clamp_min(1), rejected / self.rejected_tokens.clamp_min(1)
+
     def log_ratios(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each answer's summed log-prob minus the start's."""
         return self.chosen - self.reference[:, 0], self.rejected - self.reference[:, 1]
@@ -144,39 +180,50 @@ def pair_scores(sums: torch.Tensor, counts: torch.Tensor, batch: dict) -> PairSc
     return PairScores(chosen, rejected, chosen_tokens, rejected_tokens, reference)
 
 
-class PairObjective(Objective):
-    """A batch of pairs is scored in one forward pass; `pair_loss` is each objective's own."""
+class PreferenceObjective(Objective):
+    """What the pair objectives and KTO share: `beta` (each its default), dropout off, the start's
+    log-probs attached to each item, and the margin of the logged rewards."""
 
     default_beta = 0.1
     uses_reference = True
-    data_kind = "pairs"
+    disables_dropout = True
     options: tuple[str, ...] = ("beta",)  # the TrainConfig fields it reads
-
-    def read(self, path, config):
-        pairs = load_preferences(path, format=config.format)
-        for pair in pairs:
-            refuse_tools(pair)
-        return pairs
-
-    def encode(self, records, tokenizer, config):
-        items, dropped = [], 0
-        for pair in records:
-            item = EncodedPair(
-                encode_answer(pair.prompt, pair.chosen, pair.text, tokenizer, config.max_length),
-                encode_answer(pair.prompt, pair.rejected, pair.text, tokenizer, config.max_length),
-            )
-            if item.chosen.n_trainable and item.rejected.n_trainable:
-                items.append(item)
-            else:
-                dropped += 1  # an answer cut away by max_length: nothing to compare
-        truncated = sum(item.truncated for item in items)
-        return items, {"examples": len(items), "dropped_no_labels": dropped, "truncated": truncated}
 
     def configure(self, config):
         configured = super().configure(config)
         if configured.beta is None:
             configured.beta = self.default_beta
         return configured
+
+    def loss(self, model, batch, normaliser):
+        return self.loss_with_stats(model, batch, normaliser)[0]
+
+    def means(self, totals: dict) -> dict:
+        return with_margin(super().means(totals))
+
+    def attach_reference(self, items, reference):
+        for item, row in zip(items, reference.tolist(), strict=True):
+            item.reference = tuple(row)
+
+
+class PairObjective(PreferenceObjective):
+    """A batch of pairs is scored in one forward pass; `pair_loss` is each objective's own."""
+
+    data_kind = "pairs"
+
+    def read(self, path, config):
+        return load_pairs(path, config.format)
+
+    def encode(self, records, tokenizer, config):
+        encoded = [encode_pair(pair, tokenizer, config.max_length) for pair in records]
+        items = [item for item in encoded if item]
+        truncated = sum(item.truncated for item in items)
+        stats = {
+            "examples": len(items),
+            "dropped_no_labels": len(encoded) - len(items),
+            "truncated": truncated,
+        }
+        return items, stats
 
     def length(self, item: EncodedPair) -> int:
         return max(len(item.chosen.input_ids), len(item.rejected.input_ids))
@@ -197,9 +244,6 @@ class PairObjective(Objective):
         item = EncodedPair(EncodedExample(ids, ids), EncodedExample(ids, ids), (0.0, 0.0))
         return self.collate([item], pad_id=0)
 
-    def loss(self, model, batch, normaliser):
-        return self.loss_with_stats(model, batch, normaliser)[0]
-
     def loss_with_stats(self, model, batch, normaliser):
         sums, counts = answer_logps(model, batch)
         scores = pair_scores(sums, counts, batch)
@@ -217,15 +261,8 @@ class PairObjective(Objective):
         """The log-probs logged as logps/chosen and logps/rejected: those the loss compares (TRL's)."""
         return scores.chosen, scores.rejected
 
-    def means(self, totals: dict) -> dict:
-        return with_margin(super().means(totals))
-
     def prepare_reference(self, model, items, pad_id, batch_size, device, precision):
         return score_rows(model, items, pair_rows, pad_id, batch_size, device, precision)
-
-    def attach_reference(self, items, reference):
-        for item, row in zip(items, reference.tolist(), strict=True):
-            item.reference = tuple(row)
 
 
 def pair_rows(item: EncodedPair) -> tuple[EncodedExample, EncodedExample]:
@@ -241,16 +278,18 @@ def score_rows(model, items: list, rows_of, pad_id, batch_size, device, precisio
     longest = [max(len(row.input_ids) for row in rows_of(item)) for item in items]
     order = sorted(range(len(items)), key=longest.__getitem__)
     scores: dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            picked = order[start : start + batch_size]
-            rows = [rows_of(items[i]) for i in picked]
-            sides = len(rows[0])
-            batch = collate([item_rows[side] for side in range(sides) for item_rows in rows], pad_id)
-            batch = {key: value.to(device) for key, value in batch.items()}
-            with autocast(device, precision):
-                sums, _ = answer_logps(model, batch)
-            for i, row in zip(picked, sums.double().cpu().reshape(sides, len(picked)).T, strict=True):
-                scores[i] = row
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                picked = order[start : start + batch_size]
+                rows = [rows_of(items[i]) for i in picked]
+                sides = len(rows[0])
+                batch = collate([item_rows[side] for side in range(sides) for item_rows in rows], pad_id)
+                batch = {key: value.to(device) for key, value in batch.items()}
+                with autocast(device, precision):
+                    sums, _ = answer_logps(model, batch)
+                for i, row in zip(picked, sums.double().cpu().reshape(sides, len(picked)).T, strict=True):
+                    scores[i] = row
+    finally:
+        model.train(was_training)
     return torch.stack([scores[i] for i in range(len(items))]) if items else torch.zeros(0, 2).double()

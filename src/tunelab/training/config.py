@@ -54,7 +54,7 @@ class TrainConfig:
     )
     label_smoothing: float = field(
         default=0.0,
-        metadata={"help": "dpo, simpo: the fraction of pairs assumed mislabelled", "bounds": (0.0, 0.5)},
+        metadata={"help": "dpo, simpo: the fraction of pairs assumed mislabelled", "bounds": (0.0, 0.49)},
     )
     simpo_gamma: float = field(
         default=0.5, metadata={"help": "simpo: the reward margin it asks for", "bounds": (0.0, 100.0)}
@@ -205,8 +205,9 @@ class TrainConfig:
         """An objective's option given to another objective is refused by name, never silently unused."""
         from ..objectives import REGISTRY as OBJECTIVES
 
+        some_objectives = {name for o in OBJECTIVES.values() for name in o.options}
         for f in fields(self):
-            if f.name in OBJECTIVE_OPTIONS and getattr(self, f.name) != f.default:
+            if f.name in some_objectives and getattr(self, f.name) != f.default:
                 if f.name not in objective.options:
                     takers = [name for name, o in OBJECTIVES.items() if f.name in o.options]
                     raise ConfigError(
@@ -239,9 +240,6 @@ class TrainConfig:
         options = without_others_defaults(values.get("method", cls.method), options, from_file)
         return cls(**values, options=options)
 
-
-# The fields that only some objectives read (`Objective.options` says which).
-OBJECTIVE_OPTIONS = ("beta", "label_smoothing", "simpo_gamma", "desirable_weight", "undesirable_weight")
 
 # The keys of a flat config that are TrainConfig's own; the others are the method's options.
 FLAT_FIELDS = {f.name for f in fields(TrainConfig)} - {"options"}

@@ -7,6 +7,7 @@ count that normalises the loss is summed over ranks and micro-batches (see steps
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
+from safetensors import safe_open
 
 from ..data.batching import epoch_batches, split_by_tokens
 from ..data.mixture import epoch_indices, mixing_weights
@@ -133,6 +135,7 @@ class Trainer:
         self.method = get_method(config.method)
         if objective:
             check_pairing(self.method, objective)
+            objective = objective.configure(config)
         else:
             objective = objective_for(config, self.method)
             config = replace(config, objective=objective.name)  # saved as it ran: the default is named
@@ -156,6 +159,9 @@ class Trainer:
             config, self.tokenizer, self.objective
         )
         model = self.method.prepare(model, config)
+        if self.objective.disables_dropout:
+            self.log(f"{self.objective.name}: dropout off (the start it is compared with is scored without)")
+            disable_dropout(model)
         if config.gradient_checkpointing:
             enable_checkpointing(model)
         self.train_items = [item for task in self.tasks for item in task.train]
@@ -195,33 +201,33 @@ class Trainer:
 
     def _references(self, model) -> None:
         """The start's log-probs of every train and val item, for the objectives scored against the start
-        (DPO, IPO, KTO): computed once, now, and kept in the run folder, so that a resumed run reads the
-        numbers the interrupted one used."""
+        (DPO, IPO, KTO): scored once, by the main process, and kept in the run folder with a fingerprint of
+        the items, so that every rank and a resumed run read the same numbers."""
         if not self.objective.uses_reference:
             return
         sets = {"train": self.train_items} | {f"val/{name}": items for name, items in self.val_sets.items()}
-        path = RunDir(self.out).reference_logps
-        if self.config.resume and path.exists():
-            saved = ckpt.load_file(path)
-        else:
-            saved = self._score_start(model, sets)
-            if self.main:
-                with atomic_folder(path.parent) as folder:
-                    ckpt.save_file(saved, folder / path.name)
-        for name, items in sets.items():
-            if name not in saved or len(saved[name]) != len(items):
-                raise ConfigError(f"{path} does not match this run's data; the data changed since it started")
-            self.objective.attach_reference(items, saved[name])
+        path, fingerprint = RunDir(self.out).reference_logps, items_fingerprint(sets, self.config.model)
+        if self.main and not (self.config.resume and path.exists()):
+            scores = self._score_start(model, sets)
+            with atomic_folder(path.parent) as folder:
+                ckpt.save_file(scores, folder / path.name, metadata={"fingerprint": fingerprint})
+        self.accelerator.wait_for_everyone()
+        with safe_open(path, "pt") as saved:
+            if saved.metadata().get("fingerprint") != fingerprint:
+                raise ConfigError(
+                    f"{path} holds the start's log-probs of other examples: the data, max_length or model "
+                    "changed since this run started; start again with --overwrite"
+                )
+            for name, items in sets.items():
+                self.objective.attach_reference(items, saved.get_tensor(name))
 
     def _score_start(self, model, sets: dict) -> dict[str, torch.Tensor]:
         device, pad_id, batch = self.accelerator.device, self.tokenizer.pad_token_id, self.config.batch_size
         total = sum(len(items) for items in sets.values())
         self.log(f"{self.objective.name}: scoring the {total} examples by the model as it starts (once)")
         model.to(device)
-        score = self.objective.prepare_reference
-        return {
-            name: score(model, items, pad_id, batch, device, self.precision) for name, items in sets.items()
-        }
+        score, precision = self.objective.prepare_reference, self.precision
+        return {name: score(model, items, pad_id, batch, device, precision) for name, items in sets.items()}
 
     def _measure(self, model) -> MemoryModel:
         """What the run will cost (memory.py), measured on the model as it will train."""
@@ -515,6 +521,22 @@ class Trainer:
             f"peak memory {summary['peak_memory_mb']} MB"
         )
         return TrainResult(self.out, summary)
+
+
+def disable_dropout(model) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def items_fingerprint(sets: dict[str, list], model: str) -> str:
+    """A hash of the encoded items (before their reference is attached) and the model's spec."""
+    digest = hashlib.sha256(model.encode())
+    for name, items in sets.items():
+        digest.update(name.encode())
+        for item in items:
+            digest.update(repr(asdict(item)).encode())
+    return digest.hexdigest()
 
 
 def param_groups(named_params: list, config: TrainConfig, lr: float, method: Method) -> list[dict]:

@@ -72,7 +72,7 @@ def plot_loss(out: Path) -> Path | None:
         plot_series(reward_axis, val, "val_rewards/margins", "val reward margin", style="o-")
         plot_series(reward_axis, train, "rewards/accuracies", "train reward accuracy", linewidth=1)
         plot_series(reward_axis, val, "val_rewards/accuracies", "val reward accuracy", style="o-")
-        reward_axis.set_ylabel("reward margin (nats x beta) / accuracy")
+        reward_axis.set_ylabel("reward margin / accuracy")
     for axis in axes[0]:
         axis.set_xlabel("optimizer step")
         axis.grid(alpha=0.3)
