@@ -1,6 +1,12 @@
 """Close the loop with feedback: chat with a model served by `tunelab serve`, rate and correct its answers
-through the API, turn the feedback into preference pairs (`tunelab data from-feedback --as dpo`), train a
-DPO job on them with the official `openai` client, and ask the tuned model the same questions again.
+through the API, turn the feedback into training data (`tunelab data from-feedback`), and train with the
+official `openai` client the usual two stages: a supervised job on the corrections (`--as sft`), then a DPO
+job from that `ft:` model on the pairs (`--as dpo`: each correction preferred over the answer it corrects).
+Then ask the tuned models the same questions again.
+
+DPO alone from the base, at a learning rate high enough to learn 12 facts, drives both answers' log-probs
+down and the model to stop at once (empty answers); learning the corrections first, then preferring them,
+is the pipeline DPO was made for.
 
 python examples/feedback_loop.py --data-dir /tmp/feedback-demo      # starts its own server, prints a table
 
@@ -22,7 +28,8 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
-# Questions with one short right answer the embedded model does not give by itself.
+# Questions with one short right answer the embedded model does not give by itself; a job needs at least
+# 10 examples (OpenAI's rule, which the service keeps).
 CORRECTIONS = {
     "What is the name of our support bot?": "Our support bot is called Pip.",
     "Which day is the office closed?": "The office is closed on Wednesdays.",
@@ -32,6 +39,10 @@ CORRECTIONS = {
     "How long is the lunch break?": "The lunch break is 45 minutes.",
     "Where is the meeting room?": "The meeting room is on the second floor.",
     "What is the project called?": "The project is called tunelab.",
+    "When is the team meeting?": "The team meeting is on Mondays at 10.",
+    "Which printer should I use?": "Use the printer by the kitchen.",
+    "Where do I park my bike?": "Park your bike in the courtyard.",
+    "What is the guest network called?": "The guest network is called tunelab-guest.",
 }
 
 
@@ -66,11 +77,39 @@ def ask(client: OpenAI, model: str, question: str):
     return reply.id, reply.choices[0].message.content.strip()
 
 
+def feedback_file(data_dir: Path, kind: str) -> Path:
+    """`tunelab data from-feedback --as KIND` into a file beside the data dir."""
+    out = data_dir.parent / f"{data_dir.name}-{kind}.jsonl"
+    export = [sys.executable, "-m", "tunelab", "data", "from-feedback", "--data-dir", str(data_dir)]
+    subprocess.run([*export, "--out", str(out), "--as", kind], check=True)
+    return out
+
+
+def train_job(client: OpenAI, model: str, data: Path, kind: str, hyperparameters: dict):
+    """A fine-tuning job of `kind` (supervised or dpo) on `data`, waited for; its metric events printed."""
+    uploaded = client.files.create(file=data.open("rb"), purpose="fine-tune")
+    method = {"type": kind, kind: {"hyperparameters": hyperparameters}}
+    job = client.fine_tuning.jobs.create(model=model, training_file=uploaded.id, method=method)
+    started = time.monotonic()
+    finished = ("succeeded", "failed", "cancelled")
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in finished:
+        time.sleep(2)
+    print(f"{kind} job {job.id} from {model}: {job.status} in {time.monotonic() - started:.0f} s")
+    if job.status != "succeeded":
+        sys.exit(f"the job {job.status}: {job.error}")
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data[::-1]
+    for event in [e for e in events if e.type == "metrics"][-3:]:
+        print(f"  {event.message}")
+    return job
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="the server's data dir (default: a temporary one)")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--lr-multiplier", type=float, default=10.0)
+    parser.add_argument("--sft-epochs", type=int, default=8)
+    parser.add_argument("--sft-lr-multiplier", type=float, default=10.0)
+    parser.add_argument("--dpo-epochs", type=int, default=3)
+    parser.add_argument("--dpo-lr-multiplier", type=float, default=1.0)
     parser.add_argument("--beta", type=float, default=0.1)
     args = parser.parse_args()
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="tunelab-feedback-"))
@@ -87,35 +126,20 @@ def main() -> None:
             feedback = {"completion_id": completion_id, "rating": -1, "correction": correction}
             http.post("/v1/feedback", json=feedback).raise_for_status()
 
-        pairs = data_dir.parent / f"{data_dir.name}-pairs.jsonl"
-        export = [sys.executable, "-m", "tunelab", "data", "from-feedback", "--data-dir", str(data_dir)]
-        subprocess.run([*export, "--out", str(pairs), "--as", "dpo"], check=True)
-        uploaded = client.files.create(file=pairs.open("rb"), purpose="fine-tune")
-        hyperparameters = {
-            "beta": args.beta, "n_epochs": args.epochs, "batch_size": 4,
-            "learning_rate_multiplier": args.lr_multiplier,
-        }  # fmt: skip
-        job = client.fine_tuning.jobs.create(
-            model=base, training_file=uploaded.id,
-            method={"type": "dpo", "dpo": {"hyperparameters": hyperparameters}},
-        )  # fmt: skip
-        started = time.monotonic()
-        finished = ("succeeded", "failed", "cancelled")
-        while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in finished:
-            time.sleep(2)
-        print(f"DPO job {job.id}: {job.status} in {time.monotonic() - started:.0f} s")
-        if job.status != "succeeded":
-            sys.exit(f"the job {job.status}: {job.error}")
-        for event in client.fine_tuning.jobs.list_events(job.id, limit=100).data[::-1]:
-            if event.type == "metrics" or (event.data and "rewards/accuracies" in (event.data or {})):
-                print(f"  {event.message}")
-
-        print("\n| question | correction | before | after DPO |\n|---|---|---|---|")
+        sft = train_job(client, base, feedback_file(data_dir, "sft"), "supervised", {
+            "n_epochs": args.sft_epochs, "batch_size": 4, "learning_rate_multiplier": args.sft_lr_multiplier,
+        })  # fmt: skip
+        dpo = train_job(client, sft.fine_tuned_model, feedback_file(data_dir, "dpo"), "dpo", {
+            "beta": args.beta, "n_epochs": args.dpo_epochs, "batch_size": 4,
+            "learning_rate_multiplier": args.dpo_lr_multiplier,
+        })  # fmt: skip
+        after_sft = {question: ask(client, sft.fine_tuned_model, question)[1] for question in CORRECTIONS}
+        print("\n| question | correction | before | after SFT | after SFT then DPO |\n|---|---|---|---|---|")
         fixed = 0
         for question, correction in CORRECTIONS.items():
-            _, after = ask(client, job.fine_tuned_model, question)
+            _, after = ask(client, dpo.fine_tuned_model, question)
             fixed += after == correction
-            print(f"| {question} | {correction} | {before[question]} | {after} |")
+            print(f"| {question} | {correction} | {before[question]} | {after_sft[question]} | {after} |")
         print(f"\n{fixed}/{len(CORRECTIONS)} corrected prompts now get the corrected answer")
     finally:
         server.terminate()
