@@ -206,14 +206,15 @@ class Trainer:
         if not self.objective.uses_reference:
             return
         sets = {"train": self.train_items} | {f"val/{name}": items for name, items in self.val_sets.items()}
-        path, fingerprint = RunDir(self.out).reference_logps, items_fingerprint(sets, self.config.model)
+        start = f"{self.config.model} {self.config.init_adapter}"  # what the model was as training began
+        path, fingerprint = RunDir(self.out).reference_logps, items_fingerprint(sets, start)
         if self.main and not (self.config.resume and path.exists()):
             scores = self._score_start(model, sets)
             with atomic_folder(path.parent) as folder:
                 ckpt.save_file(scores, folder / path.name, metadata={"fingerprint": fingerprint})
         self.accelerator.wait_for_everyone()
         with safe_open(path, "pt") as saved:
-            if saved.metadata().get("fingerprint") != fingerprint:
+            if (saved.metadata() or {}).get("fingerprint") != fingerprint:
                 raise ConfigError(
                     f"{path} holds the start's log-probs of other examples: the data, max_length or model "
                     "changed since this run started; start again with --overwrite"
@@ -529,9 +530,9 @@ def disable_dropout(model) -> None:
             module.p = 0.0
 
 
-def items_fingerprint(sets: dict[str, list], model: str) -> str:
-    """A hash of the encoded items (before their reference is attached) and the model's spec."""
-    digest = hashlib.sha256(model.encode())
+def items_fingerprint(sets: dict[str, list], start: str) -> str:
+    """A hash of the encoded items (before their reference is attached) and of what the model started as."""
+    digest = hashlib.sha256(start.encode())
     for name, items in sets.items():
         digest.update(name.encode())
         for item in items:
