@@ -21,6 +21,7 @@ from tunelab.training.config import ConfigError
 from tunelab.training.datasets import check_pairing, objective_for
 
 PREFERENCE = ("dpo", "ipo", "orpo", "simpo", "kto")
+REWARD = ("grpo",)  # learns from a grader's rewards (tests/test_grpo.py)
 
 
 class FirstAnswerToken(SupervisedFineTuning):
@@ -90,7 +91,8 @@ def test_every_objective_pairs_with_the_methods_of_its_task(tiny_llama_dir):
         ("head", "sft"): False, ("head", "causal-lm"): False, ("head", "distill"): False,
         ("head", "classification"): True,
     } | {
-        (method, name): method != "head" for method in ("lora", "full", "head") for name in PREFERENCE
+        (method, name): method != "head" for method in ("lora", "full", "head")
+        for name in PREFERENCE + REWARD
     }  # fmt: skip
 
 

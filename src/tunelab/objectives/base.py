@@ -27,7 +27,7 @@ from ..data import load_examples, name_labels
 from ..data.batching import collate, count_label_tokens
 from ..data.tokenize import EncodedExample
 from ..errors import UserError
-from ..ops import causal_lm_loss
+from ..ops import autocast, causal_lm_loss
 
 
 class Objective:
@@ -76,6 +76,30 @@ class Objective:
         """The logged values of the summed statistics: name -> (sum, count) becomes name -> mean."""
         return {name: total / count for name, (total, count) in totals.items() if count}
 
+    def step_batches(
+        self, model, item_batches: list[list], pad_id: int, max_tokens: int | None
+    ) -> list[dict]:
+        """The collated micro-batches of one optimizer step, from its items already cut to `max_tokens`
+        (GRPO samples and grades its answers here, so that it has rows to learn from)."""
+        return [self.collate(items, pad_id) for items in item_batches]
+
+    def evaluate(
+        self, model, items: list, batch_size: int, pad_id, device, precision
+    ) -> tuple[float, int, dict]:
+        """(summed loss, targets, statistics name -> (sum, count)) over `items`, in batches of similar
+        length; the caller has put the model in eval mode, without gradients."""
+        total, count, totals = 0.0, 0, {}
+        order = sorted(range(len(items)), key=lambda i: self.length(items[i]))
+        for start in range(0, len(order), batch_size):
+            batch = self.collate([items[i] for i in order[start : start + batch_size]], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device, precision):
+                loss, stats = self.loss_with_stats(model, batch, 1)
+            total += loss.item()
+            add_stats(totals, stats)
+            count += self.count_targets(batch)
+        return total, count, totals
+
     def count_targets(self, batch: dict) -> int:
         return count_label_tokens(batch["labels"])
 
@@ -97,6 +121,13 @@ class Objective:
         every position labelled (the loss's worst case)."""
         ids = probe_ids(length, vocab)
         return self.collate([EncodedExample(ids, ids)], pad_id=0)
+
+
+def add_stats(totals: dict, stats: dict) -> None:
+    """Adds one batch's name -> (sum, count) to `totals`."""
+    for name, (value, count) in stats.items():
+        total, counted = totals.get(name, (0.0, 0))
+        totals[name] = (total + value, counted + count)
 
 
 def probe_ids(length: int, vocab: int) -> list[int]:

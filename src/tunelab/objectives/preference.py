@@ -31,6 +31,7 @@ from ..data.examples import Example
 from ..data.preference import load_preferences
 from ..data.tokenize import IGNORE_INDEX, EncodedExample, encode_chat
 from ..ops import autocast, token_logps
+from ..options import ConfigError
 from .base import Objective, probe_ids
 
 UNLIMITED = 1 << 30  # encode whole, then truncate the pair's own way
@@ -193,6 +194,8 @@ class PreferenceObjective(Objective):
         configured = super().configure(config)
         if configured.beta is None:
             configured.beta = self.default_beta
+        if configured.beta == 0:
+            raise ConfigError(f"beta 0 leaves {self.name} nothing to learn; give a positive beta", key="beta")
         return configured
 
     def loss(self, model, batch, normaliser):

@@ -40,7 +40,8 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "sft (chat examples), causal-lm (plain text, packed blocks), classification (a class "
-            "per example), dpo, ipo, orpo, simpo (preference pairs) or kto (answers rated good or bad); "
+            "per example), dpo, ipo, orpo, simpo (preference pairs), kto (answers rated good or bad) or grpo "
+            "(rewards from a --grader); "
             "default: the method's (sft; head: classification)"
         },
     )
@@ -48,8 +49,9 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "preference objectives: how far from the start the model may move (dpo, ipo, kto) or "
-            "the reward scale (orpo, simpo); default: the objective's (0.1; simpo 2.0)",
-            "bounds": (1e-6, 100.0),
+            "the reward scale (orpo, simpo); grpo: the weight of its KL divergence to the start; default: "
+            "the objective's (0.1; simpo 2.0; grpo 0)",
+            "bounds": (0.0, 100.0),
         },
     )
     label_smoothing: float = field(
@@ -64,6 +66,23 @@ class TrainConfig:
     )
     undesirable_weight: float = field(
         default=1.0, metadata={"help": "kto: the weight of bad answers", "bounds": (0.0, 100.0)}
+    )
+    grader: str | None = field(
+        default=None,
+        metadata={"help": "grpo: the grader of its answers, a JSON file in OpenAI's grader shape"},
+    )
+    generations: int = field(
+        default=8, metadata={"help": "grpo: answers sampled per prompt (a group)", "bounds": (2, 256)}
+    )
+    sampling_temperature: float = field(
+        default=1.0, metadata={"help": "grpo: the temperature it samples answers at", "bounds": (0.0, 10.0)}
+    )
+    max_completion_tokens: int = field(
+        default=256, metadata={"help": "grpo: the longest answer it samples", "bounds": (1, 65_536)}
+    )
+    epsilon: float = field(
+        default=0.2,
+        metadata={"help": "grpo: how far the probability ratio may move (clip)", "bounds": (0.0, 1.0)},
     )
     format: str | None = field(
         default=None, metadata={"help": "force the data format instead of detecting it"}

@@ -26,6 +26,7 @@ from ..methods import Method, get_method
 from ..models import load_model
 from ..models.blocks import BLOCK_INDEX
 from ..objectives import Objective
+from ..objectives.base import add_stats
 from ..ops import pick_precision
 from ..run_dir import RunDir, atomic_folder
 from . import auto
@@ -36,7 +37,7 @@ from .memory import MemoryModel, batch_tokens_for, measure, parse_bytes, peak_by
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
 from .schedule import LRPlan, TimeBudget, apply_plan, lr_scheduler
-from .steps import add_stats, evaluate_loss, train_step
+from .steps import evaluate_loss, train_step
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -362,11 +363,8 @@ class Trainer:
         state, pad_id = self.state, self.tokenizer.pad_token_id
         self.method.on_step(self.unwrapped, state.step, self.plan.total_steps)
         lr_factor = self.plan.factor(state.step)  # what the scheduler set for this step
-        micro = [
-            self.objective.collate([self.train_items[i] for i in m], pad_id)
-            for batch in group
-            for m in self._micro(batch)
-        ]
+        item_batches = [[self.train_items[i] for i in m] for batch in group for m in self._micro(batch)]
+        micro = self.objective.step_batches(self.unwrapped, item_batches, pad_id, self.micro_tokens)
         result = train_step(
             self.model, micro, self.optimizer, self.scheduler, self.accelerator, self.config, self.precision,
             self.objective,

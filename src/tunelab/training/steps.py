@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..objectives.base import add_stats
 from ..ops import autocast
 from .memory import give_back_freed
 
@@ -56,13 +57,6 @@ def train_step(model, micro, optimizer, scheduler, accelerator, config, precisio
     return StepResult(total_loss, grad_norm, int(tokens), measured)
 
 
-def add_stats(totals: dict, stats: dict) -> None:
-    """Adds one batch's name -> (sum, count) to `totals`."""
-    for name, (value, count) in stats.items():
-        total, counted = totals.get(name, (0.0, 0))
-        totals[name] = (total + value, counted + count)
-
-
 def sum_over_ranks(accelerator, values: list[float], totals: dict) -> tuple[list[float], dict]:
     """`values` and the (sum, count) statistics summed over the ranks, in one reduce (every rank runs
     the same objective, so the names are the same everywhere)."""
@@ -83,16 +77,9 @@ class Evaluation:
 
 def evaluate_loss(model, items: list, batch_size: int, pad_id, device, precision, objective) -> Evaluation:
     model.eval()
-    total, count, totals = 0.0, 0, {}
-    order = sorted(range(len(items)), key=lambda i: objective.length(items[i]))
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            batch = objective.collate([items[i] for i in order[start : start + batch_size]], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast(device, precision):
-                loss, stats = objective.loss_with_stats(model, batch, 1)
-            total += loss.item()
-            add_stats(totals, stats)
-            count += objective.count_targets(batch)
-    model.train()
+    try:
+        with torch.no_grad():
+            total, count, totals = objective.evaluate(model, items, batch_size, pad_id, device, precision)
+    finally:
+        model.train()
     return Evaluation(total / max(count, 1), count, totals)
