@@ -62,9 +62,9 @@ bench-trl: $(VENV)/.installed $(TRL_VENV)/.installed
 bench-trl-dpo: $(VENV)/.installed $(TRL_VENV)/.installed
 	$(BIN)/python bench/dpo_vs_trl.py --trl-python $(TRL_VENV)/bin/python
 
-# DPO, IPO, ORPO, SimPO and KTO losses and gradients against TRL's trainers on one batch (float64).
+# DPO, IPO, ORPO, SimPO, KTO and GRPO losses and gradients against TRL's trainers on one batch (float64).
 parity-trl: $(VENV)/.installed $(TRL_VENV)/.installed
-	TUNELAB_TRL_PYTHON=$(TRL_VENV)/bin/python $(BIN)/python -m pytest -q tests/test_trl_parity.py
+	TUNELAB_TRL_PYTHON=$(TRL_VENV)/bin/python $(BIN)/python -m pytest -q tests/test_trl_parity.py tests/test_grpo_parity.py
 
 # Resolve the newest versions pyproject.toml allows (torch stays pinned above) in a scratch venv, run the
 # whole suite there, and rewrite the lock only when it is green. `make lock && make test` then moves .venv.

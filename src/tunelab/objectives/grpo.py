@@ -6,7 +6,8 @@ grades them (the run's grader: `Rollout.grade`), and gives each answer its group
 reward minus the mean of its prompt's group divided by the group's standard deviation (+1e-4). The loss on
 every answer token is the clipped surrogate -min(r A, clip(r, 1-epsilon, 1+epsilon) A), r the token's
 probability ratio to the policy that sampled it, plus `beta` times the k3 estimate of the KL divergence
-to the start (the base with the adapter disabled, TRL's reference for PEFT models) when beta > 0; summed
+to the start (the base with the adapter disabled, TRL's reference for PEFT models) times r when beta > 0
+(TRL's default bias correction); summed
 over the step's answer tokens and divided by their count (TRL's default `dapo` loss). One update per
 sample (TRL's num_iterations=1), so r is 1 in value and the clip never bites; it is kept so that the
 gradient is the paper's.
@@ -201,7 +202,9 @@ class GroupRelativePolicyOptimization(Objective):
         if self.beta:
             log_ratio = batch["reference_logps"].to(logps.dtype) - logps
             kl = torch.exp(log_ratio) - log_ratio - 1
-            per_token = per_token + self.beta * kl
+            # times the ratio (1 in value), as TRL's default use_bias_correction_kl: its gradient is then
+            # the unbiased reverse-KL gradient (DeepSeek-V3.2)
+            per_token = per_token + self.beta * kl * ratio
             stats["kl"] = (float((kl.detach() * wanted).sum()), int(wanted.sum()))
         stats["clip_ratio"] = (float(((ratio != clipped) & wanted).sum()), int(wanted.sum()))
         return (per_token * wanted).sum() / normaliser, stats
