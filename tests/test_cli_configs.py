@@ -17,6 +17,7 @@ from tunelab.data.config import CleanConfig, CleanFiles, DataReportConfig, Split
 from tunelab.demo import DemoConfig
 from tunelab.evaluation import EvalConfig
 from tunelab.export import ExportConfig
+from tunelab.graders import GradeConfig
 from tunelab.inference import ChatConfig, GenerateConfig, PredictConfig
 from tunelab.methods import REGISTRY
 from tunelab.service.feedback import FeedbackConfig
@@ -42,6 +43,7 @@ COMMANDS = {
     "generate": Case((GenerateConfig,), (), (), ()),
     # Where the results go and which runner scores them: arguments of `evaluate`, not of its config.
     "eval": Case((EvalConfig,), (), (), ("out", "predictions", "forgetting")),
+    "grade": Case((GradeConfig,), (), (), ()),
     "compare": Case((CompareConfig,), (), (), ()),
     # `train` is a dict of options: on the command line, the YAML file of --config.
     "sweep": Case((SweepConfig,), (), ("train",), ("config",)),

@@ -29,8 +29,10 @@ API = {
     "generate": "inference",
     "load_examples": "data",
     "load_for_inference": "inference",
+    "load_grader": "graders",
     "load_model": "models",
     "load_tokenizer": "models",
+    "parse_grader": "graders",
     "train": "training",
     "validate_file": "data",
 }

@@ -20,6 +20,7 @@ from .data.config import CleanConfig, CleanFiles, DataReportConfig, SplitConfig,
 from .demo import DemoConfig
 from .evaluation.config import EvalConfig
 from .export.config import ExportConfig
+from .graders.config import GradeConfig
 from .inference.config import ChatConfig, GenerateConfig, PredictConfig
 from .service.feedback import FeedbackConfig
 from .service.settings import ServiceSettings
@@ -307,12 +308,21 @@ def eval_cmd(
     ] = False,
     **options,
 ):
-    """Evaluate a model: metrics, prompting baselines, benchmarks, forgetting, calibration."""
+    """Evaluate a model: metrics, prompting baselines, benchmarks, forgetting, calibration, graders."""
+    from .errors import UserError
     from .evaluation import evaluate, score_predictions
     from .evaluation import forgetting as forgetting_report
 
+    if options["grader"] and (predictions or forgetting):
+        raise UserError("--grader scores a model's answers: to grade a predictions file use `tunelab grade`")
     if predictions:
         score_predictions(predictions, ",".join(options["metrics"]) or None, out)
+    elif options["grader"]:
+        from .graders.evaluate import evaluate_with_grader
+
+        config = EvalConfig(**options)
+        with console.status(f"generating and grading ({config.grader})"):
+            evaluate_with_grader(config, out)
     else:
         if forgetting:
             options["task"] = "multiple-choice"
@@ -323,6 +333,23 @@ def eval_cmd(
 
 
 eval_cmd.__signature__ = command_signature(eval_cmd, EvalConfig)
+
+
+@app.command("grade")
+@user_errors
+def grade_cmd(**options):
+    """Grade answers against their rows with an OpenAI-shaped grader: mean reward, 95% interval, errors."""
+    from .graders.evaluate import grade_files, markdown
+
+    config = GradeConfig(**options)
+    with console.status(f"grading ({config.grader})"):
+        report = grade_files(config)
+    console.print(markdown(report), markup=False, highlight=False)
+    if config.out:
+        console.print(f"Each row's result: {config.out}")
+
+
+grade_cmd.__signature__ = command_signature(grade_cmd, GradeConfig)
 
 
 @app.command("compare")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ..errors import UserError
 from ..options import comma_separated
@@ -10,6 +10,10 @@ from .benchmarks import MODES
 
 TASKS = ("generation", "classification", "multiple-choice", "perplexity", "preference")
 CALIBRATIONS = ("contextual",)
+# What `--grader` reads; any other option given with it is refused, not ignored.
+GRADER_OPTIONS = (
+    "model", "adapter", "data", "task", "grader", "limit", "seed", "batch_size", "max_new_tokens", "precision"
+)  # fmt: skip
 
 
 @dataclass
@@ -24,6 +28,10 @@ class EvalConfig:
     )
     data: str | None = field(default=None, metadata={"help": "examples to evaluate on"})
     task: str = field(default="generation", metadata={"help": "what is measured", "choices": TASKS})
+    grader: str | None = field(
+        default=None,
+        metadata={"help": "grade the answers with this grader JSON (OpenAI's shape; see `tunelab grade`)"},
+    )
     metrics: list[str] = field(
         default_factory=list,
         metadata={"help": "comma-separated: rouge,bleu,exact_match,token_f1,accuracy,macro_f1"},
@@ -92,3 +100,23 @@ class EvalConfig:
             raise UserError(f"--calibrate {self.calibrate}: choose one of {', '.join(CALIBRATIONS)}")
         self.labels = comma_separated(self.labels)
         self.metrics = comma_separated(self.metrics)
+        if self.grader:
+            self.check_grader_options()
+
+    def check_grader_options(self) -> None:
+        if self.task != "generation":
+            raise UserError(f"--grader grades generated answers; it does not go with --task {self.task}")
+        if not self.data:
+            raise UserError("--grader needs --data: rows whose messages are the prompts")
+        given = [
+            f.name
+            for f in fields(self)
+            if f.name not in GRADER_OPTIONS and getattr(self, f.name) != default_of(f)
+        ]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UserError(f"--grader does not use {flags}; leave {'it' if len(given) == 1 else 'them'} out")
+
+
+def default_of(option) -> object:
+    return option.default_factory() if callable(option.default_factory) else option.default
