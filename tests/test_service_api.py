@@ -231,7 +231,8 @@ def test_personal_data_in_the_training_file_is_a_warning_event(client):
         ({"tunelab": {"dropout": float("nan")}}, "tunelab.dropout"),
         ({"tunelab": {"target_modules": ["q_proj"] * 1000}}, "tunelab.target_modules"),
         ({"tunelab": {"out": "/etc"}}, "tunelab.out"),
-        ({"method": {"type": "reinforcement"}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader"),
+        ({"method": {"type": "ppo"}}, "method.type"),
     ],
 )
 def test_bad_job_requests_name_the_field(client, body, param):

@@ -195,12 +195,13 @@ def train_cmd(
     **options,
 ):
     """Fine-tune a model on a data file (or several, for multi-task)."""
+    from .graders.reinforcement import objective_with_grader
     from .training import ConfigError, train
 
     cfg = TrainConfig.from_sources(config, **options, **ctx.meta[METHOD_OPTIONS])
     if not cfg.data or not cfg.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
-    train(cfg, console=console)
+    train(cfg, console=console, objective=objective_with_grader(cfg))  # grpo's with its grader
 
 
 train_cmd.__signature__ = command_signature(train_cmd, TrainConfig, given_only=True)

@@ -22,7 +22,7 @@ PAIR_FORMATS = ("openai-dpo", "trl-pairs")  # preference pairs (DPO, IPO, ORPO, 
 UNPAIRED_FORMATS = ("unpaired",)  # answers rated good or bad (KTO)
 PREFERENCE_FORMATS = PAIR_FORMATS + UNPAIRED_FORMATS
 DATA_FORMATS = FORMATS + PREFERENCE_FORMATS  # what the validator, cleaner and report read
-KINDS = ("supervised", "pairs", "unpaired")  # what a file trains: see kind_of
+KINDS = ("supervised", "pairs", "unpaired", "prompts")  # what a file trains: see kind_of (prompts: GRPO)
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "weight", "name"}
 
@@ -234,7 +234,8 @@ def check_format(format: str, known: tuple[str, ...] = FORMATS) -> None:
 
 
 def kind_of(format: str) -> str:
-    """`supervised`, `pairs` or `unpaired`: what a format trains, for errors that name both sides."""
+    """`supervised`, `pairs` or `unpaired`: what a format trains, for errors that name both sides. (Any
+    supervised format also holds `prompts`, answers optional.)"""
     if format in PAIR_FORMATS:
         return "pairs"
     return "unpaired" if format in UNPAIRED_FORMATS else "supervised"
@@ -245,6 +246,7 @@ EXPECTED = {
     "pairs": "preference pairs (OpenAI DPO 'input'/'preferred_output'/'non_preferred_output' or TRL "
     "'prompt'/'chosen'/'rejected')",
     "unpaired": "unpaired preference data (KTO 'prompt'/'completion'/'label' true or false)",
+    "prompts": "prompts to answer (chat 'messages', any other fields for the grader)",
 }
 FOUND = {
     "openai-dpo": "preference pairs (OpenAI DPO: 'input', 'preferred_output', 'non_preferred_output')",

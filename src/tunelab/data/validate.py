@@ -6,7 +6,8 @@ message_unrecognized_key, unrecognized_role, missing_content, example_missing_as
 no_trainable_tokens, duplicate_example and (with a tokenizer) too_long. Preference files (OpenAI DPO, TRL
 pairs, KTO unpaired) add missing_input, missing_output, wrong_output_count and identical_outputs, and count
 tokens per side (the prompt with each answer). Per file: empty_file, too_few_examples, and wrong_format
-when the caller `expect`s one kind of data (supervised, pairs, unpaired) and the file holds another.
+when the caller `expect`s one kind of data (supervised, pairs, unpaired, prompts) and the file holds
+another.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .formats import (
     DATA_FORMATS,
     KINDS,
     PREFERENCE_FORMATS,
+    TRAINING_ONLY,
     RecordFile,
     check_format,
     check_record,
@@ -120,7 +122,7 @@ def validate_file(
         if format in PREFERENCE_FORMATS:
             _check_preference(report, record, first_seen, tokenizer)
         else:
-            _check_supervised(report, record, first_seen, tokenizer)
+            _check_supervised(report, record, first_seen, tokenizer, answered=expect != "prompts")
     if report.num_examples == 0:
         report.issues.append(Issue(None, "empty_file", "the file holds no examples"))
     elif report.num_valid < min_examples:
@@ -141,7 +143,7 @@ def _wrong_kind(report: ValidationReport, records: RecordFile, expect: str) -> b
     """Add the `wrong_format` issue when the file holds another kind of data than `expect`."""
     if expect not in KINDS:
         raise DataError(f"expect={expect!r}: choose one of {', '.join(KINDS)}")
-    if report.kind == expect:
+    if report.kind == expect or (expect == "prompts" and report.kind == "supervised"):
         return False
     line = next((record.line for record in records.records if isinstance(record.data, dict)), None)
     report.num_examples = len(records.records)
@@ -149,8 +151,11 @@ def _wrong_kind(report: ValidationReport, records: RecordFile, expect: str) -> b
     return True
 
 
-def _check_supervised(report: ValidationReport, record, first_seen: dict, tokenizer) -> None:
+def _check_supervised(report: ValidationReport, record, first_seen: dict, tokenizer, answered: bool) -> None:
+    """`answered`: each example must have an answer to learn from (not so for prompts to answer)."""
     issues = [record.error] if record.error else check_record(record.data, report.format, record.line)
+    if not answered:
+        issues = [issue for issue in issues if issue.code not in TRAINING_ONLY]
     if issues:
         report.issues += issues
         return

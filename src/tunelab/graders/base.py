@@ -157,6 +157,10 @@ class Grader:
     def check(self, context: GradingContext) -> None:
         """Refuse (GraderError) what the context does not allow; nothing by default."""
 
+    def judge_models(self) -> set[str]:
+        """The models it asks to judge (score_model, label_model), for a server to resolve beforehand."""
+        return set()
+
     def grade_many(
         self, samples: list[Sample], items: list[dict], context: GradingContext
     ) -> list[GradeResult]:

@@ -18,6 +18,9 @@ class LabelModel(Grader):
         super().__init__(name, pass_threshold=1.0)
         self.model, self.messages, self.labels, self.passing_labels = model, messages, labels, passing_labels
 
+    def judge_models(self) -> set[str]:
+        return {self.model}
+
     @classmethod
     def from_spec(cls, spec: Spec) -> LabelModel:
         labels = spec.strings("labels")

@@ -34,6 +34,9 @@ class Multi(Grader):
         for grader in self.graders.values():
             grader.check(context)
 
+    def judge_models(self) -> set[str]:
+        return set().union(*(grader.judge_models() for grader in self.graders.values()))
+
     def grade_rows(
         self, samples: list[Sample], items: list[dict], context: GradingContext
     ) -> list[GradeResult]:

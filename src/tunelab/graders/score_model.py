@@ -29,6 +29,9 @@ class ScoreModel(Grader):
         self.model, self.messages, self.low, self.high = model, messages, low, high
         self.sampling = sampling  # temperature, top_p, seed (None: the context's), max_new_tokens
 
+    def judge_models(self) -> set[str]:
+        return {self.model}
+
     @classmethod
     def from_spec(cls, spec: Spec) -> ScoreModel:
         messages = read_judge_messages(spec)

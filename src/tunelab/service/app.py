@@ -20,7 +20,7 @@ from .jobs import validate_job_files
 from .metrics import Metrics, RequestMetrics
 from .paths import DataDir, open_private
 from .quotas import Quotas
-from .routes import completions, dashboard, exports, feedback, files, jobs, models
+from .routes import completions, dashboard, exports, feedback, files, graders, jobs, models
 from .security import BodyGuard, SecurityHeaders
 from .settings import ServiceSettings, owner_of, resolve_api_keys
 from .shapes import Health
@@ -44,8 +44,8 @@ main(sys.argv[1:])
 class WorkerProcess:
     """The training worker, restarted if it ever dies while the server runs."""
 
-    def __init__(self, data: DataDir):
-        self.data, self.process = data, None
+    def __init__(self, data: DataDir, python_graders: bool = False):
+        self.data, self.process, self.python_graders = data, None, python_graders
 
     def start(self) -> None:
         log = open_private(self.data.worker_log, "a")
@@ -58,6 +58,7 @@ class WorkerProcess:
                 str(self.data.root),
                 "--parent-pid",
                 str(os.getpid()),
+                *(["--python-graders"] if self.python_graders else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -127,7 +128,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.state.service = service
         for job in store.jobs_with_status("validating_files"):  # the server stopped while checking them
             threading.Thread(target=validate_job_files, args=(store, data, job), daemon=True).start()
-        worker, watcher = WorkerProcess(data), None
+        worker, watcher = WorkerProcess(data, settings.python_graders), None
         if settings.start_worker:
             worker.start()
             watcher = asyncio.create_task(worker.watch())
@@ -174,6 +175,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         body, content_type = metrics.text()
         return Response(body, media_type=content_type)
 
-    for module in (files, jobs, models, exports, completions, feedback, dashboard):
+    for module in (files, jobs, graders, models, exports, completions, feedback, dashboard):
         app.include_router(module.router)
     return app

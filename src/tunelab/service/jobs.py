@@ -19,9 +19,12 @@ from ..data.pii import detectors, scan_texts
 from ..data.preference import load_preferences
 from ..data.validate import validate_file
 from ..errors import UserError
+from ..graders import GraderError, GradingContext, parse_grader
+from ..inference.generation import load_for_inference
 from ..methods import REGISTRY, get_method
-from ..objectives import objectives_reading
+from ..objectives import get_objective, objectives_reading
 from ..training import ConfigError, TrainConfig
+from ..training.config import MAX_STEPS
 from .errors import ApiError, internal_error
 from .paths import DataDir
 from .store import JobRow, Store
@@ -34,6 +37,7 @@ FIXED = set("model data val out resume overwrite init_adapter seed epochs batch_
 FIXED |= {"format", "objective", "labels", "mix"}  # chat SFT only
 FIXED |= {"dry_run"}  # a job trains
 FIXED |= {"beta"}  # a dpo job's beta is method.dpo.hyperparameters.beta
+FIXED |= {"grader", "generations"}  # a reinforcement job's grader and compute_multiplier
 WARNINGS_ONLY = {"duplicate_example"}  # such examples still train; the job notes them
 MAX_TEXT = 1024  # characters in a text option (prompt_init, train_layers, a target module's name)
 MAX_ITEMS = 64  # entries in a list option (target_modules)
@@ -71,35 +75,65 @@ class Dpo(StrictModel):
     hyperparameters: DpoHyperparameters = DpoHyperparameters()
 
 
+class ReinforcementHyperparameters(Hyperparameters):
+    model_config = ConfigDict(extra="allow")
+    compute_multiplier: Annotated[float, Field(gt=0, le=8)] | Auto = "auto"
+    eval_interval: Annotated[int, Field(ge=1, le=MAX_STEPS)] | Auto = "auto"
+    eval_samples: Annotated[int, Field(ge=1, le=1000)] | Auto = "auto"
+    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
+
+    def resolved(self) -> dict:
+        return self.model_dump(exclude=set(self.model_extra))
+
+    def run_options(self) -> dict:
+        """The TrainConfig values they set: answers per prompt and steps between evaluations."""
+        options = {}
+        if self.compute_multiplier != "auto":  # OpenAI's "compute spent exploring": the group's size
+            options["generations"] = max(2, round(TrainConfig.generations * self.compute_multiplier))
+        if self.eval_interval != "auto":
+            options["eval_every"] = self.eval_interval
+        return options
+
+
+class Reinforcement(StrictModel):
+    model_config = ConfigDict(extra="allow")
+    grader: dict
+    hyperparameters: ReinforcementHyperparameters = ReinforcementHyperparameters()
+
+
 class MethodSpec(StrictModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: Supervised | None = None
     dpo: Dpo | None = None
-    reinforcement: dict | None = None
+    reinforcement: Reinforcement | None = None
 
     def ignored_keys(self) -> list[str]:
         """The keys this server does not know, as `method.dpo.x`; OpenAI's SDK may send them."""
         ignored = [f"method.{key}" for key in self.model_extra or {}]
-        if self.dpo is not None:
-            ignored += [f"method.dpo.{key}" for key in self.dpo.model_extra or {}]
-            ignored += [
-                f"method.dpo.hyperparameters.{key}" for key in self.dpo.hyperparameters.model_extra or {}
-            ]
+        for name in ("dpo", "reinforcement"):
+            given = getattr(self, name)
+            if given is not None:
+                ignored += [f"method.{name}.{key}" for key in given.model_extra or {}]
+                ignored += [
+                    f"method.{name}.hyperparameters.{key}" for key in given.hyperparameters.model_extra or {}
+                ]
         return ignored
 
 
 class TrainingMethod(typing.NamedTuple):
-    hyperparameters: dict  # n_epochs, batch_size, learning_rate_multiplier ("auto" or a number)
-    objective: dict  # TrainConfig's objective and beta; empty for supervised
+    hyperparameters: dict  # n_epochs, batch_size, learning_rate_multiplier ("auto" or a number), ...
+    objective: dict  # TrainConfig's objective and its options; empty for supervised
     ignored: list[str]  # unknown keys of the method, which were tolerated
+    grader: dict | None = None  # a reinforcement job's, as sent
 
 
 def training_method(
-    method: MethodSpec | None, top_level: Hyperparameters | None, extension: dict
+    method: MethodSpec | None, top_level: Hyperparameters | None, extension: dict, python_graders: bool
 ) -> TrainingMethod:
     """What a job's `method` (or top-level `hyperparameters`) asks to train; pops `objective` from the
-    `tunelab` extension, which only a dpo job may give (an objective of pairs; dpo unless it says)."""
+    `tunelab` extension, which only a dpo job may give (an objective of pairs; dpo unless it says).
+    `python_graders`: whether this server runs python graders (its operator's choice)."""
     if method is None or method.type == "supervised":
         given = method.supervised if method and method.supervised else None
         hyper = given.hyperparameters if given else top_level
@@ -107,12 +141,7 @@ def training_method(
             (hyper or Hyperparameters()).resolved(), {}, method.ignored_keys() if method else []
         )
     if method.type == "reinforcement":
-        raise ApiError(
-            400,
-            "method type 'reinforcement' is not supported by this server; use 'supervised' or 'dpo'",
-            param="method.type",
-            code="unsupported_parameter",
-        )
+        return reinforcement_method(method, extension, python_graders)
     objective = extension.pop("objective", "dpo")
     if objective not in objectives_reading("pairs"):
         raise ApiError(
@@ -127,9 +156,60 @@ def training_method(
     return TrainingMethod(hyper.resolved(), options, method.ignored_keys())
 
 
+def reinforcement_method(method: MethodSpec, extension: dict, python_graders: bool) -> TrainingMethod:
+    """A reinforcement job: grpo, rewarded by its grader (checked now, so that a job this server cannot
+    grade fails at once, with the grader's field named)."""
+    if method.reinforcement is None:
+        raise ApiError(
+            400, "method.reinforcement.grader is required for a reinforcement job",
+            param="method.reinforcement.grader", code="missing_required_parameter",
+        )  # fmt: skip
+    grader, hyper = method.reinforcement.grader, method.reinforcement.hyperparameters
+    try:
+        parse_grader(grader, "method.reinforcement.grader", GradingContext(python_graders=python_graders))
+    except GraderError as err:
+        raise ApiError(400, str(err), param="method.reinforcement.grader", code="invalid_value") from err
+    refuse_unhonoured(hyper)
+    options = {"objective": "grpo"} | hyper.run_options()
+    given_twice = sorted(set(options) & set(extension))
+    if given_twice:
+        raise ApiError(
+            400, f"tunelab.{given_twice[0]} is set by the job's method (method.reinforcement); give it once",
+            param=f"tunelab.{given_twice[0]}", code="invalid_value",
+        )  # fmt: skip
+    return TrainingMethod(hyper.resolved(), options, method.ignored_keys(), grader)
+
+
+def grading_context(judges: dict[str, list], python_graders: bool, seed: int = 0) -> GradingContext:
+    """How graders run on this server: python graders as its operator allows, judges as resolved for
+    the key beforehand (`usecases.judge_models`: name -> [base spec, adapter folder or None])."""
+
+    def load_judge(name: str):
+        spec, adapter = judges[name]
+        return load_for_inference(spec, adapter)
+
+    return GradingContext(python_graders=python_graders, load_judge=load_judge, seed=seed)
+
+
+def refuse_unhonoured(hyper: ReinforcementHyperparameters) -> None:
+    """OpenAI's hyperparameters that this server cannot honour, refused with why rather than ignored."""
+    where = "method.reinforcement.hyperparameters"
+    if hyper.eval_samples not in ("auto", 1):
+        raise ApiError(
+            400, f"{where}.eval_samples: this server answers each validation prompt once, greedily; give 1 "
+            "or auto", param=f"{where}.eval_samples", code="unsupported_parameter",
+        )  # fmt: skip
+    if hyper.reasoning_effort != "default":
+        raise ApiError(
+            400, f"{where}.reasoning_effort: the models this server trains do not reason before answering; "
+            "leave it 'default'", param=f"{where}.reasoning_effort", code="unsupported_parameter",
+        )  # fmt: skip
+
+
 def data_kind(job: JobRow) -> str:
-    """The kind of data a job's files must hold (`data.formats.KINDS`)."""
-    return "pairs" if job.options.get("objective") in objectives_reading("pairs") else "supervised"
+    """The kind of data a job's files must hold (`data.formats.KINDS`): its objective's."""
+    objective = job.options.get("objective")
+    return get_objective(objective).data_kind if objective else "supervised"
 
 
 class JobCreate(StrictModel):
@@ -241,7 +321,7 @@ def train_options(job: JobRow) -> dict:
     method = get_method(job.options["method"])
     multiplier = hyper["learning_rate_multiplier"]
     return {
-        **job.options,
+        **{name: value for name, value in job.options.items() if name != "judges"},
         "model": job.base_spec,
         "init_adapter": job.init_adapter,
         "epochs": hyper["n_epochs"],
@@ -298,9 +378,9 @@ def pii_warning(store: Store, job_id: str, data: DataDir, file_id: str, kind: st
 
 
 def file_messages(path: Path, kind: str) -> list[dict]:
-    """Every message of a checked file: the examples', or each pair's prompt and both answers."""
-    if kind == "supervised":
-        return [m for e in load_examples(path) for m in e.messages]
+    """Every message of a checked file: the examples' (or prompts'), or each pair's prompt and answers."""
+    if kind in ("supervised", "prompts"):
+        return [m for e in load_examples(path, for_training=kind == "supervised") for m in e.messages]
     return [m for p in load_preferences(path) for m in (*p.prompt, p.chosen, p.rejected)]
 
 

@@ -58,6 +58,13 @@ class ServiceSettings:
     max_job_minutes: float = field(
         default=24 * 60.0, metadata={"help": "a job stops after this long and keeps what it learnt"}
     )
+    python_graders: bool = field(
+        default=False,
+        metadata={
+            "help": "run the python graders that keys send (reinforcement jobs, /graders/run), each in a "
+            "sandbox: no network, no data dir, no keys, time and memory limits"
+        },
+    )
     session_hours: float = field(default=12.0, metadata={"help": "a dashboard sign-in lasts this long"})
     behind_tls_proxy: bool = field(
         default=False,

@@ -164,6 +164,27 @@ class FeedbackCreate(StrictModel):
     correction: str | None = Field(None, description="the answer the model should have given")
 
 
+class GraderValidate(StrictModel):
+    grader: dict
+
+
+class GraderRun(StrictModel):
+    grader: dict
+    model_sample: str
+    item: dict = Field(default_factory=dict)
+
+
+class GraderValidated(BaseModel):
+    grader: dict
+
+
+class GraderRunResult(BaseModel):
+    reward: float
+    metadata: dict[str, Any]
+    sub_rewards: dict[str, float]
+    model_grader_token_usage_per_model: dict[str, Any]
+
+
 class FileObject(BaseModel):
     id: str
     object: Literal["file"] = "file"
@@ -350,15 +371,18 @@ def job_object(job: JobRow) -> JobObject:
         user_provided_suffix=job.suffix,
         seed=job.seed,
         metadata=job.metadata,
-        tunelab=job.options,
+        tunelab={name: value for name, value in job.options.items() if name != "judges"},  # server paths
     )
 
 
 def method_object(job: JobRow) -> dict:
     """`method` as OpenAI reports it: the type and its hyperparameters, resolved as the run picked them
-    (a dpo job's beta stays "auto" where the objective's default applies)."""
+    (a dpo job's beta stays "auto" where the objective's default applies); a reinforcement job's grader."""
     if "objective" not in job.options:
         return {"type": "supervised", "supervised": {"hyperparameters": job.hyperparameters}}
+    if "grader" in job.options:
+        reinforcement = {"grader": job.options["grader"], "hyperparameters": job.hyperparameters}
+        return {"type": "reinforcement", "reinforcement": reinforcement}
     beta = job.options.get("beta")
     hyper = job.hyperparameters | {"beta": "auto" if beta is None else beta}
     return {"type": "dpo", "dpo": {"hyperparameters": hyper}}

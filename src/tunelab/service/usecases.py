@@ -8,12 +8,13 @@ import asyncio
 import shutil
 from typing import NamedTuple
 
+from ..graders import Grader, GraderError, GradingContext, Sample, parse_grader
 from ..inference.generation import chat_prompt_ids
 from .deps import Service
 from .engine import Generation, Sampling, Target
 from .errors import ApiError, not_found
-from .jobs import JobCreate, check_options, training_method
-from .shapes import GenerationRequest, ModelObject
+from .jobs import JobCreate, check_options, grading_context, training_method
+from .shapes import GenerationRequest, GraderRun, ModelObject
 from .store import FileRow, JobRow, new_id, now
 
 UNFINISHED = ("validating_files", "queued", "running")  # a job that can be cancelled
@@ -44,6 +45,35 @@ def resolve_model(service: Service, name: str, owner: str) -> Target:
         return Target(name, job.model_root, service.data.run_dir(job.id), job.id, model.created_at)
     folder = service.data.checkpoint_dir(job.id, checkpoint.step)
     return Target(name, job.model_root, folder, job.id, checkpoint.created_at)
+
+
+def checked_grader(service: Service, owner: str, spec: dict) -> tuple[Grader, dict[str, list]]:
+    """(the grader, its judges as `judge_models` resolves them); a 400 naming the field when it cannot be
+    used here (python graders while the operator has them off, among others), a 404 for a judge."""
+    try:
+        grader = parse_grader(spec, "grader", GradingContext(python_graders=service.settings.python_graders))
+    except GraderError as err:
+        raise ApiError(400, str(err), param="grader", code="invalid_value") from err
+    return grader, judge_models(service, grader, owner)
+
+
+def run_grader(service: Service, owner: str, request: GraderRun) -> dict:
+    """The reward the grader gives `model_sample` for `item`, in OpenAI's graders/run shape."""
+    grader, judges = checked_grader(service, owner, request.grader)
+    context = grading_context(judges, service.settings.python_graders)
+    result = grader.grade_many([Sample.from_text(request.model_sample)], [request.item], context)[0]
+    return result.to_openai()
+
+
+def judge_models(service: Service, grader: Grader, owner: str) -> dict[str, list]:
+    """name -> [base spec, adapter folder or None] of each model the grader asks to judge: this server's
+    base models and the key's `ft:` models and checkpoints (another name is a 404, as for a chat)."""
+    judges = {}
+    for name in sorted(grader.judge_models()):
+        target = resolve_model(service, name, owner)
+        spec = service.settings.base_models[target.base]
+        judges[name] = [spec, str(target.adapter) if target.adapter else None]
+    return judges
 
 
 def visible_models(service: Service, owner: str) -> list[ModelObject]:
@@ -158,10 +188,15 @@ def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
             )
     start = starting_point(service, owner, request.model)
     extension = dict(request.tunelab or {})
-    method = training_method(request.method, request.hyperparameters, extension)
+    method = training_method(
+        request.method, request.hyperparameters, extension, service.settings.python_graders
+    )
     if start.method:  # continuing an adapter keeps its kind, and its options are that method's
         extension["method"] = start.method
     options = check_options(extension, service.settings.max_job_minutes, method.objective)
+    if method.grader is not None:
+        options["grader"] = method.grader  # the worker hands it to the run as a file
+        options["judges"] = judge_models(service, parse_grader(method.grader), owner)
     service.quotas.check_queue(service.store.waiting_jobs(owner))
     job = JobRow(
         id=new_id("ftjob-"),

@@ -12,6 +12,7 @@ import argparse
 import csv
 import fcntl
 import io
+import json
 import logging
 import os
 import shutil
@@ -20,12 +21,13 @@ import time
 
 from ..data.errors import DataError
 from ..errors import UserError
+from ..graders.reinforcement import objective_with_grader
 from ..run_dir import RunDir, atomic_folder
 from ..training import TrainConfig, TrainingDiverged
 from ..training.checkpoint import list_checkpoints
 from ..training.loop import Trainer, TrainHooks
 from .errors import internal_error
-from .jobs import data_error_message, model_name, picked_hyperparameters, train_options
+from .jobs import data_error_message, grading_context, model_name, picked_hyperparameters, train_options
 from .paths import DataDir, open_private
 from .store import JobRow, Store, new_id
 
@@ -38,21 +40,26 @@ WORKER_NICENESS = 10
 current_job: str | None = None  # the job this worker trains now, for the SIGTERM handler
 
 
-# What a preference objective logs per step beside the loss (TRL's names; eval records prefix them `val_`).
-PREFERENCE_METRICS = (
-    "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-    "logps/rejected", "kl",
-)  # fmt: skip
+# What the loop writes in every train or eval record; the rest is what the objective measured.
+LOOP_KEYS = {"kind", "step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "baseline"}
 
 
-def preference_metrics(record: dict, prefix: str = "") -> dict:
-    """The record's reward metrics, under their names (`prefix` for an eval record's)."""
-    return {prefix + name: record[prefix + name] for name in PREFERENCE_METRICS if prefix + name in record}
+def objective_metrics(record: dict, prefix: str = "") -> dict:
+    """What the objective measured besides the loss (the preference objectives' rewards, GRPO's mean
+    reward and its sub-graders'), under their names; `val_` for an eval record's."""
+    return {
+        name: value
+        for name, value in record.items()
+        if name.startswith(prefix) and name not in LOOP_KEYS and not name.startswith("val_loss")
+    }
 
 
-def accuracy_note(metrics: dict, key: str) -> str:
-    """`, reward accuracy=0.75` when the record has it."""
-    return f", reward accuracy={metrics[key]:.2f}" if key in metrics else ""
+def metrics_note(metrics: dict, prefix: str = "") -> str:
+    """`, reward accuracy=0.75` (preference) or `, mean reward=0.42` (GRPO) when the record has it."""
+    notes = {"rewards/accuracies": "reward accuracy", "reward": "mean reward"}
+    return "".join(
+        f", {label}={metrics[prefix + key]:.2f}" for key, label in notes.items() if prefix + key in metrics
+    )
 
 
 class JobCancelled(Exception):
@@ -104,16 +111,14 @@ class JobHooks(TrainHooks):
             self.last_train = record
             data = {"step": step, "train_loss": record["loss"], "total_steps": self.total_steps}
             data |= {"learning_rate": record["lr"], "tokens_per_s": record["tokens_per_s"]}
-            data |= preference_metrics(record)
+            data |= objective_metrics(record)
             message = f"Step {step}/{self.total_steps}: training loss={record['loss']:.4f}"
-            self._report("train_loss", data, message + accuracy_note(data, "rewards/accuracies"))
+            self._report("train_loss", data, message + metrics_note(data))
         elif kind == "eval":
             data = {"step": step, "valid_loss": record["val_loss"], "total_steps": self.total_steps}
-            rewards = preference_metrics(record, "val_")
+            rewards = objective_metrics(record, "val_")
             message = f"Step {step}/{self.total_steps}: validation loss={record['val_loss']:.4f}"
-            self._report(
-                "valid_loss", data | rewards, message + accuracy_note(rewards, "val_rewards/accuracies")
-            )
+            self._report("valid_loss", data | rewards, message + metrics_note(rewards, "val_"))
             # An epoch's checkpoint is saved just before its eval: the checkpoint gets the val loss now.
             self.store.update_checkpoint_metrics(
                 job_id,
@@ -140,7 +145,7 @@ class JobHooks(TrainHooks):
         self.store.add_event(self.job.id, f"Checkpoint created at step {step}")
 
 
-def run_job(store: Store, data: DataDir, job: JobRow) -> None:
+def run_job(store: Store, data: DataDir, job: JobRow, python_graders: bool = False) -> None:
     """Train one job to the end and publish its model, or record why it failed."""
     job_id = job.id
     run_dir = data.run_dir(job_id)
@@ -164,7 +169,10 @@ def run_job(store: Store, data: DataDir, job: JobRow) -> None:
     current_job = job_id
     try:
         if not RunDir(run_dir).is_finished():  # else: it finished just before a crash; publish only
-            Trainer(job_config(job, data), None, JobHooks(store, data, job)).fit()
+            config = job_config(job, data)
+            context = grading_context(job.options.get("judges", {}), python_graders, job.seed)
+            objective = objective_with_grader(config, context)
+            Trainer(config, None, JobHooks(store, data, job), objective).fit()
         publish(store, data, job)
     except JobCancelled:
         store.add_event(job_id, "Fine-tuning job cancelled")
@@ -198,8 +206,13 @@ def job_config(job: JobRow, data: DataDir) -> TrainConfig:
     """The job's run; it continues from the last checkpoint, and without one starts clean (a run killed
     before its first checkpoint leaves only metrics that the new run would repeat)."""
     resume = bool(list_checkpoints(data.run_dir(job.id)))
+    options = train_options(job)
+    if "grader" in options:  # a reinforcement job's: the run reads it from a file
+        with open_private(data.grader_file(job.id)) as file:
+            json.dump(options["grader"], file)
+        options["grader"] = str(data.grader_file(job.id))
     return TrainConfig.from_sources(
-        **train_options(job),
+        **options,
         data=[str(data.file(job.training_file))],
         val=[str(data.file(job.validation_file))] if job.validation_file else [],
         out=str(data.run_dir(job.id)),
@@ -236,21 +249,21 @@ def publish(store: Store, data: DataDir, job: JobRow) -> None:
 
 
 def results_csv(run_dir) -> str:
-    """step, train_loss, valid_loss per step, as OpenAI's `fine-tune-results` file has them; then the
-    reward metrics of a preference run (train and `val_`), the columns it logged."""
+    """step, train_loss, valid_loss per step, as OpenAI's `fine-tune-results` file has them; then what
+    the objective measured (a preference run's rewards, a reinforcement run's mean reward; train, then
+    `val_`), the columns it logged."""
     rows: dict[int, dict] = {}
     for record in RunDir(run_dir).read_metrics():
         if record["kind"] == "train":
             row = rows.setdefault(record["step"], {})
-            row |= {"train_loss": record["loss"]} | preference_metrics(record)
+            row |= {"train_loss": record["loss"]} | objective_metrics(record)
         elif record["kind"] == "eval" and not record.get("baseline"):
             row = rows.setdefault(record["step"], {})
-            row |= {"valid_loss": record["val_loss"]} | preference_metrics(record, "val_")
-    logged = {key for row in rows.values() for key in row}
-    rewards = [
-        prefix + name for prefix in ("", "val_") for name in PREFERENCE_METRICS if prefix + name in logged
-    ]
-    columns = ["train_loss", "valid_loss", *rewards]
+            row |= {"valid_loss": record["val_loss"]} | objective_metrics(record, "val_")
+    logged = dict.fromkeys(key for row in rows.values() for key in row)  # in the order first logged
+    measured = sorted((key for key in logged if key not in ("train_loss", "valid_loss")),
+                      key=lambda key: key.startswith("val_"))  # fmt: skip
+    columns = ["train_loss", "valid_loss", *measured]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["step", *columns])
@@ -268,7 +281,9 @@ def next_job(store: Store) -> JobRow | None:
     return None
 
 
-def serve_jobs(data_dir: str, parent_pid: int | None = None, once: bool = False) -> None:
+def serve_jobs(
+    data_dir: str, parent_pid: int | None = None, once: bool = False, python_graders: bool = False
+) -> None:
     """Train jobs as they come, forever (or until the queue is empty, with `once`)."""
     data = DataDir(data_dir).create()
     store = Store(data.db)
@@ -283,7 +298,7 @@ def serve_jobs(data_dir: str, parent_pid: int | None = None, once: bool = False)
                 return
             time.sleep(POLL_S)
             continue
-        run_job(store, data, job)
+        run_job(store, data, job, python_graders)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,12 +307,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--parent-pid", type=int)
+    parser.add_argument("--python-graders", action="store_true", help="run python graders (sandboxed)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")  # into worker.log
     os.umask(0o077)  # runs, checkpoints and models: the owner's only, whatever the server's umask
     os.nice(WORKER_NICENESS)  # training yields the CPU to requests: chat stays quick while a job runs
     signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(Store(DataDir(args.data_dir).db)))
-    serve_jobs(args.data_dir, args.parent_pid)
+    serve_jobs(args.data_dir, args.parent_pid, python_graders=args.python_graders)
 
 
 def pause_and_exit(store: Store) -> None:

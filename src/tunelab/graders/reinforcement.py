@@ -1,0 +1,49 @@
+"""Reinforcement fine-tuning from tunelab's parts: GRPO (objectives/grpo.py) samples its answers with
+inference/rollout.py and is rewarded by a grader. `tunelab train --objective grpo --grader g.json` and
+the service's `method: reinforcement` jobs build their objective here."""
+
+from __future__ import annotations
+
+from ..inference.rollout import sample_groups
+from ..objectives import Objective, get_objective
+from ..objectives.grpo import Grades, Rollout
+from ..training import ConfigError, TrainConfig
+from .base import Grader, GradingContext, Sample
+from .multi import Multi
+from .parsing import load_grader
+
+
+def objective_with_grader(config: TrainConfig, context: GradingContext | None = None) -> Objective | None:
+    """The run's objective with its grader when it learns from rewards (grpo); None for every other run,
+    which trains with its registered objective. A grader given to another objective is refused."""
+    objective = get_objective(config.objective) if config.objective else None
+    if objective is None or objective.data_kind != "prompts":
+        if config.grader:
+            raise ConfigError("grader: only grpo learns from a grader; add --objective grpo", key="grader")
+        return None
+    if not config.grader:
+        return None  # the objective itself says that it needs one
+    grader = load_grader(config.grader)
+    context = context or GradingContext(python_graders=True, seed=config.seed)
+    grader.check(context)  # a grader this context refuses fails now, not at every step
+    return objective.with_rollout(Rollout(sample_groups, grader_rewards(grader, context)), sub_names(grader))
+
+
+def grader_rewards(grader: Grader, context: GradingContext):
+    """`Rollout.grade`: the grader over a batch of answers, one result per answer."""
+
+    def grade(texts: list[str], items: list[dict]) -> Grades:
+        results = grader.grade_many([Sample.from_text(text) for text in texts], items, context)
+        names = sub_names(grader)
+        return Grades(
+            [result.reward for result in results],
+            {name: [result.sub_rewards.get(name, 0.0) for result in results] for name in names},
+            ["; ".join(result.errors) or None for result in results],
+        )
+
+    return grade
+
+
+def sub_names(grader: Grader) -> tuple[str, ...]:
+    """The named sub-graders whose rewards are logged beside the total (a multi grader's)."""
+    return tuple(grader.graders) if isinstance(grader, Multi) else ()
