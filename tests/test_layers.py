@@ -19,6 +19,7 @@ LAYERS = [
     {"training"},
     {"inference"},
     {"evaluation"},
+    {"graders"},
     {"compare", "sweep", "service", "export", "compress"},
     {"demo", "cli", "__init__"},
 ]

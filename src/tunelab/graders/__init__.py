@@ -1,0 +1,1 @@
+"""Graders: OpenAI's grader shapes, for evaluation and for reinforcement fine-tuning."""
