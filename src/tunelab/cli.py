@@ -201,7 +201,8 @@ def train_cmd(
     cfg = TrainConfig.from_sources(config, **options, **ctx.meta[METHOD_OPTIONS])
     if not cfg.data or not cfg.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
-    train(cfg, console=console, objective=objective_with_grader(cfg))  # grpo's with its grader
+    objective = objective_with_grader(cfg, report=lambda message: console.print(f"[yellow]{message}"))
+    train(cfg, console=console, objective=objective)  # grpo's, with its grader; else None
 
 
 train_cmd.__signature__ = command_signature(train_cmd, TrainConfig, given_only=True)

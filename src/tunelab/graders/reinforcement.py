@@ -4,6 +4,8 @@ the service's `method: reinforcement` jobs build their objective here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..inference.rollout import sample_groups
 from ..objectives import Objective, get_objective
 from ..objectives.grpo import Grades, Rollout
@@ -12,10 +14,15 @@ from .base import Grader, GradingContext, Sample
 from .multi import Multi
 from .parsing import load_grader
 
+MAX_REPORTED = 10  # distinct reasons a run reports; a grader failing the same way each step says it once
 
-def objective_with_grader(config: TrainConfig, context: GradingContext | None = None) -> Objective | None:
+
+def objective_with_grader(
+    config: TrainConfig, context: GradingContext | None = None, report: Callable[[str], None] | None = None
+) -> Objective | None:
     """The run's objective with its grader when it learns from rewards (grpo); None for every other run,
-    which trains with its registered objective. A grader given to another objective is refused."""
+    which trains with its registered objective. A grader given to another objective is refused.
+    `report` hears why the grader failed on answers (each reason once), which then got reward 0."""
     objective = get_objective(config.objective) if config.objective else None
     if objective is None or objective.data_kind != "prompts":
         if config.grader:
@@ -26,14 +33,21 @@ def objective_with_grader(config: TrainConfig, context: GradingContext | None = 
     grader = load_grader(config.grader)
     context = context or GradingContext(python_graders=True, seed=config.seed)
     grader.check(context)  # a grader this context refuses fails now, not at every step
-    return objective.with_rollout(Rollout(sample_groups, grader_rewards(grader, context)), sub_names(grader))
+    rewards = grader_rewards(grader, context, report or (lambda message: None))
+    return objective.with_rollout(Rollout(sample_groups, rewards), sub_names(grader))
 
 
-def grader_rewards(grader: Grader, context: GradingContext):
+def grader_rewards(grader: Grader, context: GradingContext, report: Callable[[str], None]):
     """`Rollout.grade`: the grader over a batch of answers, one result per answer."""
+    reported: set[str] = set()
 
     def grade(texts: list[str], items: list[dict]) -> Grades:
         results = grader.grade_many([Sample.from_text(text) for text in texts], items, context)
+        failed = [result for result in results if result.errors]
+        reason = failed[0].errors[0] if failed else None
+        if reason and reason not in reported and len(reported) < MAX_REPORTED:
+            reported.add(reason)
+            report(f"the grader failed on {len(failed)} of {len(results)} answers (reward 0): {reason}")
         names = sub_names(grader)
         return Grades(
             [result.reward for result in results],

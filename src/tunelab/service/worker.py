@@ -171,7 +171,9 @@ def run_job(store: Store, data: DataDir, job: JobRow, python_graders: bool = Fal
         if not RunDir(run_dir).is_finished():  # else: it finished just before a crash; publish only
             config = job_config(job, data)
             context = grading_context(job.options.get("judges", {}), python_graders, job.seed)
-            objective = objective_with_grader(config, context)
+            objective = objective_with_grader(
+                config, context, lambda why: store.add_event(job_id, why, level="warn")
+            )
             Trainer(config, None, JobHooks(store, data, job), objective).fit()
         publish(store, data, job)
     except JobCancelled:
@@ -208,6 +210,7 @@ def job_config(job: JobRow, data: DataDir) -> TrainConfig:
     resume = bool(list_checkpoints(data.run_dir(job.id)))
     options = train_options(job)
     if "grader" in options:  # a reinforcement job's: the run reads it from a file
+        data.grader_file(job.id).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open_private(data.grader_file(job.id)) as file:
             json.dump(options["grader"], file)
         options["grader"] = str(data.grader_file(job.id))
