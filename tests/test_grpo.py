@@ -156,3 +156,25 @@ def test_beta_adds_the_kl_to_the_start_and_logs_it(tiny_llama_dir, prompts, tmp_
 def test_grpo_without_a_grader_is_refused_by_name(tiny_llama_dir, prompts, tmp_path):
     with pytest.raises(ConfigError, match="--grader"):
         train(config(tiny_llama_dir, prompts, tmp_path / "run"))
+
+
+def test_the_cli_trains_grpo_with_a_grader_file_and_refuses_a_grader_elsewhere(
+    tiny_llama_dir, prompts, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    grader = tmp_path / "grader.json"
+    says = {"type": "string_check", "name": "says", "operation": "like"}
+    grader.write_text(json.dumps(says | {"input": "{{sample.output_text}}", "reference": "{{item.word}}"}))
+    common = ["--model", tiny_llama_dir, "--data", prompts, "--grader", grader, "--max-steps", 2]
+    out = tmp_path / "run"
+    done = CliRunner().invoke(
+        app, [str(a) for a in ["train", *common, "--objective", "grpo", "--generations", 2,
+                               "--max-completion-tokens", 4, "--out", out]],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert RunDir(out).read_config()["grader"] == str(grader)
+    refused = CliRunner().invoke(app, [str(a) for a in ["train", *common, "--out", tmp_path / "sft"]])
+    assert refused.exit_code == 1 and "only grpo learns from a grader" in refused.output
