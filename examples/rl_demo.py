@@ -94,16 +94,17 @@ def main() -> None:
     grpo = ["--objective", "grpo", "--grader", grader, "--data", train, "--max-steps", args.steps,
             "--batch-size", 4, "--generations", 8, "--max-completion-tokens", 48, "--lr", 2e-4]  # fmt: skip
 
-    rows = {"base model": (None, graded(out, "base", test, report, None))}
-    seconds = tunelab("train", "--data", sft_data, "--out", out / "sft", "--max-steps", 30, "--lr", 1e-3,
-                      "--batch-size", 8, "--overwrite")  # fmt: skip  (the demo's settings)
-    rows["SFT (the demo: 30 steps on 300 answers)"] = (seconds, graded(out, "sft", test, report, out / "sft"))
-    seconds = tunelab("train", *grpo, "--out", out / "grpo", "--overwrite")
-    rows[f"GRPO from the base ({args.steps} steps)"] = (seconds, graded(out, "grpo", test, report, out / "grpo"))
-    seconds = tunelab("train", *grpo, "--init-adapter", out / "sft", "--out", out / "sft-grpo", "--overwrite")
-    rows[f"SFT, then GRPO ({args.steps} steps)"] = (
-        seconds, graded(out, "sft-grpo", test, report, out / "sft-grpo")
-    )  # fmt: skip
+    sft = ["--data", sft_data, "--max-steps", 30, "--lr", 1e-3, "--batch-size", 8]  # the demo's settings
+    runs = {  # name -> (folder, training flags; None: the base model)
+        "base model": ("base", None),
+        "SFT (the demo: 30 steps on 300 answers)": ("sft", sft),
+        f"GRPO from the base ({args.steps} steps)": ("grpo", grpo),
+        f"SFT, then GRPO ({args.steps} steps)": ("sft-grpo", [*grpo, "--init-adapter", out / "sft"]),
+    }
+    rows = {}
+    for name, (folder, flags) in runs.items():
+        seconds = tunelab("train", *flags, "--out", out / folder, "--overwrite") if flags else None
+        rows[name] = (seconds, graded(out, folder, test, report, out / folder if flags else None))
 
     print("\n| model | training | fields reward [95% CI] | exact match [95% CI] |\n|---|---|---|---|")
     for name, (seconds, result) in rows.items():
