@@ -34,6 +34,7 @@ CASES = {
     "grpo": {"beta": 0.0, "epsilon": 0.2},
     "grpo-kl": {"beta": 0.04, "epsilon": 0.2},
     "grpo-kl-wide-clip": {"beta": 0.3, "epsilon": 0.28},
+    "grpo-kl-temperature": {"beta": 0.04, "epsilon": 0.2, "sampling_temperature": 0.7},
 }
 
 
@@ -66,9 +67,12 @@ def tunelab_side(options: dict, models: Path):  # noqa: F811
     batch = objective.collate_rows(rows, EOS)
     if objective.beta:
         labels = batch["labels"][:, 1:]
+        wanted, targets = labels != IGNORE_INDEX, labels.clamp_min(0)
         with torch.no_grad():
-            batch["reference_logps"] = token_logps(load(models / "reference"), batch, labels != IGNORE_INDEX,
-                                                   labels.clamp_min(0))  # fmt: skip
+            reference = load(models / "reference")
+            batch["reference_logps"] = token_logps(
+                reference, batch, wanted, targets, objective.scoring_temperature
+            )
     policy = load(models / "policy")
     policy.train()
     loss, _ = objective.loss_with_stats(policy, batch, objective.count_targets(batch))

@@ -50,10 +50,13 @@ def causal_lm_loss(model, batch: dict, normaliser) -> torch.Tensor:
     return -token_logps(model, batch, predicts, labels[:, 1:]).sum() / normaliser
 
 
-def token_logps(model, batch: dict, wanted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def token_logps(
+    model, batch: dict, wanted: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """(B, T-1) log-probabilities of `targets` (the tokens each position predicts) where `wanted` is set,
     0 elsewhere; computed as `causal_lm_loss` computes its loss (the head on the wanted positions only, in
-    recomputed slices). The preference objectives sum them per answer."""
+    recomputed slices). The preference objectives sum them per answer; GRPO scores its answers at the
+    temperature they were sampled at (the logits divided by it, as TRL does)."""
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -69,17 +72,23 @@ def token_logps(model, batch: dict, wanted: torch.Tensor, targets: torch.Tensor)
     for start in range(0, len(picked), LOSS_CHUNK):
         piece = slice(start, start + LOSS_CHUNK)
         pieces.append(
-            checkpoint(_head_logps, head, softcap, hidden[piece], picked[piece], use_reentrant=False)
+            checkpoint(
+                _head_logps, head, softcap, hidden[piece], picked[piece], temperature, use_reentrant=False
+            )
         )
     values = torch.cat(pieces)
     return torch.zeros(wanted.shape, dtype=values.dtype, device=values.device).masked_scatter(wanted, values)
 
 
-def _head_logps(head, softcap, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _head_logps(
+    head, softcap, hidden: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
     logits = head(hidden)  # (n, V), in fp32 at least (autocast's bf16 would lose the small probabilities)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if softcap:  # Gemma 2/3 cap their logits; the loss must see the same ones
         logits = torch.tanh(logits / softcap) * softcap
+    if temperature != 1.0:
+        logits = logits / temperature
     return -F.cross_entropy(logits, targets, reduction="none")
 
 

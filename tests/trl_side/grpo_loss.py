@@ -7,7 +7,8 @@ Run with the Python of TRL's own environment (`make parity-trl` builds it; TRL i
 MODEL_DIR holds `reference/` (the start) and `policy/` (the model being trained). CASES.json holds
 `groups` [{prompt_ids, completions: [ids...], rewards: [...]}] (every prompt the same length, so that no
 row is left-padded: TRL scores left-padded prompts without position ids, tunelab from position 0) and
-`cases` [{name, options}], options named as tunelab's TrainConfig fields (beta, epsilon). For each case a
+`cases` [{name, options}], options named as tunelab's TrainConfig fields (beta, epsilon,
+sampling_temperature: TRL scores the answers at the temperature it sampled them at). For each case a
 GRPOTrainer is built as TRL's users build it (default loss_type "dapo", scale_rewards "group"), the
 advantages are computed from the rewards by TRL's formula, and the loss is the trainer's `_compute_loss`
 on the batch that `_generate_and_score_completions` would hand it (one iteration per sample: no old
@@ -79,7 +80,8 @@ def run_case(model_dir: Path, cases: dict, case: dict, out: Path) -> None:
         args = GRPOConfig(
             output_dir=scratch, per_device_train_batch_size=rows,
             num_generations=len(groups[0]["completions"]),
-            beta=options["beta"], epsilon=options["epsilon"], max_completion_length=16, use_cpu=True,
+            beta=options["beta"], epsilon=options["epsilon"],
+            temperature=options.get("sampling_temperature", 1.0), max_completion_length=16, use_cpu=True,
             bf16=False, fp16=False, report_to=[], save_strategy="no", seed=0,
         )  # fmt: skip
         trainer = GRPOTrainer(

@@ -7,7 +7,7 @@ reward minus the mean of its prompt's group divided by the group's standard devi
 every answer token is the clipped surrogate -min(r A, clip(r, 1-epsilon, 1+epsilon) A), r the token's
 probability ratio to the policy that sampled it, plus `beta` times the k3 estimate of the KL divergence
 to the start (the base with the adapter disabled, TRL's reference for PEFT models) times r when beta > 0
-(TRL's default bias correction); summed
+(TRL's default bias correction), the log-probs taken at the sampling temperature as TRL takes them; summed
 over the step's answer tokens and divided by their count (TRL's default `dapo` loss). One update per
 sample (TRL's num_iterations=1), so r is 1 in value and the clip never bites; it is kept so that the
 gradient is the paper's.
@@ -34,6 +34,7 @@ from ..ops import autocast, token_logps
 from ..options import ConfigError
 from .base import Objective, add_stats, probe_ids, register
 
+MIN_SCORING_TEMPERATURE = 1e-3  # below it the sampler is greedy (inference/generation.py MIN_TEMPERATURE)
 STD_FLOOR = 1e-4  # TRL's: a group whose answers all score the same gets advantage 0, not a division by 0
 
 
@@ -103,6 +104,12 @@ class GroupRelativePolicyOptimization(Objective):
                 key="max_length",
             )
         return configured
+
+    @property
+    def scoring_temperature(self) -> float:
+        """The answers' log-probs are those of the distribution they were sampled from (TRL's); greedy
+        sampling scores them at temperature 1."""
+        return self.sampling_temperature if self.sampling_temperature >= MIN_SCORING_TEMPERATURE else 1.0
 
     def read(self, path, config):
         return load_examples(path, format=config.format, for_training=False)
@@ -188,12 +195,13 @@ class GroupRelativePolicyOptimization(Objective):
         on_device = {key: value.to(device) for key, value in batch.items()}
         labels = on_device["labels"][:, 1:]
         with torch.no_grad(), model.disable_adapter():
-            return token_logps(model, on_device, labels != IGNORE_INDEX, labels.clamp_min(0)).cpu()
+            wanted, targets = labels != IGNORE_INDEX, labels.clamp_min(0)
+            return token_logps(model, on_device, wanted, targets, self.scoring_temperature).cpu()
 
     def loss_with_stats(self, model, batch, normaliser):
         labels = batch["labels"][:, 1:]
         wanted = labels != IGNORE_INDEX
-        logps = token_logps(model, batch, wanted, labels.clamp_min(0))  # (B, T-1)
+        logps = token_logps(model, batch, wanted, labels.clamp_min(0), self.scoring_temperature)  # (B, T-1)
         ratio = torch.exp(logps - logps.detach())  # 1 in value: one update per sample
         advantages = batch["advantages"].to(logps.dtype)[:, None]
         clipped = ratio.clamp(1 - self.epsilon, 1 + self.epsilon)
