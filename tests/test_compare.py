@@ -253,3 +253,26 @@ def test_a_row_or_task_that_the_data_cannot_take_fails_before_anything_runs(tmp_
     with pytest.raises(UserError, match=message):
         compare(config)
     assert not out.exists()
+
+
+def test_a_grader_ranks_the_rows_by_its_mean_reward_on_the_test_answers(tiny_llama_dir, tmp_path):
+    words = ["alice", "bob", "paris", "london"]
+    rows = [
+        {"messages": [{"role": "user", "content": f"say {words[i % 4]}"},
+                      {"role": "assistant", "content": words[i % 4]}], "word": words[i % 4]}
+        for i in range(40)
+    ]  # fmt: skip
+    grader = tmp_path / "says.json"
+    says = {"type": "string_check", "name": "says", "operation": "like", "input": "{{sample.output_text}}"}
+    grader.write_text(json.dumps(says | {"reference": "{{item.word}}"}))
+    config = CompareConfig(data=str(write_jsonl(tmp_path / "say.jsonl", rows)), out=str(tmp_path / "cmp"),
+                           model=str(tiny_llama_dir), grader=str(grader), budget="steps:2")  # fmt: skip
+    results = compare(config)
+    assert [row["method"] for row in results["methods"]] == ["zero-shot", "lora"]
+    for row in results["methods"]:
+        assert row["metric"] == "reward (says)" and row["test_examples"] == 4
+        assert row["ci95"][0] <= row["value"] <= row["ci95"][1]
+    test_rows = (tmp_path / "cmp" / "data" / "test.jsonl").read_text().splitlines()
+    assert all("word" in json.loads(line) for line in test_rows)  # the grader's field kept
+    with pytest.raises(UserError, match="few-shot cannot be graded"):
+        compare(replace(config, methods=["zero-shot", "few-shot"]))

@@ -30,6 +30,13 @@ class CompareConfig:
             "choices": TASKS,
         },
     )
+    grader: str | None = field(
+        default=None,
+        metadata={
+            "help": "rank the rows by this grader's mean reward on the test answers (a JSON file in OpenAI's "
+            "shape) instead of a metric; the rows keep their other fields for it (task generation)"
+        },
+    )
     methods: list[str] = field(
         default_factory=list,
         metadata={

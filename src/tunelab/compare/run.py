@@ -28,6 +28,7 @@ from ..data import load_examples, name_labels, split_file
 from ..errors import UserError
 from ..evaluation import EvalConfig, evaluate, forgetting
 from ..evaluation.config import CALIBRATIONS
+from ..graders.evaluate import evaluate_with_grader
 from ..methods import REGISTRY, get_method
 from ..run_dir import RunDir, file_hash
 from ..training.memory import peak_bytes
@@ -37,6 +38,7 @@ from .distilled import DISTILLED, check_distilled, hidden_weight_of, teacher_of,
 
 PROMPTING = ("zero-shot", "few-shot")
 DEFAULT_ROWS = ["zero-shot", "few-shot", "lora", "head"]
+GRADED_ROWS = ["zero-shot", "lora"]  # by --grader: generated answers, each row's model prompted alike
 
 
 def budget_fields(budget: str) -> dict:
@@ -70,11 +72,15 @@ def split_sources(config: CompareConfig, data_dir: Path) -> dict[str, str]:
 def settle(config: CompareConfig) -> CompareConfig:
     """The config with what `--data` decides filled in: the task (preference for pairs) and the rows."""
     pairs = preference.holds_pairs(config.data)
-    task = config.task or ("preference" if pairs else "classification")
+    task = config.task or ("preference" if pairs else "generation" if config.grader else "classification")
+    if config.grader and task != "generation":
+        raise UserError(f"--grader grades generated answers: it takes --task generation, not {task}")
     if (task == "preference") != pairs:
         found = "preference pairs" if pairs else "supervised examples"
         raise UserError(f"--task {task}: {config.data} holds {found}; leave --task out to score them as such")
-    methods = config.methods or (preference.DEFAULT_ROWS if pairs else DEFAULT_ROWS)
+    methods = config.methods or (
+        preference.DEFAULT_ROWS if pairs else GRADED_ROWS if config.grader else DEFAULT_ROWS
+    )
     return replace(config, task=task, methods=list(methods))
 
 
@@ -102,7 +108,8 @@ def prepare_splits(config: CompareConfig) -> dict[str, Path]:
                 if config.instruction:
                     user = next(m for m in reversed(messages) if m["role"] == "user")
                     user["content"] = f"{config.instruction}\n\n{user['content']}"
-                f.write(json.dumps({"messages": messages}) + "\n")
+                fields = example.meta if config.grader else {}  # what the grader reads as {{item.*}}
+                f.write(json.dumps({**fields, "messages": messages}) + "\n")
     return paths
 
 
@@ -140,6 +147,8 @@ def run_key(config: CompareConfig, method: str, splits: dict) -> str:
         payload["hidden_weight"] = hidden_weight_of(method)  # the recipe: a change retrains the row
         settings |= {"student"} if method == "distill" else set()
     payload |= {name: getattr(config, name) for name in sorted(settings)}
+    if config.grader:  # a changed grader rescores every row
+        payload["grader_sha256"] = file_hash(config.grader)
     payload |= {f"{name}_sha256": file_hash(splits[name]) for name in sorted(used)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -156,7 +165,7 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
     if method in PROMPTING:
         shots = config.shots if method == "few-shot" else 0
         row |= {"trainable_params": 0, "train_time_s": 0.0, "tokens_per_s": None, "artifact_mb": 0.0}
-        results = evaluate(eval_config(config, splits, shots=shots), str(run_dir / "eval.json"))["results"]
+        results = score(config, eval_config(config, splits, shots=shots), run_dir)
     else:
         if method in DISTILLED:
             row["teacher"], teacher_dir = teacher_model(config, method, splits)
@@ -175,7 +184,7 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
             "peak_lr": summary["peak_lr"], "max_lr_reached": summary["max_lr_reached"],
             "loss_curve": loss_curve(RunDir(model_dir)),
         }  # fmt: skip
-        results = evaluate(eval_config(config, splits, model_dir), str(run_dir / "eval.json"))["results"]
+        results = score(config, eval_config(config, splits, model_dir), run_dir)
         # Forgetting compares the base with the tuned model: only an adapter that can be switched off.
         tuning = tuning_of(config, method, splits)[0]
         if config.forgetting and tuning in REGISTRY and get_method(tuning).artifact == "peft":
@@ -195,6 +204,20 @@ def run_method(config: CompareConfig, method: str, splits: dict) -> dict:
         row |= preference.row_numbers(results)
     (run_dir / "result.json").write_text(json.dumps(row, indent=2))
     return row
+
+
+def score(config: CompareConfig, evaluation: EvalConfig, run_dir: Path) -> dict:
+    """The row's test results: the task's main metric, or with `--grader` its mean reward."""
+    if not config.grader:
+        return evaluate(evaluation, str(run_dir / "eval.json"))["results"]
+    started = time.perf_counter()
+    evaluation = replace(evaluation, grader=config.grader, task="generation")
+    graded = evaluate_with_grader(evaluation, str(run_dir / "eval.json"))["results"]
+    reward = graded["reward"]
+    return {
+        "main_metric": f"reward ({graded['grader']})", "value": reward["mean"], "ci95": reward["ci95"],
+        "seconds": time.perf_counter() - started, "examples": graded["rows"],
+    }  # fmt: skip
 
 
 def train_method(
@@ -275,6 +298,17 @@ def check_rows(config: CompareConfig) -> None:
     unknown = [m for m in config.methods if m not in known]
     if unknown:
         raise UserError(f"--methods: unknown {unknown}; choose from {', '.join(known)}")
+    if config.grader:
+        ungraded = [
+            m
+            for m in config.methods
+            if m == "few-shot" or (m in REGISTRY and get_method(m).task != "causal-lm")
+        ]
+        if ungraded:
+            raise UserError(
+                f"--methods: {', '.join(ungraded)} cannot be graded (the grader reads answers generated from "
+                "each row's own messages); leave them out"
+            )
 
 
 def compare(config: CompareConfig, console=None) -> dict:
