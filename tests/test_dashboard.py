@@ -263,7 +263,7 @@ def test_in_a_browser(server):
         browser.close()
 
 
-def test_a_dpo_job_page_shows_its_method_and_reward_accuracy_curves(client):
+def test_a_dpo_job_page_shows_its_reward_accuracy_curves(client):
     store = client.app.state.service.store
     add_job(store, "ftjob-dpo000000000000000001", "running")
     for step, accuracy in ((1, 0.5), (2, 0.75)):
@@ -273,10 +273,23 @@ def test_a_dpo_job_page_shows_its_method_and_reward_accuracy_curves(client):
     store.add_event("ftjob-dpo000000000000000001", "eval", type="metrics", data=data, step=2)
     login(client, "k1")
     page = client.get("/jobs/ftjob-dpo000000000000000001").text
-    assert "Reward accuracy" in page and ">reward accuracy<" in page
+    assert "<h2>Rewards</h2>" in page and ">reward<" in page
     assert 'class="rewards_accuracies"' in page and 'class="val_rewards_accuracies"' in page
     assert "valid reward accuracy" in page
-    assert "Reward accuracy" not in client.get(f"/jobs/{JOB}").text  # a supervised job has none
+    assert "<h2>Rewards</h2>" not in client.get(f"/jobs/{JOB}").text  # a supervised job has none
+
+
+def test_a_reinforcement_job_page_shows_its_mean_reward_curves(client):
+    store = client.app.state.service.store
+    add_job(store, "ftjob-rft000000000000000001", "running")
+    for step, reward in ((1, 0.2), (2, 0.4)):
+        data = {"step": step, "train_loss": 0.0, "reward": reward, "rewards/fields": reward}
+        store.add_event("ftjob-rft000000000000000001", "train", type="metrics", data=data, step=step)
+    data = {"step": 2, "valid_loss": -0.5, "val_reward": 0.5}
+    store.add_event("ftjob-rft000000000000000001", "eval", type="metrics", data=data, step=2)
+    login(client, "k1")
+    page = client.get("/jobs/ftjob-rft000000000000000001").text
+    assert 'class="reward"' in page and 'class="val_reward"' in page and "valid mean reward" in page
 
 
 def test_playground_thumbs_and_a_better_answer_become_feedback(client):

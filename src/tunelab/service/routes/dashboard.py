@@ -35,11 +35,13 @@ JOBS_SHOWN = 50
 EVENTS_SHOWN = 200
 CURVE_POINTS = 200
 SERIES = {"train_loss": "train loss", "valid_loss": "valid loss"}
-# A preference job's reward accuracy (the share of pairs whose preferred answer gains more), on its own
-# chart: a 0-1 scale beside the loss's would flatten either.
+# A preference job's reward accuracy (the share of pairs whose preferred answer gains more) and a
+# reinforcement job's mean reward, on their own chart: their scale beside the loss's would flatten either.
 REWARD_SERIES = {
     "rewards/accuracies": "train reward accuracy",
     "val_rewards/accuracies": "valid reward accuracy",
+    "reward": "train mean reward",
+    "val_reward": "valid mean reward",
 }
 LABELS = SERIES | REWARD_SERIES
 
