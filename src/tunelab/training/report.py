@@ -49,7 +49,7 @@ class MetricsLog:
 
 def plot_loss(out: Path) -> Path | None:
     """The train and val loss by step; for a preference objective, a second panel with the rewards' margin
-    and accuracy (train and val), what DPO users read in TRL."""
+    and accuracy (train and val), what DPO users read in TRL; for grpo, its mean reward."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +60,7 @@ def plot_loss(out: Path) -> Path | None:
     val = [r for r in records if r.get("kind") == "eval"]
     if not train:
         return None
-    rewards = any("rewards/margins" in r for r in train)
+    rewards = any("rewards/margins" in r or "reward" in r for r in train)
     fig, axes = plt.subplots(1, 2 if rewards else 1, figsize=(12 if rewards else 7, 4), squeeze=False)
     loss_axis = axes[0][0]
     plot_series(loss_axis, train, "loss", "train loss", linewidth=1)
@@ -72,7 +72,9 @@ def plot_loss(out: Path) -> Path | None:
         plot_series(reward_axis, val, "val_rewards/margins", "val reward margin", style="o-")
         plot_series(reward_axis, train, "rewards/accuracies", "train reward accuracy", linewidth=1)
         plot_series(reward_axis, val, "val_rewards/accuracies", "val reward accuracy", style="o-")
-        reward_axis.set_ylabel("reward margin / accuracy")
+        plot_series(reward_axis, train, "reward", "train mean reward", linewidth=1)  # grpo's
+        plot_series(reward_axis, val, "val_reward", "val mean reward", style="o-")
+        reward_axis.set_ylabel("reward")
     for axis in axes[0]:
         axis.set_xlabel("optimizer step")
         axis.grid(alpha=0.3)
