@@ -52,9 +52,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(data_dir: Path, api_key: str) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: Path, api_key: str, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`tunelab serve` (with `flags`) on a free port, once it and its worker are up."""
     port = free_port()
-    command = [sys.executable, "-m", "tunelab", "serve", "--port", str(port), "--data-dir", str(data_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "tunelab",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        *flags,
+    ]
     env = os.environ | {"TUNELAB_API_KEY": api_key}
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
