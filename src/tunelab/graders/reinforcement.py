@@ -30,9 +30,8 @@ def objective_with_grader(
         return None
     if not config.grader:
         return None  # the objective itself says that it needs one
-    grader = load_grader(config.grader)
-    context = context or GradingContext(python_graders=True, seed=config.seed)
-    grader.check(context)  # a grader this context refuses fails now, not at every step
+    context = context or GradingContext(python_graders=True, seed=config.seed)  # the user's own grader file
+    grader = load_grader(config.grader, context)  # one this context refuses fails now, not at every step
     rewards = grader_rewards(grader, context, report or (lambda message: None))
     return objective.with_rollout(Rollout(sample_groups, rewards), sub_names(grader))
 

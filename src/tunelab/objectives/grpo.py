@@ -141,8 +141,8 @@ class GroupRelativePolicyOptimization(Objective):
         if max_tokens:
             lengths = [len(row.input_ids) for row in rows]
             cuts = split_by_tokens(list(range(len(rows))), lengths, max_tokens)
-        else:  # as many micro-batches as the prompts came in
-            size = -(-len(rows) // len(item_batches))
+        else:  # micro-batches of as many rows as the plan's had prompts: the memory it was planned for
+            size = max(len(items) for items in item_batches)
             cuts = [list(range(start, min(start + size, len(rows)))) for start in range(0, len(rows), size)]
         batches = [self.collate_rows([rows[i] for i in cut], pad_id) for cut in cuts]
         if self.beta:
