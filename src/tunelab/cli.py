@@ -527,7 +527,8 @@ def data_validate(**options):
 
     config = ValidateConfig(**options)
     report = validate_file(config.file, tokenizer=_tokenizer(config.model), max_length=config.max_length,
-                           format=config.format, min_examples=config.min_examples)  # fmt: skip
+                           format=config.format, min_examples=config.min_examples,
+                           expect=config.expect)  # fmt: skip
     print_report(report, console)
     raise typer.Exit(0 if report.ok else 1)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import DataError
-from .formats import DATA_FORMATS
+from .formats import DATA_FORMATS, KINDS
 
 PII_MODES = ("mask", "drop", "report", "off")
 FORMAT_HELP = "the file's format (default: guessed)"
@@ -21,6 +21,14 @@ class ValidateConfig:
     )
     format: str | None = field(default=None, metadata={"help": FORMAT_HELP, "choices": DATA_FORMATS})
     min_examples: int = field(default=10, metadata={"help": "fewer valid examples than this is a problem"})
+    expect: str | None = field(
+        default=None,
+        metadata={
+            "help": "the kind of data you will train on: a file of another kind is one error naming both "
+            "(prompts: grpo's, no answers needed)",
+            "choices": KINDS,
+        },
+    )
 
 
 @dataclass

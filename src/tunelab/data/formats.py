@@ -302,7 +302,7 @@ def _check_chat(data: dict, line: int) -> list[Issue]:
         return issues
     assistant = [m for m in messages if m["role"] == "assistant"]
     if not assistant:
-        text = "'messages' has no assistant message to learn from"
+        text = "'messages' has no assistant message to learn from (prompts alone are for grpo)"
         return [Issue(line, "example_missing_assistant_message", text, "messages")]
     if all(m.get("weight", 1) == 0 for m in assistant):
         text = "every assistant message in 'messages' has weight 0"
