@@ -161,7 +161,7 @@ class Trainer:
         )
         model = self.method.prepare(model, config)
         if self.objective.disables_dropout:
-            self.log(f"{self.objective.name}: dropout off (the start it is compared with is scored without)")
+            self.log(f"{self.objective.name}: dropout off (the log-probs it compares are all taken without)")
             disable_dropout(model)
         if config.gradient_checkpointing:
             enable_checkpointing(model)
