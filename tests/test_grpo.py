@@ -82,6 +82,14 @@ def test_advantages_are_the_reward_less_its_groups_mean_over_its_groups_deviatio
     assert stds.tolist() == pytest.approx([std] * 3 + [0] * 3)
 
 
+def test_an_answer_the_grader_failed_on_is_left_out_of_its_group():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    failed = torch.tensor([False, False, True, True])  # the last two: the grader could not grade them
+    advantages, _ = group_advantages(rewards, 4, failed)
+    expected = 0.5**0.5  # the deviation of 1 and 0 alone
+    assert advantages.tolist() == pytest.approx([0.5 / (expected + 1e-4), -0.5 / (expected + 1e-4), 0, 0])
+
+
 def you_probability(model_dir, adapter, tokenizer) -> float:
     """The probability that the model answers "say alice" starting with " you"."""
     model, _ = load_for_inference(str(model_dir), adapter and str(adapter))

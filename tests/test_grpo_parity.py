@@ -71,7 +71,7 @@ def tunelab_side(options: dict, models: Path):  # noqa: F811
         with torch.no_grad():
             reference = load(models / "reference")
             batch["reference_logps"] = token_logps(
-                reference, batch, wanted, targets, objective.scoring_temperature
+                reference, batch, wanted, targets, objective.sampling_temperature
             )
     policy = load(models / "policy")
     policy.train()

@@ -64,8 +64,8 @@ class Sample:
     def from_text(cls, text: str) -> Sample:
         try:
             parsed = json.loads(text)
-        except ValueError:  # not JSON (JSONDecodeError is a ValueError)
-            parsed = None
+        except (ValueError, RecursionError):  # not JSON (JSONDecodeError is a ValueError), or nested past
+            parsed = None  # Python's limit ("[[[[..."): a model's answer can be either
         return cls(output_text=text, output_json=parsed)
 
     def as_dict(self) -> dict:

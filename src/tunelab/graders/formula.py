@@ -35,17 +35,24 @@ UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 ALLOWED = "the graders' names, numbers, + - * / ^ ( ) and " + ", ".join(FUNCTIONS)
 
 
+MAX_FORMULA = 1000  # characters: a formula over a few graders is a line; a huge one could exhaust the parser
+
+
 class Formula:
     """A checked formula; `evaluate` gives its value for one row's rewards."""
 
     def __init__(self, text: str, names: list[str], where: str):
         self.text = text
         source = text.replace("^", "**").strip()  # OpenAI's ^ is a power; Python's is exclusive or
+        if len(source) > MAX_FORMULA:
+            raise GraderError(f"{where}: longer than {MAX_FORMULA} characters")
         try:
             self.tree = ast.parse(source, mode="eval").body
+            check(self.tree, names, where)
         except SyntaxError as err:
             raise GraderError(f"{where}: '{text}' is not a formula ({err.msg})") from None
-        check(self.tree, names, where)
+        except (RecursionError, MemoryError):  # nested past the parser's limits
+            raise GraderError(f"{where}: nested too deeply to be a formula") from None
 
     def evaluate(self, rewards: dict[str, float]) -> float:
         try:

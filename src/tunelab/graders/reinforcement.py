@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from ..inference.rollout import sample_groups
 from ..objectives import Objective, get_objective
 from ..objectives.grpo import Grades, Rollout
@@ -18,20 +20,24 @@ MAX_REPORTED = 10  # distinct reasons a run reports; a grader failing the same w
 
 
 def objective_with_grader(
-    config: TrainConfig, context: GradingContext | None = None, report: Callable[[str], None] | None = None
+    config: TrainConfig,
+    context: GradingContext | None = None,
+    report: Callable[[str], None] | None = None,
+    grader: Grader | None = None,
 ) -> Objective | None:
-    """The run's objective with its grader when it learns from rewards (grpo); None for every other run,
-    which trains with its registered objective. A grader given to another objective is refused.
-    `report` hears why the grader failed on answers (each reason once), which then got reward 0."""
+    """The run's objective with its grader (`grader`, else read from `config.grader`) when it learns from
+    rewards (grpo); None for every other run, which trains with its registered objective. A grader given
+    to another objective is refused. `report` hears why the grader failed on answers (each reason once),
+    which then got reward 0."""
     objective = get_objective(config.objective) if config.objective else None
     if objective is None or objective.data_kind != "prompts":
-        if config.grader:
+        if config.grader or grader:
             raise ConfigError("grader: only grpo learns from a grader; add --objective grpo", key="grader")
         return None
-    if not config.grader:
+    if not (config.grader or grader):
         return None  # the objective itself says that it needs one
     context = context or GradingContext(python_graders=True, seed=config.seed)  # the user's own grader file
-    grader = load_grader(config.grader, context)  # one this context refuses fails now, not at every step
+    grader = grader or load_grader(config.grader, context)  # refused now, not at every step
     rewards = grader_rewards(grader, context, report or (lambda message: None))
     return objective.with_rollout(Rollout(sample_groups, rewards), sub_names(grader))
 
@@ -41,7 +47,8 @@ def grader_rewards(grader: Grader, context: GradingContext, report: Callable[[st
     reported: set[str] = set()
 
     def grade(texts: list[str], items: list[dict]) -> Grades:
-        results = grader.grade_many([Sample.from_text(text) for text in texts], items, context)
+        with torch.random.fork_rng():  # a judge seeds its own sampling; the run's answers keep theirs
+            results = grader.grade_many([Sample.from_text(text) for text in texts], items, context)
         failed = [result for result in results if result.errors]
         reason = failed[0].errors[0] if failed else None
         if reason and reason not in reported and len(reported) < MAX_REPORTED:

@@ -91,6 +91,8 @@ def check_python_source(source: str) -> list[str]:
         return [_syntax_problem(error)]
     except ValueError as error:  # a null character
         return [f"the source cannot be compiled: {error}"]
+    except (RecursionError, MemoryError):  # nested past the parser's limits
+        return ["the source is nested too deeply to be compiled"]
     grades = [node for node in module.body if getattr(node, "name", None) == "grade"]
     if not grades:
         return ["the source defines no `grade` function: it needs `def grade(sample, item) -> float`"]

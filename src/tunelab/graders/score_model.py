@@ -17,6 +17,7 @@ from .base import NUMBER, Grader, GraderError, GradeResult, GradingContext, RowE
 from .judge import Message, load_judge, read_messages, render_chats, token_usage
 
 DEFAULT_MAX_TOKENS = 256
+MAX_JUDGE_TOKENS = 32_768  # OpenAI's own examples ask for this much; unbounded, a spec could hold a server
 FIRST_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 NO_REASONING = "the judges here are not reasoning models; leave it out"
 
@@ -115,7 +116,7 @@ def read_sampling(spec: Spec) -> dict:
     for key, value, ok in [
         ("temperature", temperature, 0 <= temperature <= 2),
         ("top_p", top_p, 0 < top_p <= 1),
-        ("max_completions_tokens", max_tokens, max_tokens >= 1),
+        ("max_completions_tokens", max_tokens, 1 <= max_tokens <= MAX_JUDGE_TOKENS),
     ]:
         if not ok:
             raise GraderError(f"{fields.at(key)}: {value} is out of range")

@@ -26,7 +26,6 @@ def sample_groups(
     max_new_tokens: int,
     temperature: float,
     stop_ids: set[int],
-    top_p: float = 1.0,
 ) -> list[list[int]]:
     """`n` answers to each prompt, as token ids ending with the stop token that ended them (if any):
     prompt i's answers are rows i*n .. i*n+n-1. Sampled from the global torch generator (seeded by the
@@ -39,12 +38,12 @@ def sample_groups(
     was_training = model.training
     model.eval()  # gradient checkpointing turns the KV cache off in training mode
     try:
-        return _sample(model, prompts, n, max_new_tokens, temperature, top_p, stop_ids)
+        return _sample(model, prompts, n, max_new_tokens, temperature, stop_ids)
     finally:
         model.train(was_training)
 
 
-def _sample(model, prompts, n, max_new_tokens, temperature, top_p, stop_ids) -> list[list[int]]:
+def _sample(model, prompts, n, max_new_tokens, temperature, stop_ids) -> list[list[int]]:
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
@@ -66,7 +65,7 @@ def _sample(model, prompts, n, max_new_tokens, temperature, top_p, stop_ids) -> 
     live = list(range(len(lengths)))  # the rows still sampling, in cache order
     stop = torch.tensor(sorted(stop_ids), device=device)
     for _ in range(max_new_tokens):
-        tokens = pick_tokens(logits, temperature, top_p)
+        tokens = pick_tokens(logits, temperature)
         for row, token in zip(live, tokens.tolist(), strict=True):
             answers[row].append(token)
         going = ~torch.isin(tokens, stop)
@@ -87,13 +86,10 @@ def _sample(model, prompts, n, max_new_tokens, temperature, top_p, stop_ids) -> 
     return answers
 
 
-def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """One token per row of (rows, V) logits: greedy below MIN_TEMPERATURE, else top-p sampling."""
+def pick_tokens(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """One token per row of (rows, V) logits: greedy below MIN_TEMPERATURE, else sampled at `temperature`
+    from the whole distribution (TRL's default top_p 1, top_k 0)."""
     if temperature < MIN_TEMPERATURE:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # the top token always stays
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
     return torch.multinomial(probs, 1).squeeze(1)

@@ -77,10 +77,11 @@ class Objective:
         return {name: total / count for name, (total, count) in totals.items() if count}
 
     def step_batches(
-        self, model, item_batches: list[list], pad_id: int, max_tokens: int | None
+        self, model, item_batches: list[list], pad_id: int, max_tokens: int | None, precision: str
     ) -> list[dict]:
         """The collated micro-batches of one optimizer step, from its items already cut to `max_tokens`
-        (GRPO samples and grades its answers here, so that it has rows to learn from)."""
+        (GRPO samples and grades its answers here, in the run's `precision`, so that it has rows to learn
+        from)."""
         return [self.collate(items, pad_id) for items in item_batches]
 
     def evaluate(

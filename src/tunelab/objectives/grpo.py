@@ -34,7 +34,6 @@ from ..ops import autocast, token_logps
 from ..options import ConfigError
 from .base import Objective, add_stats, probe_ids, register
 
-MIN_SCORING_TEMPERATURE = 1e-3  # below it the sampler is greedy (inference/generation.py MIN_TEMPERATURE)
 STD_FLOOR = 1e-4  # TRL's: a group whose answers all score the same gets advantage 0, not a division by 0
 
 
@@ -91,7 +90,8 @@ class GroupRelativePolicyOptimization(Objective):
         if self.rollout is None:
             raise ConfigError(
                 "grpo learns from a grader's rewards: give one with `tunelab train --objective grpo --grader "
-                "grader.json` (or a service job with method reinforcement)",
+                "grader.json` (a service job: method reinforcement; Python: train(config, objective="
+                "objective_with_grader(config)), from tunelab.graders.reinforcement)",
                 key="grader",
             )
         configured = super().configure(config)
@@ -104,12 +104,6 @@ class GroupRelativePolicyOptimization(Objective):
                 key="max_length",
             )
         return configured
-
-    @property
-    def scoring_temperature(self) -> float:
-        """The answers' log-probs are those of the distribution they were sampled from (TRL's); greedy
-        sampling scores them at temperature 1."""
-        return self.sampling_temperature if self.sampling_temperature >= MIN_SCORING_TEMPERATURE else 1.0
 
     def read(self, path, config):
         return load_examples(path, format=config.format, for_training=False)
@@ -134,10 +128,12 @@ class GroupRelativePolicyOptimization(Objective):
     def loss(self, model, batch, normaliser):
         return self.loss_with_stats(model, batch, normaliser)[0]
 
-    def step_batches(self, model, item_batches, pad_id, max_tokens):
+    def step_batches(self, model, item_batches, pad_id, max_tokens, precision):
         """Samples and grades the step's answers, then cuts the answer rows into micro-batches."""
         prompts = [item for items in item_batches for item in items]
-        rows = self.answer_rows(model, prompts, self.generations, self.sampling_temperature)
+        device = next(model.parameters()).device
+        with autocast(device, precision):
+            rows = self.answer_rows(model, prompts, self.generations, self.sampling_temperature)
         if max_tokens:
             lengths = [len(row.input_ids) for row in rows]
             cuts = split_by_tokens(list(range(len(rows))), lengths, max_tokens)
@@ -147,7 +143,8 @@ class GroupRelativePolicyOptimization(Objective):
         batches = [self.collate_rows([rows[i] for i in cut], pad_id) for cut in cuts]
         if self.beta:
             for batch in batches:
-                batch["reference_logps"] = self.reference_logps(model, batch)
+                with autocast(device, precision):  # as the policy's, or their KL starts above 0
+                    batch["reference_logps"] = self.reference_logps(model, batch)
         return batches
 
     def answer_rows(self, model, prompts: list[EncodedPrompt], n: int, temperature: float) -> list[AnswerRow]:
@@ -159,7 +156,8 @@ class GroupRelativePolicyOptimization(Objective):
         texts = self.tokenizer.batch_decode(answers, skip_special_tokens=True)
         grades = self.rollout.grade([t.strip() for t in texts], [p.item for p in prompts for _ in range(n)])
         rewards = torch.tensor(grades.rewards, dtype=torch.float64)
-        advantages, stds = group_advantages(rewards, n)
+        failed = torch.tensor([error is not None for error in grades.errors])
+        advantages, stds = group_advantages(rewards, n, failed) if n > 1 else (rewards * 0, rewards * 0)
         rows = []
         for k, answer in enumerate(answers):
             prompt = prompts[k // n].input_ids
@@ -196,12 +194,12 @@ class GroupRelativePolicyOptimization(Objective):
         labels = on_device["labels"][:, 1:]
         with torch.no_grad(), model.disable_adapter():
             wanted, targets = labels != IGNORE_INDEX, labels.clamp_min(0)
-            return token_logps(model, on_device, wanted, targets, self.scoring_temperature).cpu()
+            return token_logps(model, on_device, wanted, targets, self.sampling_temperature).cpu()
 
     def loss_with_stats(self, model, batch, normaliser):
         labels = batch["labels"][:, 1:]
         wanted = labels != IGNORE_INDEX
-        logps = token_logps(model, batch, wanted, labels.clamp_min(0), self.scoring_temperature)  # (B, T-1)
+        logps = token_logps(model, batch, wanted, labels.clamp_min(0), self.sampling_temperature)  # (B, T-1)
         ratio = torch.exp(logps - logps.detach())  # 1 in value: one update per sample
         advantages = batch["advantages"].to(logps.dtype)[:, None]
         clipped = ratio.clamp(1 - self.epsilon, 1 + self.epsilon)
@@ -268,12 +266,20 @@ def stop_ids(model, tokenizer) -> set[int]:
     return {token for token in [tokenizer.eos_token_id, *configured] if token is not None}
 
 
-def group_advantages(rewards: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def group_advantages(
+    rewards: torch.Tensor, n: int, failed: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantage, the group's standard deviation) per answer; groups are `n` consecutive answers. The
-    standard deviation is the unbiased one, as TRL's."""
-    grouped = rewards.view(-1, n)
-    std = grouped.std(dim=1, keepdim=True).expand_as(grouped)
-    advantages = (grouped - grouped.mean(dim=1, keepdim=True)) / (std + STD_FLOOR)
+    standard deviation is the unbiased one, as TRL's. An answer the grader `failed` on stays out of its
+    group's mean and deviation and gets advantage 0 (TRL's unscorable completions): a grader's outage is
+    not a verdict on the answer."""
+    grouped = rewards.masked_fill(failed, float("nan")) if failed is not None else rewards
+    grouped = grouped.view(-1, n)
+    mean = grouped.nanmean(dim=1, keepdim=True)
+    counted = (~grouped.isnan()).sum(dim=1, keepdim=True)
+    variance = ((grouped - mean) ** 2).nansum(dim=1, keepdim=True) / (counted - 1).clamp_min(1)
+    std = torch.where(counted > 1, variance.sqrt(), torch.zeros_like(variance)).expand_as(grouped)
+    advantages = ((grouped - mean) / (std + STD_FLOOR)).nan_to_num(0.0)
     return advantages.flatten(), std.flatten()
 
 

@@ -27,7 +27,7 @@ from ..training import ConfigError, TrainConfig
 from ..training.config import MAX_STEPS
 from .errors import ApiError, internal_error
 from .paths import DataDir
-from .store import JobRow, Store
+from .store import NOT_RUN_OPTIONS, JobRow, Store
 from .strict import StrictModel
 
 MIN_EXAMPLES = 10
@@ -186,7 +186,10 @@ def grading_context(judges: dict[str, list], python_graders: bool, seed: int = 0
 
     def load_judge(name: str):
         spec, adapter = judges[name]
-        return load_for_inference(spec, adapter)
+        try:
+            return load_for_inference(spec, adapter)
+        except Exception:  # its message would name the server's folders
+            raise RuntimeError("it is no longer available on this server") from None
 
     return GradingContext(python_graders=python_graders, load_judge=load_judge, seed=seed)
 
@@ -321,7 +324,7 @@ def train_options(job: JobRow) -> dict:
     method = get_method(job.options["method"])
     multiplier = hyper["learning_rate_multiplier"]
     return {
-        **{name: value for name, value in job.options.items() if name != "judges"},
+        **{name: value for name, value in job.options.items() if name not in NOT_RUN_OPTIONS},
         "model": job.base_spec,
         "init_adapter": job.init_adapter,
         "epochs": hyper["n_epochs"],

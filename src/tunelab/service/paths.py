@@ -66,10 +66,6 @@ class DataDir:
         """The training run's folder; when the job succeeds it holds the final model."""
         return self.jobs / job_id / "run"
 
-    def grader_file(self, job_id: str) -> Path:
-        """A reinforcement job's grader, as the run reads it."""
-        return self.jobs / job_id / "grader.json"
-
     def checkpoints_dir(self, job_id: str) -> Path:
         """Published checkpoints: loadable adapters, apart from the run's own resumable checkpoints."""
         return self.jobs / job_id / "checkpoints"

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .errors import ApiError
-from .store import CheckpointRow, EventRow, FileRow, JobRow
+from .store import NOT_RUN_OPTIONS, CheckpointRow, EventRow, FileRow, JobRow
 from .strict import StrictModel
 
 # OpenAI's fields that this server does not honour: refused by name unless sent with a value that asks for
@@ -371,7 +371,7 @@ def job_object(job: JobRow) -> JobObject:
         user_provided_suffix=job.suffix,
         seed=job.seed,
         metadata=job.metadata,
-        tunelab={name: value for name, value in job.options.items() if name != "judges"},  # server paths
+        tunelab={name: value for name, value in job.options.items() if name not in NOT_RUN_OPTIONS},
     )
 
 

@@ -92,6 +92,11 @@ class JobRow:
     result_files: list[str] = field(default_factory=list)
 
 
+# A reinforcement job's grader and its judges' folders: kept in its options, but not training options (the
+# worker hands them to the run) nor shown as such (the job object shows the grader as its method's).
+NOT_RUN_OPTIONS = {"grader", "judges"}
+
+
 @dataclass(frozen=True)
 class EventRow:
     seq: int

@@ -12,7 +12,6 @@ import argparse
 import csv
 import fcntl
 import io
-import json
 import logging
 import os
 import shutil
@@ -21,6 +20,7 @@ import time
 
 from ..data.errors import DataError
 from ..errors import UserError
+from ..graders import parse_grader
 from ..graders.reinforcement import objective_with_grader
 from ..run_dir import RunDir, atomic_folder
 from ..training import TrainConfig, TrainingDiverged
@@ -171,9 +171,9 @@ def run_job(store: Store, data: DataDir, job: JobRow, python_graders: bool = Fal
         if not RunDir(run_dir).is_finished():  # else: it finished just before a crash; publish only
             config = job_config(job, data)
             context = grading_context(job.options.get("judges", {}), python_graders, job.seed)
-            objective = objective_with_grader(
-                config, context, lambda why: store.add_event(job_id, why, level="warn")
-            )
+            grader = job.options.get("grader")  # a reinforcement job's, as checked when it was created
+            grader = grader and parse_grader(grader, "method.reinforcement.grader", context)
+            objective = objective_with_grader(config, context, warn_on(store, job_id), grader)
             Trainer(config, None, JobHooks(store, data, job), objective).fit()
         publish(store, data, job)
     except JobCancelled:
@@ -193,6 +193,11 @@ def run_job(store: Store, data: DataDir, job: JobRow, python_graders: bool = Fal
         current_job = None
 
 
+def warn_on(store: Store, job_id: str):
+    """A warning event on the job, for each reason given."""
+    return lambda why: store.add_event(job_id, why, level="warn")
+
+
 def crashes_at(store: Store, job_id: str, from_step: int) -> int:
     """How many times in a row the job was resumed from `from_step` after the worker died (a server that
     stopped politely left a PAUSED event, which does not count)."""
@@ -208,14 +213,8 @@ def job_config(job: JobRow, data: DataDir) -> TrainConfig:
     """The job's run; it continues from the last checkpoint, and without one starts clean (a run killed
     before its first checkpoint leaves only metrics that the new run would repeat)."""
     resume = bool(list_checkpoints(data.run_dir(job.id)))
-    options = train_options(job)
-    if "grader" in options:  # a reinforcement job's: the run reads it from a file
-        data.grader_file(job.id).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open_private(data.grader_file(job.id)) as file:
-            json.dump(options["grader"], file)
-        options["grader"] = str(data.grader_file(job.id))
     return TrainConfig.from_sources(
-        **options,
+        **train_options(job),
         data=[str(data.file(job.training_file))],
         val=[str(data.file(job.validation_file))] if job.validation_file else [],
         out=str(data.run_dir(job.id)),

@@ -75,7 +75,12 @@ class TrainConfig:
         default=8, metadata={"help": "grpo: answers sampled per prompt (a group)", "bounds": (2, 256)}
     )
     sampling_temperature: float = field(
-        default=1.0, metadata={"help": "grpo: the temperature it samples answers at", "bounds": (0.0, 10.0)}
+        default=1.0,
+        metadata={
+            "help": "grpo: the temperature it samples answers at (above 0: a group of greedy answers is "
+            "one answer, nothing to compare)",
+            "bounds": (0.01, 10.0),
+        },
     )
     max_completion_tokens: int = field(
         default=256, metadata={"help": "grpo: the longest answer it samples", "bounds": (1, 65_536)}

@@ -160,6 +160,8 @@ class Trainer:
             config, self.tokenizer, self.objective
         )
         model = self.method.prepare(model, config)
+        if self.accelerator.num_processes > 1:  # initialised alike (DDP syncs it); then each rank draws its
+            set_seed(config.seed, device_specific=True)  # own dropout masks and samples, as TRL's ranks do
         if self.objective.disables_dropout:
             self.log(f"{self.objective.name}: dropout off (the log-probs it compares are all taken without)")
             disable_dropout(model)
@@ -364,7 +366,9 @@ class Trainer:
         self.method.on_step(self.unwrapped, state.step, self.plan.total_steps)
         lr_factor = self.plan.factor(state.step)  # what the scheduler set for this step
         item_batches = [[self.train_items[i] for i in m] for batch in group for m in self._micro(batch)]
-        micro = self.objective.step_batches(self.unwrapped, item_batches, pad_id, self.micro_tokens)
+        micro = self.objective.step_batches(
+            self.unwrapped, item_batches, pad_id, self.micro_tokens, self.precision
+        )
         result = train_step(
             self.model, micro, self.optimizer, self.scheduler, self.accelerator, self.config, self.precision,
             self.objective,
