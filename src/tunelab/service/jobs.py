@@ -180,14 +180,17 @@ def reinforcement_method(method: MethodSpec, extension: dict, python_graders: bo
     return TrainingMethod(hyper.resolved(), options, method.ignored_keys(), grader)
 
 
-def grading_context(judges: dict[str, list], python_graders: bool, seed: int = 0) -> GradingContext:
+def grading_context(
+    judges: dict[str, list], python_graders: bool, seed: int = 0, load=load_for_inference
+) -> GradingContext:
     """How graders run on this server: python graders as its operator allows, judges as resolved for
-    the key beforehand (`usecases.judge_models`: name -> [base spec, adapter folder or None])."""
+    the key beforehand (`usecases.judge_models`: name -> [base spec, adapter folder or None]), loaded by
+    `load(spec, adapter)`."""
 
     def load_judge(name: str):
         spec, adapter = judges[name]
         try:
-            return load_for_inference(spec, adapter)
+            return load(spec, adapter)
         except Exception:  # its message would name the server's folders
             raise RuntimeError("it is no longer available on this server") from None
 

@@ -5,11 +5,14 @@ a generation. Errors are `errors.ApiError`s in OpenAI's terms; nothing here know
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import shutil
+import threading
 from typing import NamedTuple
 
 from ..graders import Grader, GraderError, GradingContext, Sample, parse_grader
-from ..inference.generation import chat_prompt_ids
+from ..inference.generation import chat_prompt_ids, load_for_inference
 from .deps import Service
 from .engine import Generation, Sampling, Target
 from .errors import ApiError, not_found
@@ -57,11 +60,21 @@ def checked_grader(service: Service, owner: str, spec: dict) -> tuple[Grader, di
     return grader, judge_models(service, grader, owner)
 
 
+# A judged /graders/run holds a whole model in the server's memory: one at a time, the last judge kept.
+JUDGING = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def last_judge(spec: str, adapter: str | None):
+    return load_for_inference(spec, adapter)
+
+
 def run_grader(service: Service, owner: str, request: GraderRun) -> dict:
     """The reward the grader gives `model_sample` for `item`, in OpenAI's graders/run shape."""
     grader, judges = checked_grader(service, owner, request.grader)
-    context = grading_context(judges, service.settings.python_graders)
-    result = grader.grade_many([Sample.from_text(request.model_sample)], [request.item], context)[0]
+    context = grading_context(judges, service.settings.python_graders, load=last_judge)
+    with JUDGING if judges else contextlib.nullcontext():
+        result = grader.grade_many([Sample.from_text(request.model_sample)], [request.item], context)[0]
     return result.to_openai()
 
 

@@ -315,6 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     os.umask(0o077)  # runs, checkpoints and models: the owner's only, whatever the server's umask
     os.nice(WORKER_NICENESS)  # training yields the CPU to requests: chat stays quick while a job runs
     signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(Store(DataDir(args.data_dir).db)))
+    if args.python_graders:  # the operator reads in worker.log how locked in their code will be here
+        from ..graders.sandbox import sandbox_layers
+
+        layers = ", ".join(f"{name}: {state}" for name, state in sandbox_layers().items())
+        logging.getLogger("tunelab.worker").warning(
+            "python graders run in a sandbox; its layers here: %s", layers
+        )
     serve_jobs(args.data_dir, args.parent_pid, python_graders=args.python_graders)
 
 
