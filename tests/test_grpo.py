@@ -186,3 +186,11 @@ def test_the_cli_trains_grpo_with_a_grader_file_and_refuses_a_grader_elsewhere(
     assert RunDir(out).read_config()["grader"] == str(grader)
     refused = CliRunner().invoke(app, [str(a) for a in ["train", *common, "--out", tmp_path / "sft"]])
     assert refused.exit_code == 1 and "only grpo learns from a grader" in refused.output
+
+
+@pytest.mark.parametrize("method, options", [("prompt-tuning", {}), ("full", {"beta": 0.04})])
+def test_a_method_grpo_cannot_train_is_refused_before_any_step(
+    tiny_llama_dir, prompts, tmp_path, method, options
+):
+    with pytest.raises(ConfigError, match="prompt and prefix tuning|PEFT's adapters"):
+        Trainer(config(tiny_llama_dir, prompts, tmp_path / "run", method=method, **options), objective=grpo())

@@ -13,8 +13,6 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from ..errors import UserError
-from ..ops import prefix_tokens, virtual_tokens
 from .generation import MIN_TEMPERATURE, cache_argument
 
 
@@ -29,12 +27,8 @@ def sample_groups(
 ) -> list[list[int]]:
     """`n` answers to each prompt, as token ids ending with the stop token that ended them (if any):
     prompt i's answers are rows i*n .. i*n+n-1. Sampled from the global torch generator (seeded by the
-    run, saved in its checkpoints), greedy below MIN_TEMPERATURE."""
-    if prefix_tokens(model) or virtual_tokens(model):
-        raise UserError(
-            "sampling answers for reinforcement learning does not take prompt or prefix tuning's virtual "
-            "tokens yet; train with lora (the default) or another method that changes weights"
-        )
+    run, saved in its checkpoints), greedy below MIN_TEMPERATURE. Prompt and prefix tuning's virtual
+    tokens are not placed (GRPO refuses those methods before it samples)."""
     was_training = model.training
     model.eval()  # gradient checkpointing turns the KV cache off in training mode
     try:

@@ -38,6 +38,10 @@ class Objective:
     disables_dropout = False  # trained with the model's dropout off
     data_kind = "supervised"  # what its files hold (data/formats.py `kind_of`): supervised, pairs, unpaired
 
+    def check_model(self, model) -> None:
+        """Refuse (ConfigError), before any step, a model as the method prepared it that this objective
+        cannot train; any by default."""
+
     def configure(self, config) -> Objective:
         """The objective with the run's values of its `options` (a copy; the registered one stays)."""
         if not self.options:

@@ -30,7 +30,7 @@ import torch
 from ..data import load_examples
 from ..data.batching import collate, split_by_tokens
 from ..data.tokenize import IGNORE_INDEX, EncodedExample
-from ..ops import autocast, token_logps
+from ..ops import autocast, prefix_tokens, token_logps, virtual_tokens
 from ..options import ConfigError
 from .base import Objective, add_stats, probe_ids, register
 
@@ -181,14 +181,22 @@ class GroupRelativePolicyOptimization(Objective):
             batch["sub_rewards"] = torch.tensor([row.sub_rewards for row in rows], dtype=torch.float64)
         return batch
 
-    def reference_logps(self, model, batch) -> torch.Tensor:
-        """The start's log-probs of the answer tokens: the base with the adapter switched off."""
-        if not hasattr(model, "disable_adapter"):
+    def check_model(self, model) -> None:
+        if self.beta and not hasattr(model, "disable_adapter"):
             raise ConfigError(
-                "grpo with beta > 0 compares with the base model, which only adapter methods (lora and its "
-                "kind, ia3, adapter) can switch back to without a second copy; use one, or beta 0",
+                "grpo with beta > 0 compares with the base model, which only PEFT's adapters (lora and its "
+                "kind, ia3) can switch back to without a second copy; use one, or beta 0",
                 key="beta",
             )
+        if prefix_tokens(model) or virtual_tokens(model):
+            raise ConfigError(
+                "grpo samples its answers with a shared prompt cache that prompt and prefix tuning's virtual "
+                "tokens do not fit yet; use lora (the default) or another method that changes weights",
+                key="method",
+            )
+
+    def reference_logps(self, model, batch) -> torch.Tensor:
+        """The start's log-probs of the answer tokens: the base with the adapter switched off."""
         device = next(model.parameters()).device
         on_device = {key: value.to(device) for key, value in batch.items()}
         labels = on_device["labels"][:, 1:]

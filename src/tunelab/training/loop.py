@@ -160,6 +160,7 @@ class Trainer:
             config, self.tokenizer, self.objective
         )
         model = self.method.prepare(model, config)
+        self.objective.check_model(model)
         if self.accelerator.num_processes > 1:  # initialised alike (DDP syncs it); then each rank draws its
             set_seed(config.seed, device_specific=True)  # own dropout masks and samples, as TRL's ranks do
         if self.objective.disables_dropout:
