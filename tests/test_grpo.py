@@ -194,3 +194,9 @@ def test_a_method_grpo_cannot_train_is_refused_before_any_step(
 ):
     with pytest.raises(ConfigError, match="prompt and prefix tuning|PEFT's adapters"):
         Trainer(config(tiny_llama_dir, prompts, tmp_path / "run", method=method, **options), objective=grpo())
+
+
+def test_grpo_trains_under_a_memory_budget(tiny_llama_dir, prompts, tmp_path):
+    summary = train(config(tiny_llama_dir, prompts, tmp_path / "run", max_steps=2, memory_budget="2GiB"),
+                    objective=grpo()).summary  # fmt: skip
+    assert summary["steps"] == 2
