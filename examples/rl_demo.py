@@ -84,7 +84,7 @@ def graded(out: Path, name: str, test: Path, report: Path, adapter: Path | None)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/rl-demo")
-    parser.add_argument("--steps", type=int, default=40, help="GRPO optimizer steps (4 prompts x 8 answers)")
+    parser.add_argument("--steps", type=int, default=30, help="GRPO optimizer steps (4 prompts x 8 answers)")
     parser.add_argument("--sft-then-grpo", action="store_true", help="also GRPO from the SFT adapter")
     args = parser.parse_args()
     out = Path(args.out)
