@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_jsonl
+from test_preference_training import StopAt
 from tunelab.inference.generation import load_for_inference
 from tunelab.inference.rollout import sample_groups
 from tunelab.objectives import get_objective
@@ -16,7 +17,7 @@ from tunelab.objectives.grpo import Grades, Rollout, group_advantages, prompt_id
 from tunelab.run_dir import RunDir
 from tunelab.training import TrainConfig, train
 from tunelab.training.config import ConfigError
-from tunelab.training.loop import Trainer, TrainHooks
+from tunelab.training.loop import Trainer
 
 WORDS = ["alice", "bob", "paris", "london", "tokyo", "great", "bad", "film"]
 
@@ -127,15 +128,6 @@ def test_validation_answers_greedily_and_keeps_the_best_reward(tiny_llama_dir, p
     for record in evals:
         assert record["val_loss"] == pytest.approx(-record["val_reward"])
     assert summary["best_val_loss"] == min(record["val_loss"] for record in evals[1:])
-
-
-class StopAt(TrainHooks):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step(self, step: int) -> None:
-        if step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_a_grpo_run_resumed_from_a_checkpoint_ends_where_an_uninterrupted_one_does(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import GraderError, GradingContext, RowError, Sample, Spec
+from .base import Grader, GraderError, GradeResult, GradingContext, RowError, Sample, Spec
 from .templates import Template
 
 ROLES = ("user", "assistant", "system", "developer")
@@ -102,3 +102,41 @@ def token_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "total_tokens": prompt_tokens + completion_tokens,
         "cached_tokens": 0,
     }
+
+
+class JudgeGrader(Grader):
+    """What score_model and label_model share: the rows' chats rendered, the judge asked about those that
+    rendered (`judge_rows`, batched), each answer turned into a row's result (`row_result`); a row whose
+    chat cannot render, or a judge that cannot load or answer, fails those rows only."""
+
+    model: str
+    messages: list[Message]
+
+    def judge_models(self) -> set[str]:
+        return {self.model}
+
+    def grade_rows(
+        self, samples: list[Sample], items: list[dict], context: GradingContext
+    ) -> list[GradeResult]:
+        chats = render_chats(self.messages, samples, items)
+        ready = [row for row, chat in enumerate(chats) if not isinstance(chat, RowError)]
+        results = [self.failure(chat) if isinstance(chat, RowError) else None for chat in chats]
+        try:
+            judge, tokenizer = load_judge(context, self.model)
+            answers = self.judge_rows(judge, tokenizer, [chats[row] for row in ready], context)
+        except RowError as err:
+            return [result or self.failure(err) for result in results]
+        except Exception as err:  # the judge failed (a prompt too long, say): these rows say so
+            error = RowError(f"the judge failed: {err}", "model_grader_server_error", str(err))
+            return [result or self.failure(error) for result in results]
+        for row, (answer, usage) in zip(ready, answers, strict=True):
+            extra = {"sampled_model_name": self.model, "token_usage": {self.model: usage}}
+            results[row] = self.row_result(answer, extra)
+        return results
+
+    def judge_rows(self, judge, tokenizer, chats: list[list[dict]], context: GradingContext) -> list[tuple]:
+        """(the judge's answer, its token usage) for each chat."""
+        raise NotImplementedError
+
+    def row_result(self, answer, extra: dict) -> GradeResult:
+        raise NotImplementedError

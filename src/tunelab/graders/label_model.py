@@ -7,19 +7,16 @@ label is taken, so even a small judge always answers with one of the labels."""
 
 from __future__ import annotations
 
-from .base import Grader, GraderError, GradeResult, GradingContext, RowError, Sample, Spec, register
-from .judge import load_judge, read_messages, render_chats, token_usage
+from .base import GraderError, GradeResult, GradingContext, Spec, register
+from .judge import JudgeGrader, read_messages, token_usage
 
 
-class LabelModel(Grader):
+class LabelModel(JudgeGrader):
     type = "label_model"
 
     def __init__(self, name, model, messages, labels: list[str], passing_labels: list[str]):
         super().__init__(name, pass_threshold=1.0)
         self.model, self.messages, self.labels, self.passing_labels = model, messages, labels, passing_labels
-
-    def judge_models(self) -> set[str]:
-        return {self.model}
 
     @classmethod
     def from_spec(cls, spec: Spec) -> LabelModel:
@@ -36,27 +33,10 @@ class LabelModel(Grader):
             spec.required("name", str), spec.required("model", str), read_messages(spec), labels, passing
         )
 
-    def grade_rows(
-        self, samples: list[Sample], items: list[dict], context: GradingContext
-    ) -> list[GradeResult]:
-        chats = render_chats(self.messages, samples, items)
-        ready = [row for row, chat in enumerate(chats) if not isinstance(chat, RowError)]
-        results = [self.failure(chat) if isinstance(chat, RowError) else None for chat in chats]
-        try:
-            judge, tokenizer = load_judge(context, self.model)
-            chosen = self.choose(judge, tokenizer, [chats[row] for row in ready])
-        except RowError as err:
-            return [result or self.failure(err) for result in results]
-        except Exception as err:  # scoring failed: these rows say so
-            error = RowError(f"the judge failed: {err}", "model_grader_server_error", str(err))
-            return [result or self.failure(error) for result in results]
-        for row, (label, usage) in zip(ready, chosen, strict=True):
-            reward = 1.0 if label in self.passing_labels else 0.0
-            extra = {"sampled_model_name": self.model, "token_usage": {self.model: usage}}
-            results[row] = self.result(reward, scores={"label": label}, **extra)
-        return results
+    def row_result(self, label: str, extra: dict) -> GradeResult:
+        return self.result(1.0 if label in self.passing_labels else 0.0, scores={"label": label}, **extra)
 
-    def choose(self, judge, tokenizer, chats: list[list[dict]]) -> list[tuple[str, dict]]:
+    def judge_rows(self, judge, tokenizer, chats: list[list[dict]], context: GradingContext) -> list[tuple]:
         """The most likely label after each chat, with the tokens read (prompt) and the label's (answer)."""
         from ..evaluation.scoring import candidate_ids, score_candidates
         from ..inference.generation import chat_prompt_ids

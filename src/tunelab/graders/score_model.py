@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import re
 
-from .base import NUMBER, Grader, GraderError, GradeResult, GradingContext, RowError, Sample, Spec, register
-from .judge import Message, load_judge, read_messages, render_chats, token_usage
+from .base import NUMBER, GraderError, GradeResult, GradingContext, RowError, Spec, register
+from .judge import JudgeGrader, Message, read_messages, token_usage
 
 DEFAULT_MAX_TOKENS = 256
 MAX_JUDGE_TOKENS = 32_768  # OpenAI's own examples ask for this much; unbounded, a spec could hold a server
@@ -22,16 +22,13 @@ FIRST_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 NO_REASONING = "the judges here are not reasoning models; leave it out"
 
 
-class ScoreModel(Grader):
+class ScoreModel(JudgeGrader):
     type = "score_model"
 
     def __init__(self, name, model, messages, low, high, sampling, pass_threshold=None):
         super().__init__(name, pass_threshold)
         self.model, self.messages, self.low, self.high = model, messages, low, high
         self.sampling = sampling  # temperature, top_p, seed (None: the context's), max_new_tokens
-
-    def judge_models(self) -> set[str]:
-        return {self.model}
 
     @classmethod
     def from_spec(cls, spec: Spec) -> ScoreModel:
@@ -47,38 +44,19 @@ class ScoreModel(Grader):
             pass_threshold=spec.optional("pass_threshold", NUMBER),
         )
 
-    def grade_rows(
-        self, samples: list[Sample], items: list[dict], context: GradingContext
-    ) -> list[GradeResult]:
-        chats = render_chats(self.messages, samples, items)
-        ready = [row for row, chat in enumerate(chats) if not isinstance(chat, RowError)]
-        results = [self.failure(chat) if isinstance(chat, RowError) else None for chat in chats]
-        try:
-            judge, tokenizer = load_judge(context, self.model)
-            replies = self.ask(judge, tokenizer, [chats[row] for row in ready], context.seed)
-        except RowError as err:
-            return [result or self.failure(err) for result in results]
-        except Exception as err:  # generation failed (a prompt too long, say): these rows say so
-            error = RowError(f"the judge failed: {err}", "model_grader_server_error", str(err))
-            return [result or self.failure(error) for result in results]
-        for row, (reply, usage) in zip(ready, replies, strict=True):
-            results[row] = self.from_reply(reply, usage)
-        return results
-
-    def ask(self, judge, tokenizer, chats: list[list[dict]], seed: int) -> list[tuple[str, dict]]:
+    def judge_rows(self, judge, tokenizer, chats: list[list[dict]], context: GradingContext) -> list[tuple]:
         """The judge's reply to each chat, with its token usage."""
         from ..inference.generation import chat_prompt_ids, generate
 
         prompts = [with_instruction(chat, self.low, self.high) for chat in chats]
-        seed = seed if self.sampling["seed"] is None else self.sampling["seed"]
+        seed = context.seed if self.sampling["seed"] is None else self.sampling["seed"]
         replies = generate(judge, tokenizer, prompts, batch_size=8, **{**self.sampling, "seed": seed})
         prompt_tokens = [len(chat_prompt_ids(tokenizer, prompt)) for prompt in prompts]
         reply_tokens = [len(tokenizer(reply, add_special_tokens=False)["input_ids"]) for reply in replies]
         usages = [token_usage(p, r) for p, r in zip(prompt_tokens, reply_tokens, strict=True)]
         return list(zip(replies, usages, strict=True))
 
-    def from_reply(self, reply: str, usage: dict) -> GradeResult:
-        extra = {"sampled_model_name": self.model, "token_usage": {self.model: usage}}
+    def row_result(self, reply: str, extra: dict) -> GradeResult:
         score = parse_score(reply)
         if score is None:
             error = RowError(f"the judge's reply holds no score: {reply[:200]!r}", "model_grader_parse_error")
