@@ -20,7 +20,8 @@ from .jobs import JobCreate, check_options, grading_context, training_method
 from .shapes import GenerationRequest, GraderRun, ModelObject
 from .store import FileRow, JobRow, new_id, now
 
-UNFINISHED = ("validating_files", "queued", "running")  # a job that can be cancelled
+UNFINISHED = ("validating_files", "queued", "running", "paused")  # a job that can be cancelled
+PAUSABLE = ("queued", "running")
 
 
 # models
@@ -252,6 +253,28 @@ def cancel_job(service: Service, owner: str, job_id: str) -> JobRow:
         raise ApiError(
             400,
             f"job {job_id} has already {job.status}; only {', '.join(UNFINISHED)} jobs can be cancelled",
+            code="invalid_job_status",
+        )
+    return service.store.get_job(job_id)
+
+
+def pause_job(service: Service, owner: str, job_id: str) -> JobRow:
+    """The worker sees `paused` at its next step, checkpoints it and stops; `resume_job` continues from
+    there exactly. A queued job waits, paused, without starting."""
+    return move_job(service, owner, job_id, "paused", PAUSABLE, "Pause requested")
+
+
+def resume_job(service: Service, owner: str, job_id: str) -> JobRow:
+    """Back in the queue; the worker continues the run from the checkpoint it paused at."""
+    return move_job(service, owner, job_id, "queued", ("paused",), "Resume requested; job queued")
+
+
+def move_job(service: Service, owner: str, job_id: str, status: str, only_from: tuple, event: str) -> JobRow:
+    job = owned_job(service, owner, job_id)
+    if not service.store.set_status(job_id, status, only_from=only_from, event=event):
+        raise ApiError(
+            400,
+            f"job {job_id} is {job.status}; only {' or '.join(only_from)} jobs can be {status}",
             code="invalid_job_status",
         )
     return service.store.get_job(job_id)

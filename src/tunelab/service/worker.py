@@ -25,7 +25,7 @@ from ..graders.reinforcement import objective_with_grader
 from ..run_dir import RunDir, atomic_folder
 from ..training import TrainConfig, TrainingDiverged
 from ..training.checkpoint import list_checkpoints
-from ..training.loop import Trainer, TrainHooks
+from ..training.loop import RunPaused, Trainer, TrainHooks
 from .errors import internal_error
 from .jobs import data_error_message, grading_context, model_name, picked_hyperparameters, train_options
 from .paths import DataDir, open_private
@@ -79,10 +79,15 @@ class JobHooks(TrainHooks):
         }
         self.total_steps = 0
         self.last_train: dict = {}
+        self.status = "running"  # as of the last step
 
     def on_step(self, step: int) -> None:
-        if self.store.job_status(self.job.id) != "running":
+        self.status = self.store.job_status(self.job.id)
+        if self.status not in ("running", "paused"):  # cancelled (or deleted)
             raise JobCancelled
+
+    def pause_requested(self) -> bool:
+        return self.status == "paused"
 
     def on_record(self, record: dict) -> None:
         job_id, step, kind = self.job.id, record.get("step", 0), record["kind"]
@@ -163,6 +168,10 @@ def run_job(store: Store, data: DataDir, job: JobRow, python_graders: bool = Fal
         return fail(store, data, job_id, "server_error", message)
     if resuming:
         store.add_event(job_id, RESUMING, data={"from_step": from_step})
+    elif from_step:  # resumed after a pause
+        store.add_event(
+            job_id, f"Fine-tuning job continues from step {from_step}", data={"from_step": from_step}
+        )
     else:
         store.add_event(job_id, "Fine-tuning job started")
     global current_job
@@ -178,6 +187,8 @@ def run_job(store: Store, data: DataDir, job: JobRow, python_graders: bool = Fal
         publish(store, data, job)
     except JobCancelled:
         store.add_event(job_id, "Fine-tuning job cancelled")
+    except RunPaused as paused:
+        store.add_event(job_id, f"Fine-tuning job {paused}; resume continues from there")
     except TrainingDiverged as err:
         fail(store, data, job_id, "training_diverged", str(err))
     except DataError as err:

@@ -66,7 +66,7 @@ def save_checkpoint(
     rng_states: list[tuple[dict, dict]] | None = None,
 ) -> Path:
     """`rng_states`: every rank's `rng_state()`, in rank order (default: this process's alone)."""
-    final = RunDir(out).checkpoints / f"step-{step:07d}"
+    final = RunDir(out).checkpoints / checkpoint_name(step)
     rng_states = rng_states or [rng_state()]
 
     with atomic_folder(final) as folder:
@@ -80,6 +80,10 @@ def save_checkpoint(
     for old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}"
 
 
 def list_checkpoints(out: Path) -> list[Path]:

@@ -44,6 +44,10 @@ class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; no final model is written."""
 
 
+class RunPaused(Exception):
+    """A hook asked the run to pause; its last checkpoint is where `--resume` continues, exactly."""
+
+
 @dataclass
 class TrainState:
     """Where the run is; saved in every checkpoint so `--resume` continues from exactly here."""
@@ -84,6 +88,10 @@ class TrainHooks:
 
     def on_checkpoint(self, trainer: Trainer, step: int) -> None:
         """After a checkpoint of `step` is safely on disk."""
+
+    def pause_requested(self) -> bool:
+        """Asked after each step: True pauses the run there (a checkpoint of it, then `RunPaused`)."""
+        return False
 
     def checkpoint_every(self, steps_per_epoch: int) -> int | None:
         """Steps between checkpoints when the config sets no `save_every` (None: no checkpoints)."""
@@ -336,6 +344,8 @@ class Trainer:
                     self._step(groups[index], started)
                     state.group_in_epoch = index + 1
                     self._after_step()
+                    if self.hooks.pause_requested():
+                        self._pause()
                     if self.config.max_minutes and self._train_s() >= 60 * self.config.max_minutes:
                         state.stopped_early = True  # the time budget is spent
                     if state.step >= self.plan.total_steps or state.stopped_early:
@@ -403,14 +413,24 @@ class Trainer:
         if self.val_sets and config.eval_every and state.step % config.eval_every == 0:
             self._evaluate()
         if self.save_every and state.step % self.save_every == 0:
-            # Every rank's RNG state (dropout differs per rank), so a resumed DDP run continues exactly.
-            rng_states = gather_object([ckpt.rng_state()])
-            if self.main:
-                ckpt.save_checkpoint(
-                    self.out, state.step, self.unwrapped, self.optimizer, self.scheduler, asdict(state),
-                    config.keep_checkpoints, rng_states,
-                )  # fmt: skip
-                self.hooks.on_checkpoint(self, state.step)
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
+        # Every rank's RNG state (dropout differs per rank), so a resumed DDP run continues exactly.
+        rng_states = gather_object([ckpt.rng_state()])
+        if self.main:
+            ckpt.save_checkpoint(
+                self.out, self.state.step, self.unwrapped, self.optimizer, self.scheduler, asdict(self.state),
+                self.config.keep_checkpoints, rng_states,
+            )  # fmt: skip
+            self.hooks.on_checkpoint(self, self.state.step)
+
+    def _pause(self) -> None:
+        """A checkpoint of this step (unless one was just saved), then `RunPaused`."""
+        saved = ckpt.list_checkpoints(self.out)
+        if not saved or saved[-1].name != ckpt.checkpoint_name(self.state.step):
+            self._save_checkpoint()
+        raise RunPaused(f"paused after step {self.state.step}")
 
     def _evaluate(self, baseline: bool = False) -> None:
         """Val loss (overall and per task); keeps the best weights and decides early stopping.

@@ -1,5 +1,5 @@
-"""Fine-tuning jobs API: create (files are checked in the background), list, retrieve, cancel, events and
-checkpoints. The worker process does the training."""
+"""Fine-tuning jobs API: create (files are checked in the background), list, retrieve, cancel, pause, resume,
+events and checkpoints. The worker process does the training."""
 
 from __future__ import annotations
 
@@ -44,6 +44,16 @@ def get_job(job_id: str, owner: Owner, service: ServiceDep):
 @router.post("/{job_id}/cancel", response_model=JobObject)
 def cancel_job(job_id: str, owner: Owner, service: ServiceDep):
     return job_object(usecases.cancel_job(service, owner, job_id))
+
+
+@router.post("/{job_id}/pause", response_model=JobObject)
+def pause_job(job_id: str, owner: Owner, service: ServiceDep):
+    return job_object(usecases.pause_job(service, owner, job_id))
+
+
+@router.post("/{job_id}/resume", response_model=JobObject)
+def resume_job(job_id: str, owner: Owner, service: ServiceDep):
+    return job_object(usecases.resume_job(service, owner, job_id))
 
 
 @router.get("/{job_id}/events", response_model=EventList)

@@ -1,0 +1,90 @@
+"""Pausing and resuming a job through the official `openai` client: the run stops at a checkpoint of the
+step it was paused at, waits, and ends with the weights an uninterrupted job gives."""
+
+import openai
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load_file
+
+from conftest import copy_task_rows
+from test_service_api import jsonl, settings_for
+from tunelab.run_dir import RunDir
+from tunelab.service import create_app
+from tunelab.service.worker import JobHooks, serve_jobs
+
+OPTIONS = {"tunelab": {"max_steps": 6, "max_length": 64}, "seed": 7}
+
+
+@pytest.fixture
+def app_client(tmp_path, tiny_llama_dir):
+    with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir))) as client:
+        yield client
+
+
+def sdk_for(client):
+    return openai.OpenAI(
+        base_url="http://testserver/v1", api_key="key-one", http_client=client, max_retries=0
+    )
+
+
+def new_job(sdk, file_id: str):
+    job = sdk.fine_tuning.jobs.create(model="tiny", training_file=file_id, seed=OPTIONS["seed"],
+                                      extra_body={"tunelab": OPTIONS["tunelab"]})  # fmt: skip
+    while (job := sdk.fine_tuning.jobs.retrieve(job.id)).status == "validating_files":
+        pass
+    return job
+
+
+def adapter(app_client, job_id: str) -> dict:
+    return load_file(RunDir(app_client.app.state.service.data.run_dir(job_id)).adapter_weights)
+
+
+def test_a_paused_job_resumes_to_the_weights_of_an_uninterrupted_one(app_client, monkeypatch):
+    sdk, root = sdk_for(app_client), app_client.app.state.service.data.root
+    file_id = sdk.files.create(file=("t.jsonl", jsonl(copy_task_rows(16)).encode()), purpose="fine-tune").id
+    whole = new_job(sdk, file_id)
+    serve_jobs(root, once=True)
+    assert sdk.fine_tuning.jobs.retrieve(whole.id).status == "succeeded"
+
+    paused = new_job(sdk, file_id)
+    on_step = JobHooks.on_step
+
+    def pause_at_step_3(self, step):  # the user pauses while step 3 trains
+        if step == 3:
+            assert sdk.fine_tuning.jobs.pause(paused.id).status == "paused"
+        on_step(self, step)
+
+    monkeypatch.setattr(JobHooks, "on_step", pause_at_step_3)
+    serve_jobs(root, once=True)  # returns: a paused job is not picked up
+    job = sdk.fine_tuning.jobs.retrieve(paused.id)
+    assert job.status == "paused" and job.fine_tuned_model is None
+    assert [c.step_number for c in sdk.fine_tuning.jobs.checkpoints.list(paused.id).data] == [3]
+    with pytest.raises(openai.BadRequestError):
+        sdk.fine_tuning.jobs.pause(paused.id)  # already paused
+
+    monkeypatch.setattr(JobHooks, "on_step", on_step)
+    assert sdk.fine_tuning.jobs.resume(paused.id).status == "queued"
+    serve_jobs(root, once=True)
+    job = sdk.fine_tuning.jobs.retrieve(paused.id)
+    assert job.status == "succeeded" and job.fine_tuned_model
+    messages = [e.message for e in sdk.fine_tuning.jobs.list_events(paused.id, limit=100).data]
+    assert "Fine-tuning job paused after step 3; resume continues from there" in messages
+    assert "Fine-tuning job continues from step 3" in messages
+    a, b = adapter(app_client, whole.id), adapter(app_client, paused.id)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_only_queued_or_running_jobs_pause_and_only_paused_ones_resume(app_client):
+    sdk = sdk_for(app_client)
+    file_id = sdk.files.create(file=("t.jsonl", jsonl(copy_task_rows(12)).encode()), purpose="fine-tune").id
+    job = new_job(sdk, file_id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.fine_tuning.jobs.resume(job.id)
+    assert "only paused jobs" in refused.value.body["message"]
+    assert sdk.fine_tuning.jobs.pause(job.id).status == "paused"  # a queued job waits, paused
+    assert sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # and can still be cancelled
+    with pytest.raises(openai.BadRequestError):
+        sdk.fine_tuning.jobs.pause(job.id)
