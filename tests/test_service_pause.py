@@ -88,3 +88,19 @@ def test_only_queued_or_running_jobs_pause_and_only_paused_ones_resume(app_clien
     assert sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # and can still be cancelled
     with pytest.raises(openai.BadRequestError):
         sdk.fine_tuning.jobs.pause(job.id)
+
+
+def test_a_running_job_estimates_its_finish_from_its_pace(app_client, monkeypatch):
+    import tunelab.service.store as store_module
+
+    sdk, store = sdk_for(app_client), app_client.app.state.service.store
+    file_id = sdk.files.create(file=("t.jsonl", jsonl(copy_task_rows(12)).encode()), purpose="fine-tune").id
+    job = new_job(sdk, file_id)
+    store.set_status(job.id, "running")  # as the worker marks it
+    assert sdk.fine_tuning.jobs.retrieve(job.id).estimated_finish is None
+    for step, at in ((2, 1_000), (6, 1_040)):  # 4 steps in 40 s: 10 s a step, 4 of 10 steps left
+        monkeypatch.setattr(store_module, "now", lambda at=at: at)
+        store.add_event(
+            job.id, "step", type="metrics", data={"step": step, "total_steps": 10, "train_loss": 1.0}
+        )
+    assert sdk.fine_tuning.jobs.retrieve(job.id).estimated_finish == 1_080

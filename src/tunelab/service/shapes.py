@@ -352,8 +352,9 @@ def file_object(row: FileRow) -> FileObject:
     )
 
 
-def job_object(job: JobRow) -> JobObject:
+def job_object(job: JobRow, estimated_finish: int | None = None) -> JobObject:
     return JobObject(
+        estimated_finish=estimated_finish,
         id=job.id,
         model=job.model,
         created_at=job.created_at,

@@ -397,6 +397,18 @@ class Store:
         rows = self.all("SELECT data FROM events WHERE job_id = ? AND type = 'metrics' ORDER BY seq", job_id)
         return [json.loads(row["data"]) for row in rows]
 
+    def train_steps(self, job_id: str) -> list[tuple[int, int, int]]:
+        """(step, total steps, when) of each train step the job reported, oldest first."""
+        rows = self.all(
+            "SELECT data, created_at FROM events WHERE job_id = ? AND type = 'metrics' ORDER BY seq", job_id
+        )
+        reported = [(json.loads(row["data"]), row["created_at"]) for row in rows]
+        return [
+            (d["step"], d["total_steps"], at)
+            for d, at in reported
+            if "train_loss" in d and "total_steps" in d
+        ]
+
     def add_checkpoint(self, job_id: str, step: int, model_name: str, metrics: dict) -> None:
         self.run(
             "INSERT OR REPLACE INTO checkpoints (id, job_id, step, created_at, model_name, metrics) "

@@ -258,6 +258,18 @@ def cancel_job(service: Service, owner: str, job_id: str) -> JobRow:
     return service.store.get_job(job_id)
 
 
+def estimated_finish(service: Service, job: JobRow) -> int | None:
+    """When a running job should end (Unix seconds), at the pace of its steps so far; None until it has
+    reported steps over at least one second."""
+    steps = service.store.train_steps(job.id) if job.status == "running" else []
+    if len(steps) < 2:
+        return None
+    (first, _, started), (last, total, latest) = steps[0], steps[-1]
+    if last <= first or latest <= started:
+        return None
+    return round(latest + (latest - started) / (last - first) * max(total - last, 0))
+
+
 def pause_job(service: Service, owner: str, job_id: str) -> JobRow:
     """The worker sees `paused` at its next step, checkpoints it and stops; `resume_job` continues from
     there exactly. A queued job waits, paused, without starting."""

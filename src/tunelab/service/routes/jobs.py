@@ -38,7 +38,8 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobObject)
 def get_job(job_id: str, owner: Owner, service: ServiceDep):
-    return job_object(usecases.owned_job(service, owner, job_id))
+    job = usecases.owned_job(service, owner, job_id)
+    return job_object(job, usecases.estimated_finish(service, job))
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject)
