@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_trl_parity import EOS, TOLERANCE, TRL_PYTHON, load, models, pytestmark  # noqa: F401
+from test_trl_parity import EOS, TRL_PYTHON, assert_loss_and_gradients_equal, load, models, pytestmark  # noqa: F401
 from tunelab.data.tokenize import IGNORE_INDEX
 from tunelab.objectives import get_objective
 from tunelab.objectives.grpo import AnswerRow, group_advantages
@@ -84,10 +84,4 @@ def tunelab_side(options: dict, models: Path):  # noqa: F811
 def test_grpo_loss_and_gradients_equal_trls(case, models, trl_results):  # noqa: F811
     expected = trl_results[case]
     loss, policy = tunelab_side(CASES[case], models)
-    assert abs(loss.item() - expected["loss"].item()) <= TOLERANCE, (loss.item(), expected["loss"].item())
-    worst = max(
-        ((parameter.grad - expected[f"grad.{name}"]).abs().max().item(), name)
-        for name, parameter in policy.named_parameters()
-    )
-    assert worst[0] <= TOLERANCE, f"gradient of {worst[1]} differs from TRL's by {worst[0]:.2e}"
-    assert all(expected[f"grad.{name}"].abs().max() > 0 for name, _ in policy.named_parameters())
+    assert_loss_and_gradients_equal(loss, policy, expected)

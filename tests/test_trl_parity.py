@@ -149,11 +149,8 @@ def tunelab_side(
     return loss.detach(), objective.means(stats), policy
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_loss_and_gradients_equal_trls(case, models, trl_results):
-    objective, options = CASES[case]
-    expected = trl_results[case]
-    loss, logged, policy = tunelab_side(objective, options, models)
+def assert_loss_and_gradients_equal(loss: torch.Tensor, policy, expected: dict) -> None:
+    """tunelab's loss and every parameter's gradient within TOLERANCE of TRL's (`expected`)."""
     assert abs(loss.item() - expected["loss"].item()) <= TOLERANCE, (loss.item(), expected["loss"].item())
     worst = max(
         ((parameter.grad - expected[f"grad.{name}"]).abs().max().item(), name)
@@ -162,6 +159,14 @@ def test_loss_and_gradients_equal_trls(case, models, trl_results):
     assert worst[0] <= TOLERANCE, f"gradient of {worst[1]} differs from TRL's by {worst[0]:.2e}"
     # Every parameter has a gradient that is not all zero, so the comparison is not vacuous.
     assert all(expected[f"grad.{name}"].abs().max() > 0 for name, _ in policy.named_parameters())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_loss_and_gradients_equal_trls(case, models, trl_results):
+    objective, options = CASES[case]
+    expected = trl_results[case]
+    loss, logged, policy = tunelab_side(objective, options, models)
+    assert_loss_and_gradients_equal(loss, policy, expected)
     trl_logged = {key.removeprefix("metric.") for key in expected if key.startswith("metric.")}
     assert trl_logged and trl_logged <= set(logged), f"tunelab logs none of {trl_logged - set(logged)}"
     for name in trl_logged:

@@ -20,14 +20,11 @@ comparison it is swapped for the same computation in float64 (`ExactLogProbs`).
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
-import trl.trainer.utils
 from datasets import Dataset
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -35,7 +32,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import nanstd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from preference_losses import ExactLogProbs  # noqa: E402
+from preference_losses import loss_and_gradients, run_cases  # noqa: E402
 
 
 def load(folder: Path):
@@ -103,21 +100,8 @@ def run_case(model_dir: Path, cases: dict, case: dict, out: Path) -> None:
                 )
         loss = trainer._compute_loss(trainer.model, inputs)
         loss.backward()
-    tensors = {"loss": loss.detach().reshape(1).double()}
-    for name, parameter in trainer.model.named_parameters():
-        tensors[f"grad.{name}"] = parameter.grad.detach().double().contiguous()
-    save_file(tensors, out / f"{case['name']}.safetensors")
-
-
-def main() -> None:
-    model_dir, cases_path, out = map(Path, sys.argv[1:4])
-    cases = json.loads(cases_path.read_text())
-    warnings.simplefilter("ignore")
-    trl.trainer.utils._ChunkedLogProbFunction = ExactLogProbs
-    torch.manual_seed(0)
-    for case in cases["cases"]:
-        run_case(model_dir, cases, case, out)
+    save_file(loss_and_gradients(loss, trainer.model), out / f"{case['name']}.safetensors")
 
 
 if __name__ == "__main__":
-    main()
+    run_cases(run_case)

@@ -245,15 +245,23 @@ def run_case(model_dir: Path, cases: dict, case: dict, out: Path) -> None:
         batch = trainer.data_collator(rows)
         loss = trainer.compute_loss(trainer.model, batch)
         loss.backward()
-    tensors = {"loss": loss.detach().reshape(1).double()}
-    for name, parameter in trainer.model.named_parameters():
-        tensors[f"grad.{name}"] = parameter.grad.detach().double().contiguous()
+    tensors = loss_and_gradients(loss, trainer.model)
     for name, value in logged_metrics(trainer).items():
         tensors[f"metric.{name}"] = torch.tensor([value], dtype=torch.float64)
     save_file(tensors, out / f"{case['name']}.safetensors")
 
 
-def main() -> None:
+def loss_and_gradients(loss: torch.Tensor, model) -> dict[str, torch.Tensor]:
+    """What a case saves: `loss` and `grad.<parameter>` for every parameter, in float64."""
+    tensors = {"loss": loss.detach().reshape(1).double()}
+    for name, parameter in model.named_parameters():
+        tensors[f"grad.{name}"] = parameter.grad.detach().double().contiguous()
+    return tensors
+
+
+def run_cases(run_case) -> None:
+    """`run_case(model_dir, cases, case, out)` for each case of the command line's CASES.json, with TRL's
+    LM head in float64."""
     model_dir, cases_path, out = map(Path, sys.argv[1:4])
     cases = json.loads(cases_path.read_text())
     warnings.simplefilter("ignore")  # the experimental trainers warn that they are experimental
@@ -264,4 +272,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cases(run_case)

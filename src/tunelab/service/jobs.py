@@ -126,6 +126,7 @@ class TrainingMethod(typing.NamedTuple):
     objective: dict  # TrainConfig's objective and its options; empty for supervised
     ignored: list[str]  # unknown keys of the method, which were tolerated
     grader: dict | None = None  # a reinforcement job's, as sent
+    judges: frozenset[str] = frozenset()  # the models its grader asks to judge
 
 
 def training_method(
@@ -166,7 +167,9 @@ def reinforcement_method(method: MethodSpec, extension: dict, python_graders: bo
         )  # fmt: skip
     grader, hyper = method.reinforcement.grader, method.reinforcement.hyperparameters
     try:
-        parse_grader(grader, "method.reinforcement.grader", GradingContext(python_graders=python_graders))
+        parsed = parse_grader(
+            grader, "method.reinforcement.grader", GradingContext(python_graders=python_graders)
+        )
     except GraderError as err:
         raise ApiError(400, str(err), param="method.reinforcement.grader", code="invalid_value") from err
     refuse_unhonoured(hyper)
@@ -177,7 +180,9 @@ def reinforcement_method(method: MethodSpec, extension: dict, python_graders: bo
             400, f"tunelab.{given_twice[0]} is set by the job's method (method.reinforcement); give it once",
             param=f"tunelab.{given_twice[0]}", code="invalid_value",
         )  # fmt: skip
-    return TrainingMethod(hyper.resolved(), options, method.ignored_keys(), grader)
+    return TrainingMethod(
+        hyper.resolved(), options, method.ignored_keys(), grader, frozenset(parsed.judge_models())
+    )
 
 
 def grading_context(

@@ -58,7 +58,7 @@ def checked_grader(service: Service, owner: str, spec: dict) -> tuple[Grader, di
         grader = parse_grader(spec, "grader", GradingContext(python_graders=service.settings.python_graders))
     except GraderError as err:
         raise ApiError(400, str(err), param="grader", code="invalid_value") from err
-    return grader, judge_models(service, grader, owner)
+    return grader, judge_models(service, grader.judge_models(), owner)
 
 
 # A judged /graders/run holds a whole model in the server's memory: one at a time, the last judge kept.
@@ -79,11 +79,11 @@ def run_grader(service: Service, owner: str, request: GraderRun) -> dict:
     return result.to_openai()
 
 
-def judge_models(service: Service, grader: Grader, owner: str) -> dict[str, list]:
-    """name -> [base spec, adapter folder or None] of each model the grader asks to judge: this server's
-    base models and the key's `ft:` models and checkpoints (another name is a 404, as for a chat)."""
+def judge_models(service: Service, names, owner: str) -> dict[str, list]:
+    """name -> [base spec, adapter folder or None] of each model a grader asks to judge (`names`): this
+    server's base models and the key's `ft:` models and checkpoints (another name is a 404, as for a chat)."""
     judges = {}
-    for name in sorted(grader.judge_models()):
+    for name in sorted(names):
         target = resolve_model(service, name, owner)
         spec = service.settings.base_models[target.base]
         judges[name] = [spec, str(target.adapter) if target.adapter else None]
@@ -210,7 +210,7 @@ def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
     options = check_options(extension, service.settings.max_job_minutes, method.objective)
     if method.grader is not None:
         options["grader"] = method.grader  # the worker hands it to the run as a file
-        options["judges"] = judge_models(service, parse_grader(method.grader), owner)
+        options["judges"] = judge_models(service, method.judges, owner)
     service.quotas.check_queue(service.store.waiting_jobs(owner))
     job = JobRow(
         id=new_id("ftjob-"),
