@@ -36,7 +36,6 @@ from .formats import (
     to_example,
 )
 from .preference import PreferencePair, answers, check_preference_record, to_preference
-from .tokenize import chat_messages
 from .validate import count_tokens, sequence_tokens
 
 TEXT_FIELDS = {
@@ -125,7 +124,8 @@ def longest_tokens(tokenizer, data: dict, format: str, line: int) -> int:
     """Tokens of what the model reads for a clean record, template included: for a preference record,
     the prompt with its longer answer."""
     if format not in PREFERENCE_FORMATS:
-        return count_tokens(tokenizer, chat_messages(to_example(data, format, line)))
+        example = to_example(data, format, line)
+        return count_tokens(tokenizer, example.messages, example.tools)
     example = to_preference(data, format, line)
     return max(
         sequence_tokens(tokenizer, example.prompt, answer, example.text) for answer in answers(example)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import DataError, Issue
 from .examples import Example
+from .tools import check_tool_record, record_tools
 
 FORMATS = ("chat", "prompt-completion", "alpaca", "question-answer", "classification", "text")  # supervised
 PAIR_FORMATS = ("openai-dpo", "trl-pairs")  # preference pairs (DPO, IPO, ORPO, SimPO): data/preference.py
@@ -23,8 +24,9 @@ UNPAIRED_FORMATS = ("unpaired",)  # answers rated good or bad (KTO)
 PREFERENCE_FORMATS = PAIR_FORMATS + UNPAIRED_FORMATS
 DATA_FORMATS = FORMATS + PREFERENCE_FORMATS  # what the validator, cleaner and report read
 KINDS = ("supervised", "pairs", "unpaired", "prompts")  # what a file trains: see kind_of (prompts: GRPO)
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool", "function")  # tool and function: answers to calls
 MESSAGE_KEYS = {"role", "content", "weight", "name"}
+ROLE_KEYS = {"assistant": {"tool_calls", "function_call"}, "tool": {"tool_call_id"}}  # keys of one role
 
 
 @dataclass
@@ -300,6 +302,9 @@ def _check_chat(data: dict, line: int) -> list[Issue]:
     # Only judge the conversation as a whole once each message is well formed, to avoid knock-on reports.
     if issues:
         return issues
+    issues = check_tool_record(data, line)
+    if issues:
+        return issues
     assistant = [m for m in messages if m["role"] == "assistant"]
     if not assistant:
         text = "'messages' has no assistant message to learn from (prompts alone are for grpo)"
@@ -313,20 +318,23 @@ def _check_chat(data: dict, line: int) -> list[Issue]:
 def _check_message(message: object, where: str, line: int) -> list[Issue]:
     if not isinstance(message, dict):
         return [Issue(line, "data_type", f"{where} must be an object, got {_type_name(message)}", where)]
+    role = message.get("role")
+    # A turn that only calls functions has no text.
+    calls = role == "assistant" and ("tool_calls" in message or "function_call" in message)
     issues = []
-    missing = [key for key in ("role", "content") if key not in message]
+    missing = [key for key in ("role", "content") if key not in message and not (calls and key == "content")]
     if missing:
         text = f"{where} has no {' or '.join(repr(k) for k in missing)}"
         issues.append(Issue(line, "message_missing_key", text, f"{where}.{missing[0]}"))
-    unknown = sorted(set(message) - MESSAGE_KEYS)
+    unknown = sorted(set(message) - MESSAGE_KEYS - ROLE_KEYS.get(role, set()))
     if unknown:
-        text = f"{where} has unrecognised key(s) {unknown}; allowed: role, content, weight, name"
+        allowed = ", ".join(["role", "content", "weight", "name", *sorted(ROLE_KEYS.get(role, ()))])
+        text = f"{where} has unrecognised key(s) {unknown}; allowed: {allowed}"
         issues.append(Issue(line, "message_unrecognized_key", text, f"{where}.{unknown[0]}"))
-    role = message.get("role")
     if "role" in message and role not in ROLES:
-        text = f"{where}.role is {role!r}; expected system, user or assistant"
+        text = f"{where}.role is {role!r}; expected system, user, assistant or tool"
         issues.append(Issue(line, "unrecognized_role", text, f"{where}.role"))
-    if "content" in message:
+    if "content" in message and not (calls and message["content"] in (None, "")):
         problem = _content_problem(message["content"])
         if problem:
             issues.append(Issue(line, "missing_content", f"{where}.content {problem}", f"{where}.content"))
@@ -386,9 +394,12 @@ def _type_name(value: object) -> str:
 
 def to_example(data: dict, format: str, line: int, source: str = "") -> Example:
     """Turn a record that passed `check_record` into chat messages; unused keys are kept in `meta`."""
+    tools = None
     if format == "chat":
-        messages = [dict(m) for m in data["messages"]]
-        used = {"messages"}
+        # A turn that only calls functions gets empty text, so code reading contents needs no check.
+        messages = [{**m, "content": m.get("content") or ""} for m in data["messages"]]
+        tools = record_tools(data)
+        used = {"messages", "tools", "functions", "parallel_tool_calls"}
     elif format == "prompt-completion":
         messages = _pair(data["prompt"], data["completion"])
         used = {"prompt", "completion"}
@@ -405,7 +416,7 @@ def to_example(data: dict, format: str, line: int, source: str = "") -> Example:
         messages = _pair(data["text"], str(data["label"]))
         used = {"text"}
     meta = {key: value for key, value in data.items() if key not in used}
-    return Example(messages=messages, line=line, source=source, meta=meta)
+    return Example(messages=messages, line=line, source=source, meta=meta, tools=tools)
 
 
 def _pair(user: str, assistant: str) -> list[dict]:

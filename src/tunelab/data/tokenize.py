@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from .examples import Example
+from .tools import template_message, tool_template
 
 IGNORE_INDEX = -100
 
@@ -35,41 +36,79 @@ class EncodedExample:
 
 def chat_messages(example: Example) -> list[dict]:
     """Messages as the chat template expects them (the `weight` key is ours, not the template's)."""
-    return [{"role": m["role"], "content": m["content"]} for m in example.messages]
+    return [template_message(m) for m in example.messages]
 
 
-def _assistant_spans(text: str, messages: list[dict], train_on: list[bool]) -> list[tuple[int, int]]:
+def uses_tools(messages: list[dict], tools: list | None) -> bool:
+    return bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+
+
+def render_chat(tokenizer, messages: list[dict], tools: list | None = None, generation: bool = False) -> str:
+    """The conversation as the model reads it, ending where it answers with `generation`; tool data
+    through the template `tool_template` gives (data/tools.py)."""
+    template = tool_template(tokenizer.chat_template) if uses_tools(messages, tools) else None
+    return tokenizer.apply_chat_template(
+        messages, tools=tools, chat_template=template, tokenize=False, add_generation_prompt=generation
+    )
+
+
+def _assistant_spans(tokenizer, text: str, example: Example, messages: list[dict]) -> list[tuple[int, int]]:
     spans, cursor = [], 0
-    for message, trained in zip(messages, train_on, strict=True):
-        content = message["content"]
-        start = text.find(content, cursor)
-        if start < 0:  # some templates trim contents
-            content = content.strip()
-            start = text.find(content, cursor)
-        if start < 0:
-            raise TemplateError(
-                f"the chat template rendered a {message['role']} message so that its content "
-                f"({message['content'][:40]!r}...) is not in the text; cannot place labels"
-            )
-        end = start + len(content)
+    for i, (original, message) in enumerate(zip(example.messages, messages, strict=True)):
+        trained = message["role"] == "assistant" and original.get("weight", 1) != 0
+        if message.get("tool_calls"):  # its text is the template's writing of the calls
+            start, end = _turn_span(tokenizer, text, example.tools, messages, i)
+        else:
+            start, end = _find_content(text, message, cursor)
         if trained:
             spans.append((start, end))
         cursor = end
     return spans
 
 
+def _find_content(text: str, message: dict, cursor: int) -> tuple[int, int]:
+    content = message["content"]
+    start = text.find(content, cursor)
+    if start < 0:  # some templates trim contents
+        content = content.strip()
+        start = text.find(content, cursor)
+    if start < 0:
+        raise TemplateError(
+            f"the chat template rendered a {message['role']} message so that its content "
+            f"({message['content'][:40]!r}...) is not in the text; cannot place labels"
+        )
+    return start, start + len(content)
+
+
+def _turn_span(tokenizer, text: str, tools, messages: list[dict], i: int) -> tuple[int, int]:
+    """Where assistant turn `i` is written: after the prompt that asks for it, up to its end-of-turn
+    token (which `_label_spans` labels as the token after the span)."""
+    prompt = render_chat(tokenizer, messages[:i], tools, generation=True)
+    through = render_chat(tokenizer, messages[: i + 1], tools)
+    if not (through.startswith(prompt) and text.startswith(through)):
+        raise TemplateError(
+            f"the chat template does not write message {i} (tool calls) after the turns before it; "
+            "cannot place labels"
+        )
+    turn = through[len(prompt) :].rstrip()
+    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
+        if token and turn.endswith(token):
+            turn = turn[: -len(token)]
+            break
+    return len(prompt), len(prompt) + len(turn.rstrip())
+
+
 def encode_chat(
     example: Example, tokenizer, max_length: int, train_on_inputs: bool = False
 ) -> EncodedExample:
     messages = chat_messages(example)
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    text = render_chat(tokenizer, messages, example.tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
     if train_on_inputs:
         labels = list(input_ids)
     else:
-        train_on = [m["role"] == "assistant" and m.get("weight", 1) != 0 for m in example.messages]
-        spans = _assistant_spans(text, messages, train_on)
+        spans = _assistant_spans(tokenizer, text, example, messages)
         labels = _label_spans(input_ids, offsets, spans, _special_ids(tokenizer))
     truncated = len(input_ids) > max_length
     return EncodedExample(input_ids[:max_length], labels[:max_length], truncated)
@@ -99,7 +138,10 @@ def _special_ids(tokenizer) -> set[int]:
 
 
 def encode_examples(examples: list[Example], tokenizer, max_length: int, train_on_inputs: bool = False):
-    """Encode all examples; returns (encoded, stats) and drops those left with nothing to learn."""
+    """Encode all examples; returns (encoded, stats) and drops those left with nothing to learn. Tool data
+    installs the template that renders it on the tokenizer, so the run saves what training saw."""
+    if any(uses_tools(e.messages, e.tools) for e in examples):
+        tokenizer.chat_template = tool_template(tokenizer.chat_template)
     encoded, dropped, truncated = [], 0, 0
     for example in examples:
         item = encode_chat(example, tokenizer, max_length, train_on_inputs)
@@ -136,9 +178,7 @@ def encode_for_classification(
         answer = example.messages[-1]["content"]
         if answer not in index:
             raise TemplateError(f"line {example.line}: answer {answer!r} is not one of the labels {labels}")
-        ids = tokenizer.apply_chat_template(
-            chat_messages(Example(example.messages[:-1])), tokenize=False, add_generation_prompt=True
-        )
-        ids = tokenizer(ids, add_special_tokens=False)["input_ids"]
+        prompt = render_chat(tokenizer, chat_messages(Example(example.messages[:-1])), example.tools, True)
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         encoded.append(EncodedExample(ids[-max_length:], [], len(ids) > max_length, target=index[answer]))
     return encoded

@@ -16,7 +16,6 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +39,8 @@ from .formats import (
     wrong_kind,
 )
 from .preference import answers, check_preference_record, to_preference
+from .tokenize import render_chat
+from .tools import template_message
 
 # Each preference format's names for its answers, as the file spells them: issues and token counts use them.
 SIDES = {
@@ -163,7 +164,7 @@ def _check_supervised(report: ValidationReport, record, first_seen: dict, tokeni
     report.num_valid += 1
     _note_duplicate(report, first_seen, example.messages, record.line, "same 'messages'", "messages")
     if tokenizer is not None:
-        n_tokens = count_tokens(tokenizer, example.messages)
+        n_tokens = count_tokens(tokenizer, example.messages, example.tools)
         report.token_counts.append(n_tokens)
         if n_tokens > report.max_length:
             text = f"{n_tokens} tokens with the chat template, more than max_length {report.max_length}"
@@ -212,19 +213,16 @@ def sequence_tokens(tokenizer, prompt: list[dict], answer: dict, text: bool) -> 
     return count_tokens(tokenizer, [*prompt, answer])
 
 
-def count_tokens(tokenizer, messages: list[dict]) -> int:
+def count_tokens(tokenizer, messages: list[dict], tools: list | None = None) -> int:
     """Tokens in a conversation as the model sees it: rendered with the chat template when there is one."""
     if getattr(tokenizer, "chat_template", None):
         try:
-            ids = tokenizer.apply_chat_template(messages, tokenize=True)
+            text = render_chat(tokenizer, [template_message(m) for m in messages], tools)
         except Exception:
             # Some templates refuse valid data (no system role, strict alternation); count the text instead.
-            ids = None
-        if ids is not None:
-            # transformers 5 returns a BatchEncoding here; 4.x returned the list of ids itself.
-            if isinstance(ids, Mapping):
-                ids = ids["input_ids"]
-            return len(ids)
+            text = None
+        if text is not None:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
     text = "\n".join(message["content"] for message in messages)
     return len(tokenizer(text)["input_ids"])
 
