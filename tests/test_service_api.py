@@ -301,8 +301,8 @@ def test_max_tokens_beyond_the_context_is_a_clear_400(client):
 
 
 def test_unsupported_options_are_refused_by_name(client):
-    response = chat(client, tools=[{"type": "function", "function": {"name": "f"}}])
-    assert response.status_code == 400 and response.json()["error"]["param"] == "tools"
+    response = chat(client, functions=[{"name": "f"}])
+    assert response.status_code == 400 and response.json()["error"]["param"] == "functions"
 
 
 def test_text_completions_and_feedback_become_training_data(client, tmp_path):

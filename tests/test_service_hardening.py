@@ -602,7 +602,8 @@ def test_26_2_feedback_and_job_types_are_strict(client):
         ({"metadata": {"a": "b"}}, "metadata"),
         ({"service_tier": "auto"}, "service_tier"),
         ({"reasoning_effort": "low"}, "reasoning_effort"),
-        ({"parallel_tool_calls": True}, "parallel_tool_calls"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"parallel_tool_calls": 1}, "parallel_tool_calls"),
         ({"web_search_options": {}}, "web_search_options"),
         ({"made_up_option_xyz": 1}, "made_up_option_xyz"),
         ({"store": False}, "store"),
@@ -616,7 +617,7 @@ def test_26_2_feedback_and_job_types_are_strict(client):
         ({"messages": [{"role": "assistant", "content": "x", "audio": {"id": "a"}}]}, "messages.0.audio"),
         (
             {"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}]},
-            "messages.0.tool_calls",
+            "messages.0.tool_calls.0.function",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "x": 1}]}]},

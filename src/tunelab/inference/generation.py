@@ -12,6 +12,7 @@ from threading import Thread
 
 import torch
 
+from ..data.tokenize import render_chat
 from ..errors import UserError
 from ..methods import get_method
 from ..methods.base import load_peft_adapter
@@ -82,13 +83,13 @@ def prompt_messages(messages: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages[:end]]
 
 
-def chat_prompt(tokenizer, messages: list[dict]) -> str:
+def chat_prompt(tokenizer, messages: list[dict], tools: list | None = None) -> str:
     """The conversation as the model was trained to see it: its chat template, ending where it answers."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return render_chat(tokenizer, messages, tools, generation=True)
 
 
-def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    return tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+def chat_prompt_ids(tokenizer, messages: list[dict], tools: list | None = None) -> list[int]:
+    return tokenizer(chat_prompt(tokenizer, messages, tools), add_special_tokens=False)["input_ids"]
 
 
 # Below this, logits divided by the temperature overflow to inf and sampling fails; it is greedy anyway.

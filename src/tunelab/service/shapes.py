@@ -5,6 +5,7 @@ order here are what goes on the wire: `tests/test_service_openai.py` reads them 
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -17,10 +18,7 @@ from .strict import StrictModel
 # nothing (some clients always send `tools: []` or `logprobs: false`). Any other field is unknown to
 # OpenAI too, and refused as such.
 DO_NOTHING = {
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
-    "parallel_tool_calls": (None,),
-    "functions": (None, []),
+    "functions": (None, []),  # the legacy shape of `tools`
     "function_call": (None,),
     "logprobs": (None, False),
     "top_logprobs": (None,),
@@ -53,7 +51,6 @@ MESSAGE_DO_NOTHING = {
     "annotations": (None, []),
     "audio": (None,),
     "function_call": (None,),
-    "tool_calls": (None, []),
 }
 STREAM_OPTIONS_DO_NOTHING = {"include_obfuscation": (None, False)}  # no obfuscation padding is added
 
@@ -114,9 +111,24 @@ class ContentPart(OpenEnded):
     text: str | None = None
 
 
+class FunctionCallIn(StrictModel):
+    name: str
+    arguments: str  # JSON, as OpenAI sends it
+
+
+class ToolCallIn(StrictModel):
+    """A call in an assistant message sent back in the conversation."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class Message(OpenEnded):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant's
+    tool_call_id: str | None = None  # a tool message's: the call it answers
 
     def text(self, index: int) -> str:
         """The turn's text; any field of it this server would not honour is refused by name."""
@@ -133,10 +145,74 @@ class Message(OpenEnded):
                 )
         return "".join(part.text for part in self.content)
 
+    def for_template(self, index: int) -> dict:
+        """The message as a chat template takes it (data/tools.py): calls' arguments as objects."""
+        role = "system" if self.role == "developer" else self.role
+        message = {"role": role, "content": self.text(index)}
+        if self.tool_calls and self.role != "assistant":
+            raise ApiError(
+                400, "only assistant messages make tool calls", param=f"messages.{index}.tool_calls"
+            )
+        if self.role == "tool":
+            if not self.tool_call_id:
+                raise ApiError(
+                    400,
+                    "a tool message needs the tool_call_id it answers",
+                    param=f"messages.{index}.tool_call_id",
+                )
+            message["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": arguments(call.function, f"{index}.tool_calls.{c}"),
+                }
+                for c, call in enumerate(self.tool_calls)
+            ]
+        return message
+
+
+def arguments(function: FunctionCallIn, where: str) -> dict:
+    try:
+        parsed = json.loads(function.arguments)
+    except json.JSONDecodeError as err:
+        parsed = err
+    if not isinstance(parsed, dict):
+        raise ApiError(
+            400, "a tool call's arguments must be a JSON object", param=f"messages.{where}.function.arguments"
+        )
+    return {"name": function.name, "arguments": parsed}
+
+
+class FunctionSpec(StrictModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    # Arguments are not constrained to the schema here: asking for that is refused (`check_tools`).
+    strict: bool | None = None
+
+
+class ToolSpec(StrictModel):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(StrictModel):
+    name: str
+
+
+class NamedToolChoice(StrictModel):
+    type: Literal["function"]
+    function: NamedFunction
+
 
 class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(GenerationRequest):
@@ -307,9 +383,21 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):

@@ -7,12 +7,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import suppress
+from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from ...inference.generation import chat_prompt_ids
+from ...inference.generation import chat_prompt
 from ...models.loading import PLAIN_CHAT_TEMPLATE
 from ..deps import Owner, Service, ServiceDep
 from ..engine import Generation, Target
@@ -26,6 +27,7 @@ from ..shapes import (
     check_supported,
 )
 from ..store import new_id, now
+from ..tool_calls import ToolCallDeltas, ToolUse, reply_message, tool_use
 from ..usecases import choice_seed, load_target, sampling_for
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -49,17 +51,16 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 @router.post("/chat/completions", response_model=ChatCompletion | None)
 async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceDep, client: Request):
     target, tokenizer = await prepare(service, owner, request)
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
-        for i, m in enumerate(request.messages)
-    ]
+    messages = [m.for_template(i) for i, m in enumerate(request.messages)]
     # A base model without a template of its own was never trained on tunelab's plain fallback one.
     untrained = tokenizer.chat_template == PLAIN_CHAT_TEMPLATE and target.adapter is None
     if not tokenizer.chat_template or untrained:
         raise ApiError(
             400, "this model has no chat template; use /v1/completions", param="model", code="invalid_value"
         )
-    ids = chat_prompt_ids(tokenizer, messages)
+    use = tool_use(request, tokenizer)
+    prompt = chat_prompt(tokenizer, messages, use and use.tools) + (use.prefill if use else "")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     requested = request.max_completion_tokens or request.max_tokens
     sampling = sampling_for(
         request,
@@ -68,8 +69,10 @@ async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceD
         service.engine.context_length(target.base),
         service.settings.default_max_tokens,
     )
+    if use and use.stop:
+        sampling = replace(sampling, stop=(*sampling.stop, use.stop))
     runs = [(index, ids, choice_seed(sampling, index)) for index in range(request.n)]
-    reply = Reply(service, owner, target, "chat.completion", messages, len(ids))
+    reply = Reply(service, owner, target, "chat.completion", messages, len(ids), use)
     return await reply.respond(runs, request, client)
 
 
@@ -98,9 +101,20 @@ async def completions(request: CompletionRequest, owner: Owner, service: Service
 class Reply:
     """Builds one response (whole or streamed) for chat (`chat.completion`) or text (`text_completion`)."""
 
-    def __init__(self, service: Service, owner: str, target: Target, kind: str, prompt, prompt_tokens: int):
-        """`prompt_tokens` counts each prompt once, however many choices it has (as OpenAI counts)."""
+    def __init__(
+        self,
+        service: Service,
+        owner: str,
+        target: Target,
+        kind: str,
+        prompt,
+        prompt_tokens: int,
+        tools: ToolUse | None = None,
+    ):
+        """`prompt_tokens` counts each prompt once, however many choices it has (as OpenAI counts); `tools`:
+        what a chat request's tools ask (None: a plain text reply)."""
         self.service, self.owner, self.target, self.kind, self.prompt = service, owner, target, kind, prompt
+        self.tools = tools
         self.prompt_tokens = prompt_tokens
         self.id, self.created = new_id("chatcmpl-" if kind == "chat.completion" else "cmpl-"), now()
         self.chat = kind == "chat.completion"
@@ -108,10 +122,11 @@ class Reply:
     def _choice(
         self, index: int, text: str | None, finish_reason: str | None, delta: dict | None = None
     ) -> dict:
-        if self.chat:
-            body = (
-                {"delta": delta} if delta is not None else {"message": {"role": "assistant", "content": text}}
-            )
+        if self.chat and delta is not None:
+            body = {"delta": delta}
+        elif self.chat:
+            message, finish_reason = reply_message(text, self.tools, finish_reason)
+            body = {"message": message}
         else:
             body = {"text": text}
         return {"index": index, **body, "logprobs": None, "finish_reason": finish_reason}
@@ -186,13 +201,17 @@ class Reply:
                             [self._choice(index, None, None, {"role": "assistant", "content": ""})], True
                         )
                     )
+                calls = ToolCallDeltas(self.tools) if self.tools else None
                 pieces = generation.pieces()
                 while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-                    delta = {"content": piece} if self.chat else None
-                    yield sse(self._envelope([self._choice(index, piece, None, delta)], True))
+                    for delta in self._deltas(piece, calls):
+                        yield sse(self._envelope([self._choice(index, piece, None, delta)], True))
+                for delta in calls.end() if calls else []:
+                    yield sse(self._envelope([self._choice(index, None, None, delta)], True))
                 end = {} if self.chat else None
                 text = None if self.chat else ""
-                yield sse(self._envelope([self._choice(index, text, generation.finish_reason, end)], True))
+                finish_reason = "tool_calls" if calls and calls.calls else generation.finish_reason
+                yield sse(self._envelope([self._choice(index, text, finish_reason, end)], True))
             if include_usage:
                 tokens = sum(g.completion_tokens for g in generations)
                 yield sse({**self._envelope([], True), "usage": usage(self.prompt_tokens, tokens)})
@@ -209,6 +228,12 @@ class Reply:
             for generation in generations:  # stops those still running if the client went away
                 generation.cancel()
             release()
+
+    def _deltas(self, piece: str, calls: ToolCallDeltas | None) -> list[dict | None]:
+        """A piece of text as chat deltas (None for a text completion's chunk)."""
+        if not self.chat:
+            return [None]
+        return calls.feed(piece) if calls else [{"content": piece}]
 
 
 def sse(payload: dict) -> str:
