@@ -22,11 +22,6 @@ DO_NOTHING = {
     "parallel_tool_calls": (None,),
     "functions": (None, []),
     "function_call": (None,),
-    "logprobs": (None, False),
-    "top_logprobs": (None,),
-    "logit_bias": (None, {}),
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
     "audio": (None,),
     "modalities": (None, ["text"]),
     "prediction": (None,),
@@ -98,8 +93,13 @@ class GenerationRequest(OpenEnded):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: dict | None = None
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None  # token id -> bias; checked against the model's vocabulary
 
-    @field_validator("temperature", "top_p", "n", "stream", mode="before")
+    @field_validator(
+        "temperature", "top_p", "n", "stream", "frequency_penalty", "presence_penalty", mode="before"
+    )
     @classmethod
     def null_is_the_default(cls, value, info: ValidationInfo):
         """The SDK sends `null` for these when a caller passes None: OpenAI takes it as the default."""
@@ -137,10 +137,13 @@ class Message(OpenEnded):
 class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
 class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=5)  # legacy: how many alternatives, not a switch
 
 
 def check_supported(request: GenerationRequest) -> None:
@@ -312,17 +315,44 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """A chat choice's (and a chunk's) `logprobs`: a token of `content` after another."""
+
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class TextLogprobs(BaseModel):
+    """A legacy completion's `logprobs`: lists a token long; `top_logprobs` maps each alternative's text
+    (the chosen token's too) to its log-probability; `text_offset` is where each token starts in `text`."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str
 
 
 class TextChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: TextLogprobs | None = None
     finish_reason: str
 
 
