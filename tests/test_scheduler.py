@@ -1,6 +1,7 @@
 """Continuous batching in the service's engine: rows of one batch with different adapters (and the base)
 give exactly their greedy tokens alone; a row's stop, max_tokens or cancel ends it and not the others;
-a request that arrives mid-run joins the running batch."""
+a request that arrives mid-run joins the running batch. Penalties, logit_bias and logprobs apply per row,
+as a direct computation on the model's logits predicts them."""
 
 import threading
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from tunelab.inference.scheduler import SequenceRequest
 from tunelab.models import load_model
 from tunelab.service.engine import Engine, Generation, Sampling, Target
 from tunelab.service.metrics import Metrics
@@ -145,3 +147,74 @@ def test_adapters_that_cannot_share_a_batch_take_turns_and_stay_exact(engine, ad
     assert dora.run() == alone(tiny_llama_dir, adapters["dora"], ids, 8)
     assert base.run() == alone(tiny_llama_dir, None, ids, 8)
     assert max(sizes) == 1, "PEFT does not mix DoRA rows with others: they run one batch after another"
+
+
+def reference(model, prompt_ids, max_tokens, frequency_penalty=0.0, presence_penalty=0.0, bias=None):
+    """OpenAI's definition computed directly, a whole forward pass a token: greedy on the logits less the
+    penalties of the completion's counts, plus the bias; with log_softmax of the raw logits of each token."""
+    ids, tokens, logprobs = list(prompt_ids), [], []
+    counts = torch.zeros(model.config.vocab_size)
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            logits = model(torch.tensor([ids])).logits[0, -1].float()
+            scores = logits - counts * frequency_penalty - (counts > 0) * presence_penalty
+            for token, value in (bias or {}).items():
+                scores[token] += value
+            token = int(scores.argmax())
+            tokens.append(token)
+            logprobs.append(logits.log_softmax(-1))
+            counts[token] += 1
+            ids.append(token)
+    return tokens, logprobs
+
+
+def submit(engine, prompt_ids, max_tokens, **options):
+    """A row straight to the scheduler: its tokens and their logprobs, once `done` is set."""
+    row = {"tokens": [], "logprobs": [], "done": threading.Event()}
+
+    def on_token(token, logprob):
+        row["tokens"].append(token)
+        row["logprobs"].append(logprob)
+
+    request = SequenceRequest(
+        prompt_ids, max_tokens, on_token, lambda reason, error: row["done"].set(), **options
+    )
+    engine.schedulers[0].submit(request)
+    return row
+
+
+def test_penalties_bias_and_logprobs_apply_per_row_in_one_batch(engine, tiny_llama_dir):
+    tokenizer = engine.tokenizer("tiny")
+    model = load_model(str(tiny_llama_dir))[0].eval()
+    ids = tokenizer("tokyo")["input_ids"]
+    plain, raw = reference(model, ids, 10)
+    assert len(set(plain)) < len(plain), "greedy repeats itself here: a penalty has something to change"
+    settings = {
+        "plain": {},
+        "frequency": {"frequency_penalty": 2.0},
+        "presence": {"presence_penalty": 1.5, "frequency_penalty": -0.5},
+        "bias": {"logit_bias": {plain[1]: -100.0, 42: 3.0}},
+    }
+    sizes = []
+    engine.schedulers[0].on_step = sizes.append
+    gate = held(engine)
+    rows = {name: submit(engine, ids, 10, logprobs=3, **options) for name, options in settings.items()}
+    forced = submit(engine, ids, 6, logit_bias={57: 100.0})
+    gate.set()
+    for row in [*rows.values(), forced]:
+        assert row["done"].wait(60)
+    assert max(sizes) == len(settings) + 1, "all rows decoded in one batch"
+    assert forced["tokens"] == [57] * 6 and forced["logprobs"] == [None] * 6
+    for name, options in settings.items():
+        tokens, logprobs = reference(
+            model, ids, 10, options.get("frequency_penalty", 0.0), options.get("presence_penalty", 0.0),
+            options.get("logit_bias"),
+        )  # fmt: skip
+        assert rows[name]["tokens"] == tokens, name
+        for token, got, expected in zip(tokens, rows[name]["logprobs"], logprobs, strict=True):
+            assert got.logprob == pytest.approx(float(expected[token]), abs=1e-4)  # the raw logits'
+            best = expected.topk(3)
+            assert [t for t, _ in got.top] == best.indices.tolist()
+            assert [v for _, v in got.top] == pytest.approx(best.values.tolist(), abs=1e-4)
+    assert rows["frequency"]["tokens"] != plain and rows["presence"]["tokens"] != plain
+    assert rows["plain"]["tokens"] == plain and plain[1] not in rows["bias"]["tokens"]

@@ -534,7 +534,7 @@ def test_an_empty_file_is_invalid_n_examples(client):
 
 
 def test_true_is_refused_for_unsupported_options_but_defaults_pass(client):
-    assert chat(client, max_tokens=2, logprobs=True).json()["error"]["param"] == "logprobs"
+    assert chat(client, max_tokens=2, echo=True).json()["error"]["param"] == "echo"
     assert chat(client, max_tokens=2, logprobs=False, tools=[]).status_code == 200
 
 

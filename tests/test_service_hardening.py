@@ -594,7 +594,7 @@ def test_26_2_feedback_and_job_types_are_strict(client):
 @pytest.mark.parametrize(
     "extra, param",
     [
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
         ({"presence_penalty": float("nan")}, "presence_penalty"),
         ({"presence_penalty": float("inf")}, "presence_penalty"),
         ({"frequency_penalty": False}, "frequency_penalty"),

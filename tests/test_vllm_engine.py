@@ -38,10 +38,21 @@ class FakeAsyncLLMEngine:
         for end in range(1, len(tokens) + 1):
             done = end == len(tokens)
             completion = SimpleNamespace(token_ids=tokens[:end], finish_reason="length" if done else None)
+            if params.get("logprobs") is not None:  # vLLM's: the top ones by rank and the chosen one
+                completion.logprobs = [vllm_logprobs(token) for token in tokens[:end]]
             yield SimpleNamespace(outputs=[completion], finished=done)
 
     async def abort(self, request_id):
         self.aborted.append(request_id)
+
+
+def vllm_logprobs(token):
+    """As vLLM reports a token: the chosen one ranked 3rd here, behind ids 1 and 2."""
+    return {
+        1: SimpleNamespace(logprob=-0.5, rank=1),
+        2: SimpleNamespace(logprob=-1.0, rank=2),
+        token: SimpleNamespace(logprob=-2.0, rank=3),
+    }
 
 
 def module(name, **attributes):
@@ -86,7 +97,8 @@ def test_ft_models_reach_vllm_as_lora_requests_and_answers_come_back(tmp_path, t
         folder = str(service.data.run_dir(service.store.get_model(tuned, service.keys["key-one"]).job_id))
         assert lora_request == (tuned, 1, folder) and same == lora_request  # one stable id per adapter
         assert tuned_params | {"stop_token_ids": None} == {
-            "n": 1, "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop_token_ids": None
+            "n": 1, "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop_token_ids": None,
+            "frequency_penalty": 0.0, "presence_penalty": 0.0, "logit_bias": None, "logprobs": None,
         }  # fmt: skip
         assert prompt["prompt_token_ids"] == chat_prompt_ids(
             fake_vllm.tokenizer, [{"role": "user", "content": "say bob"}]
@@ -123,3 +135,29 @@ def test_real_vllm_answers_through_the_api(tmp_path, tiny_llama_dir):
     with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir, engine="vllm"))) as client:
         reply = chat(client, max_tokens=4, headers=K1)
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_penalties_bias_and_logprobs_reach_vllm_and_its_logprobs_come_back(
+    tmp_path, tiny_llama_dir, fake_vllm
+):
+    with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir, engine="vllm"))) as client:
+        options = dict(frequency_penalty=0.5, presence_penalty=-1.0, logit_bias={"5": 10, "7": -100})
+        reply = chat(client, max_tokens=3, logprobs=True, top_logprobs=2, **options).json()
+        legacy = client.post(
+            "/v1/completions",
+            headers=K1,
+            json={"model": "tiny", "prompt": "say", "max_tokens": 3, "logprobs": 0},
+        ).json()
+        (engine,) = fake_vllm.made
+        (_, params, _), (_, legacy_params, _) = engine.requests
+        assert params["frequency_penalty"] == 0.5 and params["presence_penalty"] == -1.0
+        assert params["logit_bias"] == {5: 10.0, 7: -100.0} and params["logprobs"] == 2
+        assert legacy_params["logprobs"] == 0
+        tokens = fake_vllm.tokenizer(ANSWER)["input_ids"][:3]
+        content = reply["choices"][0]["logprobs"]["content"]
+        assert [c["logprob"] for c in content] == [-2.0] * 3
+        assert [c["token"] for c in content] == [fake_vllm.tokenizer.decode([t]) for t in tokens]
+        assert [[t["logprob"] for t in c["top_logprobs"]] for c in content] == [[-0.5, -1.0]] * 3
+        logprobs = legacy["choices"][0]["logprobs"]
+        assert logprobs["token_logprobs"] == [-2.0] * 3
+        assert [list(top.values()) for top in logprobs["top_logprobs"]] == [[-2.0]] * 3  # the chosen one only

@@ -245,22 +245,32 @@ class IncrementalDecoder:
 
 class TextPieces:
     """Tokens in, text out, from one thread to another: the generating thread `add`s each token and `end`s;
-    the reader iterates the pieces as they become whole (IncrementalDecoder)."""
+    the reader iterates the pieces as they become whole (IncrementalDecoder). What is `add`ed with a token
+    (`note`) comes out with the piece that makes its text whole, through `items()`."""
 
     def __init__(self, tokenizer, prompt_ids: list[int]):
         self.decoder = IncrementalDecoder(tokenizer, prompt_ids)
-        self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # text pieces, then None
+        self.queue: queue.SimpleQueue[tuple[str, list] | None] = queue.SimpleQueue()  # (piece, notes); None
+        self.notes: list = []  # of tokens whose text is not whole yet
 
-    def add(self, token: int) -> None:
+    def add(self, token: int, note=None) -> None:
+        if note is not None:
+            self.notes.append(note)
         if piece := self.decoder.add(token):
-            self.queue.put(piece)
+            self.queue.put((piece, self.notes))
+            self.notes = []
 
     def end(self) -> None:
-        self.queue.put(self.decoder.flush())
+        self.queue.put((self.decoder.flush(), self.notes))
+        self.notes = []
         self.queue.put(None)
 
+    def items(self) -> Iterator[tuple[str, list]]:
+        while (item := self.queue.get()) is not None:
+            yield item
+
     def __iter__(self) -> Iterator[str]:
-        while (piece := self.queue.get()) is not None:
+        for piece, _ in self.items():
             yield piece
 
 

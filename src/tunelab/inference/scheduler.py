@@ -16,6 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
@@ -26,21 +27,40 @@ log = logging.getLogger(__name__)
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
+class TokenLogprob(NamedTuple):
+    """A chosen token's log-probability and the `top` most likely tokens' (id, log-probability), most likely
+    first. Both come from the model's own distribution at that position: log_softmax of its raw logits,
+    before logit_bias, penalties, temperature and top_p (what vLLM reports by default, `raw_logprobs`, and
+    how OpenAI describes them: the model's likelihood of each token)."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
 @dataclass
 class SequenceRequest:
-    """What to generate. `on_token(id)` receives each new token (an end-of-text one included, as
-    `generate` gives it to a streamer), and `on_end(finish_reason, error)` comes once at the end, error None
-    unless the model failed; both are called from the scheduler's thread."""
+    """What to generate. `on_token(id, logprob)` receives each new token (an end-of-text one included, as
+    `generate` gives it to a streamer) with its `TokenLogprob` when `logprobs` asks for them (else None),
+    and `on_end(finish_reason, error)` comes once at the end, error None unless the model failed; both are
+    called from the scheduler's thread.
+
+    The penalties and bias change the logits before temperature and top_p, as OpenAI defines them:
+    `logits[j] += logit_bias[j] - count[j] * frequency_penalty - (count[j] > 0) * presence_penalty`, where
+    `count[j]` is how often token j occurs in the completion so far (not the prompt)."""
 
     prompt_ids: list[int]
     max_tokens: int
-    on_token: Callable[[int], None]
+    on_token: Callable[[int, TokenLogprob | None], None]
     on_end: Callable[[str, Exception | None], None]
     adapter: str | None = None  # None: the base model alone
     temperature: float = 0.0  # below MIN_TEMPERATURE: greedy
     top_p: float = 1.0
     seed: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    logprobs: int | None = None  # None: no log-probabilities; k: each token's and the top k's
     cancelled: threading.Event = field(default_factory=threading.Event)  # set it to end the sequence
 
 
@@ -53,6 +73,8 @@ class Row:
     next_token: int = -1  # sampled, not yet in the cache
     generated: int = 0
     generator: torch.Generator | None = None
+    bias: torch.Tensor | None = None  # (V,) logit_bias, dense; None when the request has none
+    counts: torch.Tensor | None = None  # (V,) each token's count in the completion; None without penalties
 
 
 class BatchScheduler:
@@ -186,6 +208,7 @@ class BatchScheduler:
             )
         rows = [Row(r, length=len(r.prompt_ids), generator=generator_for(r, device)) for r in requests]
         for r, row in enumerate(rows):
+            row.bias, row.counts = adjustments(row.request, out.logits[r, -1])
             self._take(row, out.logits[r, -1])
         self._join(rows, getattr(out, cache_argument()))
 
@@ -231,9 +254,22 @@ class BatchScheduler:
             self._take(row, out.logits[r, -1])
 
     def _take(self, row: Row, logits: torch.Tensor) -> None:
-        row.next_token = sample(logits, row.request, row.generator)
+        """Sample the row's next token from its logits (V,); a row without bias, penalties or logprobs
+        (the common case) costs no more than the sampling itself."""
+        request, scores = row.request, logits
+        if row.bias is not None:
+            scores = scores.float() + row.bias
+        if row.counts is not None:
+            penalty = row.counts * request.frequency_penalty + (row.counts > 0) * request.presence_penalty
+            scores = scores.float() - penalty
+        row.next_token = sample(scores, request, row.generator)
         row.generated += 1
-        row.request.on_token(row.next_token)
+        if row.counts is not None:
+            row.counts[row.next_token] += 1
+        if request.logprobs is None:
+            request.on_token(row.next_token, None)
+        else:  # the model's own distribution: `logits`, not `scores`
+            request.on_token(row.next_token, token_logprob(logits, row.next_token, request.logprobs))
 
     def _retire(self) -> None:
         """End finished rows; drop them and the cache columns that are padding in every row left."""
@@ -272,6 +308,30 @@ def finish_reason(row: Row) -> str | None:
     if request.cancelled.is_set() or row.next_token in request.eos_token_ids:
         return "stop"
     return "length" if row.generated >= request.max_tokens else None
+
+
+def adjustments(request: SequenceRequest, logits: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """(bias, counts) for a row, each (V,) on the logits' device, or None when the request has none. Ids
+    beyond the logits (the service refuses them) are left out rather than indexed."""
+    vocab, bias, counts = logits.shape[-1], None, None
+    if not (request.logit_bias or request.frequency_penalty or request.presence_penalty):
+        return bias, counts
+    if request.logit_bias:
+        ids = [i for i in request.logit_bias if 0 <= i < vocab]
+        bias = torch.zeros(vocab, dtype=torch.float32, device=logits.device)
+        index = torch.tensor(ids, dtype=torch.long, device=logits.device)
+        bias[index] = torch.tensor([float(request.logit_bias[i]) for i in ids], device=logits.device)
+    if request.frequency_penalty or request.presence_penalty:
+        counts = torch.zeros(vocab, dtype=torch.float32, device=logits.device)
+    return bias, counts
+
+
+def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """`token`'s log-probability under the model's raw logits (V,), and the `top` most likely tokens'."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = logprobs.topk(min(top, logprobs.shape[-1])) if top else None
+    pairs = list(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None else []
+    return TokenLogprob(float(logprobs[token]), pairs)
 
 
 def sample(logits: torch.Tensor, request: SequenceRequest, generator: torch.Generator | None) -> int:

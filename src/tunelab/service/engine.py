@@ -12,12 +12,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ..inference import MultiAdapterModel
 from ..inference.generation import TextPieces
-from ..inference.scheduler import BatchScheduler, SequenceRequest
+from ..inference.scheduler import BatchScheduler, SequenceRequest, TokenLogprob
 from ..methods.lora import plain_lora
 from ..run_dir import RunDir
 from .errors import ApiError, not_found
@@ -44,6 +45,20 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # None: no log-probabilities; k: each token's and its top k alternatives'
+
+
+class ReportedToken(NamedTuple):
+    """A token of the answer with its log-probabilities (`scheduler.TokenLogprob`), and where its text
+    starts in the answer's text."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+    offset: int
 
 
 class Generation:
@@ -51,7 +66,12 @@ class Generation:
     `pieces()` for the text as it comes.
 
     After iterating, `finish_reason` is 'stop' (end of text or a stop string) or 'length', and
-    `completion_tokens` is set. `cancel()` stops it early (the client went away)."""
+    `completion_tokens` is set. `cancel()` stops it early (the client went away).
+
+    When the sampling asks for logprobs, `logprobs` lists the tokens of the text given so far: each piece
+    `pieces()` yields adds those whose text it completes (text held back for a stop string holds back its
+    tokens too); a stop string cuts the tokens that start after the kept text, and the end-of-text token
+    is not listed (its text is not in the answer)."""
 
     def __init__(self, engine: Engine, target: Target, prompt_ids: list[int], sampling: Sampling):
         self.sampling = sampling
@@ -61,6 +81,8 @@ class Generation:
         self.finish_reason = "stop"
         self.completion_tokens = 0
         self.text = ""
+        self.logprobs: list[ReportedToken] = []
+        self.eos_token_ids = (tokenizer.eos_token_id,)
         self.first_token_s = engine.metrics.first_token.observe
         self.started = time.perf_counter()
         self.request = SequenceRequest(
@@ -72,15 +94,20 @@ class Generation:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             seed=sampling.seed,
-            eos_token_ids=(tokenizer.eos_token_id,),
+            eos_token_ids=self.eos_token_ids,
+            frequency_penalty=sampling.frequency_penalty,
+            presence_penalty=sampling.presence_penalty,
+            logit_bias=sampling.logit_bias,
+            logprobs=sampling.logprobs,
         )
         engine.submit(target, self.request)
 
-    def _token(self, token: int) -> None:
+    def _token(self, token: int, logprob: TokenLogprob | None = None) -> None:
         if not self.completion_tokens:
             self.first_token_s(time.perf_counter() - self.started)
         self.completion_tokens += 1
-        self.received.add(token)
+        reported = logprob is not None and token not in self.eos_token_ids
+        self.received.add(token, (token, logprob) if reported else None)
 
     def _end(self, finish_reason: str, error: Exception | None) -> None:
         self.finish_reason, self.error = finish_reason, error
@@ -93,8 +120,11 @@ class Generation:
         stops = self.sampling.stop
         hold = max((len(s) for s in stops), default=1) - 1  # text that may still grow into a stop string
         buffer, hit_stop = "", False
-        received = iter(self.received)
-        for piece in received:
+        waiting: list[tuple[int, ReportedToken]] = []  # tokens not yet given, each with where its text ends
+        received = self.received.items()
+        for piece, tokens in received:
+            start = len(self.text) + len(buffer)
+            waiting += [(start + len(piece), ReportedToken(t, lp.logprob, lp.top, start)) for t, lp in tokens]
             buffer += piece
             hits = [i for i in (buffer.find(s) for s in stops) if i >= 0]
             if hits:
@@ -104,17 +134,23 @@ class Generation:
                     pass
                 break
             if len(buffer) > hold:
-                yield from self._emit(buffer[: len(buffer) - hold])
+                yield from self._emit(buffer[: len(buffer) - hold], waiting)
                 buffer = buffer[len(buffer) - hold :]
-        yield from self._emit(buffer)
+        yield from self._emit(buffer, waiting)
+        self.logprobs += [token for _, token in waiting if not hit_stop or token.offset < len(self.text)]
         if self.error is not None:
             raise self.error
         if hit_stop:
             self.finish_reason = "stop"
 
-    def _emit(self, text: str) -> Iterator[str]:
+    def _emit(self, text: str, waiting: list[tuple[int, ReportedToken]]) -> Iterator[str]:
+        """Give `text`, with the `waiting` tokens whose text it completes moved to `logprobs` first."""
+        self.text += text
+        done = [token for end, token in waiting if end <= len(self.text)]
+        if done:
+            self.logprobs += done
+            del waiting[: len(done)]
         if text:
-            self.text += text
             yield text
 
     def run(self) -> str:

@@ -20,11 +20,6 @@ from .strict import StrictModel
 DO_NOTHING = {
     "functions": (None, []),  # the legacy shape of `tools`
     "function_call": (None,),
-    "logprobs": (None, False),
-    "top_logprobs": (None,),
-    "logit_bias": (None, {}),
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
     "audio": (None,),
     "modalities": (None, ["text"]),
     "prediction": (None,),
@@ -95,8 +90,13 @@ class GenerationRequest(OpenEnded):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: dict | None = None
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None  # token id -> bias; checked against the model's vocabulary
 
-    @field_validator("temperature", "top_p", "n", "stream", mode="before")
+    @field_validator(
+        "temperature", "top_p", "n", "stream", "frequency_penalty", "presence_penalty", mode="before"
+    )
     @classmethod
     def null_is_the_default(cls, value, info: ValidationInfo):
         """The SDK sends `null` for these when a caller passes None: OpenAI takes it as the default."""
@@ -213,10 +213,13 @@ class ChatRequest(GenerationRequest):
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
 class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=5)  # legacy: how many alternatives, not a switch
 
 
 def check_supported(request: GenerationRequest) -> None:
@@ -400,17 +403,44 @@ class AssistantMessage(BaseModel):
     tool_calls: list[ToolCallOut] | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """A chat choice's (and a chunk's) `logprobs`: a token of `content` after another."""
+
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class TextLogprobs(BaseModel):
+    """A legacy completion's `logprobs`: lists a token long; `top_logprobs` maps each alternative's text
+    (the chosen token's too) to its log-probability; `text_offset` is where each token starts in `text`."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str
 
 
 class TextChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: TextLogprobs | None = None
     finish_reason: str
 
 

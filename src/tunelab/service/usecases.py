@@ -9,6 +9,7 @@ import contextlib
 import functools
 import shutil
 import threading
+from dataclasses import replace
 from typing import NamedTuple
 
 from ..graders import Grader, GraderError, GradingContext, Sample, parse_grader
@@ -17,7 +18,7 @@ from .deps import Service
 from .engine import Generation, Sampling, Target
 from .errors import ApiError, not_found
 from .jobs import JobCreate, check_options, grading_context, training_method
-from .shapes import GenerationRequest, GraderRun, ModelObject
+from .shapes import ChatRequest, GenerationRequest, GraderRun, ModelObject
 from .store import FileRow, JobRow, new_id, now
 
 UNFINISHED = ("validating_files", "queued", "running", "paused")  # a job that can be cancelled
@@ -315,9 +316,15 @@ async def load_target(service: Service, owner: str, model: str) -> tuple[Target,
 
 
 def sampling_for(
-    request: GenerationRequest, requested: int | None, prompt_tokens: int, context: int, default_max: int
+    request: GenerationRequest,
+    requested: int | None,
+    prompt_tokens: int,
+    context: int,
+    default_max: int,
+    vocab_size: int,
 ) -> Sampling:
-    """The request's sampling, its `requested` tokens checked against the room the prompt leaves."""
+    """The request's sampling, its `requested` tokens checked against the room the prompt leaves and its
+    logit_bias against the model's `vocab_size` tokens."""
     room = context - prompt_tokens
     if room < 1:
         raise ApiError(
@@ -338,13 +345,63 @@ def sampling_for(
     if len(stops) > 4 or any(not s for s in stops):
         raise ApiError(400, "stop takes up to 4 non-empty strings", param="stop")
     max_tokens = requested or min(default_max, room)
-    return Sampling(max_tokens, request.temperature, request.top_p, tuple(stops), request.seed)
+    return Sampling(
+        max_tokens,
+        request.temperature,
+        request.top_p,
+        tuple(stops),
+        request.seed,
+        frequency_penalty=request.frequency_penalty,
+        presence_penalty=request.presence_penalty,
+        logit_bias=token_bias(request.logit_bias, vocab_size),
+        logprobs=logprob_count(request),
+    )
+
+
+def token_bias(logit_bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
+    """logit_bias with its keys (JSON's strings) as token ids; a 400 naming it for a key that is no token
+    id of this model or a bias outside [-100, 100], as OpenAI's."""
+    bias = {}
+    for key, value in (logit_bias or {}).items():
+        if not (key.isascii() and key.isdigit() and int(key) < vocab_size):
+            raise ApiError(
+                400,
+                f"logit_bias: '{key}' is not a token id of this model (0 to {vocab_size - 1})",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        if not -100 <= value <= 100:
+            raise ApiError(
+                400,
+                f"logit_bias: the bias of token {key} is {value}; biases are from -100 to 100",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        bias[int(key)] = float(value)
+    return bias
+
+
+def logprob_count(request: GenerationRequest) -> int | None:
+    """How many alternatives each token's log-probability comes with; None: no log-probabilities. Chat's
+    `logprobs` is a switch and `top_logprobs` the count (which needs the switch on, as at OpenAI); the
+    legacy completions' `logprobs` is the count itself."""
+    logprobs = getattr(request, "logprobs", None)
+    if not isinstance(request, ChatRequest):
+        return logprobs
+    if request.top_logprobs is not None and not logprobs:
+        raise ApiError(
+            400,
+            "top_logprobs needs logprobs set to true",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+    return (request.top_logprobs or 0) if logprobs else None
 
 
 def choice_seed(sampling: Sampling, index: int) -> Sampling:
     """Each of n choices samples on its own, reproducibly when a seed is given (in torch's 64 bits)."""
     seed = None if sampling.seed is None else (sampling.seed + index) % 2**64
-    return Sampling(sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.stop, seed)
+    return replace(sampling, seed=seed)
 
 
 def keep_chat_reply(service: Service, owner: str, model: str, message: str, text: str) -> str:
@@ -360,7 +417,7 @@ async def chat_reply(service: Service, owner: str, request: GenerationRequest, m
     ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": message}])
     context = service.engine.context_length(target.base)
     sampling = sampling_for(
-        request, request.max_tokens, len(ids), context, service.settings.default_max_tokens
+        request, request.max_tokens, len(ids), context, service.settings.default_max_tokens, len(tokenizer)
     )
 
     def generate() -> Generation:

@@ -12,7 +12,7 @@ import threading
 import uuid
 
 from ..inference.generation import MIN_TEMPERATURE
-from ..inference.scheduler import SequenceRequest
+from ..inference.scheduler import SequenceRequest, TokenLogprob
 from ..methods.lora import adapter_kind, plain_lora
 from ..models.loading import load_tokenizer, materialize, resolve
 from ..run_dir import RunDir
@@ -21,7 +21,10 @@ from .errors import ApiError
 
 
 def sampling_params(request: SequenceRequest) -> dict:
-    """vLLM `SamplingParams` arguments for one of our sequences (temperature 0 is greedy in vLLM too)."""
+    """vLLM `SamplingParams` arguments for one of our sequences (temperature 0 is greedy in vLLM too). Its
+    presence and frequency penalties count the output tokens only, as OpenAI's and ours; its `logprobs` is
+    the number of alternatives (0: the chosen token's alone), reported from the raw logits by default
+    (vLLM V1's `raw_logprobs`), as ours."""
     greedy = request.temperature < MIN_TEMPERATURE
     return {
         "n": 1,
@@ -30,7 +33,22 @@ def sampling_params(request: SequenceRequest) -> dict:
         "top_p": 1.0 if greedy else request.top_p,
         "seed": request.seed,
         "stop_token_ids": list(request.eos_token_ids),
+        "frequency_penalty": request.frequency_penalty,
+        "presence_penalty": request.presence_penalty,
+        "logit_bias": dict(request.logit_bias) or None,
+        "logprobs": request.logprobs,
     }
+
+
+def token_logprob(request: SequenceRequest, completion, index: int, token: int) -> TokenLogprob | None:
+    """The `index`th output token's log-probabilities from vLLM's `{token id: Logprob}` for it (the top
+    `logprobs` by rank, and the chosen token, whatever its rank); None when not asked for."""
+    found = getattr(completion, "logprobs", None)
+    if request.logprobs is None or not found or index >= len(found):
+        return None
+    ranked = sorted(found[index].items(), key=lambda item: item[1].rank or 0)
+    top = [(t, lp.logprob) for t, lp in ranked if lp.rank is not None and lp.rank <= request.logprobs]
+    return TokenLogprob(found[index][token].logprob, top[: request.logprobs])
 
 
 class VllmEngine(Engine):
@@ -110,8 +128,8 @@ class VllmEngine(Engine):
         try:
             async for output in engine.generate(prompt, params, request_id, lora_request=lora):
                 completion = output.outputs[0]
-                for token in completion.token_ids[sent:]:
-                    request.on_token(token)
+                for index, token in enumerate(completion.token_ids[sent:], start=sent):
+                    request.on_token(token, token_logprob(request, completion, index, token))
                 sent = len(completion.token_ids)
                 if request.cancelled.is_set():
                     await engine.abort(request_id)

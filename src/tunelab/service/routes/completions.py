@@ -14,10 +14,12 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from ...inference.generation import chat_prompt
+from ...inference.token_bytes import TokenBytes
 from ...models.loading import PLAIN_CHAT_TEMPLATE
 from ..deps import Owner, Service, ServiceDep
 from ..engine import Generation, Target
 from ..errors import ApiError, error_body, internal_error
+from ..logprobs import logprobs_body
 from ..shapes import (
     ChatCompletion,
     ChatRequest,
@@ -68,6 +70,7 @@ async def chat_completions(request: ChatRequest, owner: Owner, service: ServiceD
         len(ids),
         service.engine.context_length(target.base),
         service.settings.default_max_tokens,
+        len(tokenizer),
     )
     if use and use.stop:
         sampling = replace(sampling, stop=(*sampling.stop, use.stop))
@@ -91,7 +94,12 @@ async def completions(request: CompletionRequest, owner: Owner, service: Service
             raise ApiError(400, f"{param} is empty", param=param, code="invalid_value")
         prompt_tokens += len(ids)
         sampling = sampling_for(
-            request, request.max_tokens, len(ids), context, service.settings.default_max_tokens
+            request,
+            request.max_tokens,
+            len(ids),
+            context,
+            service.settings.default_max_tokens,
+            len(tokenizer),
         )
         runs += [(p * request.n + i, ids, choice_seed(sampling, i)) for i in range(request.n)]
     reply = Reply(service, owner, target, "text_completion", request.prompt, prompt_tokens)
@@ -118,9 +126,23 @@ class Reply:
         self.prompt_tokens = prompt_tokens
         self.id, self.created = new_id("chatcmpl-" if kind == "chat.completion" else "cmpl-"), now()
         self.chat = kind == "chat.completion"
+        self.texts: TokenBytes | None = None  # token texts for logprobs, made when first asked for
+
+    def _logprobs(self, generation: Generation, start: int = 0) -> dict | None:
+        """The logprobs of the generation's tokens from `start` on (None unless it was asked for them)."""
+        if generation.sampling.logprobs is None:
+            return None
+        if self.texts is None:
+            self.texts = TokenBytes(self.service.engine.tokenizer(self.target.base))
+        return logprobs_body(generation.logprobs[start:], self.texts, self.chat)
 
     def _choice(
-        self, index: int, text: str | None, finish_reason: str | None, delta: dict | None = None
+        self,
+        index: int,
+        text: str | None,
+        finish_reason: str | None,
+        delta: dict | None = None,
+        logprobs: dict | None = None,
     ) -> dict:
         if self.chat and delta is not None:
             body = {"delta": delta}
@@ -129,7 +151,7 @@ class Reply:
             body = {"message": message}
         else:
             body = {"text": text}
-        return {"index": index, **body, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": index, **body, "logprobs": logprobs, "finish_reason": finish_reason}
 
     def _envelope(self, choices: list[dict], chunk: bool = False) -> dict:
         kind = "chat.completion.chunk" if (chunk and self.chat) else self.kind
@@ -178,7 +200,7 @@ class Reply:
                 return None
         await work
         choices = [
-            self._choice(index, g.text, g.finish_reason)
+            self._choice(index, g.text, g.finish_reason, logprobs=self._logprobs(g))
             for (index, _, _), g in zip(runs, generations, strict=True)
         ]
         self._keep(generations[0].text)
@@ -202,16 +224,21 @@ class Reply:
                         )
                     )
                 calls = ToolCallDeltas(self.tools) if self.tools else None
-                pieces = generation.pieces()
+                pieces, sent = generation.pieces(), 0  # logprobs of `sent` tokens are in the stream
                 while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                    # A piece's tokens go with its first delta; a piece held back (maybe a call) sends
+                    # none yet, and its tokens go with the next.
                     for delta in self._deltas(piece, calls):
-                        yield sse(self._envelope([self._choice(index, piece, None, delta)], True))
+                        logprobs, sent = self._logprobs(generation, sent), len(generation.logprobs)
+                        yield sse(self._envelope([self._choice(index, piece, None, delta, logprobs)], True))
                 for delta in calls.end() if calls else []:
-                    yield sse(self._envelope([self._choice(index, None, None, delta)], True))
+                    logprobs, sent = self._logprobs(generation, sent), len(generation.logprobs)
+                    yield sse(self._envelope([self._choice(index, None, None, delta, logprobs)], True))
                 end = {} if self.chat else None
                 text = None if self.chat else ""
                 finish_reason = "tool_calls" if calls and calls.calls else generation.finish_reason
-                yield sse(self._envelope([self._choice(index, text, finish_reason, end)], True))
+                rest = self._logprobs(generation, sent) if len(generation.logprobs) > sent else None
+                yield sse(self._envelope([self._choice(index, text, finish_reason, end, rest)], True))
             if include_usage:
                 tokens = sum(g.completion_tokens for g in generations)
                 yield sse({**self._envelope([], True), "usage": usage(self.prompt_tokens, tokens)})
