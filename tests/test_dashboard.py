@@ -277,6 +277,21 @@ def test_a_dpo_job_page_shows_its_reward_accuracy_curves(client):
     assert 'class="rewards_accuracies"' in page and 'class="val_rewards_accuracies"' in page
     assert "valid reward accuracy" in page
     assert "<h2>Rewards</h2>" not in client.get(f"/jobs/{JOB}").text  # a supervised job has none
+    assert "<h2>Token accuracy</h2>" not in page  # a preference job measures none
+
+
+def test_a_supervised_job_page_shows_its_token_accuracy_curves(client):
+    store = client.app.state.service.store
+    for step, accuracy in ((1, 0.25), (2, 0.5)):
+        data = {"step": step, "train_loss": 1.0, "train_mean_token_accuracy": accuracy}
+        store.add_event(JOB, "train", type="metrics", data=data, step=step)
+    data = {"step": 2, "valid_loss": 1.1, "valid_mean_token_accuracy": 0.4}
+    store.add_event(JOB, "eval", type="metrics", data=data, step=2)
+    login(client, "k1")
+    page = client.get(f"/jobs/{JOB}").text
+    assert "<h2>Token accuracy</h2>" in page and ">accuracy<" in page
+    assert 'class="train_mean_token_accuracy"' in page and 'class="valid_mean_token_accuracy"' in page
+    assert "valid token accuracy" in page
 
 
 def test_a_reinforcement_job_page_shows_its_mean_reward_curves(client):

@@ -63,11 +63,13 @@ def test_two_ranks_match_one_process_with_grad_accum(tiny_llama_dir, tmp_path):
     a, b = load_file(single / "adapter_model.safetensors"), load_file(ddp / "adapter_model.safetensors")
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+    # The loss and the token accuracy (hits and targets summed over micro-batches and ranks) are the step's.
     losses = {
         name: [
-            json.loads(x)["loss"]
-            for x in (folder / "metrics.jsonl").read_text().splitlines()
-            if json.loads(x)["kind"] == "train"
+            value
+            for record in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+            if record["kind"] == "train"
+            for value in (record["loss"], record["mean_token_accuracy"])
         ]
         for name, folder in (("single", single), ("ddp", ddp))
     }

@@ -58,6 +58,38 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(tiny_model_dir, monkeyp
     assert max((a - b).abs().max().item() for a, b in zip(chunked_grads, plain_grads, strict=True)) < 1e-6
 
 
+def test_token_accuracy_is_the_share_of_targets_that_are_the_argmax(tiny_llama_dir, monkeypatch):
+    from tunelab.objectives import get_objective
+    from tunelab.objectives.base import add_stats
+
+    monkeypatch.setattr(ops, "LOSS_CHUNK", 3)  # several slices, the last one short
+    torch.manual_seed(0)
+    model, tokenizer = load_model(str(tiny_llama_dir))
+    batch = batch_of(tokenizer)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    predicted = logits[:, :-1].argmax(-1)  # (B, T-1)
+    labelled = batch["labels"][:, 1:] != IGNORE_INDEX
+    # A random model predicts no label: make every other labelled target of the first row its argmax.
+    first = labelled[0].nonzero().squeeze(1)[::2]
+    batch["labels"][0, first + 1] = predicted[0, first]
+    hits = (predicted == batch["labels"][:, 1:]) & labelled  # (B, T-1)
+    assert 0 < hits.sum() < labelled.sum()
+
+    sft = get_objective("sft")
+    loss, stats = sft.loss_with_stats(model, batch, normaliser=7)
+    assert stats == {"mean_token_accuracy": (float(hits.sum()), int(labelled.sum()))}
+    assert loss.item() == pytest.approx(ops.causal_lm_loss(model, batch, 7).item(), abs=1e-6)
+    # Row by row (micro-batches), the totals are the same: a mean weighted by targets, not of row means.
+    totals: dict = {}
+    rows = [{key: value[r : r + 1] for key, value in batch.items()} for r in range(2)]
+    for row in rows:
+        add_stats(totals, sft.loss_with_stats(model, row, 1)[1])
+    accuracy = sft.means(totals)["mean_token_accuracy"]
+    assert accuracy == pytest.approx(float(hits.sum() / labelled.sum()))
+    row_means = [float(hits[r].sum() / labelled[r].sum()) for r in range(2)]
+    assert accuracy != pytest.approx(sum(row_means) / 2)
+
+
 def test_token_budget_micro_batches_give_the_same_step_as_example_counts(tiny_llama_dir):
     from tunelab.objectives import get_objective
 

@@ -66,6 +66,8 @@ def test_a_registered_objective_trains_with_lora_and_full_fine_tuning(toy, metho
     assert toy.counted == [8] * (4 + 2 * 3)
     assert summary["best_val_loss"] < summary["baseline_val_loss"]  # the first answer token is learned
     assert RunDir(out).read_config()["objective"] == toy.name
+    # Its own loss: no token accuracy is measured for it (that of the next-token loss it replaced).
+    assert not [r for r in RunDir(out).read_metrics() if "mean_token_accuracy" in r]
 
 
 def test_every_objective_pairs_with_the_methods_of_its_task(tiny_llama_dir):

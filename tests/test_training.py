@@ -131,9 +131,10 @@ def test_grad_accumulation_normalises_by_tokens_across_micro_batches(tiny_llama_
         cfg = TrainConfig(max_grad_norm=0)
         micro = [collate(g, pad) for g in groups]
         result = steps.train_step(model, micro, opt, sched, Accelerator(), cfg, "fp32", get_objective("sft"))
-        results.append((result.loss, model.state_dict()))
-    (loss_a, sd_a), (loss_b, sd_b) = results
+        results.append((result.loss, result.measured, model.state_dict()))
+    (loss_a, measured_a, sd_a), (loss_b, measured_b, sd_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert measured_a.keys() == {"mean_token_accuracy"} and measured_a == pytest.approx(measured_b)
     for key in sd_a:
         assert torch.allclose(sd_a[key], sd_b[key], atol=1e-5), (key, (sd_a[key] - sd_b[key]).abs().max())
 

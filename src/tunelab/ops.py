@@ -45,9 +45,17 @@ def causal_lm_loss(model, batch: dict, normaliser) -> torch.Tensor:
     the head and loss run on the labelled positions only, in slices whose logits are recomputed in the
     backward pass instead of kept. With a 49k vocabulary that is most of a step's activation memory.
     """
+    return causal_lm_loss_and_hits(model, batch, normaliser)[0]
+
+
+def causal_lm_loss_and_hits(model, batch: dict, normaliser) -> tuple[torch.Tensor, torch.Tensor]:
+    """`causal_lm_loss` and how many labelled positions the model predicts exactly (the label is its
+    argmax), a 0-dim tensor without gradient: the mean token accuracy's numerator, taken from the logits the
+    loss computes anyway, so it costs no second forward."""
     labels = batch["labels"]
     predicts = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): positions whose next token is a label
-    return -token_logps(model, batch, predicts, labels[:, 1:]).sum() / normaliser
+    logps, hits = _wanted_logps(model, batch, predicts, labels[:, 1:], count_hits=True)
+    return -logps.sum() / normaliser, hits.sum()
 
 
 def token_logps(
@@ -57,6 +65,20 @@ def token_logps(
     0 elsewhere; computed as `causal_lm_loss` computes its loss (the head on the wanted positions only, in
     recomputed slices). The preference objectives sum them per answer; GRPO scores its answers at the
     temperature they were sampled at (the logits divided by it, as TRL does)."""
+    values, _ = _wanted_logps(model, batch, wanted, targets, temperature)
+    return torch.zeros(wanted.shape, dtype=values.dtype, device=values.device).masked_scatter(wanted, values)
+
+
+def _wanted_logps(
+    model,
+    batch: dict,
+    wanted: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    count_hits: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) log-probabilities of `targets` at the N positions where `wanted` is set, in order, and (N,)
+    whether each target is the position's argmax (with `count_hits`; else empty)."""
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -69,27 +91,29 @@ def token_logps(
     head = unwrapped.get_output_embeddings()
     softcap = getattr(unwrapped.config, "final_logit_softcapping", None)
     pieces = [hidden.sum(-1).float()[:0]]  # keeps the graph when nothing is wanted
+    hits = [picked[:0] == 0]
     for start in range(0, len(picked), LOSS_CHUNK):
         piece = slice(start, start + LOSS_CHUNK)
-        pieces.append(
-            checkpoint(
-                _head_logps, head, softcap, hidden[piece], picked[piece], temperature, use_reentrant=False
-            )
-        )
-    values = torch.cat(pieces)
-    return torch.zeros(wanted.shape, dtype=values.dtype, device=values.device).masked_scatter(wanted, values)
+        logps, piece_hits = checkpoint(
+            _head_logps, head, softcap, hidden[piece], picked[piece], temperature, count_hits,
+            use_reentrant=False,
+        )  # fmt: skip
+        pieces.append(logps)
+        hits.append(piece_hits)
+    return torch.cat(pieces), torch.cat(hits)
 
 
 def _head_logps(
-    head, softcap, hidden: torch.Tensor, targets: torch.Tensor, temperature: float
-) -> torch.Tensor:
+    head, softcap, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, count_hits: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden)  # (n, V), in fp32 at least (autocast's bf16 would lose the small probabilities)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if softcap:  # Gemma 2/3 cap their logits; the loss must see the same ones
         logits = torch.tanh(logits / softcap) * softcap
     if temperature != 1.0:
         logits = logits / temperature
-    return -F.cross_entropy(logits, targets, reduction="none")
+    hits = logits.argmax(-1) == targets if count_hits else targets[:0] == 0  # (n,) or empty
+    return -F.cross_entropy(logits, targets, reduction="none"), hits
 
 
 def labelled_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from ..data import load_examples, name_labels
 from ..data.batching import collate, count_label_tokens
 from ..data.tokenize import EncodedExample
 from ..errors import UserError
-from ..ops import autocast, causal_lm_loss
+from ..ops import autocast, causal_lm_loss, causal_lm_loss_and_hits
 
 
 class Objective:
@@ -73,8 +73,16 @@ class Objective:
 
     def loss_with_stats(self, model, batch: dict, normaliser) -> tuple[torch.Tensor, dict]:
         """The loss and what the objective measures on the batch besides it: name -> (sum, count), summed
-        over micro-batches and ranks and logged as sum / count (the preference objectives' rewards)."""
-        return self.loss(model, batch, normaliser), {}
+        over micro-batches and ranks and logged as sum / count (the preference objectives' rewards).
+
+        The next-token loss (an objective that keeps `loss`) also measures its mean token accuracy, the share
+        of labelled tokens that are the model's top prediction (OpenAI's and TRL's `mean_token_accuracy`);
+        an objective with its own `loss` measures nothing unless it says so here."""
+        if type(self).loss is not Objective.loss:
+            return self.loss(model, batch, normaliser), {}
+        loss, hits = causal_lm_loss_and_hits(model, batch, normaliser)
+        targets = count_label_tokens(batch["labels"])
+        return loss, {"mean_token_accuracy": (float(hits), targets)}
 
     def means(self, totals: dict) -> dict:
         """The logged values of the summed statistics: name -> (sum, count) becomes name -> mean."""

@@ -44,22 +44,48 @@ current_job: str | None = None  # the job this worker trains now, for the SIGTER
 LOOP_KEYS = {"kind", "step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "baseline"}
 
 
+# What OpenAI calls the measures it reports too (its events' data and `FineTuningJobCheckpoint.Metrics`).
+OPENAI_NAMES = {
+    "mean_token_accuracy": "train_mean_token_accuracy",
+    "val_mean_token_accuracy": "valid_mean_token_accuracy",
+}
+
+
 def objective_metrics(record: dict, prefix: str = "") -> dict:
-    """What the objective measured besides the loss (the preference objectives' rewards, GRPO's mean
-    reward and its sub-graders'), under their names; `val_` for an eval record's."""
+    """What the objective measured besides the loss (next-token objectives' token accuracy, the preference
+    objectives' rewards, GRPO's mean reward and its sub-graders'), under OpenAI's name where it has one,
+    else under their own; `val_` for an eval record's."""
     return {
-        name: value
+        OPENAI_NAMES.get(name, name): value
         for name, value in record.items()
         if name.startswith(prefix) and name not in LOOP_KEYS and not name.startswith("val_loss")
     }
 
 
-def metrics_note(metrics: dict, prefix: str = "") -> str:
-    """`, reward accuracy=0.75` (preference) or `, mean reward=0.42` (GRPO) when the record has it."""
-    notes = {"rewards/accuracies": "reward accuracy", "reward": "mean reward"}
-    return "".join(
-        f", {label}={metrics[prefix + key]:.2f}" for key, label in notes.items() if prefix + key in metrics
-    )
+def full_valid(metrics: dict) -> dict:
+    """OpenAI's `full_valid_loss` and `full_valid_mean_token_accuracy` from an eval's `valid_` ones: OpenAI
+    scores a sample of the validation file at each step and all of it at the end, tunelab all of it at every
+    eval, so each eval's values are the full ones."""
+    names = ("valid_loss", "valid_mean_token_accuracy")
+    return {f"full_{name}": metrics[name] for name in names if name in metrics}
+
+
+# The measures worth a word in a metrics event's message.
+NOTES = {
+    "train_mean_token_accuracy": "token accuracy",
+    "valid_mean_token_accuracy": "token accuracy",
+    "full_valid_mean_token_accuracy": "token accuracy",
+    "rewards/accuracies": "reward accuracy",
+    "val_rewards/accuracies": "reward accuracy",
+    "reward": "mean reward",
+    "val_reward": "mean reward",
+}
+
+
+def metrics_note(metrics: dict) -> str:
+    """`, token accuracy=0.61` (next-token objectives), `, reward accuracy=0.75` (preference) or
+    `, mean reward=0.42` (GRPO) when the record has it."""
+    return "".join(f", {label}={metrics[key]:.2f}" for key, label in NOTES.items() if key in metrics)
 
 
 class JobCancelled(Exception):
@@ -123,13 +149,10 @@ class JobHooks(TrainHooks):
             data = {"step": step, "valid_loss": record["val_loss"], "total_steps": self.total_steps}
             rewards = objective_metrics(record, "val_")
             message = f"Step {step}/{self.total_steps}: validation loss={record['val_loss']:.4f}"
-            self._report("valid_loss", data | rewards, message + metrics_note(rewards, "val_"))
+            self._report("valid_loss", data | rewards, message + metrics_note(rewards))
             # An epoch's checkpoint is saved just before its eval: the checkpoint gets the val loss now.
-            self.store.update_checkpoint_metrics(
-                job_id,
-                step,
-                {"valid_loss": record["val_loss"], "full_valid_loss": record["val_loss"]} | rewards,
-            )
+            measured = {"valid_loss": record["val_loss"]} | rewards
+            self.store.update_checkpoint_metrics(job_id, step, measured | full_valid(measured))
 
     def _report(self, key: str, data: dict, message: str) -> None:
         if (key, data["step"]) not in self.reported:
@@ -145,7 +168,7 @@ class JobHooks(TrainHooks):
             trainer.method.save(trainer.unwrapped, tmp)
         metrics = {"step": step}
         if self.last_train.get("step") == step:
-            metrics["train_loss"] = self.last_train["loss"]
+            metrics |= {"train_loss": self.last_train["loss"]} | objective_metrics(self.last_train)
         self.store.add_checkpoint(self.job.id, step, f"{self.name}:ckpt-step-{step}", metrics)
         self.store.add_event(self.job.id, f"Checkpoint created at step {step}")
 
@@ -256,6 +279,12 @@ def publish(store: Store, data: DataDir, job: JobRow) -> None:
     if not store.publish(job, name, summary["trained_tokens"], results_id, results.stat().st_size):
         results.unlink()
         return
+    if summary.get("best_val_loss") is not None:
+        # The model is the run's best weights (tunelab keeps them): its eval's values are the final ones.
+        full = full_valid({"valid_loss": summary["best_val_loss"]} | objective_metrics(summary, "val_"))
+        message = f"Full validation loss={full['full_valid_loss']:.4f}" + metrics_note(full)
+        step = summary["steps"]
+        store.add_event(job.id, message, type="metrics", data={"step": step} | full, step=step)
     loss = summary.get("final_train_loss")
     store.add_event(job.id, f"New fine-tuned model created: {name}")
     store.add_event(job.id, f"The job has successfully completed (final training loss {loss:.4f})")
@@ -275,7 +304,7 @@ def results_csv(run_dir) -> str:
             row |= {"valid_loss": record["val_loss"]} | objective_metrics(record, "val_")
     logged = dict.fromkeys(key for row in rows.values() for key in row)  # in the order first logged
     measured = sorted((key for key in logged if key not in ("train_loss", "valid_loss")),
-                      key=lambda key: key.startswith("val_"))  # fmt: skip
+                      key=lambda key: key.startswith(("val_", "valid_")))  # fmt: skip
     columns = ["train_loss", "valid_loss", *measured]
     buffer = io.StringIO()
     writer = csv.writer(buffer)

@@ -48,8 +48,9 @@ class MetricsLog:
 
 
 def plot_loss(out: Path) -> Path | None:
-    """The train and val loss by step; for a preference objective, a second panel with the rewards' margin
-    and accuracy (train and val), what DPO users read in TRL; for grpo, its mean reward."""
+    """The train and val loss by step; a second panel with, for sft and causal-lm, the token accuracy; for a
+    preference objective, the rewards' margin and accuracy (train and val), what DPO users read in TRL; for
+    grpo, its mean reward."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,11 +62,18 @@ def plot_loss(out: Path) -> Path | None:
     if not train:
         return None
     rewards = any("rewards/margins" in r or "reward" in r for r in train)
-    fig, axes = plt.subplots(1, 2 if rewards else 1, figsize=(12 if rewards else 7, 4), squeeze=False)
+    accuracy = any("mean_token_accuracy" in r for r in train)
+    two = rewards or accuracy
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(12 if two else 7, 4), squeeze=False)
     loss_axis = axes[0][0]
     plot_series(loss_axis, train, "loss", "train loss", linewidth=1)
     plot_series(loss_axis, val, "val_loss", "val loss", style="o-")
     loss_axis.set_ylabel("loss (per target)")
+    if accuracy:
+        accuracy_axis = axes[0][1]
+        plot_series(accuracy_axis, train, "mean_token_accuracy", "train token accuracy", linewidth=1)
+        plot_series(accuracy_axis, val, "val_mean_token_accuracy", "val token accuracy", style="o-")
+        accuracy_axis.set_ylabel("token accuracy")
     if rewards:
         reward_axis = axes[0][1]
         plot_series(reward_axis, train, "rewards/margins", "train reward margin", linewidth=1)

@@ -43,7 +43,12 @@ REWARD_SERIES = {
     "reward": "train mean reward",
     "val_reward": "valid mean reward",
 }
-LABELS = SERIES | REWARD_SERIES
+# A supervised job's share of target tokens predicted exactly, on its own chart too (0 to 1).
+ACCURACY_SERIES = {
+    "train_mean_token_accuracy": "train token accuracy",
+    "valid_mean_token_accuracy": "valid token accuracy",
+}
+LABELS = SERIES | REWARD_SERIES | ACCURACY_SERIES
 
 templates = Jinja2Templates(
     env=Environment(loader=FileSystemLoader(Path(__file__).parent.parent / "templates"), autoescape=True)
@@ -195,6 +200,7 @@ def job_page(job_id: str, request: Request, owner: DashboardOwner, service: Serv
         "job.html",
         job=job_object(row),
         chart=chart(loss_series(service, job_id), 640, 260, (56, 16, 16, 44)),
+        accuracy=chart(loss_series(service, job_id, ACCURACY_SERIES), 640, 260, (56, 16, 16, 44)),
         rewards=chart(loss_series(service, job_id, REWARD_SERIES), 640, 260, (56, 16, 16, 44)),
         checkpoints=[checkpoint_object(c) for c in service.store.list_checkpoints(job_id)],
         events=service.store.list_events(job_id, None, EVENTS_SHOWN),
