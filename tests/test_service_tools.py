@@ -184,3 +184,33 @@ def test_bad_tool_requests_are_400s_that_name_the_field(scripted, options, param
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(**body)
     assert caught.value.body["param"] == param, caught.value.body
+
+
+# A template that writes calls as bare JSON, Llama 3.1's way (no <tool_call> tags).
+BARE_JSON_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.tool_calls %}"
+    "{{ {'name': m.tool_calls[0].function.name, 'parameters': m.tool_calls[0].function.arguments} | tojson }}"
+    "{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if tools %}{{ tools | tojson }}{% endif %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_writing_bare_json_calls_is_read_whole_and_streamed(scripted):
+    client, script, _ = scripted
+    tokenizer = client._client.app.state.service.engine.tokenizer("tiny")
+    original, tokenizer.chat_template = tokenizer.chat_template, BARE_JSON_TEMPLATE
+    try:
+        script["reply"] = '{"name": "get_weather", "parameters": {"city": "Oslo"}}'
+        call = ask(client).choices[0].message.tool_calls[0]
+        assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Oslo"})
+        chunks = [c.choices[0] for c in ask(client, stream=True) if c.choices]
+        arguments = "".join(d.function.arguments or "" for c in chunks for d in c.delta.tool_calls or [])
+        assert json.loads(arguments) == {"city": "Oslo"} and chunks[-1].finish_reason == "tool_calls"
+        script["reply"] = "Sunny."
+        assert ask(client).choices[0].message.content == "Sunny."
+        with pytest.raises(openai.BadRequestError) as caught:  # a forced call needs the tags to start one
+            ask(client, tool_choice="required")
+        assert caught.value.body["param"] == "tool_choice"
+    finally:
+        tokenizer.chat_template = original

@@ -3,6 +3,7 @@ template with tools of its own left alone), which tokens are learned, and readin
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -270,3 +271,37 @@ def test_replies_read_back_as_calls_or_plain_text(reply, content, calls):
     assert text == (reply if content is None else content)
     assert [json.loads(c.arguments)["city"] for c in found] == calls
     assert all(c.name == "get_weather" for c in found)
+
+
+# Qwen2.5-Instruct's template (from its tokenizer_config.json): tools handled by the template itself.
+QWEN25_TEMPLATE = (Path(__file__).parent / "fixtures" / "qwen25_chat_template.jinja").read_text()
+
+
+def test_a_template_with_tools_renders_and_learns_the_calls_its_own_way():
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = QWEN25_TEMPLATE
+    example = to_example(record(), "chat", 1)
+    text = render_chat(tokenizer, chat_messages(example), example.tools)
+    assert "You are Qwen" in text and PROLOGUE_MARK not in tool_template(QWEN25_TEMPLATE)
+    encoded = encode_chat(example, tokenizer, 4096)
+    learned = tokenizer.decode(
+        [t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX]
+    )
+    assert learned.startswith('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}')
+    assert "Paris: 18C and sunny" in learned and "18C, sunny" not in learned
+    assert learned.count("<|im_end|>") == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "calls"),
+    [
+        ('{"name": "get_weather", "parameters": {"city": "Oslo"}}', ["Oslo"]),  # Llama 3.1's way
+        (' {"name": "get_weather", "arguments": {"city": "Rome"}}\n', ["Rome"]),
+        ("It is sunny.", []),
+        ('{"name": "get_time", "parameters": {}}', []),
+    ],
+)
+def test_a_bare_json_reply_is_one_call_where_the_template_writes_no_tags(reply, calls):
+    text, found = parse_reply(reply, NAMES, tags=False)
+    assert [json.loads(c.arguments)["city"] for c in found] == calls
+    assert text == ("" if calls else reply)

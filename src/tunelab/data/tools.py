@@ -337,10 +337,14 @@ class ToolCall:
     arguments: str  # JSON, as OpenAI returns it
 
 
-def parse_reply(text: str, names: set[str]) -> tuple[str, list[ToolCall]]:
-    """A reply's text before its first call, and its `<tool_call>` blocks; a reply with a block that is not
-    a call of one of `names` is all plain text (what the model wrote, never an error). The last block may
-    lack its closing tag (generation stopped there)."""
+def parse_reply(text: str, names: set[str], tags: bool = True) -> tuple[str, list[ToolCall]]:
+    """A reply's text before its first call, and its calls: its `<tool_call>` blocks, or with `tags` off
+    (a template that writes calls as bare JSON, Llama 3.1's way) the whole reply as one JSON call. A reply
+    with a block that is not a call of one of `names` is all plain text (what the model wrote, never an
+    error). The last block may lack its closing tag (generation stopped there)."""
+    if not tags:
+        call = read_call(text.strip(), names) if text.lstrip().startswith("{") else None
+        return (text, []) if call is None else ("", [call])
     start = text.find(OPEN)
     if start < 0:
         return text, []

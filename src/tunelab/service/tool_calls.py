@@ -25,6 +25,7 @@ class ToolUse:
 
     tools: list[dict]  # as the chat template takes them
     names: set[str]
+    tags: bool = True  # calls are `<tool_call>` blocks; else the whole reply is one bare JSON call
     prefill: str = ""  # the reply's forced start
     stop: str | None = None  # where the reply ends (one call only)
 
@@ -45,9 +46,10 @@ def tool_use(request: ChatRequest, tokenizer) -> ToolUse | None:
                 code="unsupported_parameter",
             )
     names = {tool.function.name for tool in request.tools}
-    use = ToolUse([tool.model_dump(exclude_none=True) for tool in request.tools], names)
+    tags = writes_tool_call_tags(tool_template(tokenizer.chat_template))
+    use = ToolUse([tool.model_dump(exclude_none=True) for tool in request.tools], names, tags)
     choice = request.tool_choice
-    if choice not in (None, "auto") and not writes_tool_call_tags(tool_template(tokenizer.chat_template)):
+    if choice not in (None, "auto") and not tags:
         raise ApiError(
             400,
             "this model's chat template writes tool calls in its own format; tool_choice can only be 'auto' "
@@ -80,7 +82,7 @@ def reply_message(text: str, use: ToolUse | None, finish_reason: str) -> tuple[d
     """(the chat message, its finish_reason) for a whole reply; `text` is what was generated."""
     if use is None:
         return {"role": "assistant", "content": text}, finish_reason
-    content, calls = parse_reply(use.prefill + text, use.names)
+    content, calls = parse_reply(use.prefill + text, use.names, use.tags)
     if not calls:
         return {"role": "assistant", "content": use.prefill + text}, finish_reason
     message = {
@@ -96,13 +98,21 @@ class ToolCallDeltas:
     and id, then its arguments), text that may still become a block held back until it is decided."""
 
     def __init__(self, use: ToolUse):
-        self.names, self.buffer, self.calls = use.names, use.prefill, 0
+        self.names, self.tags, self.buffer, self.calls = use.names, use.tags, use.prefill, 0
 
     def feed(self, piece: str) -> list[dict]:
         self.buffer += piece
+        if not self.tags:  # a bare JSON call is known only once whole: the reply waits for its end
+            return []
         return self._drain(final=False)
 
     def end(self) -> list[dict]:
+        if not self.tags:
+            text, calls = parse_reply(self.buffer, self.names, tags=False)
+            self.buffer = ""
+            if calls:
+                return [delta for call in calls for delta in self._call(call)]
+            return [{"content": text}] if text else []
         return self._drain(final=True)
 
     def _drain(self, final: bool) -> list[dict]:
