@@ -580,13 +580,24 @@ def _tokenizer(model: str):
 @user_errors
 def data_validate(**options):
     """Report every problem in a training file with its line number; exit 1 if there is any."""
-    from .data.validate import print_report, validate_file
+    from .data import validate
+    from .errors import UserError
 
     config = ValidateConfig(**options)
-    report = validate_file(config.file, tokenizer=_tokenizer(config.model), max_length=config.max_length,
-                           format=config.format, min_examples=config.min_examples,
-                           expect=config.expect)  # fmt: skip
-    print_report(report, console)
+    folder = Path(config.file).is_dir()
+    if folder and config.format != "openai":
+        raise UserError(f"{config.file} is a folder: `--format openai` checks a folder of OpenAI files")
+    check = dict(tokenizer=_tokenizer(config.model), max_length=config.max_length,
+                 min_examples=config.min_examples)  # fmt: skip
+    if config.format == "openai":
+        if folder:
+            reports = validate.validate_folder(config.file, **check)
+        else:
+            reports = [validate.validate_openai(config.file, **check)]
+        validate.print_openai_reports(reports, console)
+        raise typer.Exit(0 if all(report.ok for report in reports) else 1)
+    report = validate.validate_file(config.file, format=config.format, expect=config.expect, **check)
+    validate.print_report(report, console)
     raise typer.Exit(0 if report.ok else 1)
 
 
