@@ -120,3 +120,82 @@ def test_train_lora_on_sst2_with_the_embedded_model(tmp_path):
     base, _ = load_model("default")
     model = PeftModel.from_pretrained(base, tmp_path / "a")
     assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+
+
+@pytest.fixture
+def scripted_chat(monkeypatch, tiny_llama_dir):
+    """(replies, prompts): the tiny model "writes" each of `replies` in turn, token by token, through the
+    real streaming path; `prompts` holds the text of each prompt it was given."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from tunelab.inference import generation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)  # byte-level: any reply round-trips
+    replies, prompts = [], []
+
+    def scripted_inputs(model, enc):
+        def call(input_ids, streamer, **kwargs):
+            prompts.append(tokenizer.decode(input_ids[0]))
+            streamer.put(input_ids[0])
+            for token in tokenizer(replies.pop(0), add_special_tokens=False)["input_ids"]:
+                streamer.put(torch.tensor([token]))
+            streamer.end()
+
+        return call, dict(enc), enc["input_ids"].shape[1]
+
+    monkeypatch.setattr(generation, "_generation_inputs", scripted_inputs)
+    return replies, prompts
+
+
+def test_chat_with_tools_prints_calls_as_json_lines(scripted_chat, tiny_llama_dir, tmp_path):
+    replies, prompts = scripted_chat
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps({"tools": [WEATHER]}))
+    replies.append(CALL)
+    result = invoke("chat", "--model", tiny_llama_dir, "--tools", tools, "Weather in Oslo?")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ['{"name": "get_weather", "arguments": {"city": "Oslo"}}']
+    assert '<tools>\n{"type": "function", "function": {"name": "get_weather"' in prompts[0]
+
+
+def test_chat_asks_for_each_call_result_and_sends_it_back(scripted_chat, tiny_llama_dir, tmp_path):
+    replies, prompts = scripted_chat
+    tools = tmp_path / "functions.json"
+    tools.write_text(json.dumps([WEATHER["function"]]))  # a legacy `functions` list
+    replies += [CALL, "It is -2C in Oslo.", "Bye."]
+    result = runner.invoke(
+        app,
+        ["chat", "--model", str(tiny_llama_dir), "--tools", str(tools)],
+        input="Weather in Oslo?\n-2C, snow\nThanks\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert 'model> get_weather({"city": "Oslo"})' in result.output
+    assert 'tool get_weather({"city": "Oslo"})> ' in result.output
+    assert "model> It is -2C in Oslo." in result.output and "model> Bye." in result.output
+    answered = f"<|im_start|>assistant\n{CALL}<|im_end|>\n<|im_start|>user\n<tool_response>\n-2C, snow\n"
+    assert answered in prompts[1] and answered in prompts[2]
+    assert prompts[1].endswith("</tool_response><|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_chat_plain_replies_and_a_bad_tools_file(scripted_chat, tiny_llama_dir, tmp_path):
+    replies, prompts = scripted_chat
+    replies.append("Hello there.")
+    result = invoke("chat", "--model", tiny_llama_dir, "Hi")
+    assert (result.exit_code, result.output) == (0, "Hello there.\n")
+    assert "<tools>" not in prompts[0]
+    bad = tmp_path / "tools.json"
+    bad.write_text(json.dumps([{"type": "function", "function": {"name": "get weather"}}]))
+    result = invoke("chat", "--model", tiny_llama_dir, "--tools", bad, "Hi")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert str(bad) in result.output and "tools[0].function.name" in result.output

@@ -6,9 +6,18 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
-from tunelab.data import validate_file
-from tunelab.data.validate import count_tokens, format_report, print_report
+from tunelab.cli import app
+from tunelab.data import DataError, validate_file
+from tunelab.data.validate import (
+    count_tokens,
+    format_report,
+    print_report,
+    trains_as_is,
+    validate_folder,
+    validate_openai,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -291,3 +300,105 @@ def test_expect_the_right_kind_and_forcing_a_preference_format(tmp_path):
         ("missing_output", "chosen"),
         ("missing_output", "rejected"),
     ]
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def function_call(city: str) -> dict:
+    arguments = json.dumps({"city": city})
+    return {
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "user", "content": f"Weather in {city}?"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": arguments},
+                    }
+                ],
+            },
+        ],
+    }
+
+
+def openai_folder(folder: Path) -> Path:
+    """One file of each kind OpenAI trains, and a broken one."""
+    folder.mkdir()
+    words = [f"w{i}" for i in range(12)]
+    write_jsonl(folder / "chat.jsonl", [chat(f"say {w}", w) for w in words])
+    write_jsonl(folder / "calls.jsonl", [function_call(w) for w in words])
+    write_jsonl(folder / "dpo.jsonl", [dpo(f"say {w}", w, "no") for w in words])
+    prompts = [{"messages": [{"role": "user", "content": f"say {w}"}], "answer": w} for w in words]
+    write_jsonl(folder / "prompts.jsonl", prompts)
+    broken = [chat(f"say {w}", w) for w in words]
+    broken[3] = {"messages": [{"role": "user", "content": "say"}, {"role": "robot", "content": "x"}]}
+    write_jsonl(folder / "broken.jsonl", [*broken, "{not json"])
+    (folder / "notes.txt").write_text("not a training file")
+    return folder
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """The summary table's rows by file name, each as its cells."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines() if "│" in line]
+    return {row[0]: row[1:] for row in rows if row and row[0].endswith(".jsonl")}
+
+
+def test_an_openai_folder_gets_one_row_per_file_and_fails_on_the_broken_one(tmp_path):
+    folder = openai_folder(tmp_path / "openai")
+    result = CliRunner().invoke(
+        app, ["data", "validate", "--format", "openai", str(folder), "--model", "none"]
+    )
+    assert result.exit_code == 1, result.output
+    assert table_rows(result.output) == {
+        "broken.jsonl": ["supervised", "13", "11", "2", "no"],
+        "calls.jsonl": ["function calling", "12", "12", "0", "yes: method: supervised (tunelab train)"],
+        "chat.jsonl": ["supervised", "12", "12", "0", "yes: method: supervised (tunelab train)"],
+        "dpo.jsonl": ["dpo", "12", "12", "0", "yes: method: dpo (--objective dpo)"],
+        "prompts.jsonl": [
+            "reinforcement prompts",
+            "12",
+            "12",
+            "0",
+            "yes: method: reinforcement (--objective grpo --grader)",
+        ],
+    }
+    assert "2 issue(s) in" in result.output and "unrecognized_role" in result.output
+    assert "FAILED: 1 of 5 file(s) with issues" in result.output
+    (folder / "broken.jsonl").unlink()
+    result = CliRunner().invoke(
+        app, ["data", "validate", "--format", "openai", str(folder), "--model", "none"]
+    )
+    assert result.exit_code == 0 and "OK: 4 file(s), no issues found" in result.output
+
+
+@pytest.mark.parametrize(
+    "row, found",
+    [
+        ({"instruction": "a", "input": "", "output": "b"}, "supervised examples \\(alpaca\\)"),
+        ({"prompt": "a", "chosen": "b", "rejected": "c"}, "preference pairs \\(TRL: .*\\)"),
+    ],
+)
+def test_a_file_openai_would_not_take_says_what_it_is(tmp_path, row, found):
+    report = validate_openai(write_jsonl(tmp_path / "d.jsonl", [row, row]))
+    [issue] = report.issues
+    assert (issue.line, issue.code) == (1, "wrong_format") and report.openai_kind is None
+    assert re.search(f"found {found}, which OpenAI's fine-tuning does not take", issue.message)
+    assert "tunelab trains it as it is with --objective" in issue.message
+    assert trains_as_is(report) == "no" and report.num_examples == 2
+
+
+def test_validate_folder_reports_an_unreadable_file_and_goes_on(tmp_path):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(b"\xff\xfe{}")
+    write_jsonl(folder / "b.jsonl", [chat("a", "b")])
+    first, second = validate_folder(folder, min_examples=1)
+    assert [issue.code for issue in first.issues] == ["data_type"] and "UTF-16" in first.issues[0].message
+    assert second.ok and second.openai_kind == "supervised"
+    (folder / "a.jsonl").unlink(), (folder / "b.jsonl").unlink()
+    with pytest.raises(DataError, match="no .jsonl files"):
+        validate_folder(folder)

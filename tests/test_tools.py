@@ -9,9 +9,10 @@ import pytest
 
 from tiny import make_tokenizer
 from tunelab.data import validate_file
+from tunelab.data.errors import DataError
 from tunelab.data.formats import check_record, to_example
 from tunelab.data.tokenize import IGNORE_INDEX, chat_messages, encode_chat, render_chat
-from tunelab.data.tools import PROLOGUE_MARK, parse_reply, tool_template
+from tunelab.data.tools import PROLOGUE_MARK, parse_reply, read_tools_file, tool_template
 
 WEATHER = {
     "type": "function",
@@ -191,6 +192,42 @@ def test_legacy_functions_read_as_tools():
     wrong["messages"][2]["name"] = "get_time"
     issues = check_record(wrong, "chat", 7)
     assert [(i.line, i.code, i.field) for i in issues][0] == (7, "invalid_tool_message", "messages[2].name")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [WEATHER],
+        {"tools": [WEATHER], "tool_choice": "auto"},
+        [WEATHER["function"]],
+        {"functions": [WEATHER["function"]]},
+    ],
+)
+def test_a_tools_file_holds_tools_or_legacy_functions(tmp_path, content):
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(content))
+    assert read_tools_file(path) == [WEATHER]
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("[{", "not valid JSON"),
+        ('{"tool": []}', "a 'tools' (or legacy 'functions') list"),
+        ("[]", "'tools' must be a non-empty list"),
+        ('[{"type": "function", "function": {"name": "a b"}}]', "tools[0].function.name must be"),
+        (
+            '[{"type": "function", "function": {"name": "f", "parameters": []}}]',
+            "tools[0].function.parameters",
+        ),
+    ],
+)
+def test_a_bad_tools_file_names_the_file_and_field(tmp_path, content, words):
+    path = tmp_path / "tools.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=str(path)) as raised:
+        read_tools_file(path)
+    assert words in str(raised.value)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import itertools
 import sys
 import types
 import typing
@@ -13,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .compare.config import CompareConfig
 from .compress.config import DistillConfig, PruneConfig, QuantizeConfig, ReportConfig
@@ -234,37 +236,92 @@ predict.__signature__ = command_signature(predict, PredictConfig)
 @app.command()
 @user_errors
 def chat(**options):
-    """Chat with a model (streams the reply)."""
-    from .inference import load_for_inference, stream_chat
+    """Chat with a model (streams the reply); with --tools, its calls are shown and you answer them."""
+    import json
+
+    from .data.tools import read_tools_file, tool_template, writes_tool_call_tags
+    from .inference import load_for_inference
     from .inference.generation import require_generative
 
     config = ChatConfig(**options)
+    tools = read_tools_file(config.tools) if config.tools else None  # a bad file fails before the model loads
     require_generative(config.model, config.adapter, "chat")
     llm, tokenizer = load_for_inference(config.model, config.adapter)
+    if tools and not writes_tool_call_tags(tool_template(tokenizer.chat_template)):
+        err_console.print("[yellow]This model's template writes tool calls its own way: they show as text")
     messages = [{"role": "system", "content": config.system}] if config.system else []
+    one_shot = config.prompt is not None
     while True:
-        text = config.prompt if config.prompt is not None else _ask()
+        text = config.prompt if one_shot else _ask("[bold cyan]you>[/] ")
         if text is None:
             return
         messages.append({"role": "user", "content": text})
-        reply = ""
-        if config.prompt is None:
-            console.print("[bold green]model>[/] ", end="")
-        for piece in stream_chat(llm, tokenizer, messages, config.max_new_tokens, config.temperature):
-            reply += piece
-            console.print(piece, end="", highlight=False, markup=False)
-        console.print()
-        if config.prompt is not None:
-            return
-        messages.append({"role": "assistant", "content": reply})
+        while True:  # the model's turn, again after each round of tool results
+            reply = _reply(llm, tokenizer, messages, tools, config)
+            messages.append(reply)
+            calls = reply.get("tool_calls", [])
+            if one_shot:
+                for call in calls:  # for scripts: one JSON object a line
+                    function = call["function"]
+                    line = {"name": function["name"], "arguments": json.loads(function["arguments"])}
+                    console.print(json.dumps(line, ensure_ascii=False), highlight=False, markup=False)
+                return
+            if not calls:
+                break
+            for call in calls:
+                result = _ask(f"[bold magenta]tool[/] {escape(_call_text(call))}> ")
+                if result is None:
+                    return
+                messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
 
 
 chat.__signature__ = command_signature(chat, ChatConfig)
 
 
-def _ask() -> str | None:
+def _reply(llm, tokenizer, messages: list[dict], tools: list[dict] | None, config: ChatConfig) -> dict:
+    """The model's turn, streamed, as OpenAI's assistant message. With tools its `<tool_call>` blocks are
+    held back and read as the service reads a streamed reply (ToolCallDeltas), then shown as calls."""
+    from .inference import stream_chat
+    from .service.tool_calls import ToolCallDeltas, ToolUse
+
+    interactive = config.prompt is None
+    if interactive:
+        console.print("[bold green]model>[/] ", end="")
+    reading = ToolCallDeltas(ToolUse(tools, {t["function"]["name"] for t in tools})) if tools else None
+    content, calls = "", []
+    pieces = stream_chat(llm, tokenizer, messages, config.max_new_tokens, config.temperature, tools=tools)
+    for piece in itertools.chain(pieces, [None]):  # None: the end, where held-back text is decided
+        if reading is None:
+            deltas = [{"content": piece or ""}]
+        else:
+            deltas = reading.end() if piece is None else reading.feed(piece)
+        for delta in deltas:
+            content += delta.get("content", "")
+            console.print(delta.get("content", ""), end="", highlight=False, markup=False)
+            for part in delta.get("tool_calls", []):  # a call's id and name, then its arguments
+                if "id" in part:
+                    calls.append({"id": part["id"], "type": "function", "function": dict(part["function"])})
+                else:
+                    calls[part["index"]]["function"]["arguments"] += part["function"]["arguments"]
+    if calls and interactive:  # after the text, if any, on the model's line
+        shown = "\n".join(_call_text(call) for call in calls)
+        ending = "\n" if content and not content.endswith("\n") else ""
+        console.print(ending + shown, highlight=False, markup=False)
+    elif content or not calls:
+        console.print()
+    if not calls:
+        return {"role": "assistant", "content": content}
+    return {"role": "assistant", "content": content.rstrip() or None, "tool_calls": calls}
+
+
+def _call_text(call: dict) -> str:
+    """A call as the user reads it: `get_weather({"city": "Oslo"})`."""
+    return f"{call['function']['name']}({call['function']['arguments']})"
+
+
+def _ask(prompt: str) -> str | None:
     try:
-        text = console.input("[bold cyan]you>[/] ")
+        text = console.input(prompt)
     except EOFError:
         return None
     return None if text.strip() in ("/exit", "/quit") else text
@@ -523,13 +580,24 @@ def _tokenizer(model: str):
 @user_errors
 def data_validate(**options):
     """Report every problem in a training file with its line number; exit 1 if there is any."""
-    from .data.validate import print_report, validate_file
+    from .data import validate
+    from .errors import UserError
 
     config = ValidateConfig(**options)
-    report = validate_file(config.file, tokenizer=_tokenizer(config.model), max_length=config.max_length,
-                           format=config.format, min_examples=config.min_examples,
-                           expect=config.expect)  # fmt: skip
-    print_report(report, console)
+    folder = Path(config.file).is_dir()
+    if folder and config.format != "openai":
+        raise UserError(f"{config.file} is a folder: `--format openai` checks a folder of OpenAI files")
+    check = dict(tokenizer=_tokenizer(config.model), max_length=config.max_length,
+                 min_examples=config.min_examples)  # fmt: skip
+    if config.format == "openai":
+        if folder:
+            reports = validate.validate_folder(config.file, **check)
+        else:
+            reports = [validate.validate_openai(config.file, **check)]
+        validate.print_openai_reports(reports, console)
+        raise typer.Exit(0 if all(report.ok for report in reports) else 1)
+    report = validate.validate_file(config.file, format=config.format, expect=config.expect, **check)
+    validate.print_report(report, console)
     raise typer.Exit(0 if report.ok else 1)
 
 

@@ -14,12 +14,21 @@ FORMAT_HELP = "the file's format (default: guessed)"
 
 @dataclass
 class ValidateConfig:
-    file: str = field(metadata={"help": "training file", "argument": True})
+    file: str = field(
+        metadata={"help": "training file (with --format openai, a folder of .jsonl too)", "argument": True}
+    )
     model: str = field(default="default", metadata={"help": "tokenizer for length checks; 'none' to skip"})
     max_length: int = field(
         default=2048, metadata={"help": "longest example, in tokens with the chat template"}
     )
-    format: str | None = field(default=None, metadata={"help": FORMAT_HELP, "choices": DATA_FORMATS})
+    format: str | None = field(
+        default=None,
+        metadata={
+            "help": f"{FORMAT_HELP}; openai: each file checked as OpenAI's fine-tuning takes it, and a "
+            "summary of its kind and what trains it",
+            "choices": (*DATA_FORMATS, "openai"),
+        },
+    )
     min_examples: int = field(default=10, metadata={"help": "fewer valid examples than this is a problem"})
     expect: str | None = field(
         default=None,
@@ -29,6 +38,10 @@ class ValidateConfig:
             "choices": KINDS,
         },
     )
+
+    def __post_init__(self):
+        if self.format == "openai" and self.expect:
+            raise DataError("--format openai finds each file's kind itself: drop --expect")
 
 
 @dataclass

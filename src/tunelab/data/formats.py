@@ -262,9 +262,14 @@ TRAINS_WITH = {
 }
 
 
+def found_data(format: str) -> str:
+    """What a file of this format holds, in words."""
+    return FOUND.get(format, f"supervised examples ({format})")
+
+
 def wrong_kind(expected: str, found_format: str) -> str:
     """The message for a file of one kind given where another kind is due, naming both."""
-    found = FOUND.get(found_format, f"supervised examples ({found_format})")
+    found = found_data(found_format)
     return (
         f"expected {EXPECTED[expected]}, found {found}, which train with {TRAINS_WITH[kind_of(found_format)]}"
     )

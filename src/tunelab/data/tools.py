@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from .errors import Issue
+from .errors import DataError, Issue
 
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for function names
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -115,7 +116,7 @@ def writes_tool_call_tags(template: str | None) -> bool:
 class _Issues(list):
     """The issues of one record, each added with its code, text and field."""
 
-    def __init__(self, line: int):
+    def __init__(self, line: int | None):
         super().__init__()
         self.line = line
 
@@ -123,7 +124,7 @@ class _Issues(list):
         self.append(Issue(self.line, code, text, field))
 
 
-def check_tool_record(data: dict, line: int) -> list[Issue]:
+def check_tool_record(data: dict, line: int | None) -> list[Issue]:
     """OpenAI's function-calling rules on one chat record whose messages are each well formed."""
     issues = _Issues(line)
     if "tools" in data and "functions" in data:
@@ -321,6 +322,34 @@ def template_message(message: dict) -> dict:
     elif message["role"] == "tool":
         out["tool_call_id"] = message["tool_call_id"]
     return out
+
+
+def read_tools_file(path: str | Path) -> list[dict]:
+    """The tools of a JSON file (`tunelab chat --tools`), checked as a training record's are: OpenAI's
+    `tools` list, or the legacy `functions` list, bare or in an object under its key; a problem is a
+    `DataError` naming the file and field."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        text = f"not valid JSON ({err.msg}, line {err.lineno} column {err.colno})"
+        raise DataError(text, path=str(path), code="invalid_json") from None
+    except UnicodeDecodeError:
+        raise DataError("not UTF-8 text; save it as UTF-8", path=str(path)) from None
+    except OSError as err:
+        raise DataError(f"cannot read file: {err.strerror}", path=str(path)) from None
+    if isinstance(data, list):
+        legacy = bool(data) and all(isinstance(t, dict) and "name" in t and "type" not in t for t in data)
+        data = {"functions" if legacy else "tools": data}
+    if not isinstance(data, dict) or not {"tools", "functions"} & set(data):
+        text = "expected a list of tools, or an object with a 'tools' (or legacy 'functions') list"
+        raise DataError(text, path=str(path), field="tools")
+    # Other keys (a whole request body's model or messages, say) are not ours to read.
+    declared = {key: data[key] for key in ("tools", "functions") if key in data}
+    issues = check_tool_record({**declared, "messages": []}, line=None)
+    if issues:
+        message = "; ".join(issue.message for issue in issues)
+        raise DataError(message, path=str(path), field=issues[0].field, code=issues[0].code)
+    return record_tools(declared)
 
 
 def _arguments(function: dict) -> dict:

@@ -8,6 +8,10 @@ pairs, KTO unpaired) add missing_input, missing_output, wrong_output_count and i
 tokens per side (the prompt with each answer). Per file: empty_file, too_few_examples, and wrong_format
 when the caller `expect`s one kind of data (supervised, pairs, unpaired, prompts) and the file holds
 another.
+
+`validate_openai` checks a file as OpenAI's fine-tuning would take it (chat examples, with tools or not;
+prompts for reinforcement; OpenAI DPO pairs; any other format is a wrong_format), `validate_folder` each
+.jsonl file of a folder: what someone moving their OpenAI training files runs first.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from .formats import (
     KINDS,
     PREFERENCE_FORMATS,
     TRAINING_ONLY,
+    TRAINS_WITH,
     RecordFile,
     check_format,
     check_record,
+    found_data,
     guess_format,
     kind_of,
     read_records,
@@ -41,6 +47,15 @@ from .formats import (
 from .preference import answers, check_preference_record, to_preference
 from .tokenize import render_chat
 from .tools import template_message
+
+WARNINGS_ONLY = {"duplicate_example"}  # such examples still train: noted, not refused
+# OpenAI's kinds of training file, and how each trains here as it is: the service's job method (and command).
+OPENAI_KINDS = {
+    "supervised": "method: supervised (tunelab train)",
+    "function calling": "method: supervised (tunelab train)",
+    "dpo": "method: dpo (--objective dpo)",
+    "reinforcement prompts": "method: reinforcement (--objective grpo --grader)",
+}
 
 # Each preference format's names for its answers, as the file spells them: issues and token counts use them.
 SIDES = {
@@ -61,6 +76,7 @@ class ValidationReport:
     max_length: int = 2048
     # Preference files: per answer (named as in the file), the tokens of the prompt with that answer.
     side_tokens: dict[str, list[int]] = field(default_factory=dict)
+    openai_kind: str | None = None  # by validate_openai: a key of OPENAI_KINDS, None for another format
 
     @property
     def kind(self) -> str:
@@ -146,10 +162,75 @@ def _wrong_kind(report: ValidationReport, records: RecordFile, expect: str) -> b
         raise DataError(f"expect={expect!r}: choose one of {', '.join(KINDS)}")
     if report.kind == expect or (expect == "prompts" and report.kind == "supervised"):
         return False
+    _wrong_format(report, records, wrong_kind(expect, report.format))
+    return True
+
+
+def _wrong_format(report: ValidationReport, records: RecordFile, message: str) -> None:
+    """The file's one issue: its lines are not judged, as they would all be wrong the same way."""
     line = next((record.line for record in records.records if isinstance(record.data, dict)), None)
     report.num_examples = len(records.records)
-    report.issues.append(Issue(line, "wrong_format", wrong_kind(expect, report.format)))
-    return True
+    report.issues.append(Issue(line, "wrong_format", message))
+
+
+def validate_openai(
+    path: str | Path, tokenizer=None, max_length: int = 2048, min_examples: int = 10
+) -> ValidationReport:
+    """Check a file as OpenAI's fine-tuning would take it; `report.openai_kind` says as what. A file in
+    another format (Alpaca, TRL pairs...) is one `wrong_format` issue naming it and what trains it here."""
+    records = read_records(path)
+    format = _guess(records)
+    kind = openai_kind(records, format)
+    if kind is None:
+        report = ValidationReport(str(path), format, max_length=max_length)
+        message = (
+            f"found {found_data(format)}, which OpenAI's fine-tuning does not take (it takes chat "
+            f"'messages', with tools or not, and DPO 'input'/'preferred_output'/'non_preferred_output'); "
+            f"tunelab trains it as it is with {TRAINS_WITH[kind_of(format)]}"
+        )
+        _wrong_format(report, records, message)
+        return report
+    expect = "prompts" if kind == "reinforcement prompts" else None
+    report = validate_file(path, tokenizer, max_length, format, min_examples, expect)
+    report.openai_kind = kind
+    return report
+
+
+def openai_kind(records: RecordFile, format: str) -> str | None:
+    """What OpenAI would train the file as (a key of OPENAI_KINDS), None for a format it does not take."""
+    if format == "openai-dpo":
+        return "dpo"
+    if format != "chat":
+        return None
+    rows = [
+        r.data
+        for r in records.records
+        if isinstance(r.data, dict) and isinstance(r.data.get("messages"), list)
+    ]
+    messages = [m for row in rows for m in row["messages"] if isinstance(m, dict)]
+    if rows and not any(m.get("role") == "assistant" for m in messages):
+        return "reinforcement prompts"  # nothing to imitate: prompts whose answers a grader scores
+    declares = any({"tools", "functions"} & set(row) for row in rows)
+    calls = any({"tool_calls", "function_call"} & set(m) for m in messages)
+    return "function calling" if declares or calls else "supervised"
+
+
+def validate_folder(
+    folder: str | Path, tokenizer=None, max_length: int = 2048, min_examples: int = 10
+) -> list[ValidationReport]:
+    """`validate_openai` on each .jsonl file of a folder, in name order; a file that cannot be read at all
+    is a report with that one issue, so the others are still checked."""
+    paths = sorted(Path(folder).glob("*.jsonl"))
+    if not paths:
+        raise DataError("no .jsonl files in the folder", path=str(folder))
+    reports = []
+    for path in paths:
+        try:
+            reports.append(validate_openai(path, tokenizer, max_length, min_examples))
+        except DataError as err:
+            issue = Issue(err.line, err.code, err.reason, err.field)
+            reports.append(ValidationReport(str(path), "unreadable", [issue], max_length=max_length))
+    return reports
 
 
 def _check_supervised(report: ValidationReport, record, first_seen: dict, tokenizer, answered: bool) -> None:
@@ -229,21 +310,7 @@ def count_tokens(tokenizer, messages: list[dict], tools: list | None = None) -> 
 
 def print_report(report: ValidationReport, console: Console, max_issues: int = 50) -> None:
     """Print the issues table, the summary and a length histogram."""
-    if report.issues:
-        table = Table(title=f"{len(report.issues)} issue(s) in {report.path}", title_justify="left")
-        table.add_column("Line", justify="right")
-        table.add_column("Class")
-        table.add_column("Message")
-        for issue in report.issues[:max_issues]:
-            line = "-" if issue.line is None else str(issue.line)
-            # Text(), not a str: messages quote user data, which rich would otherwise parse as markup.
-            table.add_row(line, issue.code, Text(issue.message))
-        console.print(table)
-        if len(report.issues) > max_issues:
-            console.print(f"... and {len(report.issues) - max_issues} more")
-        by_code = Counter(issue.code for issue in report.issues)
-        console.print("By class: " + ", ".join(f"{code} {n}" for code, n in by_code.most_common()))
-
+    print_issues(report, console, max_issues)
     console.print(Text(f"File: {report.path} ({report.format})"))
     console.print(f"Examples: {report.num_examples}, valid: {report.num_valid}")
     if report.token_counts:
@@ -263,6 +330,52 @@ def print_report(report: ValidationReport, console: Console, max_issues: int = 5
         console.print("[green]OK[/green]: no issues found")
     else:
         console.print(f"[red]FAILED[/red]: {len(report.issues)} issue(s)")
+
+
+def print_issues(report: ValidationReport, console: Console, max_issues: int = 50) -> None:
+    """The issues table (the first `max_issues`) and their count by class; nothing for a clean file."""
+    if not report.issues:
+        return
+    table = Table(title=f"{len(report.issues)} issue(s) in {report.path}", title_justify="left")
+    table.add_column("Line", justify="right")
+    table.add_column("Class")
+    table.add_column("Message")
+    for issue in report.issues[:max_issues]:
+        line = "-" if issue.line is None else str(issue.line)
+        # Text(), not a str: messages quote user data, which rich would otherwise parse as markup.
+        table.add_row(line, issue.code, Text(issue.message))
+    console.print(table)
+    if len(report.issues) > max_issues:
+        console.print(f"... and {len(report.issues) - max_issues} more")
+    by_code = Counter(issue.code for issue in report.issues)
+    console.print("By class: " + ", ".join(f"{code} {n}" for code, n in by_code.most_common()))
+
+
+def print_openai_reports(reports: list[ValidationReport], console: Console, max_issues: int = 50) -> None:
+    """Each file's issues, then one row per file: its kind, examples, valid ones, issues, how it trains."""
+    for report in reports:
+        print_issues(report, console, max_issues)
+    table = Table(title="OpenAI training files", title_justify="left")
+    for column in ("File", "Kind", "Examples", "Valid", "Issues", "Trains as-is"):
+        table.add_column(column, justify="right" if column in ("Examples", "Valid", "Issues") else "left")
+    for report in reports:
+        kind = report.openai_kind or f"{report.format} (not OpenAI's)"
+        counts = (str(report.num_examples), str(report.num_valid), str(len(report.issues)))
+        table.add_row(Text(Path(report.path).name), kind, *counts, trains_as_is(report))
+    console.print(table)
+    failed = [report for report in reports if not report.ok]
+    if failed:
+        console.print(f"[red]FAILED[/red]: {len(failed)} of {len(reports)} file(s) with issues")
+    else:
+        console.print(f"[green]OK[/green]: {len(reports)} file(s), no issues found")
+
+
+def trains_as_is(report: ValidationReport) -> str:
+    """`yes: ` and the job method (and command) that trains an OpenAI file unchanged, else `no`: issues
+    that only warn (duplicates) still train."""
+    if report.openai_kind is None or any(issue.code not in WARNINGS_ONLY for issue in report.issues):
+        return "no"
+    return f"yes: {OPENAI_KINDS[report.openai_kind]}"
 
 
 def format_report(report: ValidationReport, width: int = 120) -> str:

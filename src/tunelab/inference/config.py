@@ -45,5 +45,12 @@ class ChatConfig:
     model: str = field(default="default", metadata={"help": MODEL_HELP})
     adapter: str | None = field(default=None, metadata={"help": ADAPTER_HELP})
     system: str | None = field(default=None, metadata={"help": "system message"})
+    tools: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON file of OpenAI tools the model may call (a list, or an object with 'tools'; legacy "
+            "'functions' too): you answer each call; with a prompt, the calls print as JSON lines"
+        },
+    )
     max_new_tokens: int = field(default=256, metadata={"help": "longest reply, in tokens"})
     temperature: float = field(default=0.0, metadata={"help": "0: greedy; above: sampled"})

@@ -13,6 +13,7 @@ from threading import Thread
 import torch
 
 from ..data.tokenize import render_chat
+from ..data.tools import template_message
 from ..errors import UserError
 from ..methods import get_method
 from ..methods.base import load_peft_adapter
@@ -78,9 +79,10 @@ def attach_adapter(model, folder: str):
 
 
 def prompt_messages(messages: list[dict]) -> list[dict]:
-    """The conversation up to (not including) its final assistant turn, as the template expects it."""
+    """The conversation up to (not including) its final assistant turn, as the template expects it: tool
+    calls and the tool messages answering them kept, in the template's shape (data/tools.py)."""
     end = len(messages) - 1 if messages and messages[-1]["role"] == "assistant" else len(messages)
-    return [{"role": m["role"], "content": m["content"]} for m in messages[:end]]
+    return [template_message(m) for m in messages[:end]]
 
 
 def chat_prompt(tokenizer, messages: list[dict], tools: list | None = None) -> str:
@@ -299,9 +301,10 @@ def stream_chat(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    tools: list | None = None,
 ) -> Iterator[str]:
-    """Yield the reply piece by piece as it is generated."""
-    prompt_ids = chat_prompt_ids(tokenizer, prompt_messages(messages))
+    """Yield the reply piece by piece as it is generated; `tools` (OpenAI's) are shown to the model."""
+    prompt_ids = chat_prompt_ids(tokenizer, prompt_messages(messages), tools)
     ids = torch.tensor([prompt_ids], device=model.device)
     pieces = TextPieces(tokenizer, prompt_ids)
     kwargs = generation_kwargs(tokenizer, max_new_tokens, temperature, top_p)

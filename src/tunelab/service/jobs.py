@@ -17,7 +17,7 @@ from ..data.errors import DataError
 from ..data.formats import load_examples
 from ..data.pii import detectors, scan_texts
 from ..data.preference import load_preferences
-from ..data.validate import validate_file
+from ..data.validate import WARNINGS_ONLY, validate_file
 from ..errors import UserError
 from ..graders import GraderError, GradingContext, parse_grader
 from ..inference.generation import load_for_inference
@@ -38,7 +38,6 @@ FIXED |= {"format", "objective", "labels", "mix"}  # chat SFT only
 FIXED |= {"dry_run"}  # a job trains
 FIXED |= {"beta"}  # a dpo job's beta is method.dpo.hyperparameters.beta
 FIXED |= {"grader", "generations"}  # a reinforcement job's grader and compute_multiplier
-WARNINGS_ONLY = {"duplicate_example"}  # such examples still train; the job notes them
 MAX_TEXT = 1024  # characters in a text option (prompt_init, train_layers, a target module's name)
 MAX_ITEMS = 64  # entries in a list option (target_modules)
 
