@@ -280,29 +280,28 @@ chat.__signature__ = command_signature(chat, ChatConfig)
 
 def _reply(llm, tokenizer, messages: list[dict], tools: list[dict] | None, config: ChatConfig) -> dict:
     """The model's turn, streamed, as OpenAI's assistant message. With tools its `<tool_call>` blocks are
-    held back and read as the service reads a streamed reply (ToolCallDeltas), then shown as calls."""
+    held back and read as the service reads a streamed reply (`StreamedReply`), then shown as calls."""
+    from .data.tools import StreamedReply, ToolCall
     from .inference import stream_chat
-    from .service.tool_calls import ToolCallDeltas, ToolUse
 
     interactive = config.prompt is None
     if interactive:
         console.print("[bold green]model>[/] ", end="")
-    reading = ToolCallDeltas(ToolUse(tools, {t["function"]["name"] for t in tools})) if tools else None
+    reading = StreamedReply({t["function"]["name"] for t in tools}) if tools else None
     content, calls = "", []
     pieces = stream_chat(llm, tokenizer, messages, config.max_new_tokens, config.temperature, tools=tools)
     for piece in itertools.chain(pieces, [None]):  # None: the end, where held-back text is decided
         if reading is None:
-            deltas = [{"content": piece or ""}]
+            parts = [piece or ""]
         else:
-            deltas = reading.end() if piece is None else reading.feed(piece)
-        for delta in deltas:
-            content += delta.get("content", "")
-            console.print(delta.get("content", ""), end="", highlight=False, markup=False)
-            for part in delta.get("tool_calls", []):  # a call's id and name, then its arguments
-                if "id" in part:
-                    calls.append({"id": part["id"], "type": "function", "function": dict(part["function"])})
-                else:
-                    calls[part["index"]]["function"]["arguments"] += part["function"]["arguments"]
+            parts = reading.end() if piece is None else reading.feed(piece)
+        for part in parts:
+            if isinstance(part, ToolCall):
+                function = {"name": part.name, "arguments": part.arguments}
+                calls.append({"id": f"call_{len(calls)}", "type": "function", "function": function})
+            else:
+                content += part
+                console.print(part, end="", highlight=False, markup=False)
     if calls and interactive:  # after the text, if any, on the model's line
         shown = "\n".join(_call_text(call) for call in calls)
         ending = "\n" if content and not content.endswith("\n") else ""

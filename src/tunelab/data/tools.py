@@ -410,3 +410,58 @@ def read_call(body: str, names: set[str]) -> ToolCall | None:
     if not isinstance(arguments, dict):
         return None
     return ToolCall(call["name"], json.dumps(arguments, ensure_ascii=False))
+
+
+class StreamedReply:
+    """A reply read as it streams: its text as it comes and each call once it is whole; text that may
+    still become a `<tool_call>` block is held back until that is decided. `start`: the reply's forced
+    beginning (written after the prompt, not generated)."""
+
+    def __init__(self, names: set[str], tags: bool = True, start: str = ""):
+        self.names, self.tags, self.buffer = names, tags, start
+
+    def feed(self, piece: str) -> list[str | ToolCall]:
+        self.buffer += piece
+        if not self.tags:  # a bare JSON call is known only once whole: the reply waits for its end
+            return []
+        return self._drain(final=False)
+
+    def end(self) -> list[str | ToolCall]:
+        if self.tags:
+            return self._drain(final=True)
+        text, calls = parse_reply(self.buffer, self.names, tags=False)
+        self.buffer = ""
+        return calls or ([text] if text else [])
+
+    def _drain(self, final: bool) -> list[str | ToolCall]:
+        parts: list[str | ToolCall] = []
+        while self.buffer:
+            if not self.buffer.startswith(OPEN):
+                start = self.buffer.find(OPEN)
+                if start < 0:
+                    start = len(self.buffer) if final else len(self.buffer) - _partial_open(self.buffer)
+                if start == 0:
+                    break
+                parts.append(self.buffer[:start])
+                self.buffer = self.buffer[start:]
+                continue
+            end = self.buffer.find(CLOSE)
+            if end < 0 and not final:
+                break
+            block_end = len(self.buffer) if end < 0 else end + len(CLOSE)
+            call = read_call(self.buffer[len(OPEN) : end if end >= 0 else None], self.names)
+            if call is None:  # what the model wrote, as text
+                parts.append(self.buffer[:block_end])
+                self.buffer = self.buffer[block_end:]
+            else:
+                parts.append(call)
+                self.buffer = self.buffer[block_end:].lstrip()
+        return parts
+
+
+def _partial_open(text: str) -> int:
+    """How many characters at the end of `text` could be the start of a `<tool_call>` tag."""
+    for size in range(min(len(OPEN) - 1, len(text)), 0, -1):
+        if OPEN.startswith(text[-size:]):
+            return size
+    return 0

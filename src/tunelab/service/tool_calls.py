@@ -13,7 +13,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..data.tools import CLOSE, OPEN, ToolCall, parse_reply, read_call, tool_template, writes_tool_call_tags
+from ..data.tools import (
+    CLOSE,
+    OPEN,
+    StreamedReply,
+    ToolCall,
+    parse_reply,
+    tool_template,
+    writes_tool_call_tags,
+)
 from .errors import ApiError
 from .shapes import ChatRequest
 from .store import new_id
@@ -94,65 +102,29 @@ def reply_message(text: str, use: ToolUse | None, finish_reason: str) -> tuple[d
 
 
 class ToolCallDeltas:
-    """A streamed reply as OpenAI's deltas: content as it comes, a call once its block is whole (its name
-    and id, then its arguments), text that may still become a block held back until it is decided."""
+    """A streamed reply as OpenAI's deltas: content as it comes, a call once it is whole (its index, id and
+    name, then its arguments)."""
 
     def __init__(self, use: ToolUse):
-        self.names, self.tags, self.buffer, self.calls = use.names, use.tags, use.prefill, 0
+        self.reading, self.calls = StreamedReply(use.names, use.tags, use.prefill), 0
 
     def feed(self, piece: str) -> list[dict]:
-        self.buffer += piece
-        if not self.tags:  # a bare JSON call is known only once whole: the reply waits for its end
-            return []
-        return self._drain(final=False)
+        return self._deltas(self.reading.feed(piece))
 
     def end(self) -> list[dict]:
-        if not self.tags:
-            text, calls = parse_reply(self.buffer, self.names, tags=False)
-            self.buffer = ""
-            if calls:
-                return [delta for call in calls for delta in self._call(call)]
-            return [{"content": text}] if text else []
-        return self._drain(final=True)
+        return self._deltas(self.reading.end())
 
-    def _drain(self, final: bool) -> list[dict]:
+    def _deltas(self, parts: list[str | ToolCall]) -> list[dict]:
         deltas = []
-        while self.buffer:
-            if not self.buffer.startswith(OPEN):
-                start = self.buffer.find(OPEN)
-                if start < 0:
-                    start = len(self.buffer) if final else len(self.buffer) - _partial_open(self.buffer)
-                if start == 0:
-                    break
-                deltas.append({"content": self.buffer[:start]})
-                self.buffer = self.buffer[start:]
+        for part in parts:
+            if isinstance(part, str):
+                deltas.append({"content": part})
                 continue
-            end = self.buffer.find(CLOSE)
-            if end < 0 and not final:
-                break
-            block_end = len(self.buffer) if end < 0 else end + len(CLOSE)
-            call = read_call(self.buffer[len(OPEN) : end if end >= 0 else None], self.names)
-            if call is None:
-                deltas.append({"content": self.buffer[:block_end]})
-                self.buffer = self.buffer[block_end:]
-            else:
-                deltas += self._call(call)
-                self.buffer = self.buffer[block_end:].lstrip()
+            index, self.calls = self.calls, self.calls + 1
+            first = tool_call_object(part)
+            first["function"]["arguments"] = ""
+            deltas += [
+                {"tool_calls": [{"index": index, **first}]},
+                {"tool_calls": [{"index": index, "function": {"arguments": part.arguments}}]},
+            ]
         return deltas
-
-    def _call(self, call: ToolCall) -> list[dict]:
-        index, self.calls = self.calls, self.calls + 1
-        first = tool_call_object(call)
-        first["function"]["arguments"] = ""
-        return [
-            {"tool_calls": [{"index": index, **first}]},
-            {"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]},
-        ]
-
-
-def _partial_open(text: str) -> int:
-    """How many characters at the end of `text` could be the start of a `<tool_call>` tag."""
-    for size in range(min(len(OPEN) - 1, len(text)), 0, -1):
-        if OPEN.startswith(text[-size:]):
-            return size
-    return 0
