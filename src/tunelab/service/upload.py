@@ -1,6 +1,7 @@
 """Streaming multipart upload: the file part goes straight to disk as it arrives, and an upload over the
 limit is refused (413) as soon as it is known to be too big, never buffered whole. Starlette's form parser
-spools every file in full before the handler runs, so this reads `request.stream()` itself."""
+spools every file in full before the handler runs, so this reads `request.stream()` itself. `store_upload`
+keeps the file as one of a key's, for `POST /v1/files` and the dashboard's upload form alike."""
 
 from __future__ import annotations
 
