@@ -19,21 +19,28 @@ Groups = dict[str, dict[str, list[str]]]  # attribute -> group -> terms
 
 def load_groups(path: str | Path) -> Groups:
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise DataError(f"cannot read the groups file: {err.strerror}", path=str(path)) from None
+    return parse_groups(text, str(path))
+
+
+def parse_groups(text: str, path: str = "") -> Groups:
+    """Groups from YAML text (`path`: where it came from, for the errors)."""
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise DataError(f"not valid YAML: {err}", path=str(path)) from None
+        raise DataError(f"not valid YAML: {err}", path=path) from None
     shape = "expected `attribute: {group: [term, ...], other_group: [...]}`"
     if not isinstance(data, dict) or not data:
-        raise DataError(shape, path=str(path))
+        raise DataError(shape, path=path)
     groups: Groups = {}
     for attribute, members in data.items():
         if not isinstance(members, dict) or len(members) < 2:
-            raise DataError(f"{attribute!r} needs at least two groups; {shape}", path=str(path))
+            raise DataError(f"{attribute!r} needs at least two groups; {shape}", path=path)
         for group, terms in members.items():
             if not isinstance(terms, list) or not terms or not all(isinstance(t, str) for t in terms):
-                raise DataError(f"{attribute}.{group} must be a list of words; {shape}", path=str(path))
+                raise DataError(f"{attribute}.{group} must be a list of words; {shape}", path=path)
         groups[str(attribute)] = {str(g): [t.strip() for t in terms] for g, terms in members.items()}
     return groups
 

@@ -186,6 +186,11 @@ class Engine:
     def tokenizer(self, base: str):
         return self.base(base).tokenizer
 
+    def loaded_tokenizer(self, base: str):
+        """The base's tokenizer if the base is loaded already, else None (nothing is loaded for it)."""
+        loaded = self._bases.get(base)
+        return loaded.tokenizer if loaded is not None else None
+
     def context_length(self, base: str) -> int:
         config = self.base(base).base.config
         return getattr(config, "max_position_embeddings", None) or 2048

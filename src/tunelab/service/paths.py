@@ -59,6 +59,10 @@ class DataDir:
     def file(self, file_id: str) -> Path:
         return self.files / f"{file_id}.jsonl"
 
+    def clean_summary(self, file_id: str) -> Path:
+        """What `data clean` dropped and changed, beside a file that is its output."""
+        return self.files / f"{file_id}.clean.json"
+
     def partial_upload(self, file_id: str) -> Path:
         return self.files / f"{PARTIAL_UPLOAD}{file_id}"
 

@@ -1,19 +1,24 @@
 """Streaming multipart upload: the file part goes straight to disk as it arrives, and an upload over the
 limit is refused (413) as soon as it is known to be too big, never buffered whole. Starlette's form parser
-spools every file in full before the handler runs, so this reads `request.stream()` itself."""
+spools every file in full before the handler runs, so this reads `request.stream()` itself. `store_upload`
+keeps the file as one of a key's, for `POST /v1/files` and the dashboard's upload form alike."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import Request
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
+from .deps import Service
 from .errors import ApiError
 from .paths import open_private
+from .store import FileRow, new_id
 
+PURPOSES = ("fine-tune",)
 FIELD_LIMIT = 64 * 1024  # other form fields (purpose) are short
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file itself
 
@@ -129,3 +134,26 @@ async def receive_upload(request: Request, dest: Path, limit: int) -> tuple[dict
     if parts.filename is None:
         raise ApiError(400, "the upload has no 'file' part", param="file")
     return parts.fields, parts.filename, parts.file_bytes
+
+
+async def store_upload(
+    service: Service, owner: str, request: Request, check: Callable[[Path], None] | None = None
+) -> FileRow:
+    """Receive the request's file (`POST /v1/files` and the dashboard's form) and keep it as a new file of
+    `owner`, held to --max-upload-mb as it streams in. `check` may refuse it (raise) before it is listed."""
+    file_id = new_id("file-")
+    final, partial = service.data.file(file_id), service.data.partial_upload(file_id)
+    limit = int(service.settings.max_upload_mb * 2**20)
+    try:
+        fields, filename, size = await receive_upload(request, partial, limit)
+        purpose = fields.get("purpose")
+        if purpose not in PURPOSES:
+            raise ApiError(
+                400, f"purpose must be one of {', '.join(PURPOSES)} (got {purpose!r})", param="purpose"
+            )
+        if check is not None:
+            check(partial)
+        partial.replace(final)  # atomic: a file is listed only once it is whole on disk
+    finally:
+        partial.unlink(missing_ok=True)
+    return service.store.add_file(file_id, owner, filename, purpose, size)

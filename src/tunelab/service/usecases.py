@@ -154,6 +154,7 @@ def delete_file(service: Service, owner: str, file_id: str) -> None:
     row = owned_file(service, owner, file_id)
     service.store.delete_file(row.id, owner)
     service.data.file(row.id).unlink(missing_ok=True)
+    service.data.clean_summary(row.id).unlink(missing_ok=True)
 
 
 # jobs

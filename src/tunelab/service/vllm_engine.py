@@ -92,6 +92,9 @@ class VllmEngine(Engine):
         self.base(base)
         return self._tokenizers[base]
 
+    def loaded_tokenizer(self, base: str):
+        return self._tokenizers.get(base)
+
     def context_length(self, base: str) -> int:
         model_config = getattr(self.base(base), "model_config", None)
         return getattr(model_config, "max_model_len", None) or 2048

@@ -9,32 +9,16 @@ from fastapi.responses import FileResponse
 
 from .. import usecases
 from ..deps import Owner, ServiceDep
-from ..errors import ApiError
 from ..shapes import Deleted, FileList, FileObject, file_object
-from ..store import new_id
-from ..upload import receive_upload
+from ..upload import store_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
-PURPOSES = ("fine-tune",)
 
 
 # The app-wide body limit is for JSON and forms; an upload is held to --max-upload-mb as it streams in.
 @router.post("", max_body_size=2**62, response_model=FileObject)
 async def upload_file(request: Request, owner: Owner, service: ServiceDep):
-    file_id = new_id("file-")
-    final, partial = service.data.file(file_id), service.data.partial_upload(file_id)
-    limit = int(service.settings.max_upload_mb * 2**20)
-    try:
-        fields, filename, size = await receive_upload(request, partial, limit)
-        purpose = fields.get("purpose")
-        if purpose not in PURPOSES:
-            raise ApiError(
-                400, f"purpose must be one of {', '.join(PURPOSES)} (got {purpose!r})", param="purpose"
-            )
-        partial.replace(final)  # atomic: a file is listed only once it is whole on disk
-    finally:
-        partial.unlink(missing_ok=True)
-    return file_object(service.store.add_file(file_id, owner, filename, purpose, size))
+    return file_object(await store_upload(service, owner, request))
 
 
 @router.get("", response_model=FileList)
