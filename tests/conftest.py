@@ -30,6 +30,22 @@ def tiny_llama_dir(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp("tiny-llama"), "llama")
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def call(call_id: str, city: str, name: str = "get_weather") -> dict:
+    """An OpenAI tool call of `name` (WEATHER's function by default) for `city`."""
+    arguments = json.dumps({"city": city})
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

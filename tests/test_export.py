@@ -1,12 +1,15 @@
 """`tunelab export` on tiny models: merged weights equal the adapter, GGUF round trips through llama.cpp's
 converter and transformers' GGUF loader, the Ollama TEMPLATE renders as the chat template does (in Go's
-own text/template), heads load in AutoModelForSequenceClassification, unmergeable runs are refused.
+own text/template), tool conversations included, heads load in AutoModelForSequenceClassification,
+unmergeable runs are refused.
 
 GGUF tests build the tiny model with the embedded model's tokenizer: llama.cpp's converter only accepts
-tokenizers it recognises. The converter comes from PyPI the first time (cached afterwards).
+tokenizers it recognises. The converter comes from PyPI the first time (cached afterwards). Their run
+trains on some function-calling examples too, so every format is checked to carry the tool template.
 """
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,22 +18,42 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import copy_task_rows, write_jsonl
+from conftest import WEATHER, call, copy_task_rows, write_jsonl
 from tiny import make_model_dir
 from tunelab import TrainConfig, load_for_inference, train
 from tunelab.cli import app
+from tunelab.data.tokenize import render_chat
+from tunelab.data.tools import PROLOGUE_MARK, template_message
 from tunelab.export import ExportConfig, ExportError, export
 from tunelab.export.ollama import chat_shape, go_template, read_template
 from tunelab.methods import REGISTRY
 
 GO_RENDERER = Path(__file__).parent / "gotemplate"
 runner = CliRunner()
+# A function-calling conversation: text with parallel calls, their answers, a call with no text and its
+# answer last (no record ends so; training takes it without its answer).
+TOOL_MESSAGES = [
+    {"role": "system", "content": "Copy."},
+    {"role": "user", "content": "Weather in Paris and Lyon?"},
+    {"role": "assistant", "content": "Checking.", "tool_calls": [call("c1", "Paris"), call("c2", "Lyon")]},
+    {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+    {"role": "tool", "tool_call_id": "c2", "content": "15C"},
+    {"role": "assistant", "content": "Paris: 18C; Lyon: 15C."},
+    {"role": "user", "content": "And {{ Oslo }}?"},
+    {"role": "assistant", "tool_calls": [call("c3", "Oslo")]},
+    {"role": "tool", "tool_call_id": "c3", "content": "-2C"},
+]
+TOOL_CHAT = [template_message(m) for m in TOOL_MESSAGES]  # as chat templates take it
+
+
+def copy_rows() -> list[dict]:
+    return [
+        {"messages": [{"role": "system", "content": "Copy."}, *r["messages"]]} for r in copy_task_rows(16)
+    ]
 
 
 def train_run(base: Path, out: Path, method: str = "lora", steps: int = 4, rows=None, **options) -> Path:
-    rows = rows or [
-        {"messages": [{"role": "system", "content": "Copy."}, *r["messages"]]} for r in copy_task_rows(16)
-    ]
+    rows = rows or copy_rows()
     data = write_jsonl(out.parent / f"{out.name}.jsonl", rows)
     config = TrainConfig.from_sources(model=str(base), data=str(data), out=str(out), method=method,
                                       max_steps=steps, lr=2e-2, batch_size=4, **options)  # fmt: skip
@@ -47,7 +70,8 @@ def smol_base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smol_lora(smol_base, tmp_path_factory):
-    return train_run(smol_base, tmp_path_factory.mktemp("runs") / "lora")
+    tools = {"tools": [WEATHER], "messages": TOOL_MESSAGES[:-1]}  # so the run saves the tool template
+    return train_run(smol_base, tmp_path_factory.mktemp("runs") / "lora", rows=[*copy_rows(), tools])
 
 
 def prompts(tokenizer) -> torch.Tensor:
@@ -82,6 +106,18 @@ def test_hf_merged_logits_equal_the_adapter(tiny_llama_dir, tmp_path, method, op
     assert json.loads((tmp_path / "hf" / "export.json").read_text())["method"] == method
 
 
+def test_hf_export_renders_tool_conversations_as_training_did(smol_base, smol_lora, tmp_path):
+    from transformers import AutoTokenizer
+
+    export(ExportConfig(out=str(tmp_path / "hf"), model=str(smol_base), adapter=str(smol_lora)))
+    run, exported = AutoTokenizer.from_pretrained(smol_lora), AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert exported.chat_template.startswith(PROLOGUE_MARK)
+    for messages in (TOOL_CHAT, TOOL_CHAT[1:]):
+        # what any user of the folder renders, with no tunelab: transformers' own call
+        rendered = exported.apply_chat_template(messages, tools=[WEATHER], tokenize=False)
+        assert rendered == render_chat(run, messages, [WEATHER])
+
+
 def test_gguf_f32_round_trip_answers_like_the_adapter(smol_base, smol_lora, tmp_path):
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM
@@ -96,14 +132,15 @@ def test_gguf_f32_round_trip_answers_like_the_adapter(smol_base, smol_lora, tmp_
     assert (logits(back, enc) - logits(tuned, enc)).abs().max() < 1e-4
     fields = GGUFReader(tmp_path / "g" / name).fields
     text = fields["tokenizer.chat_template"]
-    assert bytes(text.parts[text.data[0]]).decode() == tokenizer.chat_template  # the template travels
+    assert bytes(text.parts[text.data[0]]).decode() == tokenizer.chat_template  # the template travels,
+    assert tokenizer.chat_template.startswith(PROLOGUE_MARK)  # with its tool prologue
     eos = fields["tokenizer.ggml.eos_token_id"]
     assert int(eos.parts[eos.data[0]][0]) == tokenizer.eos_token_id  # and the end-of-turn stop token
 
 
-def go_render(template: str, messages: list[dict], tmp_path: Path) -> str:
+def go_render(template: str, messages: list[dict], tmp_path: Path, tools: list | None = None) -> str:
     (tmp_path / "t.tmpl").write_text(template)
-    (tmp_path / "m.json").write_text(json.dumps(messages))
+    (tmp_path / "m.json").write_text(json.dumps({"messages": messages, "tools": tools}))
     command = ["go", "run", ".", str(tmp_path / "t.tmpl"), str(tmp_path / "m.json")]
     return subprocess.run(command, cwd=GO_RENDERER, capture_output=True, text=True, check=True).stdout
 
@@ -137,6 +174,24 @@ def test_ollama_export_q8_0_and_its_template_renders_like_jinja(smol_base, smol_
     for messages in (two_turns, two_turns[1:]):
         jinja = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert go_render(template, messages, tmp_path) == jinja
+
+    # Tool conversations, with and without a system message and tools. Ollama prints a tool's function and
+    # a call's arguments compactly (Go's json.Marshal), the prologue's tojson with spaces: that JSON is
+    # compacted in the Jinja rendering before comparing, nothing else.
+    spaced = [
+        WEATHER["function"],
+        *(c["function"]["arguments"] for m in TOOL_CHAT for c in m.get("tool_calls", [])),
+    ]
+    for messages, tools in [(TOOL_CHAT, [WEATHER]), (TOOL_CHAT[1:], [WEATHER]), (TOOL_CHAT, None)]:
+        jinja = tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=True
+        )
+        for value in spaced:
+            jinja = jinja.replace(json.dumps(value), json.dumps(value, separators=(",", ":")))
+        assert go_render(template, messages, tmp_path, tools) == jinja
+    # Ollama reads a reply as calls from the text that the template's first `if` on .ToolCalls starts with
+    tag = re.search(r"\{\{ if [^}]*\.ToolCalls[^}]*\}\}(.*?)\{\{", template, re.DOTALL)[1]
+    assert tag.strip() == "<tool_call>"
 
 
 def test_a_template_that_is_not_a_sequence_of_turns_is_refused(tiny_tokenizer):

@@ -7,26 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import WEATHER, call
 from tiny import make_tokenizer
 from tunelab.data import validate_file
 from tunelab.data.errors import DataError
 from tunelab.data.formats import check_record, to_example
 from tunelab.data.tokenize import IGNORE_INDEX, chat_messages, encode_chat, render_chat
 from tunelab.data.tools import PROLOGUE_MARK, parse_reply, read_tools_file, tool_template
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-
-
-def call(call_id: str, city: str, name: str = "get_weather") -> dict:
-    arguments = json.dumps({"city": city})
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def record(**changes) -> dict:

@@ -6,6 +6,13 @@ so we derive it here. We render the Jinja template on marker messages to learn w
 turn (the first system message, the default system prompt when there is none, user and assistant turns,
 the generation prompt), rebuild it as a Go template from those pieces, and refuse templates that are not
 such a sequence of turns (the check renders both ways and compares).
+
+A template wrapped in tunelab's tool prologue (data/tools.py: trained on function-calling data) gets the
+prologue's rewriting in Go too, on Ollama's tool fields: `.Tools` listed in the first system message,
+each assistant message's `.ToolCalls` as `<tool_call>` blocks, `tool` messages merged into one user turn
+of `<tool_response>` blocks. Ollama prints a tool's function and a call's arguments with Go's
+`json.Marshal` (`{"city":"Oslo"}`) where the prologue's `tojson` writes `{"city": "Oslo"}`: no Go template
+can space them, so those two kinds of JSON are the one thing a served prompt writes differently.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.tools import CLOSE, OPEN, PROLOGUE_MARK, TOOLS_INTRO, TOOLS_OUTRO
 from .config import ExportError
 
 MARK = "TUNELAB{}MARK"  # message contents no template alters, found again in its output
@@ -29,6 +37,7 @@ class ChatShape:
     user: str
     assistant: str
     generation: str  # what asks for the assistant's reply
+    tools: bool = False  # the template is tunelab's tool prologue before these turns (data/tools.py)
 
     def render(self, messages: list[dict]) -> str:
         """What the derived Go template renders, in Python: checked against Jinja before use."""
@@ -82,6 +91,7 @@ def chat_shape(tokenizer) -> ChatShape:
         user.replace(MARK.format(1), "{content}"),
         assistant.replace(MARK.format(2), "{content}"),
         generation,
+        tokenizer.chat_template.startswith(PROLOGUE_MARK),
     )
     check = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
     check += [{"role": "user", "content": "and?"}]
@@ -95,24 +105,57 @@ def chat_shape(tokenizer) -> ChatShape:
     return shape
 
 
-def _go_text(text: str) -> str:
-    """Literal text in a Go template, with `{content}` as the message's content."""
+def _go_text(text: str, content: str = "{{ .Content }}") -> str:
+    """Literal text in a Go template, with `{content}` as `content` (by default the message's)."""
     literal = text.replace("{{", '{{"{{"}}')  # the only sequence Go would read as an action
-    return literal.replace("{content}", "{{ .Content }}")
+    return literal.replace("{content}", content)
+
+
+# The prologue's writing of tools and calls on Ollama's fields. Ollama takes the text that the first `if`
+# on `.ToolCalls` starts with as the prefix that marks a call in a reply, and runs the `range` over them
+# to learn the call's JSON keys: so the separator after the content tests the calls with `with`, and the
+# `if` starts with the tag.
+TOOLS = (
+    '{{ with .Messages }}{{ with index . 0 }}{{ if eq .Role "system" }}{{ .Content }}\n\n{{ end }}'
+    "{{ end }}{{ end }}"
+    + _go_text(TOOLS_INTRO)
+    + '{{ range .Tools }}\n{"type": "function", "function": {{ .Function }}}{{ end }}'
+    + _go_text(TOOLS_OUTRO)
+)
+CALLS = (
+    "{{ .Content }}{{ if .Content }}{{ with .ToolCalls }}\n{{ end }}{{ end }}"
+    f"{{{{ if .ToolCalls }}}}{OPEN}\n{{{{ range $j, $call := .ToolCalls }}}}"
+    f"{{{{ if $j }}}}\n{OPEN}\n{{{{ end }}}}"
+    '{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}'
+    f"\n{CLOSE}{{{{ end }}}}{{{{ end }}}}"
+)
+TOOL_RESPONSE = "<tool_response>\n{{ .Content }}\n</tool_response>"
 
 
 def go_template(shape: ChatShape) -> str:
     """The Go template (Ollama's `.Messages` form). No trim markers: literal text stays exactly as is."""
-    roles = "".join(
-        f'{{{{ else if eq .Role "{role}" }}}}{_go_text(getattr(shape, role))}'
-        for role in ("user", "assistant")
-    )
+    first_system, no_system = _go_text(shape.first_system), _go_text(shape.no_system)
+    turns = {role: _go_text(getattr(shape, role)) for role in ("system", "user", "assistant")}
+    start = before = after = end = ""
+    if shape.tools:
+        # The tools open the conversation as its system message; tool answers in a row share one user
+        # turn, opened by the first and closed by whatever comes after the last (`$prev`: the last role).
+        user_open, _, user_close = (_go_text(part) for part in shape.user.partition("{content}"))
+        start = '{{ $prev := "" }}{{ if .Tools }}' + _go_text(shape.first_system, TOOLS) + "{{ end }}"
+        first_system = "{{ if not $.Tools }}" + first_system + "{{ end }}"
+        no_system = "{{ if not $.Tools }}" + no_system + "{{ end }}"
+        turns["assistant"] = _go_text(shape.assistant, CALLS)
+        turns["tool"] = f'{{{{ if eq $prev "tool" }}}}\n{{{{ else }}}}{user_open}{{{{ end }}}}{TOOL_RESPONSE}'
+        before = f'{{{{ if and (eq $prev "tool") (ne .Role "tool") }}}}{user_close}{{{{ end }}}}'
+        after = "{{ $prev = .Role }}"
+        end = f'{{{{ if eq $prev "tool" }}}}{user_close}{{{{ end }}}}'
+    branches = [f'eq .Role "{role}" }}}}{text}' for role, text in turns.items()]
     return (
-        "{{ range $i, $m := .Messages }}"
-        f'{{{{ if and (eq $i 0) (eq .Role "system") }}}}{_go_text(shape.first_system)}'
-        f"{{{{ else }}}}{{{{ if eq $i 0 }}}}{_go_text(shape.no_system)}{{{{ end }}}}"
-        f'{{{{ if eq .Role "system" }}}}{_go_text(shape.system)}{roles}{{{{ end }}}}'
-        f"{{{{ end }}}}{{{{ end }}}}{_go_text(shape.generation)}"
+        f"{start}{{{{ range $i, $m := .Messages }}}}{before}"
+        f'{{{{ if and (eq $i 0) (eq .Role "system") }}}}{first_system}'
+        f"{{{{ else }}}}{{{{ if eq $i 0 }}}}{no_system}{{{{ end }}}}"
+        f"{{{{ if {'{{ else if '.join(branches)}{{{{ end }}}}"
+        f"{{{{ end }}}}{after}{{{{ end }}}}{end}{_go_text(shape.generation)}"
     )
 
 
