@@ -68,26 +68,24 @@ def form_options(config_class, skip=frozenset()) -> list[Option]:
     hints = typing.get_type_hints(config_class)
     options = []
     for f in fields(config_class):
-        if f.name in skip:
-            continue
-        kinds = [k for k in typing.get_args(hints[f.name]) or [hints[f.name]] if k is not type(None)]
-        kind = kinds[0] if len(kinds) == 1 else str
-        low, high = f.metadata.get("bounds") or (None, None)
-        options.append(
-            Option(
-                name=f.name,
-                help=f.metadata.get("help", ""),
-                kind="choice"
-                if f.metadata.get("choices")
-                else {bool: "bool", int: "int", float: "float"}.get(kind)
-                or ("list" if typing.get_origin(kind) is list else "text"),
-                default=None if f.default is MISSING else f.default,
-                low=low,
-                high=high,
-                choices=tuple(f.metadata.get("choices") or ()),
-            )
-        )
+        if f.name not in skip:
+            low, high = f.metadata.get("bounds") or (None, None)
+            kind = option_kind(hints[f.name], f.metadata)
+            default = None if f.default is MISSING else f.default
+            choices = tuple(f.metadata.get("choices") or ())
+            options.append(Option(f.name, f.metadata.get("help", ""), kind, default, low, high, choices))
     return options
+
+
+def option_kind(hint, metadata: dict) -> str:
+    """What a field's hint (None aside) asks the form for, as `jobs.bounded` reads it for the API."""
+    if metadata.get("choices"):
+        return "choice"
+    kinds = [kind for kind in typing.get_args(hint) or [hint] if kind is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 else str
+    if typing.get_origin(kind) is list:
+        return "list"
+    return {bool: "bool", int: "int", float: "float"}.get(kind, "text")
 
 
 def served_methods() -> list[str]:
@@ -142,12 +140,11 @@ def job_body(form: dict[str, str], service: Service) -> dict:
     extension = {"method": method}
     if training == "dpo" and given.get("objective", "dpo") != "dpo":
         extension["objective"] = given["objective"]
-    chosen = method_options().get(method, []) + training_options(service)
-    prefixes = {o.name: f"{method}." for o in method_options().get(method, [])}
-    for option in chosen:
-        text = given.get(prefixes.get(option.name, "train.") + option.name)
-        if text is not None:
-            extension[option.name] = typed(text, option.kind)
+    # The chosen method's fields are named `{method}.{option}`, the training options' `train.{option}`.
+    named = [(f"{method}.", o) for o in method_options().get(method, [])]
+    for prefix, option in named + [("train.", o) for o in training_options(service)]:
+        if prefix + option.name in given:
+            extension[option.name] = typed(given[prefix + option.name], option.kind)
     body = {
         "model": given.get("model", ""),
         "training_file": given.get("training_file", ""),
