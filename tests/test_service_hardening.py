@@ -372,6 +372,7 @@ def test_security_headers_on_pages_and_api(client):
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        assert "script-src 'self';" in response.headers["content-security-policy"]  # no inline script
         assert response.headers["referrer-policy"] == "same-origin"
 
 

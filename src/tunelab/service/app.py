@@ -20,7 +20,18 @@ from .jobs import validate_job_files
 from .metrics import Metrics, RequestMetrics
 from .paths import DataDir, open_private
 from .quotas import Quotas
-from .routes import completions, dashboard, dashboard_files, exports, feedback, files, graders, jobs, models
+from .routes import (
+    completions,
+    dashboard,
+    dashboard_files,
+    dashboard_jobs,
+    exports,
+    feedback,
+    files,
+    graders,
+    jobs,
+    models,
+)
 from .security import BodyGuard, SecurityHeaders
 from .settings import ServiceSettings, owner_of, resolve_api_keys
 from .shapes import Health
@@ -175,6 +186,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         body, content_type = metrics.text()
         return Response(body, media_type=content_type)
 
-    for module in (files, jobs, graders, models, exports, completions, feedback, dashboard, dashboard_files):
+    for module in (
+        files,
+        jobs,
+        graders,
+        models,
+        exports,
+        completions,
+        feedback,
+        dashboard,
+        dashboard_files,
+        dashboard_jobs,
+    ):
         app.include_router(module.router)
     return app

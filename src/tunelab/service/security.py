@@ -30,11 +30,12 @@ HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),  # not no-referrer: browsers then send `Origin: null` on forms
-    # Pages are server-rendered with inline styles and SVG, no scripts, and post only to this server.
+    # Pages are server-rendered with inline styles and SVG, post only to this server, and run no script
+    # but files of this server (static/live.js, which fetches from it: connect-src), never inline ones.
     (
         b"content-security-policy",
-        b"default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
-        b"frame-ancestors 'none'; base-uri 'none'",
+        b"default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
+        b"img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     ),
 ]
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")

@@ -27,12 +27,11 @@ from pydantic import ValidationError
 from ..deps import COOKIE, Service, ServiceDep, authenticate, owner_for
 from ..errors import ApiError
 from ..security import check_same_origin
-from ..shapes import FeedbackCreate, GenerationRequest, checkpoint_object, job_object
-from ..usecases import add_feedback, chat_reply, keep_chat_reply, visible_models
+from ..shapes import FeedbackCreate, GenerationRequest, job_object
+from ..usecases import add_feedback, chat_reply, keep_chat_reply, resolve_model, visible_models
 
 LOGIN = "/login"  # the one route whose body a request without credentials may send
 JOBS_SHOWN = 50
-EVENTS_SHOWN = 200
 CURVE_POINTS = 200
 SERIES = {"train_loss": "train loss", "valid_loss": "valid loss"}
 # A preference job's reward accuracy (the share of pairs whose preferred answer gains more) and a
@@ -190,26 +189,16 @@ def overview(request: Request, owner: DashboardOwner, service: ServiceDep):
     )
 
 
-@router.get("/jobs/{job_id}")
-def job_page(job_id: str, request: Request, owner: DashboardOwner, service: ServiceDep):
-    row = service.store.get_job(job_id, owner)
-    if row is None:  # another key's job looks the same as none at all
-        return page(request, "not_found.html", status_code=404, what=f"fine-tuning job '{job_id}'")
-    return page(
-        request,
-        "job.html",
-        job=job_object(row),
-        chart=chart(loss_series(service, job_id), 640, 260, (56, 16, 16, 44)),
-        accuracy=chart(loss_series(service, job_id, ACCURACY_SERIES), 640, 260, (56, 16, 16, 44)),
-        rewards=chart(loss_series(service, job_id, REWARD_SERIES), 640, 260, (56, 16, 16, 44)),
-        checkpoints=[checkpoint_object(c) for c in service.store.list_checkpoints(job_id)],
-        events=service.store.list_events(job_id, None, EVENTS_SHOWN),
-        events_shown=EVENTS_SHOWN,
-    )
-
-
-def model_names(service: Service, owner: str) -> list[str]:
-    return [model.id for model in visible_models(service, owner)]
+def model_names(service: Service, owner: str, also: str | None = None) -> list[str]:
+    """The key's models, and `also` when it is one of its checkpoints (a job page's "try in playground")."""
+    names = [model.id for model in visible_models(service, owner)]
+    if also and also not in names:
+        try:
+            resolve_model(service, also, owner)
+            names.append(also)
+        except ApiError:  # not the key's: the select keeps to the list
+            pass
+    return names
 
 
 @router.get("/playground")
@@ -217,7 +206,7 @@ def playground(request: Request, owner: DashboardOwner, service: ServiceDep, mod
     return page(
         request,
         "playground.html",
-        models=model_names(service, owner),
+        models=model_names(service, owner, model),
         form={"model": model, "message": "", "max_tokens": 128, "temperature": 0},
     )
 
@@ -250,7 +239,7 @@ async def playground_reply(
         request,
         "playground.html",
         status_code=200 if error is None else status,
-        models=model_names(service, owner),
+        models=model_names(service, owner, model),
         form=form,
         reply=reply,
         completion_id=completion_id,
@@ -291,7 +280,7 @@ def playground_feedback(
         request,
         "playground.html",
         status_code=200 if error is None else 400,
-        models=model_names(service, owner),
+        models=model_names(service, owner, model),
         form={"model": model, "message": "", "max_tokens": 128, "temperature": 0},
         notice=notice,
         error=error,
