@@ -20,7 +20,19 @@ from .jobs import validate_job_files
 from .metrics import Metrics, RequestMetrics
 from .paths import DataDir, open_private
 from .quotas import Quotas
-from .routes import completions, dashboard, dashboard_files, exports, feedback, files, graders, jobs, models
+from .routes import (
+    completions,
+    dashboard,
+    dashboard_feedback,
+    dashboard_files,
+    dashboard_playground,
+    exports,
+    feedback,
+    files,
+    graders,
+    jobs,
+    models,
+)
 from .security import BodyGuard, SecurityHeaders
 from .settings import ServiceSettings, owner_of, resolve_api_keys
 from .shapes import Health
@@ -175,6 +187,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         body, content_type = metrics.text()
         return Response(body, media_type=content_type)
 
-    for module in (files, jobs, graders, models, exports, completions, feedback, dashboard, dashboard_files):
+    api = (files, jobs, graders, models, exports, completions, feedback)
+    pages = (dashboard, dashboard_files, dashboard_playground, dashboard_feedback)
+    for module in (*api, *pages):
         app.include_router(module.router)
     return app
