@@ -190,12 +190,12 @@ def test_playground_replies_and_shows_errors_on_the_page(client):
 
     reply = client.post("/playground", data={"model": "tiny", "message": "say alice", "max_tokens": "8"})
     assert reply.status_code == 200
-    assert 'id="reply"' in reply.text and "finish reason" in reply.text
+    assert 'class="reply-of"' in reply.text and "finish reason" in reply.text
     assert "say alice" in reply.text  # the message stays in the form
 
     too_long = client.post("/playground", data={"model": "tiny", "message": "hi", "max_tokens": "100000"})
     assert too_long.status_code == 400 and 'role="alert"' in too_long.text
-    assert "at most" in too_long.text and 'id="reply"' not in too_long.text
+    assert "at most" in too_long.text and 'class="reply-of"' not in too_long.text
 
     bad = client.post("/playground", data={"model": "tiny", "message": "hi", "temperature": "hot"})
     assert bad.status_code == 400 and "temperature" in bad.text
@@ -255,7 +255,7 @@ def test_in_a_browser(server):
         page.fill("textarea[name=message]", "say alice")
         page.fill("input[name=max_tokens]", "8")
         page.click("main button[type=submit]")
-        expect(page.locator("#reply")).to_contain_text("finish reason")
+        expect(page.locator(".reply-of")).to_contain_text("finish reason")
         page.screenshot(path="/tmp/dashboard-playground.png", full_page=True)
 
         page.click("header >> text=Log out")

@@ -23,8 +23,10 @@ from .quotas import Quotas
 from .routes import (
     completions,
     dashboard,
+    dashboard_feedback,
     dashboard_files,
     dashboard_jobs,
+    dashboard_playground,
     exports,
     feedback,
     files,
@@ -186,17 +188,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         body, content_type = metrics.text()
         return Response(body, media_type=content_type)
 
-    for module in (
-        files,
-        jobs,
-        graders,
-        models,
-        exports,
-        completions,
-        feedback,
-        dashboard,
-        dashboard_files,
-        dashboard_jobs,
-    ):
+    api = (files, jobs, graders, models, exports, completions, feedback)
+    pages = (dashboard, dashboard_files, dashboard_jobs, dashboard_playground, dashboard_feedback)
+    for module in (*api, *pages):
         app.include_router(module.router)
     return app

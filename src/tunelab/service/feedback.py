@@ -60,11 +60,25 @@ def export_feedback(data_dir: str | Path, out: str | Path, as_: str = "sft") -> 
     data = DataDir(data_dir)
     if not data.db.is_file():
         raise UserError(f"{data.root} is not a tunelab serve data dir (no {data.db.name})")
-    latest = {row.completion_id: row for row in Store(data.db).feedback_with_completions()}
-    answers = [answer for answer in map(rated, latest.values()) if answer]
+    rows, skipped = training_rows(latest(Store(data.db).feedback_with_completions()), as_)
+    Path(out).write_text(jsonl(rows))
+    return FeedbackExport(len(rows), skipped)
+
+
+def latest(feedback: list[FeedbackRow]) -> list[FeedbackRow]:
+    """Each completion's latest feedback (`feedback` oldest first)."""
+    return list({row.completion_id: row for row in feedback}.values())
+
+
+def training_rows(feedback: list[FeedbackRow], as_: str) -> tuple[list[dict], int]:
+    """(rows for `as_`, answers that gave nothing) from answers with their latest feedback."""
+    answers = [answer for answer in map(rated, feedback) if answer]
     rows, used = {"sft": sft_rows, "dpo": dpo_rows, "kto": kto_rows}[as_](answers)
-    Path(out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return FeedbackExport(len(rows), len(latest) - used)
+    return rows, len(feedback) - used
+
+
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def rated(row: FeedbackRow) -> Rated | None:

@@ -512,10 +512,13 @@ class Store:
         )
         return feedback_id
 
-    def feedback_with_completions(self) -> list[FeedbackRow]:
+    def feedback_with_completions(self, owner: str | None = None) -> list[FeedbackRow]:
+        """Oldest first; every key's (`data from-feedback`, the operator's) or only `owner`'s."""
+        mine = "WHERE f.owner = ? AND c.owner = ? " if owner is not None else ""
         rows = self.all(
             "SELECT f.*, c.model, c.prompt, c.response FROM feedback f "
-            "JOIN completions c ON c.id = f.completion_id ORDER BY f.rowid"
+            f"JOIN completions c ON c.id = f.completion_id {mine}ORDER BY f.rowid",
+            *((owner, owner) if owner is not None else ()),
         )
         return [FeedbackRow(**decoded(row, "prompt")) for row in rows]
 

@@ -1,6 +1,7 @@
 """What the service does, below the HTTP routes (which parse, call one of these and shape the answer):
-resolve a model name, create and cancel jobs, delete models and files, take feedback, and prepare and run
-a generation. Errors are `errors.ApiError`s in OpenAI's terms; nothing here knows about requests."""
+resolve a model name, create and cancel jobs, delete models and files, take feedback (and make training
+files of it), and prepare and run a generation. Errors are `errors.ApiError`s in OpenAI's terms; nothing
+here knows about requests."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from ..inference.generation import chat_prompt_ids, load_for_inference
 from .deps import Service
 from .engine import Generation, Sampling, Target
 from .errors import ApiError, not_found
+from .feedback import jsonl, training_rows
 from .jobs import JobCreate, check_options, grading_context, training_method
+from .paths import open_private
 from .shapes import ChatRequest, GenerationRequest, GraderRun, ModelObject
-from .store import FileRow, JobRow, new_id, now
+from .store import FeedbackRow, FileRow, JobRow, new_id, now
 
 UNFINISHED = ("validating_files", "queued", "running", "paused")  # a job that can be cancelled
 PAUSABLE = ("queued", "running")
@@ -306,6 +309,20 @@ def add_feedback(
     return service.store.add_feedback(owner, completion_id, rating, correction)
 
 
+def dataset_from_feedback(service: Service, owner: str, feedback: list[FeedbackRow], as_: str) -> FileRow:
+    """`tunelab data from-feedback --as as_` on these answers (each with its latest feedback), kept as a
+    new fine-tune file of the key, listed once it is whole."""
+    rows, _ = training_rows(feedback, as_)
+    if not rows:
+        raise ApiError(400, f"none of these answers makes a training example for {as_}", param="as")
+    file_id = new_id("file-")
+    partial, final = service.data.partial_upload(file_id), service.data.file(file_id)
+    with open_private(partial, "wb") as out:
+        out.write(jsonl(rows).encode())
+    partial.replace(final)
+    return service.store.add_file(file_id, owner, f"feedback.{as_}.jsonl", "fine-tune", final.stat().st_size)
+
+
 # generation
 
 
@@ -405,17 +422,20 @@ def choice_seed(sampling: Sampling, index: int) -> Sampling:
     return replace(sampling, seed=seed)
 
 
-def keep_chat_reply(service: Service, owner: str, model: str, message: str, text: str) -> str:
+def keep_chat_reply(service: Service, owner: str, model: str, messages: list[dict], text: str) -> str:
     """The id of a kept `chat_reply`, a completion as `/v1/chat/completions` keeps one, for feedback."""
     completion_id = new_id("chatcmpl-")
-    service.store.add_completion(completion_id, owner, model, [{"role": "user", "content": message}], text)
+    service.store.add_completion(completion_id, owner, model, messages, text)
     return completion_id
 
 
-async def chat_reply(service: Service, owner: str, request: GenerationRequest, message: str) -> Generation:
-    """One user message answered as `/v1/chat/completions` would, the generation off the event loop."""
+async def chat_reply(
+    service: Service, owner: str, request: GenerationRequest, messages: list[dict]
+) -> Generation:
+    """The conversation's next turn as `/v1/chat/completions` would answer it, the generation off the
+    event loop."""
     target, tokenizer = await load_target(service, owner, request.model)
-    ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": message}])
+    ids = chat_prompt_ids(tokenizer, messages)
     context = service.engine.context_length(target.base)
     sampling = sampling_for(
         request, request.max_tokens, len(ids), context, service.settings.default_max_tokens, len(tokenizer)

@@ -1,5 +1,6 @@
-"""The dashboard: server-rendered pages for people (jobs with their loss curves, files, models, and a
-playground to try a model), on the same API keys as the API.
+"""The dashboard: server-rendered pages for people (jobs with their loss curves, files, models, a
+playground to try models and the feedback given there), on the same API keys as the API. This module
+holds what the pages share (sign-in, `page`) and the overview and job pages; the others have their own.
 
 A browser sends no Bearer header, so `POST /login` starts a server-side session and keeps its id (never
 the key) in an HttpOnly, SameSite=Strict cookie, Secure over TLS; posts made with it must come from this
@@ -25,10 +26,9 @@ from jinja2 import Environment, FileSystemLoader
 from pydantic import ValidationError
 
 from ..deps import COOKIE, Service, ServiceDep, authenticate, owner_for
-from ..errors import ApiError
 from ..security import check_same_origin
-from ..shapes import FeedbackCreate, GenerationRequest, job_object
-from ..usecases import add_feedback, chat_reply, keep_chat_reply, resolve_model, visible_models
+from ..shapes import job_object
+from ..usecases import visible_models
 
 LOGIN = "/login"  # the one route whose body a request without credentials may send
 JOBS_SHOWN = 50
@@ -189,102 +189,8 @@ def overview(request: Request, owner: DashboardOwner, service: ServiceDep):
     )
 
 
-def model_names(service: Service, owner: str, also: str | None = None) -> list[str]:
-    """The key's models, and `also` when it is one of its checkpoints (a job page's "try in playground")."""
-    names = [model.id for model in visible_models(service, owner)]
-    if also and also not in names:
-        try:
-            resolve_model(service, also, owner)
-            names.append(also)
-        except ApiError:  # not the key's: the select keeps to the list
-            pass
-    return names
-
-
-@router.get("/playground")
-def playground(request: Request, owner: DashboardOwner, service: ServiceDep, model: str | None = None):
-    return page(
-        request,
-        "playground.html",
-        models=model_names(service, owner, model),
-        form={"model": model, "message": "", "max_tokens": 128, "temperature": 0},
-    )
-
-
-@router.post("/playground")
-async def playground_reply(
-    request: Request,
-    owner: DashboardOwner,
-    service: ServiceDep,
-    model: Annotated[str, Form()] = "",
-    message: Annotated[str, Form()] = "",
-    max_tokens: Annotated[str, Form()] = "128",
-    temperature: Annotated[str, Form()] = "0",
-):
-    """Fields arrive as text and are checked here, so a bad value is a message on the page, not JSON."""
-    form = {"model": model, "message": message, "max_tokens": max_tokens, "temperature": temperature}
-    reply, completion_id, error, status, headers = None, None, None, 400, None
-    try:
-        fields = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
-        generation_request = GenerationRequest.model_validate(fields, strict=False)  # a form's text
-        if not message.strip():
-            raise ApiError(400, "write a message for the model to answer", param="message")
-        reply = await chat_reply(service, owner, generation_request, message)
-        completion_id = keep_chat_reply(service, owner, model, message, reply.text)
-    except ValidationError as err:
-        error = form_errors(err)
-    except ApiError as err:  # a message on the page; only a 429 keeps its status, for its Retry-After
-        error, status, headers = err.message, 429 if err.status == 429 else 400, err.headers
-    response = page(
-        request,
-        "playground.html",
-        status_code=200 if error is None else status,
-        models=model_names(service, owner, model),
-        form=form,
-        reply=reply,
-        completion_id=completion_id,
-        error=error,
-    )
-    response.headers.update(headers or {})  # Retry-After on a 429
-    return response
-
-
 def form_errors(err: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-
-
-@router.post("/playground/feedback")
-def playground_feedback(
-    request: Request,
-    owner: DashboardOwner,
-    service: ServiceDep,
-    completion_id: Annotated[str, Form()] = "",
-    rating: Annotated[str, Form()] = "",
-    correction: Annotated[str, Form()] = "",
-    model: Annotated[str, Form()] = "",
-):
-    """A reply's thumbs up or down, or a better answer (rated down), kept as `POST /v1/feedback` keeps it."""
-    fields = {"completion_id": completion_id, "rating": rating, "correction": correction.strip() or None}
-    notice, error = None, None
-    try:
-        feedback = FeedbackCreate.model_validate(fields, strict=False)  # a form's text
-        add_feedback(service, owner, feedback.completion_id, feedback.rating, feedback.correction)
-        notice = (
-            "Thanks: your better answer is kept" if feedback.correction else "Thanks: your rating is kept"
-        )
-    except ValidationError as err:
-        error = form_errors(err)
-    except ApiError as err:
-        error = err.message
-    return page(
-        request,
-        "playground.html",
-        status_code=200 if error is None else 400,
-        models=model_names(service, owner, model),
-        form={"model": model, "message": "", "max_tokens": 128, "temperature": 0},
-        notice=notice,
-        error=error,
-    )
 
 
 # signing in and out

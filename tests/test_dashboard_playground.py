@@ -1,0 +1,297 @@
+"""The dashboard's playground (a multi-turn conversation with a system prompt, two models side by side,
+feedback on every reply) and Feedback page (filters, "make a dataset from these"); plus one run in a real
+browser (marked `browser`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server import serve_in_thread
+from test_dashboard import JOB, ORIGIN, login, seed
+from tunelab.service.app import create_app
+from tunelab.service.settings import ServiceSettings, owner_of
+
+CHECKPOINT = "ft:tiny:org:x:ckpt-step-4"
+
+
+def settings(tmp_path, tiny_llama_dir) -> ServiceSettings:
+    return ServiceSettings(
+        data_dir=str(tmp_path / "data"),
+        api_keys=["k1", "k2"],
+        base_models={"tiny": str(tiny_llama_dir), "tiny-b": str(tiny_llama_dir)},
+        start_worker=False,
+    )
+
+
+@pytest.fixture
+def client(tmp_path, tiny_llama_dir):
+    with TestClient(create_app(settings(tmp_path, tiny_llama_dir)), headers=ORIGIN) as client:
+        seed(client.app.state.service.store)
+        client.app.state.service.store.add_checkpoint(JOB, 4, CHECKPOINT, {"step": 4})
+        yield client
+
+
+def turns(html: str) -> list[str]:
+    """The conversation the page carries in its forms: each turn's completion ids."""
+    return list(dict.fromkeys(re.findall(r'name="turn" value="([^"]+)"', html)))
+
+
+def send(client: TestClient, message: str, html: str = "", **fields) -> str:
+    data = {"model": "tiny", "max_tokens": "4", "message": message, "turn": turns(html), **fields}
+    response = client.post("/playground", data=data)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def prompt_of(client: TestClient, completion_id: str, key: str = "k1"):
+    return client.app.state.service.store.get_completion(completion_id, owner_of(key))
+
+
+def test_two_turns_keep_the_history(client):
+    login(client, "k1")
+    first = send(client, "say alice", system="Answer in one word.")
+    second = send(client, "and bob?", first, system="Answer in one word.")
+    (one,), (two,) = (ids.split() for ids in turns(second))
+    reply = prompt_of(client, one).response
+    assert prompt_of(client, two).prompt == [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "say alice"},
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "and bob?"},
+    ]
+    assert second.index("say alice") < second.index("and bob?")  # the whole conversation, in order
+    assert second.count('class="reply-of"') == 2 and "finish reason" in second
+    assert '<textarea name="message" form="chat" required></textarea>' in second  # sent: cleared
+    assert "Answer in one word." in second  # the system prompt stays
+
+
+def test_two_models_side_by_side_answer_every_turn(client):
+    login(client, "k1")
+    page = client.get(f"/playground?model={CHECKPOINT}&compare=tiny-b").text
+    assert f'<option value="{CHECKPOINT}" selected>' in page  # a checkpoint: usable, though not listed
+    assert re.search(r'name="compare">.*<option value="tiny-b" selected>', page, re.S)
+    assert "ft:nope" not in client.get("/playground?model=ft:nope").text  # not the key's: not offered
+
+    first = send(client, "say alice", compare="tiny-b")
+    assert first.count('class="reply-of"') == 2
+    assert "Reply from <span" in first and ">tiny-b</span>" in first
+    second = send(client, "again", first, compare="tiny-b")
+    a, b = turns(second)[1].split()
+    assert prompt_of(client, a).model == "tiny" and prompt_of(client, b).model == "tiny-b"
+    first_a, first_b = (prompt_of(client, i).response for i in turns(second)[0].split())
+    assert prompt_of(client, a).prompt[1]["content"] == first_a  # each model sees its own replies
+    assert prompt_of(client, b).prompt[1]["content"] == first_b
+
+
+def test_a_turn_fails_whole_and_the_draft_stays(client):
+    login(client, "k1")
+    response = client.post(
+        "/playground", data={"model": "tiny", "compare": "ft:nope", "message": "hello there"}
+    )
+    assert response.status_code == 400 and "ft:nope" in response.text and 'role="alert"' in response.text
+    assert 'class="reply-of"' not in response.text and "hello there" in response.text
+    assert not turns(response.text)
+
+
+def rate_and_correct(client: TestClient) -> tuple[str, str, str]:
+    """Two models answer; the first reply is rated good, the second corrected. Their ids and the page."""
+    page = send(client, "say alice", compare="tiny-b")
+    a, b = turns(page)[0].split()
+    state = {"model": "tiny", "compare": "tiny-b", "turn": turns(page)}
+    rated = client.post("/playground/feedback", data={**state, "completion_id": a, "rating": "1"})
+    assert rated.status_code == 200 and "your rating is kept" in rated.text
+    assert rated.text.count('class="reply-of"') == 2  # the conversation is still there
+    better = {**state, "completion_id": b, "rating": "-1", "correction": "Alice <3"}
+    corrected = client.post("/playground/feedback", data=better)
+    assert corrected.status_code == 200 and "better answer is kept" in corrected.text
+    return a, b, corrected.text
+
+
+def test_rated_and_corrected_replies_are_on_the_feedback_page(client):
+    login(client, "k1")
+    a, b, _ = rate_and_correct(client)
+    store = client.app.state.service.store
+    kept = {
+        f.completion_id: (f.rating, f.correction) for f in store.feedback_with_completions(owner_of("k1"))
+    }
+    assert kept == {a: (1, None), b: (-1, "Alice <3")}
+
+    page = client.get("/feedback").text
+    assert "2 answer(s)" in page and "say alice" in page
+    assert "Alice &lt;3" in page and "Alice <3" not in page  # the user's text, escaped
+    assert page.index('<td class="mono">tiny-b</td>') < page.index(
+        '<td class="mono">tiny</td>'
+    )  # newest first
+
+    def shown(query: str) -> list[str]:
+        text = client.get(f"/feedback?{query}").text
+        return [model for model in ("tiny", "tiny-b") if f'<td class="mono">{model}</td>' in text]
+
+    assert shown("rating=1") == ["tiny"] and shown("rating=-1") == ["tiny-b"] and shown("rating=0") == []
+    assert shown("corrected=yes") == ["tiny-b"] and shown("corrected=no") == ["tiny"]
+    assert shown("model=tiny-b") == ["tiny-b"] and shown("") == ["tiny", "tiny-b"]
+    assert '<option value="yes" selected>' in client.get("/feedback?corrected=yes").text
+
+
+def test_make_a_dataset_from_the_filtered_answers(client):
+    login(client, "k1")
+    a, b, _ = rate_and_correct(client)
+    made = client.post("/feedback/dataset", data={"kind": "sft"}, follow_redirects=False)
+    assert made.status_code == 303
+    file_id = made.headers["location"].removeprefix("/files/")
+    service = client.app.state.service
+    row = service.store.get_file(file_id, owner_of("k1"))
+    assert row.purpose == "fine-tune" and row.filename == "feedback.sft.jsonl"
+    lines = [json.loads(line) for line in service.data.file(file_id).read_text().splitlines()]
+    say_alice = {"role": "user", "content": "say alice"}
+    good = {"role": "assistant", "content": prompt_of(client, a).response}
+    assert lines == [
+        {"messages": [say_alice, good]},
+        {"messages": [say_alice, {"role": "assistant", "content": "Alice <3"}]},
+    ]
+    assert client.get(made.headers["location"]).status_code == 200  # its page, ready for a job
+
+    corrected = client.post(
+        "/feedback/dataset", data={"kind": "sft", "corrected": "yes"}, follow_redirects=False
+    )
+    corrected_id = corrected.headers["location"].removeprefix("/files/")
+    assert service.data.file(corrected_id).read_text().splitlines() == [json.dumps(lines[1])]
+
+    dpo = client.post("/feedback/dataset", data={"kind": "dpo", "model": "tiny-b"}, follow_redirects=False)
+    pair = json.loads(service.data.file(dpo.headers["location"].removeprefix("/files/")).read_text())
+    assert pair["preferred_output"] == [{"role": "assistant", "content": "Alice <3"}]
+
+    none = client.post("/feedback/dataset", data={"kind": "sft", "rating": "0"})
+    assert none.status_code == 400 and "none of these answers" in none.text
+    bad = client.post("/feedback/dataset", data={"kind": "ppo"})
+    assert bad.status_code == 400 and "ppo" in bad.text
+
+
+def test_another_key_sees_and_uses_none_of_it(client):
+    login(client, "k1")
+    a, b, page = rate_and_correct(client)
+    login(client, "k2")
+    feedback = client.get("/feedback").text
+    assert "0 answer(s)" in feedback and "say alice" not in feedback and "Alice" not in feedback
+    assert client.post("/feedback/dataset", data={"kind": "sft"}).status_code == 400
+
+    borrowed = client.post("/playground", data={"model": "tiny", "message": "hi", "turn": [a]})
+    assert borrowed.status_code == 400 and "say alice" not in borrowed.text and a in borrowed.text
+    assert prompt_of(client, a).response not in borrowed.text
+    rating = client.post("/playground/feedback", data={"completion_id": b, "rating": "1"})
+    assert rating.status_code == 400 and 'role="alert"' in rating.text
+    shown = client.get("/playground").text
+    assert not turns(shown)
+    assert len(client.app.state.service.store.feedback_with_completions(owner_of("k2"))) == 0
+
+
+def test_cross_origin_posts_are_refused(client):
+    login(client, "k1")
+    evil = {"Origin": "https://evil.example"}
+    for path, data in [
+        ("/playground", {"model": "tiny", "message": "hi"}),
+        ("/playground/feedback", {"completion_id": "x", "rating": "1"}),
+        ("/feedback/dataset", {"kind": "sft"}),
+    ]:
+        assert client.post(path, data=data, headers=evil).status_code == 403, path
+    assert client.app.state.service.store.feedback_with_completions() == []
+
+
+def test_pages_without_a_key_answer_401(client):
+    for method, path in [("get", "/feedback"), ("post", "/feedback/dataset")]:
+        response = getattr(client, method)(path)
+        assert response.status_code == 401 and 'name="api_key"' in response.text
+
+
+class Fields(HTMLParser):
+    """The page's form fields (but hidden ones) that no <label> names: wrapped in one or `for` its id."""
+
+    def __init__(self):
+        super().__init__()
+        self.depth, self.fields, self.labelled = 0, [], set()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "label":
+            self.depth += 1
+            self.labelled.add(attrs.get("for"))
+        elif tag in ("input", "select", "textarea") and attrs.get("type") != "hidden":
+            self.fields.append((attrs.get("name"), attrs.get("id"), self.depth > 0))
+
+    def handle_endtag(self, tag):
+        self.depth -= tag == "label"
+
+    def unlabelled(self) -> list:
+        return [name for name, id_, inside in self.fields if not inside and id_ not in self.labelled]
+
+
+def test_every_input_has_a_label(client):
+    login(client, "k1")
+    rate_and_correct(client)
+    pages = [send(client, "hi", compare="tiny-b"), client.get("/feedback").text]
+    for html in pages:
+        fields = Fields()
+        fields.feed(html)
+        assert fields.fields and fields.unlabelled() == []
+
+
+# In a real browser
+
+
+@pytest.fixture
+def server(tmp_path, tiny_llama_dir):
+    app = create_app(settings(tmp_path, tiny_llama_dir))
+    with serve_in_thread(app) as url:
+        seed(app.state.service.store)
+        yield url
+
+
+@pytest.mark.browser
+def test_playground_to_a_dataset_in_a_browser(server):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium on PATH")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        expect = sync_api.expect
+
+        page.goto(server + "/")
+        page.fill("input[name=api_key]", "k1")
+        page.click("button[type=submit]")
+        page.click("header >> text=Playground")
+        page.select_option("select[name=model]", "tiny")
+        page.select_option("select[name=compare]", "tiny-b")
+        page.fill("textarea[name=system]", "Answer in one word.")
+        page.fill("input[name=max_tokens]", "6")
+        page.fill("textarea[name=message]", "say alice")
+        page.click("button[form=chat]")
+        replies = page.locator(".reply-of")
+        expect(replies).to_have_count(2)
+        expect(replies.nth(1)).to_contain_text("tiny-b")
+        page.screenshot(path="/tmp/dashboard-playground-compare.png", full_page=True)
+
+        replies.nth(0).get_by_role("button", name="Good answer").click()
+        expect(page.get_by_role("status")).to_contain_text("your rating is kept")
+        page.locator(".reply-of").nth(1).get_by_label("Suggest a better answer").fill("Alice.")
+        page.locator(".reply-of").nth(1).get_by_role("button", name="Send the better answer").click()
+        expect(page.get_by_role("status")).to_contain_text("better answer is kept")
+        expect(page.locator(".reply-of")).to_have_count(2)  # the conversation stays
+
+        page.click("header >> text=Feedback")
+        expect(page.locator("#answers tr")).to_have_count(3)  # a header and two answers
+        page.select_option("select[name=corrected]", "yes")
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#answers tr")).to_have_count(2)
+        expect(page.locator("#answers")).to_contain_text("Alice.")
+        page.screenshot(path="/tmp/dashboard-feedback.png", full_page=True)
+        page.click("text=Make a dataset from these")
+        expect(page.locator("h1")).to_contain_text("feedback.sft.jsonl")
+        browser.close()
