@@ -266,3 +266,13 @@ def test_upload_in_a_browser(server, tmp_path):
         page.click("header >> text=Files")
         expect(page.locator("table")).to_contain_text("train.clean.jsonl")
         browser.close()
+
+
+def test_the_upload_script_is_ours_and_only_named_scripts_are_served(client):
+    assert client.get("/static/upload.js").status_code == 401
+    login(client, "k1")
+    assert '<script src="/static/upload.js" defer></script>' in client.get("/files").text
+    script = client.get("/static/upload.js")
+    assert script.status_code == 200 and "XMLHttpRequest" in script.text
+    for name in ("nope.js", "..%2Fapp.py", "%2E%2E%2Fstatic%2Flive.js"):
+        assert client.get(f"/static/{name}").status_code == 404, name

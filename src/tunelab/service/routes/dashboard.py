@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
@@ -191,6 +191,18 @@ def overview(request: Request, owner: DashboardOwner, service: ServiceDep):
 
 def form_errors(err: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+
+
+STATIC = Path(__file__).parent.parent / "static"  # the pages' few scripts: the CSP allows only ours
+
+
+@router.get("/static/{name}")
+def static_script(name: str, owner: DashboardOwner):
+    """Behind the sign-in like every route but /health; only pages of a signed-in key load them."""
+    scripts = {path.name: path for path in STATIC.glob("*.js")}
+    if name not in scripts:  # a name is looked up, never joined to a path
+        return Response(status_code=404)
+    return FileResponse(scripts[name], media_type="text/javascript")
 
 
 # signing in and out

@@ -12,10 +12,9 @@ import json
 import shlex
 import typing
 from dataclasses import MISSING, dataclass, fields
-from pathlib import Path
 
 from fastapi import APIRouter, BackgroundTasks, Request
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
 from ...methods import REGISTRY
@@ -40,7 +39,6 @@ from .dashboard import (
 )
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
-LIVE_JS = Path(__file__).parent.parent / "static" / "live.js"
 ENDED = ("succeeded", "failed", "cancelled")
 TRAININGS = ("supervised", "dpo", "reinforcement")  # OpenAI's method types this server trains
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
@@ -316,9 +314,3 @@ def job_action(job_id: str, action: str, request: Request, owner: DashboardOwner
         status = 404 if err.status == 404 else 400
         return job_or_404(request, service, owner, job_id, "job.html", status, error=err.message)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
-
-
-@router.get("/static/live.js")
-def live_js(owner: DashboardOwner):
-    """Behind the sign-in like every route but /health; only pages of a signed-in key load it."""
-    return FileResponse(LIVE_JS, media_type="text/javascript")
