@@ -16,6 +16,7 @@ from .deps import Service, ServiceDep, bearer_key, credential_owner, credentiale
 from .engine import Engine
 from .errors import ApiError, log
 from .errors import install as install_error_handlers
+from .exports import ExportTasks
 from .jobs import validate_job_files
 from .metrics import Metrics, RequestMetrics
 from .paths import DataDir, open_private
@@ -26,7 +27,9 @@ from .routes import (
     dashboard_feedback,
     dashboard_files,
     dashboard_jobs,
+    dashboard_models,
     dashboard_playground,
+    dashboard_reports,
     exports,
     feedback,
     files,
@@ -136,7 +139,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         owners = {k: owner_of(k) for k in keys}
         operators = settings.operator_keys(keys)
         engine = engine_class(settings)(settings, metrics)
-        service = Service(settings, data, store, engine, owners, now(), quotas, metrics, operators)
+        service = Service(
+            settings, data, store, engine, owners, now(), quotas, metrics, operators, ExportTasks()
+        )
         metrics.watch(service)
         app.state.service = service
         for job in store.jobs_with_status("validating_files"):  # the server stopped while checking them
@@ -189,7 +194,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return Response(body, media_type=content_type)
 
     api = (files, jobs, graders, models, exports, completions, feedback)
-    pages = (dashboard, dashboard_files, dashboard_jobs, dashboard_playground, dashboard_feedback)
+    pages = (
+        dashboard,
+        dashboard_files,
+        dashboard_jobs,
+        dashboard_models,
+        dashboard_playground,
+        dashboard_feedback,
+        dashboard_reports,
+    )
     for module in (*api, *pages):
         app.include_router(module.router)
     return app

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -18,6 +18,9 @@ from .quotas import Quotas
 from .security import check_same_origin
 from .settings import ServiceSettings
 from .store import Store
+
+if TYPE_CHECKING:  # exports.py builds on the use cases, which build on this module
+    from .exports import ExportTasks
 
 COOKIE = "tunelab_session"  # HttpOnly, SameSite=Strict; Secure over TLS
 
@@ -33,6 +36,7 @@ class Service:
     quotas: Quotas
     metrics: Metrics
     operator_keys: list[str]  # for /metrics only
+    exports: ExportTasks  # the dashboard's exports running in the background
 
 
 def get_service(request: Request) -> Service:

@@ -76,3 +76,15 @@ class DataDir:
 
     def checkpoint_dir(self, job_id: str, step: int) -> Path:
         return self.checkpoints_dir(job_id) / f"step-{step:07d}"
+
+    def exports_dir(self, job_id: str | None, model: str) -> Path:
+        """A model's exports (zips), kept once made: beside its job's run, or for a base model (no job) of
+        this server in exports/, shared by every key as the base is."""
+        if job_id is None:
+            return self.root / "exports" / model
+        return self.jobs / job_id / "exports" / model.replace(":", "_")
+
+    def reports(self, owner: str) -> Path:
+        """A key's reports (the report.html that `tunelab compare`, `sweep`, `compress-report` and `data
+        report` write), put there by whoever runs the server: the service only reads them."""
+        return self.root / "reports" / owner

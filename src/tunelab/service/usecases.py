@@ -115,7 +115,8 @@ def model_object(service: Service, owner: str, name: str) -> ModelObject:
 
 
 def delete_model(service: Service, owner: str, model_id: str) -> None:
-    """Deletes the model's weights and its checkpoints; refused while a job is fine-tuning from it."""
+    """Deletes the model's weights, its checkpoints and their exports; refused while a job is fine-tuning
+    from it."""
     if model_id in service.settings.base_models:
         raise ApiError(
             403,
@@ -141,6 +142,8 @@ def delete_model(service: Service, owner: str, model_id: str) -> None:
         service.engine.unload(name)
     shutil.rmtree(service.data.run_dir(row.job_id), ignore_errors=True)
     shutil.rmtree(service.data.checkpoints_dir(row.job_id), ignore_errors=True)
+    for name in (model_id, *checkpoints):  # exports hold the same weights
+        shutil.rmtree(service.data.exports_dir(row.job_id, name), ignore_errors=True)
 
 
 # files

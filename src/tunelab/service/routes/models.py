@@ -24,6 +24,7 @@ def get_model(model_id: str, owner: Owner, service: ServiceDep):
 
 @router.delete("/{model_id}", response_model=Deleted)
 def delete_model(model_id: str, owner: Owner, service: ServiceDep):
-    """Deletes the model's weights and its checkpoints; refused while a job is fine-tuning from it."""
+    """Deletes the model's weights, its checkpoints and their exports; refused while a job is
+    fine-tuning from it."""
     usecases.delete_model(service, owner, model_id)
     return Deleted(id=model_id, object="model")

@@ -1,7 +1,8 @@
-// A job's page, kept current without reloading: every few seconds it fetches the page's changing part
-// (`data-live`: /jobs/{id}/live, the same template the server rendered the page with) and swaps it in.
-// The part of an ended job has no data-live, so polling stops there. Without JavaScript the page is the
-// same, reloaded by hand; served by tunelab itself, as the CSP allows scripts from this server only.
+// A page's changing part, kept current without reloading: every few seconds it fetches that part
+// (`data-live`: /jobs/{id}/live for a job's page, /models/live for the exports on the Models page, the same
+// template the server rendered the page with) and swaps it in. A part with nothing left to change (an
+// ended job, exports all done or failed) has no data-live, so polling stops there. Without JavaScript the
+// page is the same, reloaded by hand; served by tunelab itself, as the CSP allows scripts from this server only.
 "use strict";
 
 const EVERY_MS = 2000;
