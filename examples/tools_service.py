@@ -93,7 +93,7 @@ def result(rng: random.Random, name: str) -> tuple[str, str]:
 
 
 def training_rows(n: int, seed: int = 0) -> list[dict]:
-    """n examples: two in three end with the call, the others go on to answer from the tool's result."""
+    """n examples: half end with the call, the others go on to answer from the tool's result."""
     rng, rows = random.Random(seed), []
     for i in range(n):
         city = TRAIN_CITIES[i % len(TRAIN_CITIES)]
@@ -102,7 +102,7 @@ def training_rows(n: int, seed: int = 0) -> list[dict]:
             {"role": "user", "content": question},
             {"role": "assistant", "tool_calls": [call(name, city, f"call_{i}")]},
         ]
-        if i % 3 == 2:
+        if i % 2:
             content, answer = result(rng, name)
             messages += [
                 {"role": "tool", "tool_call_id": f"call_{i}", "content": content},
@@ -166,7 +166,8 @@ def answers_from_tool(client: OpenAI, model: str, cities: list[str], seed: int =
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="the server's data dir (default: a temporary one)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--lr-multiplier", type=float, default=2.0, help="of LoRA's learning rate")
     args = parser.parse_args()
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="tunelab-tools-"))
     files = data_dir.parent / f"{data_dir.name}-files"
@@ -185,7 +186,9 @@ def main() -> None:
         upload = client.files.create(file=train.open("rb"), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(
             model=base, training_file=upload.id, suffix="tools",
-            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": args.epochs}}},
+            method={"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": args.epochs, "learning_rate_multiplier": args.lr_multiplier,
+            }}},
         )  # fmt: skip
         started = time.monotonic()
         while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in (
