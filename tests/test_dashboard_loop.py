@@ -13,6 +13,7 @@ import re
 import shutil
 import threading
 import time
+import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -163,18 +164,20 @@ def served_with_worker(tmp_path, tiny_llama_dir):
 
 
 @pytest.mark.browser
-def test_the_whole_loop_as_a_person_does_it(served_with_worker):
+def test_the_whole_loop_as_a_person_does_it(served_with_worker, tmp_path):
     """Sign in; a file with a bad line shows its number; a good file; a 4-step LoRA job from the form,
     whose curve gains points without a reload; its model beside the base in the playground; a reply rated
     and the other corrected, five turns, so ten answers; Feedback makes an sft file of them (a job needs
-    at least 10 examples); its page; a second job on it, which trains too."""
+    at least 10 examples); its page; a second job on it, which trains too; that model's export, made in
+    the background on the Models page, downloaded."""
     url, app = served_with_worker
+    service, owner = app.state.service, owner_of("k1")
     chromium, sync_api = browser_or_skip()
     expect = sync_api.expect
     started = time.monotonic()
     with sync_api.sync_playwright() as p:
         browser = launch(p, chromium)
-        page = browser.new_page(viewport=VIEWPORT)
+        page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
         problems = watched(page)
 
         sign_in(page, url)
@@ -263,6 +266,20 @@ def test_the_whole_loop_as_a_person_does_it(served_with_worker):
         expect(page.locator("#live .status")).to_have_text("succeeded", timeout=120_000)
         page.click("header >> text=Overview")
         expect(page.locator("main table").first.locator("tbody tr")).to_have_count(2)
+
+        # the second model's export, made in the background and downloaded (HF: llama.cpp's GGUF converter
+        # knows real tokenizers only, not the tiny one; tests/test_export.py converts the embedded model's)
+        second_model = service.store.get_job(second, owner).fine_tuned_model
+        page.click("header >> text=Models")
+        row = page.locator("tr", has=page.locator(f"td.mono:text-is('{second_model}')"))
+        row.get_by_label("Format").select_option("hf")
+        row.get_by_role("button", name="Export").click()
+        expect(page.locator("tr.export .status")).to_have_text("done", timeout=120_000)
+        with page.expect_download() as downloading:
+            page.locator("tr.export").get_by_role("link", name="Download").click()
+        saved = tmp_path / "second.zip"
+        downloading.value.save_as(saved)
+        assert "model.safetensors" in zipfile.ZipFile(saved).namelist()
         assert not problems, problems
         browser.close()
     assert time.monotonic() - started < 180, "the loop should take under 3 minutes"

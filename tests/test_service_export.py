@@ -28,9 +28,9 @@ def test_export_route_gives_a_zip_of_the_export(tmp_path, tiny_llama_dir):
         again = client.get("/v1/models/tiny/export?format=hf", headers=KEY)  # kept, not made again
         assert again.content == response.content
 
-        # signed in, the dashboard's model list links the same downloads
+        # signed in, the dashboard's overview sends to the Models page (exports in the background there)
         origin = {"Origin": "http://testserver"}  # the test client's own, as a browser sends it
         login = client.post("/login", data={"api_key": "key-one"}, headers=origin, follow_redirects=False)
         assert login.status_code == 303
-        assert 'href="/v1/models/tiny/export?format=gguf&amp;quant=q8_0"' in client.get("/").text
+        assert '<a href="/models">HF, GGUF, Ollama</a>' in client.get("/").text
         assert client.get("/v1/models/tiny/export?format=hf").content == response.content
