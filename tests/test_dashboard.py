@@ -4,11 +4,11 @@ curves from metrics events, and the playground; plus one run in a real browser (
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 from fastapi.testclient import TestClient
 
+from pages import browser_or_skip, launch
 from server import serve_in_thread
 from tunelab.service.app import create_app
 from tunelab.service.deps import COOKIE
@@ -228,12 +228,9 @@ def server(tmp_path, tiny_llama_dir):
 
 @pytest.mark.browser
 def test_in_a_browser(server):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on PATH")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium, sync_api = browser_or_skip()
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = launch(p, chromium)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         expect = sync_api.expect
 

@@ -6,37 +6,19 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-import shutil
 from html.parser import HTMLParser
 
 import pytest
 from fastapi.testclient import TestClient
 
+from pages import browser_or_skip, jsonl, launch, rows
 from server import serve_in_thread
 from test_dashboard import ORIGIN, login, settings
 from tunelab.service.app import create_app
 from tunelab.service.settings import owner_of
 
 NASTY = "<script>alert(1).jsonl"  # a name keeps no "/": only its last path component is kept
-
-
-def rows(n: int, start: int = 0) -> list[dict]:
-    """n examples, each unlike the others (no duplicates to report)."""
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": f"repeat the word w{i}"},
-                {"role": "assistant", "content": f"w{i}"},
-            ]
-        }
-        for i in range(start, start + n)
-    ]
-
-
-def jsonl(records: list) -> bytes:
-    return "".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in records).encode()
 
 
 def bad_line_file() -> bytes:
@@ -238,14 +220,11 @@ def server(tmp_path, tiny_llama_dir):
 
 @pytest.mark.browser
 def test_upload_in_a_browser(server, tmp_path):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on PATH")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium, sync_api = browser_or_skip()
     data = tmp_path / "train.jsonl"
     data.write_bytes(bad_line_file())
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = launch(p, chromium)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         expect = sync_api.expect
 

@@ -7,10 +7,8 @@ Browser tests are marked `browser` and skip without chromium or playwright."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import threading
 import time
 import zipfile
@@ -21,6 +19,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from pages import browser_or_skip, jsonl, launch, rows, sign_in, until, watched
 from server import serve_in_thread
 from tunelab.service.app import create_app
 from tunelab.service.settings import ServiceSettings, owner_of
@@ -57,71 +56,13 @@ def settings(tmp_path: Path, tiny_llama_dir: Path, start_worker: bool = False) -
     )
 
 
-def rows(n: int, start: int = 0) -> list[dict]:
-    """n examples, each unlike the others."""
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": f"repeat the word w{i}"},
-                {"role": "assistant", "content": f"w{i}"},
-            ]
-        }
-        for i in range(start, start + n)
-    ]
-
-
-def jsonl(records: list) -> bytes:
-    return "".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in records).encode()
-
-
 def bad_line_file() -> bytes:
     """Ten examples (a job's least) and line 3 not JSON."""
     good = rows(10)
     return jsonl([*good[:2], "{not json\n", *good[2:]])
 
 
-def until(condition, timeout: float = 120.0, every_s: float = 0.05):
-    """Polls `condition` until it returns something true, which it returns."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(every_s)
-    return result
-
-
 # In a real browser
-
-
-def browser_or_skip():
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on PATH")
-    return chromium, pytest.importorskip("playwright.sync_api")
-
-
-def launch(p, chromium: str):
-    return p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-
-
-def watched(page) -> list[str]:
-    """Script errors, CSP refusals and dialogs (alert) of the page, as they happen."""
-    problems = []
-    page.on("pageerror", lambda error: problems.append(f"error: {error}"))
-    page.on("console", lambda m: "Content Security Policy" in m.text and problems.append(m.text))
-
-    def dialog(d):
-        problems.append(f"dialog: {d.message}")
-        d.dismiss()
-
-    page.on("dialog", dialog)
-    return problems
-
-
-def sign_in(page, url: str, key: str = "k1") -> None:
-    page.goto(url + "/")
-    page.fill("input[name=api_key]", key)
-    page.click("button[type=submit]")
-    page.locator("header >> text=Log out").wait_for()
 
 
 def upload_in_page(page, expect, name: str, content: bytes) -> str:

@@ -7,16 +7,15 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from pages import browser_or_skip, launch, until
 from server import serve_in_thread
 from test_dashboard import JOB, ORIGIN, add_job, login
-from test_dashboard_jobs import until
 from test_dashboard_playground import Fields
 from tunelab.report_page import html_page
 from tunelab.service.app import create_app
@@ -250,12 +249,9 @@ def server(tmp_path, tiny_llama_dir):
 
 @pytest.mark.browser
 def test_an_export_reaches_done_without_reloading_then_downloads(server, tmp_path):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on PATH")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium, sync_api = browser_or_skip()
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = launch(p, chromium)
         page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
         errors = []
         page.on("pageerror", lambda error: errors.append(str(error)))

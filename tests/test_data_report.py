@@ -4,12 +4,12 @@ benchmark overlap, group shares with a label test, and the HTML page opened in h
 from __future__ import annotations
 
 import random
-import shutil
 
 import pytest
 from typer.testing import CliRunner
 
 from conftest import write_jsonl
+from pages import browser_or_skip, launch
 from tunelab.cli import app
 from tunelab.data.groups import load_groups, mentions, swapper
 from tunelab.data.report import data_report, write_report
@@ -107,10 +107,7 @@ def test_cli_report_writes_html_and_json(tiny_llama_dir, tmp_path, monkeypatch):
 
 @pytest.mark.browser
 def test_report_opens_in_a_browser(tiny_llama_dir, tmp_path):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on PATH")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium, sync_api = browser_or_skip()
     from tunelab.models import load_tokenizer
 
     data = write_skewed(tmp_path, True)
@@ -118,7 +115,7 @@ def test_report_opens_in_a_browser(tiny_llama_dir, tmp_path):
                          tokenizer=load_tokenizer(str(tiny_llama_dir)), max_length=20)  # fmt: skip
     page_file = write_report(report, tmp_path / "report.html")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = launch(p, chromium)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(page_file.as_uri())
         sync_api.expect(page.locator("h1")).to_have_text("tunelab data report")
