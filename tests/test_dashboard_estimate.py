@@ -8,6 +8,7 @@ import json
 import re
 import sys
 from dataclasses import fields
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,6 +19,7 @@ from test_dashboard_jobs import K1, ORIGIN, form_for, settings, signed_in, until
 from tunelab.cli import app
 from tunelab.service import estimates
 from tunelab.service.app import create_app
+from tunelab.service.paths import DataDir
 from tunelab.service.settings import owner_of
 from tunelab.training.memory import Prediction
 
@@ -122,3 +124,12 @@ def test_a_cross_origin_estimate_is_refused(client):
     data = form_for(upload(client), action="estimate")
     response = client.post("/jobs/new", data=data, headers={"Origin": "http://evil.example"})
     assert response.status_code == 403 and client.app.state.service.estimates.get(owner_of("k1")) is None
+
+
+def test_a_failed_dry_run_says_why_without_the_servers_paths(tmp_path):
+    data = DataDir(tmp_path / "data")
+    job = SimpleNamespace(training_file="file-a", validation_file=None)
+    stderr = f"some warning\nerror: {data.file('file-a')} line 3: not\nJSON\n"
+    assert estimates.dry_run_error(stderr, data, job) == "file-a line 3: not JSON"
+    traceback = "Traceback (most recent call last):\n  ...\nRuntimeError: a bug\n"
+    assert estimates.dry_run_error(traceback, data, job) == "the dry run failed; the server's log says why"
