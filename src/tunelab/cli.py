@@ -194,17 +194,27 @@ def train_cmd(
     config: Annotated[
         Path | None, typer.Option(help="YAML file with the same keys; flags override it")
     ] = None,
+    dry_run_json: Annotated[
+        Path | None,
+        typer.Option(help="a dry run (--dry-run) that also writes its predicted figures to this JSON file"),
+    ] = None,
     **options,
 ):
     """Fine-tune a model on a data file (or several, for multi-task)."""
+    import json
+
     from .graders.reinforcement import objective_with_grader
     from .training import ConfigError, train
 
+    if dry_run_json:
+        options["dry_run"] = True
     cfg = TrainConfig.from_sources(config, **options, **ctx.meta[METHOD_OPTIONS])
     if not cfg.data or not cfg.out:
         raise ConfigError("--data and --out are required (as flags or in --config)")
     objective = objective_with_grader(cfg, report=lambda message: console.print(f"[yellow]{message}"))
-    train(cfg, console=console, objective=objective)  # grpo's, with its grader; else None
+    result = train(cfg, console=console, objective=objective)  # grpo's, with its grader; else None
+    if dry_run_json:  # the dry run's summary is its `Prediction`'s fields, for programs to read
+        dry_run_json.write_text(json.dumps(result.summary, indent=2) + "\n")
 
 
 train_cmd.__signature__ = command_signature(train_cmd, TrainConfig, given_only=True)

@@ -16,6 +16,7 @@ from .deps import Service, ServiceDep, bearer_key, credential_owner, credentiale
 from .engine import Engine
 from .errors import ApiError, log
 from .errors import install as install_error_handlers
+from .estimates import EstimateTasks
 from .exports import ExportTasks
 from .jobs import validate_job_files
 from .metrics import Metrics, RequestMetrics
@@ -139,9 +140,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         owners = {k: owner_of(k) for k in keys}
         operators = settings.operator_keys(keys)
         engine = engine_class(settings)(settings, metrics)
-        service = Service(
-            settings, data, store, engine, owners, now(), quotas, metrics, operators, ExportTasks()
-        )
+        tasks = ExportTasks(), EstimateTasks()  # the dashboard's work in the background
+        service = Service(settings, data, store, engine, owners, now(), quotas, metrics, operators, *tasks)
         metrics.watch(service)
         app.state.service = service
         for job in store.jobs_with_status("validating_files"):  # the server stopped while checking them

@@ -20,6 +20,7 @@ from .settings import ServiceSettings
 from .store import Store
 
 if TYPE_CHECKING:  # exports.py builds on the use cases, which build on this module
+    from .estimates import EstimateTasks
     from .exports import ExportTasks
 
 COOKIE = "tunelab_session"  # HttpOnly, SameSite=Strict; Secure over TLS
@@ -37,6 +38,7 @@ class Service:
     metrics: Metrics
     operator_keys: list[str]  # for /metrics only
     exports: ExportTasks  # the dashboard's exports running in the background
+    estimates: EstimateTasks  # the New job form's dry runs, in child processes
 
 
 def get_service(request: Request) -> Service:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import reprlib
 import typing
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Literal
@@ -351,15 +352,26 @@ def picked_hyperparameters(job: JobRow, picks: dict) -> dict:
     return hyper
 
 
+def run_values(job: JobRow, data: DataDir) -> dict:
+    """A job's TrainConfig values but where it writes: its options, its files' stored paths, its seed."""
+    return train_options(job) | {
+        "data": [str(data.file(job.training_file))],
+        "val": [str(data.file(job.validation_file))] if job.validation_file else [],
+        "seed": job.seed,
+    }
+
+
+def check_job_files(data: DataDir, job: JobRow, warn: Callable[[str], None]) -> None:
+    """The job's files hold what it trains on (else an ApiError naming the file); `warn` hears the rest."""
+    for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+        if file_id:
+            check_file(data, file_id, param, data_kind(job), warn)
+
+
 def validate_job_files(store: Store, data: DataDir, job: JobRow) -> None:
     """`validating_files` -> `queued`, or `failed` with the first problem's line and class."""
     try:
-        for param, file_id in (
-            ("training_file", job.training_file),
-            ("validation_file", job.validation_file),
-        ):
-            if file_id:
-                check_file(store, job.id, data, file_id, param, data_kind(job))
+        check_job_files(data, job, lambda message: store.add_event(job.id, message, level="warn"))
         pii_warning(store, job.id, data, job.training_file, data_kind(job))
     except Exception as err:  # a bug here must not leave the job validating forever
         if not isinstance(err, ApiError):
@@ -394,9 +406,9 @@ def file_messages(path: Path, kind: str) -> list[dict]:
     return [m for p in load_preferences(path) for m in (*p.prompt, p.chosen, p.rejected)]
 
 
-def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: str, kind: str) -> None:
+def check_file(data: DataDir, file_id: str, param: str, kind: str, warn: Callable[[str], None]) -> None:
     """The file holds `kind` data (a pairs file for a supervised job fails, naming both formats) with
-    enough valid examples; warnings-only issues become events."""
+    enough valid examples; warnings-only issues go to `warn` (a job's events)."""
     min_examples = MIN_EXAMPLES if param == "training_file" else 1
     try:
         report = validate_file(data.file(file_id), min_examples=min_examples, expect=kind)
@@ -410,11 +422,7 @@ def check_file(store: Store, job_id: str, data: DataDir, file_id: str, param: st
         lines = [str(issue.line) for issue in report.issues if issue.code == code]
         if lines:
             shown = ", ".join(lines[:10]) + (", ..." if len(lines) > 10 else "")
-            store.add_event(
-                job_id,
-                f"{param}: {len(lines)} example(s) with {code} (lines {shown}); they still train",
-                level="warn",
-            )
+            warn(f"{param}: {len(lines)} example(s) with {code} (lines {shown}); they still train")
     if not problems:
         return
     wrong = next((issue for issue in problems if issue.code == "wrong_format"), None)

@@ -185,6 +185,20 @@ def starting_point(service: Service, owner: str, model: str) -> StartingPoint:
 
 def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
     """A new job in `validating_files`; the caller checks its files next (`jobs.validate_job_files`)."""
+    job, ignored = plan_job(service, owner, request)
+    service.quotas.check_queue(service.store.waiting_jobs(owner))
+    service.store.add_job(job)
+    if ignored:
+        service.store.add_event(
+            job.id, f"Ignored what this server does not know: {', '.join(ignored)}", level="warn"
+        )
+    service.store.add_event(job.id, f"Validating training file: {request.training_file}")
+    return service.store.get_job(job.id)
+
+
+def plan_job(service: Service, owner: str, request: JobCreate) -> tuple[JobRow, list[str]]:
+    """The job `request` asks for, checked but not stored (the dashboard's estimate runs one without
+    making it), and the keys of its method this server ignored."""
     if request.integrations:
         raise ApiError(
             400,
@@ -219,7 +233,6 @@ def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
     if method.grader is not None:
         options["grader"] = method.grader  # the worker hands it to the run as a file
         options["judges"] = judge_models(service, method.judges, owner)
-    service.quotas.check_queue(service.store.waiting_jobs(owner))
     job = JobRow(
         id=new_id("ftjob-"),
         owner=owner,
@@ -237,12 +250,7 @@ def create_job(service: Service, owner: str, request: JobCreate) -> JobRow:
         status="validating_files",
         created_at=now(),
     )
-    service.store.add_job(job)
-    if method.ignored:
-        ignored = ", ".join(method.ignored)
-        service.store.add_event(job.id, f"Ignored what this server does not know: {ignored}", level="warn")
-    service.store.add_event(job.id, f"Validating training file: {request.training_file}")
-    return service.store.get_job(job.id)
+    return job, method.ignored
 
 
 def owned_job(service: Service, owner: str, job_id: str) -> JobRow:

@@ -27,7 +27,14 @@ from ..training import TrainConfig, TrainingDiverged
 from ..training.checkpoint import list_checkpoints
 from ..training.loop import RunPaused, Trainer, TrainHooks
 from .errors import internal_error
-from .jobs import data_error_message, grading_context, model_name, picked_hyperparameters, train_options
+from .jobs import (
+    data_error_message,
+    grading_context,
+    model_name,
+    picked_hyperparameters,
+    run_values,
+    train_options,
+)
 from .paths import DataDir, open_private
 from .store import JobRow, Store, new_id
 
@@ -248,13 +255,7 @@ def job_config(job: JobRow, data: DataDir) -> TrainConfig:
     before its first checkpoint leaves only metrics that the new run would repeat)."""
     resume = bool(list_checkpoints(data.run_dir(job.id)))
     return TrainConfig.from_sources(
-        **train_options(job),
-        data=[str(data.file(job.training_file))],
-        val=[str(data.file(job.validation_file))] if job.validation_file else [],
-        out=str(data.run_dir(job.id)),
-        resume=resume,
-        overwrite=not resume,
-        seed=job.seed,
+        **run_values(job, data), out=str(data.run_dir(job.id)), resume=resume, overwrite=not resume
     )
 
 

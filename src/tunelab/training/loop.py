@@ -33,7 +33,7 @@ from . import auto
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
 from .datasets import check_pairing, load_tasks, objective_for
-from .memory import MemoryModel, batch_tokens_for, measure, parse_bytes, peak_bytes
+from .memory import MemoryModel, Prediction, batch_tokens_for, measure, parse_bytes, peak_bytes
 from .progress import TrainProgress
 from .report import MetricsLog, save_final
 from .schedule import LRPlan, TimeBudget, apply_plan, lr_scheduler
@@ -277,19 +277,29 @@ class Trainer:
         tokens = batch_tokens_for(memory, budget, longest, self.config.batch_size)
         return min(tokens, self.micro_tokens or tokens) if tokens else None
 
-    def predicted(self) -> dict:
-        """Peak memory and speed this run should reach, from `self.memory` and its first epoch's batches."""
-        micro = [m for group in self._epoch_groups(0) for batch in group for m in self._micro(batch)]
+    def predicted(self) -> Prediction:
+        """Peak memory and speed this run should reach, from `self.memory` and its first epoch's batches;
+        a step's time is its padded tokens at the speed the probes measured."""
+        steps = [[m for batch in group for m in self._micro(batch)] for group in self._epoch_groups(0)]
+        micro = [m for step in steps for m in step]
         worst = max(micro, key=lambda m: self.memory.activations(len(m), max(self.lengths[i] for i in m)))
         rows, length = len(worst), max(self.lengths[i] for i in worst)
-        return {
-            "predicted_peak_mb": round(self.memory.peak(rows, length) / 2**20, 1),
-            "fixed_mb": round(self.memory.fixed / 2**20, 1),
-            "activation_mb_per_token": round(self.memory.activations(1, length) / length / 2**20, 4),
-            "largest_micro_batch": f"{rows} x {length} tokens",
-            "micro_batch_tokens": self.micro_tokens,
-            "predicted_tokens_per_s": round(1 / self.memory.seconds_per_token, 1),
-        }
+        padded = sum(len(m) * max(self.lengths[i] for i in m) for m in micro)
+        step_s = padded / len(steps) * self.memory.seconds_per_token
+        total_s = step_s * self.plan.total_steps
+        if self.budget:  # the run stops when its time is spent
+            total_s = min(total_s, 60 * self.config.max_minutes)
+        return Prediction(
+            predicted_peak_mb=round(self.memory.peak(rows, length) / 2**20, 1),
+            fixed_mb=round(self.memory.fixed / 2**20, 1),
+            activation_mb_per_token=round(self.memory.activations(1, length) / length / 2**20, 4),
+            largest_micro_batch=f"{rows} x {length} tokens",
+            micro_batch_tokens=self.micro_tokens,
+            predicted_tokens_per_s=round(1 / self.memory.seconds_per_token, 1),
+            predicted_s_per_step=round(step_s, 3),
+            total_steps=self.plan.total_steps,
+            predicted_total_s=round(total_s, 1),
+        )
 
     def _micro(self, batch: list[int]) -> list[list[int]]:
         if not self.micro_tokens:
@@ -306,7 +316,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         config, state = self.config, self.state
         if config.dry_run:  # nothing is written
-            prediction = self.predicted()
+            prediction = asdict(self.predicted())
             self.log(", ".join(f"{key.replace('_', ' ')}: {value}" for key, value in prediction.items()))
             return TrainResult(self.out, prediction)
         checkpoints = ckpt.list_checkpoints(self.out)

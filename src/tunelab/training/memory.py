@@ -179,6 +179,22 @@ def peak_bytes(device=None) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+@dataclass
+class Prediction:
+    """What `--dry-run` predicts for a run on this machine, from its measured `MemoryModel` and its first
+    epoch's batches; `--dry-run-json` writes these fields, and the dashboard's estimate reads them back."""
+
+    predicted_peak_mb: float
+    fixed_mb: float  # of the peak: the loaded model and the optimizer's state
+    activation_mb_per_token: float
+    largest_micro_batch: str  # "rows x tokens"
+    micro_batch_tokens: int | None
+    predicted_tokens_per_s: float
+    predicted_s_per_step: float  # a step's forward and backward passes (a grpo step also samples answers)
+    total_steps: int
+    predicted_total_s: float  # every step; at most the run's time budget (max_minutes)
+
+
 def batch_tokens_for(memory: MemoryModel, budget: float, longest: int, batch_size: int) -> int | None:
     """The `batch_tokens` that keeps every micro-batch within `budget`: rows of the longest example,
     as many as fit (never more than a batch); None when not even one row fits."""

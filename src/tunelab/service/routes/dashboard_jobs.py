@@ -209,8 +209,18 @@ def new_job_page(
 
 
 @router.get("/jobs/new")
-def new_job(request: Request, owner: DashboardOwner, service: ServiceDep):
-    return new_job_page(request, service, owner, {"method": TrainConfig.method, "training": "supervised"})
+def new_job(request: Request, owner: DashboardOwner, service: ServiceDep, estimate: bool = False):
+    """The empty form; `?estimate=1` (the estimate's reload link without JavaScript): the form the key's
+    last estimate was asked with, and its state or figures."""
+    shown = service.estimates.get(owner) if estimate else None
+    form = shown.form if shown else {"method": TrainConfig.method, "training": "supervised"}
+    return new_job_page(request, service, owner, form, estimate=shown)
+
+
+@router.get("/jobs/new/estimate")
+def new_job_estimate(request: Request, owner: DashboardOwner, service: ServiceDep):
+    """The key's last estimate alone, for live.js to swap in while it runs."""
+    return page(request, "estimate_live.html", estimate=service.estimates.get(owner))
 
 
 @router.post("/jobs/new")
@@ -218,14 +228,19 @@ async def create_job(
     request: Request, owner: DashboardOwner, service: ServiceDep, background: BackgroundTasks
 ):
     """Fields arrive as text and become the API's JSON body; "Preview" shows it as curl and Python,
-    "Start" creates the job as `POST /v1/fine_tuning/jobs` does. An error is a message on the form that
-    names the field, never JSON."""
+    "Estimate" starts the job's dry run for this machine (estimates.py) and shows its figures when they
+    come, "Start" creates the job as `POST /v1/fine_tuning/jobs` does. An error is a message on the form
+    that names the field, never JSON."""
     form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
+    action = form.pop("action", "start")
     body, error, status, headers = None, None, 400, None
     try:
         body = job_body(form, service)
         job_request = JobCreate.model_validate(body)
-        if form.get("action") != "preview":
+        if action == "estimate":  # checked as a job is, then run dry; the page shows it running
+            job, _ = usecases.plan_job(service, owner, job_request)
+            service.estimates.start(owner, service.data, job, form)
+        elif action != "preview":
             job = usecases.create_job(service, owner, job_request)
             background.add_task(validate_job_files, service.store, service.data, job)
             return RedirectResponse(f"/jobs/{job.id}", status_code=303)
@@ -235,6 +250,11 @@ async def create_job(
         named = err.param and not err.message.startswith(err.param)
         error, headers = f"{err.param}: {err.message}" if named else err.message, err.headers
         status = 429 if err.status == 429 else 400
+    preview = (
+        equivalents(body, str(request.base_url).rstrip("/")) if action == "preview" and not error else None
+    )
+    # the key's estimate: the one just started, or the one still running when another was refused
+    estimate = service.estimates.get(owner) if action == "estimate" and (not error or status == 429) else None
     response = new_job_page(
         request,
         service,
@@ -242,7 +262,8 @@ async def create_job(
         form,
         status_code=status if error else 200,
         error=error,
-        preview=equivalents(body, str(request.base_url).rstrip("/")) if body and not error else None,
+        preview=preview,
+        estimate=estimate,
     )
     response.headers.update(headers or {})  # Retry-After on a 429
     return response
