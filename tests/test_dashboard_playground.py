@@ -209,6 +209,109 @@ def test_pages_without_a_key_answer_401(client):
         assert response.status_code == 401 and 'name="api_key"' in response.text
 
 
+# Streamed (the page's script)
+
+
+def events(body: str) -> list[tuple[str, dict]]:
+    """A text/event-stream body's events, as (name, data)."""
+    found = re.findall(r"^event: (.*)\ndata: (.*)\n\n", body, re.M)
+    return [(name, json.loads(data)) for name, data in found]
+
+
+def kept(client: TestClient) -> int:
+    """How many completions the server keeps, of every key."""
+    return client.app.state.service.store.one("SELECT COUNT(*) FROM completions")[0]
+
+
+def stream(client: TestClient, message: str, html: str = "", **fields):
+    data = {"model": "tiny", "max_tokens": "6", "message": message, "turn": turns(html), **fields}
+    return client.post("/playground/stream", data=data)
+
+
+def test_a_streamed_turn_comes_piece_by_piece_then_is_kept(client):
+    """Each model's pieces, then each kept reply (its text the pieces'), then the page the plain post
+    would show; a second turn goes on from the first, as the plain post's does."""
+    login(client, "k1")
+    first = stream(client, "say alice", compare="tiny-b")
+    assert first.status_code == 200 and first.headers["content-type"].startswith("text/event-stream")
+    sent = events(first.text)
+    names = [name for name, _ in sent]
+    assert names[-3:] == ["reply", "reply", "page"] and set(names[:-3]) == {"piece"}
+    replies = [data for name, data in sent if name == "reply"]
+    assert [reply["model"] for reply in replies] == [0, 1]
+    for column, model in enumerate(("tiny", "tiny-b")):
+        pieces = [data["text"] for name, data in sent if name == "piece" and data["model"] == column]
+        assert len(pieces) > 1 and all(pieces)  # token by token
+        reply = replies[column]
+        assert reply["text"] == "".join(pieces) and reply["finish_reason"] in ("stop", "length")
+        assert 0 < reply["completion_tokens"] <= 6
+        kept = prompt_of(client, reply["id"])
+        assert kept.model == model and kept.response == reply["text"]
+        assert kept.prompt == [{"role": "user", "content": "say alice"}]
+    page = sent[-1][1]["html"]
+    assert turns(page) == [f"{replies[0]['id']} {replies[1]['id']}"]
+    assert page.count('class="reply-of"') == 2 and "finish reason" in page and "Good answer" in page
+    assert '<textarea name="message" form="chat" required></textarea>' in page  # sent: cleared
+
+    second = events(stream(client, "and bob?", page, compare="tiny-b").text)
+    (_, shown), reply = second[-1], second[-3][1]
+    assert len(turns(shown["html"])) == 2
+    assert prompt_of(client, reply["id"]).prompt[1:] == [
+        {"role": "assistant", "content": replies[0]["text"]},
+        {"role": "user", "content": "and bob?"},
+    ]
+    assert client.app.state.service.quotas._running == {}  # the slots are back
+
+
+@pytest.mark.parametrize(
+    "message, fields, says",
+    [
+        ("hello there", {"max_tokens": "many"}, "max_tokens"),
+        (" ", {}, "write a message"),
+        ("hello there", {"compare": "ft:nope"}, "ft:nope"),
+        ("hello there", {"turn": ["chatcmpl-nope"]}, "chatcmpl-nope"),
+    ],
+)
+def test_a_bad_form_is_the_plain_pages_error_before_any_streaming(client, message, fields, says):
+    login(client, "k1")
+    response = stream(client, message, **fields)
+    assert response.status_code == 400 and response.headers["content-type"].startswith("text/html")
+    assert 'role="alert"' in response.text and says in response.text
+    assert not turns(response.text) and f">{message}</textarea>" in response.text  # the draft stays
+    assert kept(client) == 0
+    assert client.app.state.service.quotas._running == {}
+
+
+def test_a_stream_is_within_the_keys_generation_quota(client):
+    login(client, "k1")
+    service = client.app.state.service
+    taken = service.quotas.take_generation(owner_of("k1"), service.settings.max_generations_per_key)
+    busy = stream(client, "hello there")
+    assert busy.status_code == 429 and "Retry-After" in busy.headers and 'role="alert"' in busy.text
+    taken()
+    assert stream(client, "hello there").status_code == 200
+
+
+def test_a_stream_is_the_keys_own(client):
+    login(client, "k1")
+    replies = [data for name, data in events(stream(client, "say alice").text) if name == "reply"]
+    login(client, "k2")
+    borrowed = stream(client, "hi", turn=[replies[0]["id"]])
+    assert borrowed.status_code == 400 and "say alice" not in borrowed.text
+    assert replies[0]["text"] not in borrowed.text
+    assert stream(client, "hi", model=CHECKPOINT).status_code == 400  # k1's checkpoint, not k2's
+    evil = client.post(
+        "/playground/stream",
+        data={"model": "tiny", "message": "hi"},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert evil.status_code == 403
+    client.cookies.clear()
+    signed_out = stream(client, "hi")
+    assert signed_out.status_code == 401 and 'name="api_key"' in signed_out.text
+    assert kept(client) == 1  # k1's only
+
+
 class Fields(HTMLParser):
     """The page's form fields (but hidden ones) that no <label> names: wrapped in one or `for` its id."""
 
