@@ -7,14 +7,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from html.parser import HTMLParser
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from server import serve_in_thread
 from test_dashboard import JOB, ORIGIN, login, seed
+from test_dashboard_loop import browser_or_skip, launch, send_in_playground, sign_in, until, watched
 from tunelab.service.app import create_app
+from tunelab.service.engine import Generation
 from tunelab.service.settings import ServiceSettings, owner_of
 
 CHECKPOINT = "ft:tiny:org:x:ckpt-step-4"
@@ -263,6 +267,26 @@ def test_a_streamed_turn_comes_piece_by_piece_then_is_kept(client):
     assert client.app.state.service.quotas._running == {}  # the slots are back
 
 
+def failing(monkeypatch) -> None:
+    """Every model fails after its first piece, as one whose engine breaks mid-reply."""
+    pieces = Generation.pieces
+
+    def first_then_fail(self):
+        yield next(pieces(self))
+        raise RuntimeError("the engine broke")
+
+    monkeypatch.setattr(Generation, "pieces", first_then_fail)
+
+
+def test_a_failure_while_streaming_is_an_error_event_and_nothing_is_kept(client, monkeypatch):
+    login(client, "k1")
+    failing(monkeypatch)
+    sent = events(stream(client, "say alice", compare="tiny-b").text)
+    assert [name for name, _ in sent][-1] == "error" and "reply" not in [name for name, _ in sent]
+    assert "request id" in sent[-1][1]["message"] and "the engine broke" not in sent[-1][1]["message"]
+    assert kept(client) == 0 and client.app.state.service.quotas._running == {}
+
+
 @pytest.mark.parametrize(
     "message, fields, says",
     [
@@ -348,11 +372,47 @@ def test_every_input_has_a_label(client):
 
 
 @pytest.fixture
-def server(tmp_path, tiny_llama_dir):
+def served(tmp_path, tiny_llama_dir):
     app = create_app(settings(tmp_path, tiny_llama_dir))
     with serve_in_thread(app) as url:
         seed(app.state.service.store)
-        yield url
+        yield url, app
+
+
+@pytest.fixture
+def server(served):
+    return served[0]
+
+
+@pytest.fixture
+def slow_tokens(monkeypatch):
+    """Tokens 50 ms apart, as a bigger model's come (the tiny one's all come at once): a reader sees them
+    arrive one by one, and a reply of 100 takes seconds."""
+    token = Generation._token
+
+    def slowly(self, *args):
+        time.sleep(0.05)
+        token(self, *args)
+
+    monkeypatch.setattr(Generation, "_token", slowly)
+
+
+def test_a_client_that_goes_away_stops_the_generation(served, slow_tokens, monkeypatch):
+    url, app = served
+    started: list[Generation] = []
+    init = Generation.__init__
+    monkeypatch.setattr(Generation, "__init__", lambda self, *a: (started.append(self), init(self, *a))[1])
+    with httpx.Client(base_url=url, headers={"Origin": url}, timeout=30) as http:
+        http.post("/login", data={"api_key": "k1"})
+        chat = {"model": "tiny", "compare": "tiny-b", "max_tokens": "100", "message": "say alice"}
+        with http.stream("POST", "/playground/stream", data=chat) as response:
+            assert response.status_code == 200
+            next(line for line in response.iter_lines() if line == "event: piece")
+    # gone after its first piece: both generations stop, nothing is kept and the slots are back
+    until(lambda: app.state.service.quotas._running == {}, timeout=10)
+    time.sleep(0.5)  # any token still on its way
+    assert len(started) == 2 and all(g.completion_tokens < 20 for g in started), started
+    assert app.state.service.store.one("SELECT COUNT(*) FROM completions")[0] == 0
 
 
 @pytest.mark.browser
@@ -397,4 +457,67 @@ def test_playground_to_a_dataset_in_a_browser(server):
         page.screenshot(path="/tmp/dashboard-feedback.png", full_page=True)
         page.click("text=Make a dataset from these")
         expect(page.locator("h1")).to_contain_text("feedback.sft.jsonl")
+        browser.close()
+
+
+# Records the pending turn's reply lengths (one list per change, a number per model) into
+# window.seenLengths. A function: Playwright would eval an expression string, which the CSP forbids.
+RECORD_LENGTHS = """() => {
+    window.seenLengths = [];
+    new MutationObserver(() => {
+        const replies = document.querySelectorAll('section.turn[aria-busy] .reply-of pre.reply');
+        const now = [...replies].map((reply) => reply.textContent.length);
+        const last = window.seenLengths.at(-1) || [];
+        if (now.length && now.some((n, i) => n !== last[i])) window.seenLengths.push(now);
+    }).observe(document.body, { childList: true, subtree: true, characterData: true });
+}"""
+
+
+@pytest.mark.browser
+def test_replies_stream_side_by_side_in_a_browser(served, slow_tokens, monkeypatch):
+    """Both models' replies grow together as they are generated; then the conversation is the server's,
+    feedback forms and all, and the next message streams too. A form refused before streaming, and a
+    model failing while streaming, show the page's error with the message kept."""
+    url, _ = served
+    chromium, sync_api = browser_or_skip()
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as p:
+        browser = launch(p, chromium)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems = watched(page)
+        sign_in(page, url)
+        page.goto(url + "/playground")
+        page.select_option("select[name=compare]", "tiny-b")
+        page.fill("input[name=max_tokens]", "8")
+        page.evaluate(RECORD_LENGTHS)
+        page.fill("textarea[name=message]", "say alice")
+        page.click("button[form=chat]")
+        replies = page.locator("section.turn .reply-of")
+        expect(replies.nth(1).get_by_role("button", name="Good answer")).to_be_visible()
+        expect(replies).to_have_count(2)
+        final = [len(replies.nth(i).locator("pre.reply").text_content()) for i in range(2)]
+        seen = page.evaluate("() => window.seenLengths")
+        assert all(final) and len({a for a, _ in seen if a}) > 1 and len({b for _, b in seen if b}) > 1, seen
+        assert any(0 < a < final[0] and 0 < b < final[1] for a, b in seen), (seen, final)  # at once
+        expect(page.locator("textarea[name=message]")).to_have_value("")  # sent: cleared
+
+        replies.nth(0).get_by_role("button", name="Good answer").click()
+        expect(page.get_by_role("status")).to_contain_text("your rating is kept")
+        send_in_playground(page, expect, "and bob?", 2)  # streamed too: the script is still listening
+        expect(page.locator("section.turn").last.locator("form.rate")).to_have_count(2)
+
+        page.fill("input[name=max_tokens]", "100000")
+        page.fill("textarea[name=message]", "too long")
+        page.click("button[form=chat]")
+        expect(page.get_by_role("alert")).to_contain_text("max_tokens")
+        expect(page.locator("textarea[name=message]")).to_have_value("too long")
+        expect(page.locator("section.turn")).to_have_count(2)
+
+        page.fill("input[name=max_tokens]", "8")
+        failing(monkeypatch)
+        page.click("button[form=chat]")
+        expect(page.get_by_role("alert")).to_contain_text("request id")
+        expect(page.locator("section.turn")).to_have_count(2)  # the failed turn is not shown
+        expect(page.locator("textarea[name=message]")).to_have_value("too long")
+        assert not problems, problems
         browser.close()

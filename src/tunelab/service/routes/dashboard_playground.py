@@ -219,8 +219,13 @@ async def playground_stream(
             while (text := await asyncio.to_thread(next, texts, None)) is not None:
                 pieces.put_nowait(event("piece", model=column, text=text))
 
+        def ended(done: asyncio.Future) -> None:
+            if not done.cancelled():
+                done.exception()  # seen: once cancelled (the client left) nobody awaits it
+            pieces.put_nowait(None)
+
         work = asyncio.gather(*(send(column, g) for column, g in enumerate(generations)))
-        work.add_done_callback(lambda _: pieces.put_nowait(None))
+        work.add_done_callback(ended)
         try:
             while (piece := await pieces.get()) is not None:
                 yield piece
