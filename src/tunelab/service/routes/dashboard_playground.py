@@ -4,6 +4,8 @@ side, and a thumbs up or down or a better answer on every reply, kept as `POST /
 The conversation lives in the form, not on the server: each turn is a hidden field naming the completions
 that answered it (kept as `/v1/chat/completions` keeps them), whose stored prompt and reply are the turn's
 text. So it needs no state of its own, and a turn naming another key's completion is refused as unknown.
+With JavaScript the page's script sends the same form to `/playground/stream` instead, to show the replies
+as they are generated; the turn it keeps and the page it ends with are the plain post's.
 """
 
 from __future__ import annotations
