@@ -93,6 +93,7 @@ def send_in_playground(page, expect, message: str, turns: int) -> None:
     page.fill("textarea[name=message]", message)
     page.click("button[form=chat]")
     expect(page.locator("section.turn")).to_have_count(turns)
+    expect(page.locator("section.turn[aria-busy]")).to_have_count(0)  # streamed (with JavaScript): whole
 
 
 @pytest.fixture

@@ -440,22 +440,26 @@ def keep_chat_reply(service: Service, owner: str, model: str, messages: list[dic
     return completion_id
 
 
-async def chat_reply(
+async def start_chat_reply(
     service: Service, owner: str, request: GenerationRequest, messages: list[dict]
 ) -> Generation:
-    """The conversation's next turn as `/v1/chat/completions` would answer it, the generation off the
-    event loop."""
+    """The conversation's next turn as `/v1/chat/completions` would answer it, joined to its model's batch
+    (off the event loop: the first request on a base loads it); the caller holds one of the key's generation
+    slots for it, and runs it or iterates its pieces off the event loop."""
     target, tokenizer = await load_target(service, owner, request.model)
     ids = chat_prompt_ids(tokenizer, messages)
     context = service.engine.context_length(target.base)
     sampling = sampling_for(
         request, request.max_tokens, len(ids), context, service.settings.default_max_tokens, len(tokenizer)
     )
+    return await asyncio.to_thread(Generation, service.engine, target, ids, sampling)
 
-    def generate() -> Generation:
-        generation = Generation(service.engine, target, ids, sampling)
-        generation.run()
-        return generation
 
+async def chat_reply(
+    service: Service, owner: str, request: GenerationRequest, messages: list[dict]
+) -> Generation:
+    """`start_chat_reply`'s generation, whole."""
     with service.quotas.generation(owner):
-        return await asyncio.to_thread(generate)
+        generation = await start_chat_reply(service, owner, request, messages)
+        await asyncio.to_thread(generation.run)
+    return generation

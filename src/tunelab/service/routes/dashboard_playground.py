@@ -4,22 +4,36 @@ side, and a thumbs up or down or a better answer on every reply, kept as `POST /
 The conversation lives in the form, not on the server: each turn is a hidden field naming the completions
 that answered it (kept as `/v1/chat/completions` keeps them), whose stored prompt and reply are the turn's
 text. So it needs no state of its own, and a turn naming another key's completion is refused as unknown.
+With JavaScript the page's script sends the same form to `/playground/stream` instead, to show the replies
+as they are generated; the turn it keeps and the page it ends with are the plain post's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 
 from ..deps import Service, ServiceDep
-from ..errors import ApiError, not_found
+from ..engine import Generation
+from ..errors import ApiError, internal_error, not_found
 from ..shapes import FeedbackCreate, GenerationRequest
 from ..store import CompletionRow
-from ..usecases import add_feedback, chat_reply, keep_chat_reply, resolve_model, visible_models
+from ..usecases import (
+    add_feedback,
+    chat_reply,
+    keep_chat_reply,
+    resolve_model,
+    start_chat_reply,
+    visible_models,
+)
 from .dashboard import DashboardOwner, DashboardRoute, form_errors, page
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
@@ -123,40 +137,138 @@ def playground(
     return chat_page(request, service, owner, Chat(model=model, compare=compare))
 
 
+Ask = tuple[GenerationRequest, list[dict]]  # a model of the form, and what it is asked
+
+
+def next_turn(chat: Chat, turns: list[Turn]) -> list[Ask]:
+    """What each model of the form is asked for the form's message; ValidationError or ApiError when the
+    form cannot be answered."""
+    if not chat.message.strip():
+        raise ApiError(400, "write a message for the model to answer", param="message")
+    settings = {"max_tokens": chat.max_tokens, "temperature": chat.temperature}
+    requests = [  # a form's text
+        GenerationRequest.model_validate({"model": name, **settings}, strict=False) for name in chat.models()
+    ]
+    return [(req, asked(chat.system, turns, column, chat.message)) for column, req in enumerate(requests)]
+
+
+def keep_turn(
+    service: Service, owner: str, chat: Chat, asks: list[Ask], replies: list[Generation]
+) -> list[str]:
+    """Keeps every model's reply, adds the turn to the conversation and clears the message; the ids kept."""
+    ids = [
+        keep_chat_reply(service, owner, req.model, prompt, reply.text)
+        for (req, prompt), reply in zip(asks, replies, strict=True)
+    ]
+    chat.turn, chat.message = [*chat.turn, " ".join(ids)], ""
+    return ids
+
+
+def refused(
+    request: Request, service: Service, owner: str, chat: Chat, err: ValidationError | ApiError
+) -> Response:
+    """The form again with the message kept and why it was not answered; only a 429 keeps its status (and
+    its Retry-After)."""
+    if isinstance(err, ValidationError):
+        return chat_page(request, service, owner, chat, 400, error=form_errors(err))
+    response = chat_page(request, service, owner, chat, 429 if err.status == 429 else 400, error=err.message)
+    response.headers.update(err.headers or {})
+    return response
+
+
 @router.post("/playground")
 async def playground_reply(
     request: Request, owner: DashboardOwner, service: ServiceDep, chat: Annotated[Chat, Form()]
 ):
     """The next turn, answered by every model of the form at once; kept only when all of them answered."""
-    details, error, status, headers = {}, None, 400, None
     try:
-        turns = conversation(service, owner, chat)
-        if not chat.message.strip():
-            raise ApiError(400, "write a message for the model to answer", param="message")
-        settings = {"max_tokens": chat.max_tokens, "temperature": chat.temperature}
-        requests = [  # a form's text
-            GenerationRequest.model_validate({"model": name, **settings}, strict=False)
-            for name in chat.models()
-        ]
-        prompts = [asked(chat.system, turns, column, chat.message) for column in range(len(requests))]
-        replies = await asyncio.gather(
-            *(chat_reply(service, owner, req, prompt) for req, prompt in zip(requests, prompts, strict=True))
-        )
-        ids = [
-            keep_chat_reply(service, owner, req.model, prompt, reply.text)
-            for req, prompt, reply in zip(requests, prompts, replies, strict=True)
-        ]
-        details = dict(zip(ids, replies, strict=True))  # token counts and finish reasons: not kept
-        chat.turn, chat.message = [*chat.turn, " ".join(ids)], ""
-    except ValidationError as err:
-        error = form_errors(err)
-    except ApiError as err:  # a message on the page; only a 429 keeps its status, for its Retry-After
-        error, status, headers = err.message, 429 if err.status == 429 else 400, err.headers
-    response = chat_page(
-        request, service, owner, chat, 200 if error is None else status, details=details, error=error
+        asks = next_turn(chat, conversation(service, owner, chat))
+        replies = await asyncio.gather(*(chat_reply(service, owner, req, prompt) for req, prompt in asks))
+        ids = keep_turn(service, owner, chat, asks, list(replies))
+    except (ValidationError, ApiError) as err:
+        return refused(request, service, owner, chat, err)
+    # token counts and finish reasons: shown, not kept
+    return chat_page(request, service, owner, chat, details=dict(zip(ids, replies, strict=True)))
+
+
+@router.post("/playground/stream")
+async def playground_stream(
+    request: Request, owner: DashboardOwner, service: ServiceDep, chat: Annotated[Chat, Form()]
+):
+    """The plain post's turn for the page's script (`static/playground.js`), as server-sent events: every
+    model's text as it comes (`piece`: model, text), the models side by side at once; when all are whole,
+    each kept reply (`reply`: model, id, text, finish_reason, completion_tokens) and the page the plain post
+    would show (`page`: html), so the conversation and its forms are the server's. A failure once streaming
+    is an `error` event (message); one before is the plain post's page with its status, as HTML."""
+    generations: list[Generation] = []
+    try:
+        asks = next_turn(chat, conversation(service, owner, chat))
+        release = service.quotas.take_generation(owner, len(asks))
+        try:
+            for req, prompt in asks:
+                generations.append(await start_chat_reply(service, owner, req, prompt))
+        except BaseException:
+            stop(generations, release)
+            raise
+    except (ValidationError, ApiError) as err:
+        return refused(request, service, owner, chat, err)
+
+    async def events() -> AsyncIterator[str]:
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def send(column: int, generation: Generation) -> None:
+            texts = generation.pieces()
+            while (text := await asyncio.to_thread(next, texts, None)) is not None:
+                pieces.put_nowait(event("piece", model=column, text=text))
+
+        def ended(done: asyncio.Future) -> None:
+            if not done.cancelled():
+                done.exception()  # seen: once cancelled (the client left) nobody awaits it
+            pieces.put_nowait(None)
+
+        work = asyncio.gather(*(send(column, g) for column, g in enumerate(generations)))
+        work.add_done_callback(ended)
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield piece
+            await work  # a model's error, if one failed
+            ids = keep_turn(service, owner, chat, asks, generations)
+            for column, (completion_id, g) in enumerate(zip(ids, generations, strict=True)):
+                yield event(
+                    "reply",
+                    model=column,
+                    id=completion_id,
+                    text=g.text,
+                    finish_reason=g.finish_reason,
+                    completion_tokens=g.completion_tokens,
+                )
+            shown = chat_page(request, service, owner, chat, details=dict(zip(ids, generations, strict=True)))
+            yield event("page", html=bytes(shown.body).decode())
+        except ApiError as err:  # the status line is sent already: the error goes in the stream
+            yield event("error", message=err.message)
+        except Exception as err:
+            yield event("error", message=internal_error(err, "the playground's stream")["error"]["message"])
+        finally:  # also when the client went away: its generations stop
+            work.cancel()
+            stop(generations, release)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store"},
+        background=BackgroundTask(stop, generations, release),  # the client left before the stream began
     )
-    response.headers.update(headers or {})  # Retry-After on a 429
-    return response
+
+
+def stop(generations: list[Generation], release: Callable[[], None]) -> None:
+    """Stops the generations still running and gives their slots back (twice is harmless)."""
+    for generation in generations:
+        generation.cancel()
+    release()
+
+
+def event(name: str, **data) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
 @router.post("/playground/feedback")
