@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from conftest import copy_task_rows, write_jsonl
-from test_dashboard_jobs import K1, ORIGIN, form_for, settings, signed_in, until, upload
+from pages import until
+from test_dashboard_jobs import K1, ORIGIN, form_for, settings, signed_in, upload
 from tunelab.cli import app
 from tunelab.service import estimates
 from tunelab.service.app import create_app

@@ -7,15 +7,14 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 import threading
-import time
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from conftest import copy_task_rows
+from pages import browser_or_skip, launch, sign_in, until
 from server import serve_in_thread
 from tunelab.service.app import create_app
 from tunelab.service.settings import ServiceSettings
@@ -67,15 +66,6 @@ def start_job(client: TestClient, **fields) -> str:
 
 def api_job(client: TestClient, job_id: str) -> dict:
     return client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=K1).json()
-
-
-def until(condition, timeout: float = 120.0):
-    """Polls `condition` until it returns something true, which it returns."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return result
 
 
 def test_without_a_key_every_page_is_the_login_form(client):
@@ -277,23 +267,10 @@ def server(tmp_path, tiny_llama_dir):
         yield url, app
 
 
-def browser_or_skip():
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on PATH")
-    return chromium, pytest.importorskip("playwright.sync_api")
-
-
 def upload_over_http(url: str) -> str:
     files = {"file": ("train.jsonl", training_text())}
     response = httpx.post(f"{url}/v1/files", headers=K1, files=files, data={"purpose": "fine-tune"})
     return response.json()["id"]
-
-
-def sign_in(page, url: str) -> None:
-    page.goto(url + "/")
-    page.fill("input[name=api_key]", "k1")
-    page.click("button[type=submit]")
 
 
 def fill_new_job(page, url: str, file_id: str) -> None:
@@ -309,7 +286,7 @@ def test_a_job_started_from_the_form_draws_its_curve_live(server):
     chromium, sync_api = browser_or_skip()
     file_id = upload_over_http(url)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = launch(p, chromium)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         errors = []
         page.on("pageerror", lambda error: errors.append(str(error)))
@@ -347,7 +324,7 @@ def test_without_javascript_the_form_and_the_job_page_still_work(server):
     chromium, sync_api = browser_or_skip()
     file_id = upload_over_http(url)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = launch(p, chromium)
         context = browser.new_context(java_script_enabled=False)
         page = context.new_page()
         sign_in(page, url)

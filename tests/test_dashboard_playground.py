@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from html.parser import HTMLParser
 
@@ -14,9 +13,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from pages import browser_or_skip, launch, sign_in, until, watched
 from server import serve_in_thread
 from test_dashboard import JOB, ORIGIN, login, seed
-from test_dashboard_loop import browser_or_skip, launch, send_in_playground, sign_in, until, watched
+from test_dashboard_loop import send_in_playground
 from tunelab.service.app import create_app
 from tunelab.service.engine import Generation
 from tunelab.service.settings import ServiceSettings, owner_of
@@ -417,12 +417,9 @@ def test_a_client_that_goes_away_stops_the_generation(served, slow_tokens, monke
 
 @pytest.mark.browser
 def test_playground_to_a_dataset_in_a_browser(server):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no chromium on PATH")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium, sync_api = browser_or_skip()
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = launch(p, chromium)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         expect = sync_api.expect
 
