@@ -96,18 +96,27 @@ def feedback_file(data_dir: Path, kind: str) -> Path:
     return out
 
 
+def wait_for_job(client: OpenAI, job, every_s: float = 2.0):
+    """(the job once it has ended, the seconds waited); the script stops if it did not succeed."""
+    started = time.monotonic()
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
+        time.sleep(every_s)
+    if job.status != "succeeded":
+        sys.exit(f"the job {job.id} {job.status}: {job.error}")
+    return job, time.monotonic() - started
+
+
 def train_job(client: OpenAI, model: str, data: Path, kind: str, hyperparameters: dict):
     """A fine-tuning job of `kind` (supervised or dpo) on `data`, waited for; its metric events printed."""
     uploaded = client.files.create(file=data.open("rb"), purpose="fine-tune")
     method = {"type": kind, kind: {"hyperparameters": hyperparameters}}
     job = client.fine_tuning.jobs.create(model=model, training_file=uploaded.id, method=method)
-    started = time.monotonic()
-    finished = ("succeeded", "failed", "cancelled")
-    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in finished:
-        time.sleep(2)
-    print(f"{kind} job {job.id} from {model}: {job.status} in {time.monotonic() - started:.0f} s")
-    if job.status != "succeeded":
-        sys.exit(f"the job {job.status}: {job.error}")
+    job, seconds = wait_for_job(client, job)
+    print(f"{kind} job {job.id} from {model}: {job.status} in {seconds:.0f} s")
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data[::-1]
     for event in [e for e in events if e.type == "metrics"][-3:]:
         print(f"  {event.message}")

@@ -16,10 +16,9 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from feedback_loop import start_server
+from feedback_loop import start_server, wait_for_job
 from openai import OpenAI
 from rl_demo import FIELDS, REPORT, rl_rows, write
 
@@ -55,16 +54,8 @@ def main() -> None:
             model=base, training_file=uploads[0], validation_file=uploads[1], method=method,
             extra_body={"tunelab": {"max_completion_tokens": 48}},
         )  # fmt: skip
-        started = time.monotonic()
-        while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in (
-            "succeeded",
-            "failed",
-            "cancelled",
-        ):
-            time.sleep(5)
-        print(f"reinforcement job {job.id}: {job.status} in {time.monotonic() - started:.0f} s")
-        if job.status != "succeeded":
-            sys.exit(f"the job {job.status}: {job.error}")
+        job, seconds = wait_for_job(client, job, every_s=5)
+        print(f"reinforcement job {job.id}: {job.status} in {seconds:.0f} s")
         print(
             "method:", job.method.type, job.method.reinforcement.hyperparameters.model_dump(exclude_none=True)
         )

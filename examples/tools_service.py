@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from feedback_loop import start_server
+from feedback_loop import start_server, wait_for_job
 from openai import OpenAI
 
 TOOLS = [
@@ -190,18 +188,8 @@ def main() -> None:
                 "n_epochs": args.epochs, "learning_rate_multiplier": args.lr_multiplier,
             }}},
         )  # fmt: skip
-        started = time.monotonic()
-        while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in (
-            "succeeded",
-            "failed",
-            "cancelled",
-        ):
-            time.sleep(5)
-        print(
-            f"job {job.id}: {job.status} in {time.monotonic() - started:.0f} s, {job.trained_tokens} tokens"
-        )
-        if job.status != "succeeded":
-            sys.exit(f"the job {job.status}: {job.error}")
+        job, seconds = wait_for_job(client, job, every_s=5)
+        print(f"job {job.id}: {job.status} in {seconds:.0f} s, {job.trained_tokens} tokens")
         model = job.fine_tuned_model
         after = score_calls(client, model, cases)
         streamed = score_calls(client, model, cases, stream=True)

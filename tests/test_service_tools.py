@@ -8,19 +8,12 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from conftest import WEATHER
 from test_service_api import settings_for
 from tunelab.data.tools import OPEN
 from tunelab.service import create_app
 from tunelab.service.engine import Engine, Generation
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
 ASK = [{"role": "user", "content": "Weather in Oslo?"}]
 
