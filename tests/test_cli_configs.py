@@ -50,7 +50,7 @@ COMMANDS = {
     "demo": Case((DemoConfig,), (), (), ()),
     "export": Case((ExportConfig,), (), (), ()),
     # TrainConfig.options is one flag per method option (below); --config is the YAML file of the rest.
-    "train": Case((TrainConfig,), (TrainConfig,), ("options",), ("config",), trains=True),
+    "train": Case((TrainConfig,), (TrainConfig,), ("options",), ("config", "dry_run_json"), trains=True),
     # The student is the training's --model; the training options are train's.
     "distill": Case(
         (DistillConfig, TrainConfig), (TrainConfig,), ("model", "options"), ("student", "config"), trains=True

@@ -12,7 +12,7 @@ from pages import browser_or_skip, launch
 from server import serve_in_thread
 from tunelab.service.app import create_app
 from tunelab.service.deps import COOKIE
-from tunelab.service.routes.dashboard import chart, thin
+from tunelab.service.pages import chart, thin
 from tunelab.service.settings import ServiceSettings, owner_of
 from tunelab.service.store import JobRow, now
 

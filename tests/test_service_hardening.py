@@ -325,7 +325,7 @@ def test_cookie_authenticated_changes_need_this_servers_origin(tmp_path, tiny_ll
         # The same from the dashboard's own origin works.
         for same in ({"Origin": ORIGIN}, {"Sec-Fetch-Site": "same-origin"}):
             reply = client.post("/playground", headers=same, data={"model": "tiny", "message": "hi"})
-            assert reply.status_code == 200 and 'id="reply"' in reply.text
+            assert reply.status_code == 200 and 'class="reply-of"' in reply.text
         cancel = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers={"Origin": ORIGIN})
         assert cancel.json()["status"] == "cancelled"
     finally:

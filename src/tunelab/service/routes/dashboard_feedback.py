@@ -14,9 +14,9 @@ from pydantic import BaseModel
 from ..deps import Service, ServiceDep
 from ..errors import ApiError
 from ..feedback import KINDS, latest, rated
+from ..pages import DashboardOwner, DashboardRoute, page
 from ..store import FeedbackRow
 from ..usecases import dataset_from_feedback
-from .dashboard import DashboardOwner, DashboardRoute, page
 
 SHOWN = 500
 RATINGS = {"1": "good", "0": "neither", "-1": "bad"}

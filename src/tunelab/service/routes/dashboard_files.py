@@ -10,9 +10,9 @@ from fastapi.responses import RedirectResponse
 from ..data_files import check_text, clean, file_report
 from ..deps import Service, ServiceDep
 from ..errors import ApiError
+from ..pages import DashboardOwner, DashboardRoute, page
 from ..store import FileRow
 from ..upload import PURPOSES, store_upload
-from .dashboard import DashboardOwner, DashboardRoute, page
 
 ISSUES_SHOWN = 200
 

@@ -25,9 +25,7 @@ from .. import usecases
 from ..deps import Service, ServiceDep
 from ..errors import ApiError
 from ..jobs import FIXED, JobCreate, validate_job_files
-from ..shapes import checkpoint_object, job_object
-from ..store import JobRow, now
-from .dashboard import (
+from ..pages import (
     ACCURACY_SERIES,
     REWARD_SERIES,
     DashboardOwner,
@@ -37,6 +35,8 @@ from .dashboard import (
     loss_series,
     page,
 )
+from ..shapes import checkpoint_object, job_object
+from ..store import JobRow, now
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 ENDED = ("succeeded", "failed", "cancelled")

@@ -20,7 +20,7 @@ from .. import usecases
 from ..deps import Service, ServiceDep
 from ..errors import ApiError
 from ..exports import ACTIVE, plan_export
-from .dashboard import DashboardOwner, DashboardRoute, page
+from ..pages import DashboardOwner, DashboardRoute, page
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 QUANTS = tuple(dict.fromkeys((*HF_DTYPES, *CONVERTER_QUANTS, *QUANTIZE_QUANTS)))  # each format takes some

@@ -24,6 +24,7 @@ from starlette.background import BackgroundTask
 from ..deps import Service, ServiceDep
 from ..engine import Generation
 from ..errors import ApiError, internal_error, not_found
+from ..pages import DashboardOwner, DashboardRoute, form_errors, page
 from ..shapes import FeedbackCreate, GenerationRequest
 from ..store import CompletionRow
 from ..usecases import (
@@ -34,7 +35,6 @@ from ..usecases import (
     start_chat_reply,
     visible_models,
 )
-from .dashboard import DashboardOwner, DashboardRoute, form_errors, page
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 

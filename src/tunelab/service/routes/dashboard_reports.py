@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from ..deps import ServiceDep
-from .dashboard import DashboardOwner, DashboardRoute, page
+from ..pages import DashboardOwner, DashboardRoute, page
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 REPORT = "report.html"
