@@ -71,3 +71,23 @@ def test_incremental_decoding_gives_a_piece_per_whole_token_and_the_same_text(ti
     words = tiny_tokenizer("the quick fox", add_special_tokens=False)["input_ids"]
     decoder = IncrementalDecoder(tiny_tokenizer, prompt)
     assert all(decoder.add(token) for token in words)  # no piece waits for the next word
+
+
+def test_each_conversation_is_asked_with_its_own_tools(tiny_llama_dir, tmp_path, monkeypatch):
+    """`generate_file` on function-calling data shows each example's tools, as training did."""
+    from conftest import WEATHER
+    from tunelab.inference import generation
+
+    asked, real = [], generation.chat_prompt
+
+    def kept_prompt(*args):
+        asked.append(real(*args))
+        return asked[-1]
+
+    monkeypatch.setattr(generation, "chat_prompt", kept_prompt)
+    model, tokenizer = load_for_inference(str(tiny_llama_dir))
+    rows = [{"tools": [WEATHER], "messages": [{"role": "user", "content": "weather in Oslo?"}]}]
+    data = write_jsonl(tmp_path / "calls.jsonl", [*rows, {"messages": CONVERSATIONS[0]}])
+    assert generate_file(model, tokenizer, str(data), str(tmp_path / "out.jsonl"), max_new_tokens=2) == 2
+    assert '"name": "get_weather"' in asked[0] and "<tools>" in asked[0]
+    assert "<tools>" not in asked[1]

@@ -122,10 +122,15 @@ def generate(
     top_p: float = 1.0,
     batch_size: int = 16,
     seed: int = 0,
+    tools: list[list[dict] | None] | None = None,
 ) -> list[str]:
-    """Reply to each conversation; greedy unless temperature > 0. Batches similar lengths together."""
+    """Reply to each conversation (with its `tools`, when given: one list or None a conversation); greedy
+    unless temperature > 0. Batches similar lengths together."""
     torch.manual_seed(seed)
-    prompts = [chat_prompt(tokenizer, prompt_messages(c)) for c in conversations]
+    tools = tools or [None] * len(conversations)
+    prompts = [
+        chat_prompt(tokenizer, prompt_messages(c), t) for c, t in zip(conversations, tools, strict=True)
+    ]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[str] = [""] * len(prompts)
     tokenizer.padding_side = "left"  # generation appends on the right, so pad on the left
@@ -332,7 +337,7 @@ def generate_file(model, tokenizer, data: str, out: str, fmt: str | None = None,
 
     examples = load_examples(data, format=fmt, for_training=False)
     conversations = [e.messages for e in examples]
-    predictions = generate(model, tokenizer, conversations, **kwargs)
+    predictions = generate(model, tokenizer, conversations, tools=[e.tools for e in examples], **kwargs)
     with open(out, "w") as f:
         for example, prediction in zip(examples, predictions, strict=True):
             last = example.messages[-1]
