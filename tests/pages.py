@@ -9,6 +9,18 @@ import time
 
 import pytest
 
+from tunelab.service.settings import ServiceSettings
+
+
+def settings(tmp_path, model_dir, start_worker: bool = False) -> ServiceSettings:
+    """The service for a dashboard test: keys k1 and k2, the model as base "tiny", its data under tmp_path."""
+    return ServiceSettings(
+        data_dir=str(tmp_path / "data"),
+        api_keys=["k1", "k2"],
+        base_models={"tiny": str(model_dir)},
+        start_worker=start_worker,
+    )
+
 
 def rows(n: int, start: int = 0) -> list[dict]:
     """n chat examples, each unlike the others (no duplicates to report)."""

@@ -8,25 +8,16 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from pages import browser_or_skip, launch
+from pages import browser_or_skip, launch, settings
 from server import serve_in_thread
 from tunelab.service.app import create_app
 from tunelab.service.deps import COOKIE
 from tunelab.service.pages import chart, thin
-from tunelab.service.settings import ServiceSettings, owner_of
+from tunelab.service.settings import owner_of
 from tunelab.service.store import JobRow, now
 
 JOB = "ftjob-dashboardtest000001"
 NASTY = "<script>alert(1)</script>.jsonl"
-
-
-def settings(tmp_path, tiny_llama_dir) -> ServiceSettings:
-    return ServiceSettings(
-        data_dir=str(tmp_path / "data"),
-        api_keys=["k1", "k2"],
-        base_models={"tiny": str(tiny_llama_dir)},
-        start_worker=False,
-    )
 
 
 def seed(store) -> None:

@@ -14,24 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import copy_task_rows
-from pages import browser_or_skip, launch, sign_in, until
+from pages import browser_or_skip, launch, settings, sign_in, until
 from server import serve_in_thread
 from tunelab.service.app import create_app
-from tunelab.service.settings import ServiceSettings
 from tunelab.service.worker import serve_jobs
 
 K1 = {"Authorization": "Bearer k1"}
 ORIGIN = {"Origin": "http://testserver"}  # the test client's own origin, as a browser sends it
 TRAIN_POINTS = re.compile(r'<polyline class="train_loss" points="([^"]*)"')
-
-
-def settings(tmp_path, tiny_llama_dir) -> ServiceSettings:
-    return ServiceSettings(
-        data_dir=str(tmp_path / "data"),
-        api_keys=["k1", "k2"],
-        base_models={"tiny": str(tiny_llama_dir)},
-        start_worker=False,
-    )
 
 
 def training_text() -> str:

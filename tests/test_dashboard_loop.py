@@ -18,11 +18,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from pages import browser_or_skip, jsonl, launch, rows, sign_in, until, watched
+from pages import browser_or_skip, jsonl, launch, rows, settings, sign_in, until, watched
 from server import serve_in_thread
 from tiny import make_model_dir
 from tunelab.service.app import create_app
-from tunelab.service.settings import ServiceSettings, owner_of
+from tunelab.service.settings import owner_of
 from tunelab.service.usecases import keep_chat_reply
 from tunelab.service.worker import serve_jobs
 
@@ -45,15 +45,6 @@ RECORD_POINTS = f"""() => {{
         if (n !== window.seenPoints.at(-1)) window.seenPoints.push(n);
     }}).observe(document.body, {{ childList: true, subtree: true, attributes: true }});
 }}"""
-
-
-def settings(tmp_path: Path, tiny_llama_dir: Path, start_worker: bool = False) -> ServiceSettings:
-    return ServiceSettings(
-        data_dir=str(tmp_path / "data"),
-        api_keys=["k1", "k2"],
-        base_models={"tiny": str(tiny_llama_dir)},
-        start_worker=start_worker,
-    )
 
 
 def bad_line_file() -> bytes:

@@ -13,27 +13,18 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from pages import browser_or_skip, launch, until
+from pages import browser_or_skip, launch, settings, until
 from server import serve_in_thread
 from test_dashboard import JOB, ORIGIN, add_job, login
 from test_dashboard_playground import Fields
 from tunelab.report_page import html_page
 from tunelab.service.app import create_app
 from tunelab.service.exports import EXPORT_LOCK
-from tunelab.service.settings import ServiceSettings, owner_of
+from tunelab.service.settings import owner_of
 
 K1 = {"Authorization": "Bearer k1"}
 MODEL = f"ft:tiny:{owner_of('k1')}:mine:dashboardtest"
 PROMPT_JOB, PROMPT_MODEL = "ftjob-prompttuned00000001", f"ft:tiny:{owner_of('k1')}:prompt:x"
-
-
-def settings(tmp_path, tiny_llama_dir) -> ServiceSettings:
-    return ServiceSettings(
-        data_dir=str(tmp_path / "data"),
-        api_keys=["k1", "k2"],
-        base_models={"tiny": str(tiny_llama_dir)},
-        start_worker=False,
-    )
 
 
 def publish(app, tiny_dir) -> None:
