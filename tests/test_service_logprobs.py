@@ -118,7 +118,8 @@ def test_legacy_completions_logprobs(sdk, model):
     options = dict(model="tiny", prompt="tokyo", max_tokens=6, temperature=0, logprobs=2)
     chunks = list(sdk.completions.create(**options, stream=True))
     streamed = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.token_logprobs]
-    assert streamed == logprobs.token_logprobs
+    # the same prompt again: prefilled from the prefix cache, so equal up to float rounding
+    assert streamed == pytest.approx(logprobs.token_logprobs, abs=1e-5)
 
 
 def test_logit_bias_and_penalties_change_the_answer_as_defined(sdk, model):

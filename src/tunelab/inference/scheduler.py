@@ -3,10 +3,11 @@ at the next decode step and leave the step they finish, each with its own adapte
 stop. One thread runs the model; callers get their tokens through a callback, as they come.
 
 Written here because transformers' own continuous batching packs every sequence into one row of a paged
-cache, where PEFT's per-row `adapter_names` (the S-LoRA/Punica idea: one batch, many LoRA adapters) cannot
-apply. Each new sequence is prefilled alone, so its first token is exactly what it would be alone; its KV
-cache is then left-padded into the batch's, and every decode step runs the whole batch at once.
-Caches are plain (full-attention) layers: a sliding-window model attends to its whole context here.
+cache, where per-row adapters (the S-LoRA/Punica idea: one batch, many LoRA adapters) cannot apply. The
+sequences admitted together are prefilled in one forward pass, each distinct prompt once (the `n` choices
+of a request share it) and each from where the prefix cache's KV of an earlier prompt ends; their KV is
+then right-aligned into the running batch's left-padded cache, and every decode step runs the whole batch
+at once. Caches are plain (full-attention) layers: a sliding-window model attends to its whole context here.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import torch
 from transformers import DynamicCache
 
 from .generation import MIN_TEMPERATURE, cache_argument
+from .prefix_cache import Layers, PrefixCache, PrefixHit
 
 log = logging.getLogger(__name__)
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
 class TokenLogprob(NamedTuple):
@@ -62,6 +63,7 @@ class SequenceRequest:
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
     logprobs: int | None = None  # None: no log-probabilities; k: each token's and the top k's
     cancelled: threading.Event = field(default_factory=threading.Event)  # set it to end the sequence
+    cached_tokens: int = 0  # set at its prefill: the prompt's leading tokens whose KV was stored already
 
 
 @dataclass
@@ -78,16 +80,22 @@ class Row:
 
 
 class BatchScheduler:
-    """Runs the batch on its own thread. `model_for(adapters)` returns (model, context, mixed) to run a set
-    of adapters (None: the base) in one batch, `mixed` meaning rows name their adapter through PEFT's
-    `adapter_names`; or None when those cannot share a batch (the caller knows which PEFT kinds mix). It is
-    called from the scheduler's thread only, the one thread that touches the model."""
+    """Runs the batch on its own thread. `model_for(adapters)`, given each row's adapter (None: the base),
+    returns (model, context, kwargs): run the model inside `context` with `kwargs` added to its inputs
+    (e.g. PEFT's `adapter_names`); or None when those adapters cannot share a batch. It is called from the
+    scheduler's thread only, the one thread that touches the model. `prefix_cache_bytes` bounds the KV
+    kept of recent prompts (0: none kept)."""
 
     def __init__(
-        self, model_for: Callable, max_batch: int = 16, on_step: Callable[[int], None] | None = None
+        self,
+        model_for: Callable,
+        max_batch: int = 16,
+        on_step: Callable[[int], None] | None = None,
+        prefix_cache_bytes: int = 0,
     ):
         self.model_for, self.max_batch = model_for, max_batch
         self.on_step = on_step  # told the number of rows of each decode step
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.pending: deque[SequenceRequest] = deque()
         self.calls: deque[Callable[[], None]] = deque()  # to run on this thread between steps
         self.rows: list[Row] = []
@@ -108,11 +116,13 @@ class BatchScheduler:
             self.wake.notify_all()
 
     def end_adapter(self, adapter: str) -> None:
-        """End the running sequences that use `adapter` (call it from the scheduler's thread)."""
+        """End the running sequences that use `adapter` and forget its prompts' KV (call it from the
+        scheduler's thread, before the adapter is unloaded)."""
         for row in self.rows:
             if row.request.adapter == adapter:
                 row.request.cancelled.set()
         self._retire()
+        self.prefix_cache.forget(adapter)
 
     @property
     def queued(self) -> int:
@@ -180,48 +190,50 @@ class BatchScheduler:
                     request.on_end("stop", err)
 
     def _fits(self, requests: list[SequenceRequest]) -> bool:
-        adapters = {row.request.adapter for row in self.rows} | {r.adapter for r in requests}
+        adapters = [row.request.adapter for row in self.rows] + [r.adapter for r in requests]
         return self.model_for(adapters) is not None
 
     @torch.no_grad()
     def _prefill(self, requests: list[SequenceRequest]) -> None:
-        """The prompts left-padded into one batch, as the running batch's cache keeps them."""
-        model, context, mixed = self.model_for({r.adapter for r in requests})
-        device, width = model.device, max(len(r.prompt_ids) for r in requests)
-        ids = torch.zeros(len(requests), width, dtype=torch.long, device=device)  # (B, T)
-        mask = torch.zeros_like(ids)
-        for r, request in enumerate(requests):
-            ids[r, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids, device=device)
-            mask[r, width - len(request.prompt_ids) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each prompt from position 0, after its padding
-        extra = {"adapter_names": [r.adapter or BASE for r in requests]} if mixed else {}
+        """Each distinct (adapter, prompt) once, from where its stored prefix ends; every request then gets
+        its own row (and random numbers) on its prompt's KV, and the prompts' KV is stored for later."""
+        prompts: dict[tuple[str | None, tuple[int, ...]], int] = {}  # distinct prompt -> its index
+        for request in requests:
+            prompts.setdefault((request.adapter, tuple(request.prompt_ids)), len(prompts))
+        hits = [self.prefix_cache.longest(adapter, list(ids)) for adapter, ids in prompts]
+        model, context, extra = self.model_for([adapter for adapter, _ in prompts])
         with context:
-            # logits of the last position only: the head over a whole prompt costs as much as a layer
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **{cache_argument(): DynamicCache()},
-                **extra,
+            logits, layers = prefill(model, [list(ids) for _, ids in prompts], hits, extra)
+        for p, (adapter, ids) in enumerate(prompts):
+            self.prefix_cache.put(adapter, list(ids), row_layers(layers, p, len(ids)))
+        which = [prompts[(r.adapter, tuple(r.prompt_ids))] for r in requests]
+        if len(prompts) < len(requests):  # choices of one prompt: its KV repeated, one row each
+            index = torch.tensor(which, device=logits.device)
+            logits = logits.index_select(0, index)
+            layers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in layers]
+        rows = []
+        for r, request in enumerate(requests):
+            hit = hits[which[r]]
+            request.cached_tokens = hit.tokens if hit else 0
+            row = Row(
+                request, length=len(request.prompt_ids), generator=generator_for(request, logits.device)
             )
-        rows = [Row(r, length=len(r.prompt_ids), generator=generator_for(r, device)) for r in requests]
-        for r, row in enumerate(rows):
-            row.bias, row.counts = adjustments(row.request, out.logits[r, -1])
-            self._take(row, out.logits[r, -1])
-        self._join(rows, getattr(out, cache_argument()))
+            row.bias, row.counts = adjustments(request, logits[r])
+            self._take(row, logits[r])
+            rows.append(row)
+        self._join(rows, layers)
 
-    def _join(self, rows: list[Row], cache: DynamicCache) -> None:
-        """Rows and their cache into the running batch (finished ones leave at the next `_retire`)."""
+    def _join(self, rows: list[Row], layers: Layers) -> None:
+        """Rows and their KV (right-aligned) into the running batch (finished ones leave at the next
+        `_retire`)."""
         if self.cache is None:
-            self.rows, self.cache = rows, cache
+            self.rows, self.cache = rows, DynamicCache(ddp_cache_data=layers)
             return
-        width = max(self.cache.get_seq_length(), cache.get_seq_length())
+        width = max(self.cache.get_seq_length(), layers[0][0].shape[2])
         merged = []
-        for ours, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            keys = torch.cat([left_pad(ours.keys, width), left_pad(theirs.keys, width)])
-            values = torch.cat([left_pad(ours.values, width), left_pad(theirs.values, width)])
+        for ours, (keys, values) in zip(self.cache.layers, layers, strict=True):
+            keys = torch.cat([left_pad(ours.keys, width), left_pad(keys, width)])
+            values = torch.cat([left_pad(ours.values, width), left_pad(values, width)])
             merged.append((keys, values))  # (B, heads, width, head_dim)
         self.cache = DynamicCache(ddp_cache_data=merged)
         self.rows += rows
@@ -229,14 +241,13 @@ class BatchScheduler:
     @torch.no_grad()
     def _step(self) -> None:
         """One token for every row: each row's last sampled token, at its own position."""
-        model, context, mixed = self.model_for({row.request.adapter for row in self.rows})
+        model, context, extra = self.model_for([row.request.adapter for row in self.rows])
         width, device = self.cache.get_seq_length(), model.device
         ids = torch.tensor([[row.next_token] for row in self.rows], device=device)  # (B, 1)
         positions = torch.tensor([[row.length] for row in self.rows], device=device)  # (B, 1)
         mask = torch.zeros(len(self.rows), width + 1, dtype=torch.long, device=device)  # (B, width + 1)
         for r, row in enumerate(self.rows):
             mask[r, width - row.length :] = 1  # the left padding stays 0
-        extra = {"adapter_names": [row.request.adapter or BASE for row in self.rows]} if mixed else {}
         with context:
             out = model(
                 input_ids=ids,
@@ -291,6 +302,72 @@ class BatchScheduler:
                 (layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self.cache.layers
             ]
         )
+
+
+def prefill(
+    model, prompts: list[list[int]], hits: list[PrefixHit | None], extra: dict
+) -> tuple[torch.Tensor, Layers]:
+    """One forward pass over what the prefix cache does not cover of each prompt: the stored prefixes'
+    KV left-padded to one width, the rest of each prompt right-padded after it (so each row's tokens are
+    contiguous). Returns each prompt's next-token logits (P, V) and its KV per layer, right-aligned to the
+    longest prompt as the running batch keeps it (left padding zero)."""
+    device = model.device
+    known = [hit.tokens if hit else 0 for hit in hits]
+    rest = [len(prompt) - k for prompt, k in zip(prompts, known, strict=True)]
+    past, new = max(known), max(rest)
+    ids = torch.zeros(len(prompts), new, dtype=torch.long, device=device)
+    mask = torch.zeros(len(prompts), past + new, dtype=torch.long, device=device)
+    for p, (prompt, k) in enumerate(zip(prompts, known, strict=True)):
+        ids[p, : rest[p]] = torch.tensor(prompt[k:], device=device)
+        mask[p, past - k : past + rest[p]] = 1
+    positions = torch.tensor(known, device=device)[:, None] + torch.arange(new, device=device)
+    last = torch.tensor(rest, device=device)[:, None] - 1  # (P, 1): each prompt's last position
+    cache = DynamicCache(ddp_cache_data=past_layers(hits, past)) if past else DynamicCache()
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=last,  # logits of each prompt's last token only: the head costs as much as a layer
+        **{cache_argument(): cache},
+        **extra,
+    )
+    shifts = [new - n for n in rest]
+    keep = max(len(prompt) for prompt in prompts)
+    layers = [
+        (right_align(layer.keys, shifts)[:, :, -keep:], right_align(layer.values, shifts)[:, :, -keep:])
+        for layer in getattr(out, cache_argument()).layers
+    ]
+    return out.logits[:, 0], layers
+
+
+def past_layers(hits: list[PrefixHit | None], width: int) -> Layers:
+    """The hits' KV as a batch, each left-padded to `width` (zeros for a prompt without a hit)."""
+    some = next(hit for hit in hits if hit).layers
+    layers = []
+    for index, (keys, _) in enumerate(some):
+        empty = keys.new_zeros(1, keys.shape[1], width, keys.shape[3])
+        rows = [
+            [left_pad(part, width) for part in hit.layers[index]] if hit else (empty, empty) for hit in hits
+        ]
+        layers.append((torch.cat([k for k, _ in rows]), torch.cat([v for _, v in rows])))
+    return layers
+
+
+def row_layers(layers: Layers, row: int, tokens: int) -> Layers:
+    """One row's last `tokens` columns of a batch's KV."""
+    return [(keys[row : row + 1, :, -tokens:], values[row : row + 1, :, -tokens:]) for keys, values in layers]
+
+
+def right_align(states: torch.Tensor, shifts: list[int]) -> torch.Tensor:
+    """(B, heads, T, head_dim) with row b moved `shifts[b]` columns right (what moves in on the left is
+    padding, hidden by the batch mask)."""
+    if not any(shifts):
+        return states
+    width = states.shape[2]
+    columns = torch.arange(width, device=states.device)
+    index = (columns[None, :] - torch.tensor(shifts, device=states.device)[:, None]).clamp(min=0)
+    return states.gather(2, index[:, None, :, None].expand_as(states))
 
 
 def generator_for(request: SequenceRequest, device) -> torch.Generator | None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Request, Response
@@ -44,6 +45,7 @@ from .shapes import Health
 from .store import Store, now
 
 WORKER_CHECK_S = 2.0
+WAITING_THREADS = 256  # requests waiting for tokens at once before new ones queue to be submitted
 # The worker asks Linux to kill it when the server dies before it imports anything: importing torch
 # takes seconds, and a server killed meanwhile must not leave it behind.
 WORKER_BOOTSTRAP = """
@@ -131,6 +133,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Requests wait for their tokens on threads (asyncio.to_thread); the loop's default pool (cores + 4
+        # threads) let a few waiting requests hold back the others' submission to the batch.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=WAITING_THREADS, thread_name_prefix="tunelab-wait")
+        )
         data = DataDir(settings.data_dir).create()
         for partial in data.remove_partial_uploads():
             log.warning("removed %s: an upload cut off by a crash", partial.name)

@@ -19,11 +19,19 @@ from typing import NamedTuple
 from ..inference import MultiAdapterModel
 from ..inference.generation import TextPieces
 from ..inference.scheduler import BatchScheduler, SequenceRequest, TokenLogprob
-from ..methods.lora import plain_lora
+from ..inference.stacked_lora import stackable
 from ..run_dir import RunDir
 from .errors import ApiError, not_found
 from .metrics import Metrics
 from .settings import ServiceSettings
+
+STACKED = "LORA (stacked)"  # the kind of plain LoRA adapters: rows of one batch mix them (`stacked_lora`)
+PEFT_BASE = "__base__"  # PEFT's adapter name for "no adapter" in a mixed batch
+
+
+def plain_lora_kind(kind: str) -> bool:
+    """Whether PEFT mixes adapters of this kind row by row (`adapter_names`): plain LoRA with extras."""
+    return kind == "LORA"
 
 
 @dataclass
@@ -116,6 +124,11 @@ class Generation:
     def cancel(self) -> None:
         self.request.cancelled.set()
 
+    @property
+    def cached_tokens(self) -> int:
+        """The prompt's leading tokens whose KV the prefix cache held (known once the first token came)."""
+        return self.request.cached_tokens
+
     def pieces(self) -> Iterator[str]:
         stops = self.sampling.stop
         hold = max((len(s) for s in stops), default=1) - 1  # text that may still grow into a stop string
@@ -170,16 +183,19 @@ class Engine:
         self._schedulers: dict[str, BatchScheduler] = {}
         self._adapters: OrderedDict[str, str] = OrderedDict()  # loaded adapter -> its base, oldest first
         self._folders: dict[str, Path] = {}  # adapter name -> its folder, as last resolved
-        self._kinds: dict[str, tuple[str, bool]] = {}  # adapter name -> (PEFT type, whether rows may mix it)
+        self._kinds: dict[str, str] = {}  # adapter name -> its kind (`_kind`)
 
     def base(self, name: str) -> MultiAdapterModel:
         with self._load_lock:
             if name not in self._bases:
-                self._bases[name] = MultiAdapterModel(self.settings.base_models[name])
+                self._bases[name] = MultiAdapterModel(
+                    self.settings.base_models[name], self.settings.precision
+                )
                 self._schedulers[name] = BatchScheduler(
                     lambda adapters, base=name: self._model_for(base, adapters),
                     self.settings.max_batch,
                     on_step=self.metrics.batch_rows.observe,
+                    prefix_cache_bytes=int(self.settings.prefix_cache_mb * 2**20),
                 )
             return self._bases[name]
 
@@ -205,31 +221,36 @@ class Engine:
     def schedulers(self) -> list[BatchScheduler]:
         return list(self._schedulers.values())
 
-    def _model_for(self, base: str, adapters: set[str | None]):
-        """(model, context, mixed) to run these adapters (None: the base alone) in one batch, loading them
-        as needed; None when they cannot share one. Runs on `base`'s scheduler thread."""
+    def _model_for(self, base: str, adapters: list[str | None]):
+        """(model, context, kwargs) to run a batch whose row i uses adapters[i] (None: the base alone),
+        loading them as needed; None when they cannot share one. Runs on `base`'s scheduler thread."""
         multi = self._bases[base]
-        names = sorted(a for a in adapters if a is not None)
+        names = sorted({a for a in adapters if a is not None})
         kinds = {self._kind(name) for name in names}
-        if len({peft_type for peft_type, _ in kinds}) > 1 or len(names) > self.settings.max_loaded_adapters:
+        if len(kinds) > 1 or len(names) > self.settings.max_loaded_adapters:
             return None
-        if len(adapters) > 1 and not all(mixable for _, mixable in kinds):
+        stacked = kinds == {STACKED} or (not names and multi.peft is None)
+        if len(set(adapters)) > 1 and not stacked and not all(plain_lora_kind(kind) for kind in kinds):
             return None
         for name in names:
             if name not in self._adapters:
                 self._load(multi, base, name, keep=set(names))
             self._adapters.move_to_end(name)
-        loaded_mix = multi.peft is not None and all(self._kind(a)[1] for a in multi.adapters)
-        if len(adapters) > 1 or (not names and loaded_mix):  # base rows by name: no toggling per step
-            return multi.peft, nullcontext(), True
+        if stacked:
+            return multi.base, multi.stacked.selecting(adapters), {}
+        mixes = all(plain_lora_kind(self._kind(a)) for a in multi.adapters)
+        if len(set(adapters)) > 1 or (not names and mixes):  # base rows by name: no toggling per step
+            return multi.peft, nullcontext(), {"adapter_names": [a or PEFT_BASE for a in adapters]}
         if multi.active != (names[0] if names else None):  # switching walks every layer: only on a change
             multi.use_adapter(names[0] if names else None)
-        return (*multi.model(), False)
+        return (*multi.model(), {})
 
-    def _kind(self, name: str) -> tuple[str, bool]:
+    def _kind(self, name: str) -> str:
+        """STACKED (plain LoRA, stacked to mix per row), or the PEFT type, "+dora" for DoRA."""
         if name not in self._kinds:
             config = RunDir(self._folder(name)).read_adapter_config()
-            self._kinds[name] = (config.get("peft_type", ""), plain_lora(config))
+            dora = "+dora" if config.get("use_dora") else ""
+            self._kinds[name] = STACKED if stackable(config) else config.get("peft_type", "") + dora
         return self._kinds[name]
 
     def _load(self, multi: MultiAdapterModel, base: str, name: str, keep: set[str]) -> None:
@@ -237,8 +258,8 @@ class Engine:
         if not RunDir(folder).adapter_weights.is_file() or list(folder.glob("*.bin")):
             raise ApiError(500, f"model '{name}' has no safetensors adapter; it will not be loaded")
         loaded = [a for a, b in self._adapters.items() if b == base and a not in keep]  # oldest first
-        # One PeftModel holds adapters of one kind: a new kind makes room first, as does a full LRU.
-        for other in [a for a in loaded if self._kind(a)[0] != self._kind(name)[0]]:
+        # Adapters of one kind at a time: a new kind makes room first, as does a full LRU.
+        for other in [a for a in loaded if self._kind(a) != self._kind(name)]:
             self._unload(base, other)
             loaded.remove(other)
         while loaded and len(multi.adapters) >= self.settings.max_loaded_adapters:

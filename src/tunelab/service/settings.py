@@ -16,6 +16,7 @@ DEFAULT_BASE = "smollm2-135m-instruct"
 DEFAULT_MODEL = "default"  # the embedded model's spec (models/loading.py); that module loads torch
 KEY_FILE = "api_key"
 ENGINES = ("tunelab", "vllm")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -46,6 +47,21 @@ class ServiceSettings:
     max_batch: int = field(
         default=16,
         metadata={"help": "sequences decoded together in one batch per base model (more wait their turn)"},
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "weights and compute of served models: bf16 where the GPU or CPU does it natively "
+            "(auto: AVX512-BF16/AMX, not AVX2, where it is emulated and slower), else fp32",
+            "choices": PRECISIONS,
+        },
+    )
+    prefix_cache_mb: float = field(
+        default=256.0,
+        metadata={
+            "help": "memory per base model for the KV of recent prompts, so a prompt that starts as one "
+            "seen before (a system prompt, a chat's earlier turns) is computed from where it differs; 0: off"
+        },
     )
     default_max_tokens: int = field(default=512, metadata={"help": "when a request gives no max_tokens"})
     max_generations_per_key: int = field(
@@ -101,9 +117,13 @@ class ServiceSettings:
         for name in counts:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.prefix_cache_mb < 0:
+            raise UserError(f"prefix_cache_mb must not be negative (got {self.prefix_cache_mb})")
         for name in ("max_upload_mb", "max_job_minutes", "session_hours"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} must be positive (got {getattr(self, name)})")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)} (got '{self.precision}')")
         if self.engine not in ENGINES:
             raise UserError(f"engine must be one of {', '.join(ENGINES)} (got '{self.engine}')")
         if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:

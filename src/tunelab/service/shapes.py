@@ -380,10 +380,15 @@ class Health(BaseModel):
     worker: bool  # whether the training worker process is alive
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # the prompt's leading tokens served from the prefix cache
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class FunctionCallOut(BaseModel):

@@ -19,6 +19,8 @@ from ..run_dir import RunDir
 from .engine import Engine, Target
 from .errors import ApiError
 
+VLLM_DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}  # our --precision, vLLM's dtype
+
 
 def sampling_params(request: SequenceRequest) -> dict:
     """vLLM `SamplingParams` arguments for one of our sequences (temperature 0 is greedy in vLLM too). Its
@@ -83,6 +85,8 @@ class VllmEngine(Engine):
                     max_loras=self.settings.max_loaded_adapters,
                     max_lora_rank=64,
                     max_num_seqs=self.settings.max_batch,
+                    dtype=VLLM_DTYPES[self.settings.precision],
+                    enable_prefix_caching=self.settings.prefix_cache_mb > 0,  # vLLM sizes its own cache
                 )
                 self._engines[name] = self.AsyncLLMEngine.from_engine_args(args)
                 self._tokenizers[name] = load_tokenizer(path)
@@ -130,6 +134,7 @@ class VllmEngine(Engine):
         params = self.SamplingParams(**sampling_params(request))
         try:
             async for output in engine.generate(prompt, params, request_id, lora_request=lora):
+                request.cached_tokens = getattr(output, "num_cached_tokens", None) or 0
                 completion = output.outputs[0]
                 for index, token in enumerate(completion.token_ids[sent:], start=sent):
                     request.on_token(token, token_logprob(request, completion, index, token))

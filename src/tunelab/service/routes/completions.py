@@ -41,11 +41,18 @@ async def prepare(service: Service, owner: str, request: GenerationRequest) -> t
     return await load_target(service, owner, request.model)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, runs: list, generations: list[Generation], n: int) -> dict:
+    """OpenAI's usage: each prompt's tokens (and those of them the prefix cache held) counted once,
+    however many (`n`) choices it has."""
+    cached = sum(
+        g.cached_tokens for (index, _, _), g in zip(runs, generations, strict=True) if index % n == 0
+    )
+    completion_tokens = sum(g.completion_tokens for g in generations)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached},
     }
 
 
@@ -127,6 +134,7 @@ class Reply:
         self.id, self.created = new_id("chatcmpl-" if kind == "chat.completion" else "cmpl-"), now()
         self.chat = kind == "chat.completion"
         self.texts: TokenBytes | None = None  # token texts for logprobs, made when first asked for
+        self.n = 1  # choices per prompt, as the request asks
 
     def _logprobs(self, generation: Generation, start: int = 0) -> dict | None:
         """The logprobs of the generation's tokens from `start` on (None unless it was asked for them)."""
@@ -170,6 +178,7 @@ class Reply:
     async def respond(self, runs: list, request: GenerationRequest, client: Request):
         """Within the key's generation slots, one a choice: a stream gives them back when it ends, or when
         it never started because the client left first (the background task)."""
+        self.n = request.n
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             release = self.service.quotas.take_generation(self.owner, len(runs))
@@ -205,10 +214,7 @@ class Reply:
         ]
         self._keep(generations[0].text)
         self.service.metrics.count_tokens(self.prompt_tokens, sum(g.completion_tokens for g in generations))
-        return {
-            **self._envelope(choices),
-            "usage": usage(self.prompt_tokens, sum(g.completion_tokens for g in generations)),
-        }
+        return {**self._envelope(choices), "usage": usage(self.prompt_tokens, runs, generations, self.n)}
 
     async def stream(self, runs: list, include_usage: bool, release=lambda: None) -> AsyncIterator[str]:
         """The choices generate together; their chunks are sent one choice after another."""
@@ -240,8 +246,12 @@ class Reply:
                 rest = self._logprobs(generation, sent) if len(generation.logprobs) > sent else None
                 yield sse(self._envelope([self._choice(index, text, finish_reason, end, rest)], True))
             if include_usage:
-                tokens = sum(g.completion_tokens for g in generations)
-                yield sse({**self._envelope([], True), "usage": usage(self.prompt_tokens, tokens)})
+                yield sse(
+                    {
+                        **self._envelope([], True),
+                        "usage": usage(self.prompt_tokens, runs, generations, self.n),
+                    }
+                )
             yield "data: [DONE]\n\n"
             self._keep(generations[0].text)
             self.service.metrics.count_tokens(
