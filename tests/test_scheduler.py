@@ -218,3 +218,48 @@ def test_penalties_bias_and_logprobs_apply_per_row_in_one_batch(engine, tiny_lla
             assert [v for _, v in got.top] == pytest.approx(best.values.tolist(), abs=1e-4)
     assert rows["frequency"]["tokens"] != plain and rows["presence"]["tokens"] != plain
     assert rows["plain"]["tokens"] == plain and plain[1] not in rows["bias"]["tokens"]
+
+
+LONG = "the quick brown fox jumps over the lazy dog and then the dog wakes up and runs after the fox"
+
+
+def test_the_prefix_cache_gives_the_tokens_of_no_cache_and_never_crosses_adapters(
+    engine, adapters, tiny_llama_dir
+):
+    tokenizer = engine.tokenizer("tiny")
+    first, second = tokenizer(LONG + " one")["input_ids"], tokenizer(LONG + " two three four")["input_ids"]
+    other = tokenizer("tokyo city")["input_ids"]
+    shared = next(i for i, (x, y) in enumerate(zip(first, second, strict=False)) if x != y)
+    seen = Generation(engine, target(None, adapters), first, greedy(6))
+    assert seen.run() == alone(tiny_llama_dir, None, first, 6) and seen.cached_tokens == 0
+    # hits of two lengths, the same prompt on an adapter and a miss, prefilled together
+    rows = [(None, second), (None, first), ("a", first), ("b", other)]
+    gate = held(engine)
+    generations = [Generation(engine, target(name, adapters), ids, greedy(6)) for name, ids in rows]
+    gate.set()
+    for (name, ids), generation in zip(rows, generations, strict=True):
+        assert generation.run() == alone(tiny_llama_dir, adapters.get(name), ids, 6), name
+    assert [g.cached_tokens for g in generations] == [shared, len(first) - 1, 0, 0]
+    again = Generation(engine, target("a", adapters), first, greedy(6))
+    assert again.run() == generations[2].text and again.cached_tokens == len(first) - 1
+    engine.unload("a")  # its KV goes with it: the name may come back with other weights
+    assert not [key for key in engine.schedulers[0].prefix_cache.entries if key[0] == "a"]
+
+
+def test_the_choices_of_one_prompt_share_one_prefill(engine, adapters, monkeypatch):
+    from tunelab.inference import scheduler
+
+    prefilled = []
+    real_prefill = scheduler.prefill
+    monkeypatch.setattr(
+        scheduler,
+        "prefill",
+        lambda m, prompts, *a: prefilled.append(len(prompts)) or real_prefill(m, prompts, *a),
+    )
+    ids = engine.tokenizer("tiny")(PROMPTS[1])["input_ids"]
+    gate = held(engine)
+    choices = [Generation(engine, target("b", adapters), ids, greedy(5)) for _ in range(3)]
+    seeded = Generation(engine, target("b", adapters), ids, Sampling(max_tokens=5, temperature=1.0, seed=1))
+    gate.set()
+    assert len({g.run() for g in choices}) == 1 and seeded.run()
+    assert prefilled == [1], "four rows on one prompt: one prompt prefilled"

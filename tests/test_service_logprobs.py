@@ -1,6 +1,7 @@
-"""logprobs, logit_bias and the penalties through the official `openai` client on a tiny random model: the
-values are the model's own (computed here independently), in OpenAI's shapes for chat and the legacy
-completions, plain and streamed; a bad value is a 400 naming its field."""
+"""logprobs, logit_bias, the penalties and usage through the official `openai` client on a tiny random
+model: the values are the model's own (computed here independently), in OpenAI's shapes for chat and the
+legacy completions, plain and streamed; a bad value is a 400 naming its field; usage counts the prompt
+tokens the prefix cache held."""
 
 import openai
 import pytest
@@ -170,3 +171,18 @@ def test_legacy_logprobs_is_a_count_up_to_5(sdk, logprobs):
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.completions.create(model="tiny", prompt="tokyo", max_tokens=2, logprobs=logprobs)
     assert refused.value.param == "logprobs"
+
+
+def test_usage_counts_the_prompt_tokens_the_prefix_cache_held(sdk):
+    system = {"role": "system", "content": "You answer in one word, about fruit only, and never twice."}
+    first = sdk.chat.completions.create(
+        model="tiny", messages=[system, {"role": "user", "content": "apple?"}], max_tokens=2, n=2
+    )
+    opening = first.usage.prompt_tokens_details.cached_tokens  # the template's first tokens, seen before
+    second = sdk.chat.completions.create(
+        model="tiny", messages=[system, {"role": "user", "content": "pear?"}], max_tokens=2, n=2,
+        stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    usage = [chunk.usage for chunk in second if chunk.usage][0]
+    cached = usage.prompt_tokens_details.cached_tokens
+    assert opening + 10 < cached < usage.prompt_tokens, "the system prompt's tokens, once for two choices"
