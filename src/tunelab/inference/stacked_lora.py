@@ -51,13 +51,16 @@ class StackedLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
         slots = self.choice.slots
-        if slots is None or self.lora_A is None:
+        if slots is None or self.lora_A is None or (isinstance(slots, int) and not slots):
             return out
+        # Added into the base layer's fresh output in place (inference only: no autograd here).
         if isinstance(slots, int):
-            return out + (x @ self.lora_A[slots]) @ self.lora_B[slots] if slots else out
+            low = x.reshape(-1, x.shape[-1]) @ self.lora_A[slots]  # (B*T, r)
+            out.view(-1, out.shape[-1]).addmm_(low, self.lora_B[slots])
+            return out
         low = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), self.lora_A.index_select(0, slots))
-        update = torch.bmm(low, self.lora_B.index_select(0, slots))  # (B, T, out)
-        return out + update.view(out.shape)
+        out.view(x.shape[0], -1, out.shape[-1]).baddbmm_(low, self.lora_B.index_select(0, slots))
+        return out
 
 
 class StackedLoRA:

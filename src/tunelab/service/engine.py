@@ -274,10 +274,13 @@ class Engine:
 
     def unload(self, name: str, timeout: float = 60.0) -> None:
         """Forget an adapter (its model was deleted): its running sequences end, then it is unloaded between
-        two decode steps; returns once that is done (or after `timeout` seconds, when it is left to do)."""
+        two decode steps; returns once that is done (or after `timeout` seconds, when it is left to do).
+        Its prompts' KV goes too, loaded or not."""
         base = self._adapters.get(name)
         self._folders.pop(name, None)
         if base is None:
+            for scheduler in self.schedulers:
+                scheduler.call_soon(lambda scheduler=scheduler: scheduler.prefix_cache.forget(name))
             return
         scheduler, done = self._schedulers[base], threading.Event()
 

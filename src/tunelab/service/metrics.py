@@ -33,7 +33,12 @@ class Metrics:
             buckets=SECONDS,
             registry=registry,
         )
-        self.tokens = Counter("tunelab_tokens", "tokens read and generated", ["kind"], registry=registry)
+        self.tokens = Counter(
+            "tunelab_tokens",
+            "tokens read (prompt; prompt_cached: of those, the ones the prefix cache held) and generated",
+            ["kind"],
+            registry=registry,
+        )
         self.batch_rows = Histogram(
             "tunelab_batch_rows", "sequences decoded together in one step", buckets=ROWS, registry=registry
         )
@@ -42,9 +47,11 @@ class Metrics:
         """Gauges read from the running service when scraped."""
         self.registry.register(ServiceGauges(service))
 
-    def count_tokens(self, prompt: int, completion: int) -> None:
-        self.tokens.labels("prompt").inc(prompt)
-        self.tokens.labels("completion").inc(completion)
+    def count_tokens(self, usage: dict) -> None:
+        """A response's OpenAI `usage`."""
+        self.tokens.labels("prompt").inc(usage["prompt_tokens"])
+        self.tokens.labels("prompt_cached").inc(usage["prompt_tokens_details"]["cached_tokens"])
+        self.tokens.labels("completion").inc(usage["completion_tokens"])
 
     def text(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -213,8 +213,9 @@ class Reply:
             for (index, _, _), g in zip(runs, generations, strict=True)
         ]
         self._keep(generations[0].text)
-        self.service.metrics.count_tokens(self.prompt_tokens, sum(g.completion_tokens for g in generations))
-        return {**self._envelope(choices), "usage": usage(self.prompt_tokens, runs, generations, self.n)}
+        counts = usage(self.prompt_tokens, runs, generations, self.n)
+        self.service.metrics.count_tokens(counts)
+        return {**self._envelope(choices), "usage": counts}
 
     async def stream(self, runs: list, include_usage: bool, release=lambda: None) -> AsyncIterator[str]:
         """The choices generate together; their chunks are sent one choice after another."""
@@ -245,18 +246,12 @@ class Reply:
                 finish_reason = "tool_calls" if calls and calls.calls else generation.finish_reason
                 rest = self._logprobs(generation, sent) if len(generation.logprobs) > sent else None
                 yield sse(self._envelope([self._choice(index, text, finish_reason, end, rest)], True))
+            counts = usage(self.prompt_tokens, runs, generations, self.n)
             if include_usage:
-                yield sse(
-                    {
-                        **self._envelope([], True),
-                        "usage": usage(self.prompt_tokens, runs, generations, self.n),
-                    }
-                )
+                yield sse({**self._envelope([], True), "usage": counts})
             yield "data: [DONE]\n\n"
             self._keep(generations[0].text)
-            self.service.metrics.count_tokens(
-                self.prompt_tokens, sum(g.completion_tokens for g in generations)
-            )
+            self.service.metrics.count_tokens(counts)
         except ApiError as err:  # the status line is sent already: the error goes in the stream
             yield sse(error_body(err.status, err.message, err.param, err.code))
         except Exception as err:
