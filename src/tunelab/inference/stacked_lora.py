@@ -1,5 +1,5 @@
 """Plain-LoRA adapters stacked on one base model, so one batch applies each row's own adapter with two
-batched matmuls per layer (the idea of Punica's BGMV kernel and S-LoRA, in PyTorch ops).
+matmuls per layer for all rows and adapters together (the aim of Punica's BGMV kernel and S-LoRA).
 
 Written here because PEFT's mixed-batch path (`adapter_names`) loops over the adapters in Python inside
 every LoRA layer and indexes the batch per adapter: a 16-row decode step of SmolLM2-135M with two
@@ -7,9 +7,12 @@ adapters and the base took 3.5x the bare base's step on a 2-core CPU. PEFT still
 files: each adapter is loaded into a PeftModel, its tensors are copied out, and PEFT's layers are taken
 off again, so the base runs its own Linear modules with a thin wrapper round each targeted one.
 
-Per targeted layer, slot s holds adapter s's A as (in, r) and its B times its scale as (r, out), ranks
-zero-padded to the largest; slot 0 is zeros, the base alone. A batch names a slot per row (a (B,) tensor)
-or one slot for all rows (an int: plain matmuls, nothing gathered).
+Per targeted layer, the adapters' A matrices sit side by side, (in, adapters x r), and their B matrices
+(scale folded in) one above the other, (adapters x r, out), every rank zero-padded to the largest. A
+batch's rows multiply by all the A's at once; a mask keeps each row's own adapter's r columns (none for
+the base), and one product with the B's adds the update. With a few adapters of small rank that costs
+less than gathering each row's matrices (and no per-row copies); one adapter on every row multiplies by
+its own slice only.
 """
 
 from __future__ import annotations
@@ -32,34 +35,35 @@ def stackable(adapter_config: dict) -> bool:
 
 
 class SlotChoice:
-    """The slot each row of the running batch uses, shared by every wrapped layer: None (no adapter),
-    an int (every row), or a (B,) long tensor (row by row)."""
+    """Which adapter the rows of the running batch use, shared by every wrapped layer: None (no adapter),
+    an int (every row: the adapter's index from 0), or a (B, 1, adapters x r) mask of each row's columns."""
 
     def __init__(self):
-        self.slots: int | torch.Tensor | None = None
+        self.rows: int | torch.Tensor | None = None
 
 
 class StackedLoRALinear(nn.Module):
-    """A base layer plus the stacked adapters' low-rank update for the rows' slots."""
+    """A base layer plus the stacked adapters' low-rank update for the rows' adapters."""
 
-    def __init__(self, base_layer: nn.Module, choice: SlotChoice):
+    def __init__(self, base_layer: nn.Module, choice: SlotChoice, rank: int):
         super().__init__()
-        self.base_layer, self.choice = base_layer, choice
-        self.lora_A: torch.Tensor | None = None  # (slots, in, r)
-        self.lora_B: torch.Tensor | None = None  # (slots, r, out), scale folded in
+        self.base_layer, self.choice, self.rank = base_layer, choice, rank
+        self.lora_A: torch.Tensor | None = None  # (in, adapters x rank)
+        self.lora_B: torch.Tensor | None = None  # (adapters x rank, out), scale folded in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        slots = self.choice.slots
-        if slots is None or self.lora_A is None or (isinstance(slots, int) and not slots):
+        rows = self.choice.rows
+        if rows is None:
             return out
         # Added into the base layer's fresh output in place (inference only: no autograd here).
-        if isinstance(slots, int):
-            low = x.reshape(-1, x.shape[-1]) @ self.lora_A[slots]  # (B*T, r)
-            out.view(-1, out.shape[-1]).addmm_(low, self.lora_B[slots])
+        flat_x, flat_out = x.reshape(-1, x.shape[-1]), out.view(-1, out.shape[-1])
+        if isinstance(rows, int):
+            columns = slice(rows * self.rank, (rows + 1) * self.rank)
+            flat_out.addmm_(flat_x @ self.lora_A[:, columns], self.lora_B[columns])
             return out
-        low = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), self.lora_A.index_select(0, slots))
-        out.view(x.shape[0], -1, out.shape[-1]).baddbmm_(low, self.lora_B.index_select(0, slots))
+        low = (x @ self.lora_A).mul_(rows)  # (B, T, adapters x rank): each row's own adapter's columns
+        flat_out.addmm_(low.view(-1, low.shape[-1]), self.lora_B)
         return out
 
 
@@ -69,9 +73,10 @@ class StackedLoRA:
 
     def __init__(self, base: nn.Module):
         self.base, self.choice = base, SlotChoice()
-        # adapter name -> {layer name: (A (r, in), B scaled (out, r))}, in load order = slot order from 1
+        # adapter name -> {layer name: (A (r, in), B scaled (out, r))}, in load order = column order
         self.weights: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.wrapped: dict[str, StackedLoRALinear] = {}
+        self.rank = 0  # the largest rank of any adapter in any layer: every block is this wide
 
     @property
     def adapters(self) -> list[str]:
@@ -98,17 +103,23 @@ class StackedLoRA:
 
     @contextmanager
     def selecting(self, adapters: list[str | None]):
-        """Run the batch inside this block with row i on adapters[i] (one name for every row: no gather)."""
-        slot_of = {name: s for s, name in enumerate(self.weights, start=1)}
-        slots = [slot_of[a] if a is not None else 0 for a in adapters]
-        if len(set(slots)) == 1:
-            self.choice.slots = slots[0]
+        """Run the batch inside this block with row i on adapters[i] (no adapter on any row: the base's
+        own layers alone; one adapter on every row: its matrices alone)."""
+        index = {name: i for i, name in enumerate(self.weights)}
+        if set(adapters) == {None} or not self.weights:
+            self.choice.rows = None
+        elif len(set(adapters)) == 1:
+            self.choice.rows = index[adapters[0]]
         else:
-            self.choice.slots = torch.tensor(slots, device=self.base.device)
+            mask = torch.zeros(len(adapters), 1, len(self.weights) * self.rank, dtype=self._dtype())
+            for row, name in enumerate(adapters):
+                if name is not None:
+                    mask[row, :, index[name] * self.rank : (index[name] + 1) * self.rank] = 1
+            self.choice.rows = mask.to(self.base.device)
         try:
             yield
         finally:
-            self.choice.slots = None
+            self.choice.rows = None
 
     def _dtype(self) -> torch.dtype:
         return next(self.base.parameters()).dtype
@@ -116,10 +127,13 @@ class StackedLoRA:
     def _wrap(self) -> None:
         """Wrap every layer some adapter targets, with all adapters stacked (zeros where one does not)."""
         layers = sorted({layer for weights in self.weights.values() for layer in weights})
+        self.rank = max(
+            (a.shape[0] for weights in self.weights.values() for a, _ in weights.values()), default=0
+        )
         for layer in layers:
             parent_name, _, attribute = layer.rpartition(".")
             parent = self.base.get_submodule(parent_name)
-            wrapper = StackedLoRALinear(getattr(parent, attribute), self.choice)
+            wrapper = StackedLoRALinear(getattr(parent, attribute), self.choice, self.rank)
             wrapper.lora_A, wrapper.lora_B = self._stack(layer)
             setattr(parent, attribute, wrapper)
             self.wrapped[layer] = wrapper
@@ -131,17 +145,18 @@ class StackedLoRA:
         self.wrapped = {}
 
     def _stack(self, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A's side by side (in, adapters x rank), B's one above the other (adapters x rank, out))."""
         present = [w[layer] for w in self.weights.values() if layer in w]
-        rank = max(a.shape[0] for a, _ in present)
         n_in, n_out = present[0][0].shape[1], present[0][1].shape[0]
-        dtype, device = present[0][0].dtype, present[0][0].device
-        stacked_a = torch.zeros(len(self.weights) + 1, n_in, rank, dtype=dtype, device=device)
-        stacked_b = torch.zeros(len(self.weights) + 1, rank, n_out, dtype=dtype, device=device)
-        for slot, weights in enumerate(self.weights.values(), start=1):
+        dtype, device, width = present[0][0].dtype, present[0][0].device, len(self.weights) * self.rank
+        stacked_a = torch.zeros(n_in, width, dtype=dtype, device=device)
+        stacked_b = torch.zeros(width, n_out, dtype=dtype, device=device)
+        for i, weights in enumerate(self.weights.values()):
             if layer in weights:
                 a, b = weights[layer]
-                stacked_a[slot, :, : a.shape[0]] = a.T
-                stacked_b[slot, : b.shape[1]] = b.T
+                start = i * self.rank
+                stacked_a[:, start : start + a.shape[0]] = a.T
+                stacked_b[start : start + b.shape[1]] = b.T
         return stacked_a, stacked_b
 
 
