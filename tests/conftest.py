@@ -76,3 +76,23 @@ def copy_task_pairs(n: int) -> list[dict]:
         }
         for i in range(n)
     ]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    import postgres
+
+    why_not = postgres.available()
+    if why_not:
+        pytest.skip(why_not)
+    server = postgres.PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request):
+    """The service's store for a test: None (SQLite in the data dir) or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_server").new_database()

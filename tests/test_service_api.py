@@ -33,8 +33,9 @@ def settings_for(tmp_path, model_dir, **overrides) -> ServiceSettings:
 
 
 @pytest.fixture
-def client(tmp_path, tiny_llama_dir):
-    with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir))) as c:
+def client(tmp_path, tiny_llama_dir, database):
+    """The API on SQLite and on PostgreSQL (each test runs on both)."""
+    with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir, database=database))) as c:
         yield c
 
 
@@ -305,7 +306,7 @@ def test_unsupported_options_are_refused_by_name(client):
     assert response.status_code == 400 and response.json()["error"]["param"] == "functions"
 
 
-def test_text_completions_and_feedback_become_training_data(client, tmp_path):
+def test_text_completions_and_feedback_become_training_data(client, tmp_path, database):
     from typer.testing import CliRunner
 
     from tunelab.cli import app
@@ -330,7 +331,8 @@ def test_text_completions_and_feedback_become_training_data(client, tmp_path):
         == 404
     )
     out = tmp_path / "next.jsonl"
-    args = ["data", "from-feedback", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    store = ["--database", database] if database else []
+    args = ["data", "from-feedback", *store, "--data-dir", str(tmp_path / "data"), "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "Wrote 2 example(s)" in result.output and "skipped 1" in result.output
@@ -403,7 +405,7 @@ def test_a_job_whose_loss_turns_nan_fails_and_publishes_nothing(client, monkeypa
     monkeypatch.setattr(loop, "train_step", diverging_step)
     job = create_job(client, jsonl(copy_task_rows(12)), tunelab={"max_steps": 8, "save_every": 2})
     service = client.app.state.service
-    serve_jobs(service.data.root, once=True)  # the worker's loop, in this process
+    serve_jobs(service.data.root, once=True, database=service.settings.database)  # the worker's loop, here
     failed = client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=K1).json()
     assert failed["status"] == "failed" and failed["error"]["code"] == "training_diverged"
     assert "step 5" in failed["error"]["message"]
@@ -431,7 +433,8 @@ def test_cancelling_a_running_job_stops_it_and_publishes_no_model(client):
         client, jsonl(long_rows), tunelab={"max_steps": 10_000, "save_every": 5, "max_length": 64}
     )
     service = client.app.state.service
-    worker = threading.Thread(target=serve_jobs, args=(service.data.root,), kwargs={"once": True})
+    once = {"once": True, "database": service.settings.database}
+    worker = threading.Thread(target=serve_jobs, args=(service.data.root,), kwargs=once)
     worker.start()
     deadline = time.monotonic() + 60
     while not client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=K1).json()["data"]:

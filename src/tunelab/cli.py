@@ -680,7 +680,7 @@ def data_from_feedback(**options):
     from .service.feedback import export_feedback
 
     config = FeedbackConfig(**options)
-    result = export_feedback(config.data_dir, config.out, config.as_)
+    result = export_feedback(config.data_dir, config.out, config.as_, config.database)
     what = {"sft": "example(s)", "dpo": "preference pair(s)", "kto": "rated answer(s)"}[config.as_]
     console.print(
         f"Wrote {result.written} {what} to {config.out}; skipped {result.skipped} without a usable answer"

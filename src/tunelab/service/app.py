@@ -42,7 +42,7 @@ from .routes import (
 from .security import BodyGuard, SecurityHeaders
 from .settings import ServiceSettings, owner_of, resolve_api_keys
 from .shapes import Health
-from .store import Store, now
+from .store import DATABASE_ENV, Store, now
 
 WORKER_CHECK_S = 2.0
 WAITING_THREADS = 256  # requests waiting for tokens at once before new ones queue to be submitted
@@ -63,8 +63,9 @@ main(sys.argv[1:])
 class WorkerProcess:
     """The training worker, restarted if it ever dies while the server runs."""
 
-    def __init__(self, data: DataDir, python_graders: bool = False):
+    def __init__(self, data: DataDir, python_graders: bool = False, database: str | None = None):
         self.data, self.process, self.python_graders = data, None, python_graders
+        self.database = database  # handed over in the environment: a URL may hold a password (`ps`)
 
     def start(self) -> None:
         log = open_private(self.data.worker_log, "a")
@@ -82,6 +83,7 @@ class WorkerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, DATABASE_ENV: self.database} if self.database else None,
         )
         log.close()
 
@@ -141,7 +143,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         data = DataDir(settings.data_dir).create()
         for partial in data.remove_partial_uploads():
             log.warning("removed %s: an upload cut off by a crash", partial.name)
-        store = Store(data.db)
+        store = Store(settings.database or data.db)
         keys, _ = resolve_api_keys(settings)
         quotas = Quotas(settings.max_generations_per_key, settings.max_queued_jobs_per_key)
         owners = {k: owner_of(k) for k in keys}
@@ -153,7 +155,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.state.service = service
         for job in store.jobs_with_status("validating_files"):  # the server stopped while checking them
             threading.Thread(target=validate_job_files, args=(store, data, job), daemon=True).start()
-        worker, watcher = WorkerProcess(data, settings.python_graders), None
+        worker, watcher = WorkerProcess(data, settings.python_graders, settings.database), None
         if settings.start_worker:
             worker.start()
             watcher = asyncio.create_task(worker.watch())

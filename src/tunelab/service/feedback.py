@@ -29,6 +29,9 @@ class FeedbackConfig:
 
     data_dir: str = field(metadata={"help": "the data dir of `tunelab serve`"})
     out: str = field(metadata={"help": "JSONL to write, ready for the next job"})
+    database: str | None = field(
+        default=None, metadata={"help": "the server's --database (PostgreSQL URL), when it was given one"}
+    )
     as_: str = field(
         default="sft",
         metadata={
@@ -54,13 +57,15 @@ class Rated:
     correction: str | None
 
 
-def export_feedback(data_dir: str | Path, out: str | Path, as_: str = "sft") -> FeedbackExport:
+def export_feedback(
+    data_dir: str | Path, out: str | Path, as_: str = "sft", database: str | None = None
+) -> FeedbackExport:
     if as_ not in KINDS:
         raise UserError(f"--as {as_}: choose one of {', '.join(KINDS)}")
     data = DataDir(data_dir)
-    if not data.db.is_file():
+    if database is None and not data.db.is_file():
         raise UserError(f"{data.root} is not a tunelab serve data dir (no {data.db.name})")
-    rows, skipped = training_rows(latest(Store(data.db).feedback_with_completions()), as_)
+    rows, skipped = training_rows(latest(Store(database or data.db).feedback_with_completions()), as_)
     Path(out).write_text(jsonl(rows))
     return FeedbackExport(len(rows), skipped)
 

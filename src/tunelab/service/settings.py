@@ -36,6 +36,13 @@ class ServiceSettings:
     )
     # Public model name -> tunelab model spec ('default', a folder or a .gguf file); names hold no ':'.
     base_models: dict[str, str] = field(default_factory=lambda: {DEFAULT_BASE: DEFAULT_MODEL})
+    database: str | None = field(
+        default=None,
+        metadata={
+            "help": "keep the service's state in PostgreSQL (postgresql://USER:PASSWORD@HOST/DB), which "
+            "a team's servers and workers share; default: SQLite in the data dir"
+        },
+    )
     max_upload_mb: float = field(default=512.0, metadata={"help": "largest file an upload may be"})
     max_body_kb: int = field(
         default=1024, metadata={"help": "largest request body other than an upload (JSON, forms)"}
@@ -122,6 +129,8 @@ class ServiceSettings:
         for name in ("max_upload_mb", "max_job_minutes", "session_hours"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} must be positive (got {getattr(self, name)})")
+        if self.database is not None and not self.database.startswith(("postgresql://", "postgres://")):
+            raise UserError(f"database must be a postgresql:// URL (got '{self.database.split('://')[0]}')")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)} (got '{self.precision}')")
         if self.engine not in ENGINES:

@@ -1,6 +1,11 @@
-"""The service's state in one SQLite file inside the data dir: files, jobs, events, checkpoints, models,
-completions and feedback. The API process and the worker process both open it (WAL mode); every change is
-one transaction, so a `kill -9` at any moment leaves it consistent.
+"""The service's state: files, jobs, events, checkpoints, models, completions and feedback, in one SQLite
+file inside the data dir (the default), or in PostgreSQL (`--database postgresql://...`, psycopg 3) for a
+team whose servers and workers share one store. The API process and the worker processes all open it;
+every change is one transaction, so a `kill -9` at any moment leaves it consistent.
+
+One SQL text serves both: written in the dialect the two share (SQLite's `?` placeholders become
+psycopg's `%s`; upserts as `ON CONFLICT`), and one schema, which PostgreSQL gets with its own integer
+and serial types and an explicit `rowid` where SQLite's implicit one orders rows.
 
 Rows come back as the typed records below, their JSON text columns decoded here, once; nothing outside
 this module reads a column by name or parses its JSON.
@@ -17,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -51,7 +58,42 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 FINISHED = ("succeeded", "failed", "cancelled")
-ADD_MODEL = "INSERT OR IGNORE INTO models (id, owner, job_id, created_at) VALUES (?, ?, ?, ?)"
+ADD_MODEL = "INSERT INTO models (id, owner, job_id, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+ROWID_TABLES = ("files", "jobs", "models", "feedback")  # listed in insertion order (SQLite's rowid)
+DATABASE_ENV = "TUNELAB_DATABASE"  # the server hands its worker the database URL here, not in argv (`ps`)
+SCHEMA_LOCK = 7236502  # a PostgreSQL advisory lock: one process creates the tables at a time
+
+
+def is_postgres(location: str | Path) -> bool:
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+def postgres_schema() -> list[str]:
+    """SCHEMA's statements in PostgreSQL's types, with the rowid column SQLite has of itself."""
+    sql = SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+    sql = sql.replace("INTEGER", "BIGINT")
+    for table in ROWID_TABLES:
+        sql = sql.replace(
+            f"CREATE TABLE IF NOT EXISTS {table} (", f"CREATE TABLE IF NOT EXISTS {table} (rowid BIGSERIAL,"
+        )
+    return [statement.strip() for statement in sql.split(";") if statement.strip()]
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password, for messages."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    return f"{scheme}://{credentials.split(':')[0]}{at}{host}" if at else url
+
+
+class Postgres:
+    """A psycopg connection that takes sqlite3's `?` placeholders, so one SQL text serves both."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def execute(self, sql: str, args=()):
+        return self.connection.execute(sql.replace("?", "%s"), tuple(args))
 
 
 @dataclass(frozen=True)
@@ -154,26 +196,28 @@ class FeedbackRow:
     response: str
 
 
-def decoded(row: sqlite3.Row, *json_columns: str) -> dict[str, Any]:
-    """The row as a dict, these columns' JSON text parsed (NULL stays None)."""
+def decoded(row, *json_columns: str) -> dict[str, Any]:
+    """The row as a dict (without PostgreSQL's rowid column), these columns' JSON text parsed (NULL stays
+    None)."""
     values = dict(row)
+    values.pop("rowid", None)
     for name in json_columns:
         if values[name] is not None:
             values[name] = json.loads(values[name])
     return values
 
 
-def job_row(row: sqlite3.Row) -> JobRow:
+def job_row(row) -> JobRow:
     values = decoded(row, "hyperparameters", "tunelab", "metadata", "error", "result_files")
     return JobRow(**values.pop("tunelab"), **values)
 
 
-def event_row(row: sqlite3.Row) -> EventRow:
+def event_row(row) -> EventRow:
     values = decoded(row, "data")
     return EventRow(**{**values, "data": values["data"] or {}})
 
 
-def checkpoint_row(row: sqlite3.Row) -> CheckpointRow:
+def checkpoint_row(row) -> CheckpointRow:
     return CheckpointRow(**decoded(row, "metrics"))
 
 
@@ -191,20 +235,32 @@ def token_hash(token: str) -> str:
 
 
 class Store:
-    def __init__(self, path: str | Path):
-        self.path = str(path)
-        # SQLite gives its -wal and -shm files the database file's mode: made 0600 here, they are too.
-        Path(path).touch(mode=0o600)
-        for made in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
-            if made.exists():
-                made.chmod(0o600)
+    def __init__(self, location: str | Path):
+        """`location`: the SQLite file (kept 0600), or a PostgreSQL URL."""
+        self.location = str(location)
+        self.postgres = is_postgres(self.location)
+        if not self.postgres:
+            # SQLite gives its -wal and -shm files the database file's mode: made 0600 here, they are too.
+            Path(location).touch(mode=0o600)
+            for made in (Path(location), Path(f"{location}-wal"), Path(f"{location}-shm")):
+                if made.exists():
+                    made.chmod(0o600)
         with self.connect() as db:
-            db.executescript(SCHEMA)
+            if self.postgres:
+                db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+                for statement in postgres_schema():
+                    db.execute(statement)
+            else:
+                db.executescript(SCHEMA)
 
     @contextmanager
     def connect(self):
         """One connection per use: safe across threads and processes; the block is one transaction."""
-        db = sqlite3.connect(self.path, timeout=30)
+        if self.postgres:
+            with postgres_connection(self.location) as db:
+                yield Postgres(db)
+            return
+        db = sqlite3.connect(self.location, timeout=30)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # a committed row survives a power cut, not only a kill
@@ -214,11 +270,11 @@ class Store:
         finally:
             db.close()
 
-    def one(self, sql: str, *args) -> sqlite3.Row | None:
+    def one(self, sql: str, *args):
         with self.connect() as db:
             return db.execute(sql, args).fetchone()
 
-    def all(self, sql: str, *args) -> list[sqlite3.Row]:
+    def all(self, sql: str, *args) -> list:
         with self.connect() as db:
             return db.execute(sql, args).fetchall()
 
@@ -242,8 +298,8 @@ class Store:
         return self.get_file(file_id, owner)
 
     def get_file(self, file_id: str, owner: str) -> FileRow | None:
-        row = self.one("SELECT * FROM files WHERE id = ? AND owner = ? AND NOT deleted", file_id, owner)
-        return FileRow(**row) if row else None
+        row = self.one("SELECT * FROM files WHERE id = ? AND owner = ? AND deleted = 0", file_id, owner)
+        return FileRow(**decoded(row)) if row else None
 
     def list_files(
         self,
@@ -255,7 +311,7 @@ class Store:
     ) -> list[FileRow]:
         """`after`: the id of the previous page's last file, in the same order (OpenAI's cursor)."""
         direction, compare = ("DESC", "<") if newest_first else ("ASC", ">")
-        sql, args = "SELECT * FROM files WHERE owner = ? AND NOT deleted", [owner]
+        sql, args = "SELECT * FROM files WHERE owner = ? AND deleted = 0", [owner]
         if purpose:
             sql, args = sql + " AND purpose = ?", [*args, purpose]
         if after:
@@ -263,7 +319,10 @@ class Store:
             # made-up one (an empty page), never a way to learn that it exists.
             cursor = "SELECT rowid FROM files WHERE id = ? AND owner = ?"
             sql, args = sql + f" AND rowid {compare} ({cursor})", [*args, after, owner]
-        return [FileRow(**row) for row in self.all(f"{sql} ORDER BY rowid {direction} LIMIT ?", *args, limit)]
+        sql += f" ORDER BY rowid {direction}"
+        if limit >= 0:
+            sql, args = sql + " LIMIT ?", [*args, limit]
+        return [FileRow(**decoded(row)) for row in self.all(sql, *args)]
 
     def delete_file(self, file_id: str, owner: str) -> bool:
         return self.run("UPDATE files SET deleted = 1 WHERE id = ? AND owner = ?", file_id, owner) > 0
@@ -411,8 +470,9 @@ class Store:
 
     def add_checkpoint(self, job_id: str, step: int, model_name: str, metrics: dict) -> None:
         self.run(
-            "INSERT OR REPLACE INTO checkpoints (id, job_id, step, created_at, model_name, metrics) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO checkpoints (id, job_id, step, created_at, model_name, metrics) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, step) DO UPDATE SET id = excluded.id, "
+            "created_at = excluded.created_at, model_name = excluded.model_name, metrics = excluded.metrics",
             new_id("ftckpt-"),
             job_id,
             step,
@@ -470,12 +530,12 @@ class Store:
         self.run(ADD_MODEL, model_id, owner, job_id, now())
 
     def get_model(self, model_id: str, owner: str) -> ModelRow | None:
-        row = self.one("SELECT * FROM models WHERE id = ? AND owner = ? AND NOT deleted", model_id, owner)
-        return ModelRow(**row) if row else None
+        row = self.one("SELECT * FROM models WHERE id = ? AND owner = ? AND deleted = 0", model_id, owner)
+        return ModelRow(**decoded(row)) if row else None
 
     def list_models(self, owner: str) -> list[ModelRow]:
-        rows = self.all("SELECT * FROM models WHERE owner = ? AND NOT deleted ORDER BY rowid", owner)
-        return [ModelRow(**row) for row in rows]
+        rows = self.all("SELECT * FROM models WHERE owner = ? AND deleted = 0 ORDER BY rowid", owner)
+        return [ModelRow(**decoded(row)) for row in rows]
 
     def delete_model(self, model_id: str, owner: str) -> bool:
         return self.run("UPDATE models SET deleted = 1 WHERE id = ? AND owner = ?", model_id, owner) > 0
@@ -555,6 +615,22 @@ class Store:
         """The key's jobs not training yet (validating_files or queued)."""
         sql = "SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND status IN ('validating_files', 'queued')"
         return self.one(sql, owner)["n"]
+
+
+@contextmanager
+def postgres_connection(url: str):
+    """A psycopg connection whose rows are dicts; the block is one transaction (committed at its end)."""
+    try:
+        import psycopg
+        from psycopg.rows import dict_row
+    except ImportError as err:
+        raise UserError("a PostgreSQL database needs psycopg: pip install 'tunelab[postgres]'") from err
+    try:
+        connection = psycopg.connect(url, row_factory=dict_row)
+    except psycopg.OperationalError as err:
+        raise UserError(f"cannot reach the database at {redacted(url)}: {err}") from err
+    with connection:
+        yield connection
 
 
 def _insert_event(db, job_id: str, message: str, *, level="info", type="message", data=None, step=None):

@@ -36,7 +36,7 @@ from .jobs import (
     train_options,
 )
 from .paths import DataDir, open_private
-from .store import JobRow, Store, new_id
+from .store import DATABASE_ENV, JobRow, Store, new_id
 
 POLL_S = 0.5
 RESUMING = "Resuming fine-tuning job"
@@ -325,11 +325,16 @@ def next_job(store: Store) -> JobRow | None:
 
 
 def serve_jobs(
-    data_dir: str, parent_pid: int | None = None, once: bool = False, python_graders: bool = False
+    data_dir: str,
+    parent_pid: int | None = None,
+    once: bool = False,
+    python_graders: bool = False,
+    database: str | None = None,
 ) -> None:
-    """Train jobs as they come, forever (or until the queue is empty, with `once`)."""
+    """Train jobs as they come, forever (or until the queue is empty, with `once`), from the server's
+    store: its `database` (a PostgreSQL URL) when it has one, else the data dir's SQLite file."""
     data = DataDir(data_dir).create()
-    store = Store(data.db)
+    store = Store(database or data.db)
     lock = open_private(data.worker_lock)  # held for the life of the process
     fcntl.flock(lock, fcntl.LOCK_EX)  # waits while a previous worker is still exiting
     while True:
@@ -355,7 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")  # into worker.log
     os.umask(0o077)  # runs, checkpoints and models: the owner's only, whatever the server's umask
     os.nice(WORKER_NICENESS)  # training yields the CPU to requests: chat stays quick while a job runs
-    signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(Store(DataDir(args.data_dir).db)))
+    database = os.environ.get(DATABASE_ENV)  # the server's --database, kept out of argv
+    signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(Store(database or DataDir(args.data_dir).db)))
     if args.python_graders:  # the operator reads in worker.log how locked in their code will be here
         from ..graders.sandbox import sandbox_layers
 
@@ -363,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("tunelab.worker").warning(
             "python graders run in a sandbox; its layers here: %s", layers
         )
-    serve_jobs(args.data_dir, args.parent_pid, python_graders=args.python_graders)
+    serve_jobs(args.data_dir, args.parent_pid, python_graders=args.python_graders, database=database)
 
 
 def pause_and_exit(store: Store) -> None:
