@@ -21,7 +21,7 @@ from tunelab.graders import GradeConfig
 from tunelab.inference import ChatConfig, GenerateConfig, PredictConfig
 from tunelab.methods import REGISTRY
 from tunelab.service.feedback import FeedbackConfig
-from tunelab.service.settings import ServiceSettings
+from tunelab.service.settings import ServiceSettings, WorkerSettings
 from tunelab.sweep import SweepConfig
 from tunelab.training import TrainConfig
 
@@ -63,6 +63,7 @@ COMMANDS = {
     "data clean": Case((CleanFiles, CleanConfig), (), (), ()),
     "data report": Case((DataReportConfig,), (), (), ()),
     "data from-feedback": Case((FeedbackConfig,), (), (), ()),
+    "worker": Case((WorkerSettings,), (), (), ()),
     # Only a test or the service itself sets these; --base-model is NAME=SPEC; where uvicorn listens.
     "serve": Case(
         (ServiceSettings,),

@@ -25,7 +25,7 @@ from .export.config import ExportConfig
 from .graders.config import GradeConfig
 from .inference.config import ChatConfig, GenerateConfig, PredictConfig
 from .service.feedback import FeedbackConfig
-from .service.settings import ServiceSettings
+from .service.settings import ServiceSettings, WorkerSettings
 from .sweep.config import SweepConfig
 from .training.config import TrainConfig
 
@@ -733,6 +733,23 @@ def serve(
         console.print(f"API key: the one in {Path(data_dir) / 'api_key'} (or $TUNELAB_API_KEY)")
     console.print(f"Dashboard and API on http://{host}:{port}  (OpenAI base_url http://{host}:{port}/v1)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", **server_options(settings))
+
+
+@app.command()
+@user_errors
+def worker(**options):
+    """Train the jobs of a `tunelab serve` on this host too: claims one at a time from the server's store.
+
+    For a team: the server with --database postgresql://... and its data dir on a filesystem every host
+    mounts at the same path; one `tunelab worker` per host (or per GPU, each with its own --name)."""
+    from .service.worker import run_worker, worker_id
+
+    settings = WorkerSettings(**options)
+    console.print(f"Worker {worker_id(settings.name)} takes jobs from {settings.data_dir}")
+    run_worker(settings)
+
+
+worker.__signature__ = command_signature(worker, WorkerSettings)
 
 
 # The service's settings, but those only a test or the service itself sets; --base-model is NAME=SPEC.

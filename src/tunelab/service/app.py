@@ -21,7 +21,7 @@ from .estimates import EstimateTasks
 from .exports import ExportTasks
 from .jobs import validate_job_files
 from .metrics import Metrics, RequestMetrics
-from .paths import DataDir, open_private
+from .paths import LOCAL_WORKER, DataDir, open_private
 from .quotas import Quotas
 from .routes import (
     completions,
@@ -63,8 +63,14 @@ main(sys.argv[1:])
 class WorkerProcess:
     """The training worker, restarted if it ever dies while the server runs."""
 
-    def __init__(self, data: DataDir, python_graders: bool = False, database: str | None = None):
-        self.data, self.process, self.python_graders = data, None, python_graders
+    def __init__(
+        self,
+        data: DataDir,
+        python_graders: bool = False,
+        database: str | None = None,
+        name: str = LOCAL_WORKER,
+    ):
+        self.data, self.process, self.python_graders, self.name = data, None, python_graders, name
         self.database = database  # handed over in the environment: a URL may hold a password (`ps`)
 
     def start(self) -> None:
@@ -78,6 +84,8 @@ class WorkerProcess:
                 str(self.data.root),
                 "--parent-pid",
                 str(os.getpid()),
+                "--name",
+                self.name,
                 *(["--python-graders"] if self.python_graders else []),
             ],
             stdout=log,
@@ -155,17 +163,20 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.state.service = service
         for job in store.jobs_with_status("validating_files"):  # the server stopped while checking them
             threading.Thread(target=validate_job_files, args=(store, data, job), daemon=True).start()
-        worker, watcher = WorkerProcess(data, settings.python_graders, settings.database), None
-        if settings.start_worker:
+        names = [LOCAL_WORKER] + [f"{LOCAL_WORKER}-{i}" for i in range(1, settings.workers)]
+        workers = [WorkerProcess(data, settings.python_graders, settings.database, name) for name in names]
+        workers = workers if settings.start_worker and settings.workers else []
+        for worker in workers:
             worker.start()
-            watcher = asyncio.create_task(worker.watch())
-        app.state.worker = worker
+        watchers = [asyncio.create_task(worker.watch()) for worker in workers]
+        app.state.workers = workers
         yield
-        if watcher:
+        for watcher in watchers:
             watcher.cancel()
             with suppress(asyncio.CancelledError):
                 await watcher
-        worker.stop()
+        for worker in workers:
+            worker.stop()
 
     # No public /docs or /openapi.json: every route but /health needs a key, and the API is OpenAI's.
     app = ServiceApp(
@@ -185,7 +196,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/health", tags=["health"], response_model=Health)
     def health():
-        return Health(worker=app.state.worker.alive)
+        workers = app.state.workers
+        return Health(worker=bool(workers) and all(worker.alive for worker in workers))
 
     @app.get("/metrics", tags=["health"])
     def prometheus_metrics(request: Request, service: ServiceDep):

@@ -70,7 +70,14 @@ class ServiceGauges:
         jobs = GaugeMetricFamily("tunelab_jobs", "fine-tuning jobs by status", labels=["status"])
         for status, count in self.service.store.job_counts().items():
             jobs.add_metric([status], count)
-        yield from (queued, running, jobs)
+        workers = GaugeMetricFamily(
+            "tunelab_worker_silent_seconds",
+            "for each worker on a job (any host): seconds since it last said it is on it",
+            labels=["worker", "job"],
+        )
+        for worker, job_id, heartbeat_at in self.service.store.workers():
+            workers.add_metric([worker, job_id], max(0, int(time.time()) - (heartbeat_at or 0)))
+        yield from (queued, running, jobs, workers)
 
 
 class RequestMetrics:

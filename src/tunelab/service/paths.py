@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 DB_FILE = "tunelab.db"
+LOCAL_WORKER = "local"  # the name of the worker `tunelab serve` starts
 PARTIAL_UPLOAD = ".upload-"  # an upload being received; renamed to its file id once whole
 
 
@@ -48,9 +49,9 @@ class DataDir:
     def jobs(self) -> Path:
         return self.root / "jobs"
 
-    @property
-    def worker_lock(self) -> Path:
-        return self.root / "worker.lock"
+    def worker_lock(self, name: str) -> Path:
+        """Held by the worker of this name on this host while it lives (one process per name)."""
+        return self.root / ("worker.lock" if name == LOCAL_WORKER else f"worker-{name}.lock")
 
     @property
     def worker_log(self) -> Path:

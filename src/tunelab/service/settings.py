@@ -110,6 +110,13 @@ class ServiceSettings:
         metadata={"help": "keys (one a line, chmod 600) that read /metrics, e.g. Prometheus's bearer token"},
     )
     start_worker: bool = True  # tests of the API alone turn it off
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "training workers this server starts, each a job at a time (0: none here; run "
+            "`tunelab worker` on other hosts against the same --database and data dir)"
+        },
+    )
     engine: str = field(
         default="tunelab",
         metadata={
@@ -119,6 +126,8 @@ class ServiceSettings:
     )
 
     def __post_init__(self):
+        if self.workers < 0:
+            raise UserError(f"workers must not be negative (got {self.workers})")
         counts = ("max_loaded_adapters", "max_batch", "default_max_tokens", "max_body_kb")
         counts += ("max_generations_per_key", "max_queued_jobs_per_key")
         for name in counts:
@@ -154,6 +163,37 @@ class ServiceSettings:
         if set(keys) & set(api_keys):
             raise UserError("a metrics key must not also be an API key: /metrics counts every key's jobs")
         return keys
+
+
+@dataclass
+class WorkerSettings:
+    """What `tunelab worker` is given: a training worker of its own, beside a server's."""
+
+    data_dir: str = field(
+        metadata={"help": "the server's data dir, mounted at the same place on every host of the team"}
+    )
+    database: str | None = field(
+        default=None,
+        metadata={
+            "help": "the server's --database (PostgreSQL URL); default: $TUNELAB_DATABASE, else SQLite"
+        },
+    )
+    name: str = field(
+        default="worker", metadata={"help": "this worker's name on this host (two on one host: two names)"}
+    )
+    python_graders: bool = field(
+        default=False, metadata={"help": "run the python graders of reinforcement jobs (sandboxed)"}
+    )
+    stale_after_s: float = field(
+        default=60.0,
+        metadata={"help": "a job whose worker has been silent this long is taken over (resumed) by another"},
+    )
+
+    def __post_init__(self):
+        if not self.stale_after_s > 0:
+            raise UserError(f"stale_after_s must be positive (got {self.stale_after_s})")
+        if not self.name or "@" in self.name or "/" in self.name:
+            raise UserError(f"a worker's name must be non-empty, without '@' or '/' (got '{self.name}')")
 
 
 def owner_of(api_key: str) -> str:

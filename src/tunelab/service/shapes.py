@@ -377,7 +377,7 @@ class FeedbackObject(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
-    worker: bool  # whether the training worker process is alive
+    worker: bool  # whether this server's training workers are alive (False when it starts none)
 
 
 class PromptTokensDetails(BaseModel):

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     model_root TEXT NOT NULL, training_file TEXT NOT NULL, validation_file TEXT,
     hyperparameters TEXT NOT NULL, tunelab TEXT NOT NULL, suffix TEXT, seed INTEGER NOT NULL, metadata TEXT,
     status TEXT NOT NULL, created_at INTEGER NOT NULL, finished_at INTEGER, fine_tuned_model TEXT,
-    trained_tokens INTEGER, error TEXT, result_files TEXT NOT NULL DEFAULT '[]');
+    trained_tokens INTEGER, error TEXT, result_files TEXT NOT NULL DEFAULT '[]', worker TEXT,
+    heartbeat_at INTEGER);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, job_id TEXT NOT NULL,
     created_at INTEGER NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL,
@@ -59,7 +60,12 @@ CREATE TABLE IF NOT EXISTS sessions (
 
 FINISHED = ("succeeded", "failed", "cancelled")
 ADD_MODEL = "INSERT INTO models (id, owner, job_id, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
-ROWID_TABLES = ("files", "jobs", "models", "feedback")  # listed in insertion order (SQLite's rowid)
+ROWID_TABLES = ("files", "jobs", "models", "feedback")
+# Columns added to tables after their first release: a store made before gets them on opening.
+ADDED_COLUMNS = (
+    ("jobs", "worker", "TEXT"),
+    ("jobs", "heartbeat_at", "INTEGER"),
+)  # listed in insertion order (SQLite's rowid)
 DATABASE_ENV = "TUNELAB_DATABASE"  # the server hands its worker the database URL here, not in argv (`ps`)
 SCHEMA_LOCK = 7236502  # a PostgreSQL advisory lock: one process creates the tables at a time
 
@@ -132,6 +138,8 @@ class JobRow:
     trained_tokens: int | None = None
     error: dict[str, Any] | None = None
     result_files: list[str] = field(default_factory=list)
+    worker: str | None = None  # the worker that has claimed it (`Store.claim_job`), while it has
+    heartbeat_at: int | None = None  # when that worker last said it is still on it
 
 
 # A reinforcement job's grader and its judges' folders: kept in its options, but not training options (the
@@ -252,6 +260,16 @@ class Store:
                     db.execute(statement)
             else:
                 db.executescript(SCHEMA)
+            for table, column, kind in ADDED_COLUMNS:
+                if column not in self._columns(db, table):
+                    kind = kind.replace("INTEGER", "BIGINT") if self.postgres else kind
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    def _columns(self, db, table: str) -> set[str]:
+        if self.postgres:
+            sql = "SELECT column_name AS name FROM information_schema.columns WHERE table_name = ?"
+            return {row["name"] for row in db.execute(sql, (table,)).fetchall()}
+        return {row["name"] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
 
     @contextmanager
     def connect(self):
@@ -401,6 +419,39 @@ class Store:
             if moved and event:
                 _insert_event(db, job_id, event, level="error" if status == "failed" else "info")
         return moved
+
+    def claim_job(self, worker: str, stale_before: int) -> JobRow | None:
+        """The next job for `worker` to train, now marked as its: one it was running when it stopped, then
+        one whose worker went silent (no heartbeat since `stale_before`), then the oldest queued one.
+        Its status is left as it was (queued, or running: to resume). Two workers never get the same job:
+        PostgreSQL locks the chosen row and skips rows others hold; SQLite takes one writer at a time."""
+        free = "(worker IS NULL OR worker = ? OR heartbeat_at IS NULL OR heartbeat_at < ?)"
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
+        sql = (
+            f"UPDATE jobs SET worker = ?, heartbeat_at = ? WHERE id = (SELECT id FROM jobs "
+            f"WHERE status IN ('running', 'queued') AND {free} "
+            f"ORDER BY CASE status WHEN 'running' THEN 0 ELSE 1 END, rowid LIMIT 1{skip_locked}) "
+            f"AND {free} RETURNING *"
+        )
+        with self.connect() as db:
+            row = db.execute(sql, (worker, now(), worker, stale_before, worker, stale_before)).fetchone()
+        return job_row(row) if row else None
+
+    def heartbeat(self, job_id: str, worker: str) -> bool:
+        """Note that `worker` is still on the job; False when the job is no longer its."""
+        return (
+            self.run("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND worker = ?", now(), job_id, worker)
+            > 0
+        )
+
+    def release(self, job_id: str, worker: str) -> None:
+        """`worker` is done with the job (finished, paused, failed): another may take it when it is queued."""
+        self.run("UPDATE jobs SET worker = NULL WHERE id = ? AND worker = ?", job_id, worker)
+
+    def workers(self) -> list[tuple[str, str, int]]:
+        """(worker, job id, last heartbeat) of each job a worker is on now."""
+        rows = self.all("SELECT worker, id, heartbeat_at FROM jobs WHERE worker IS NOT NULL ORDER BY worker")
+        return [(row["worker"], row["id"], row["heartbeat_at"]) for row in rows]
 
     def set_hyperparameters(self, job_id: str, hyperparameters: dict) -> None:
         self.run("UPDATE jobs SET hyperparameters = ? WHERE id = ?", json.dumps(hyperparameters), job_id)

@@ -1,9 +1,12 @@
 """The job worker: a separate process that trains queued jobs one at a time, so the API stays responsive.
 
-Started by `tunelab serve`; dies with it (PR_SET_PDEATHSIG, set by `app.WORKER_BOOTSTRAP` before this
-module is even imported), and a file lock keeps a second worker from
-ever training beside it. A job found `running` at start-up was interrupted (the server was killed): it
-resumes from its last checkpoint, exactly, so it ends with the model an uninterrupted run would give.
+Started by `tunelab serve` (one named "local" that dies with it: PR_SET_PDEATHSIG, set by
+`app.WORKER_BOOTSTRAP` before this module is even imported), or on its own by `tunelab worker`, as many as
+a team runs against one PostgreSQL store, on hosts that mount the same data dir. A file lock keeps a second
+process of the same name on a host from training beside the first. Each worker claims a job in the store
+(`Store.claim_job`) and heart-beats on it while it trains; a job whose worker went silent (killed, its host
+gone) is claimed by another, and a job found `running` was interrupted: either way it resumes from its last
+checkpoint, exactly, so it ends with the model an uninterrupted run would give.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import logging
 import os
 import shutil
 import signal
+import socket
+import threading
 import time
 
 from ..data.errors import DataError
@@ -35,10 +40,12 @@ from .jobs import (
     run_values,
     train_options,
 )
-from .paths import DataDir, open_private
-from .store import DATABASE_ENV, JobRow, Store, new_id
+from .paths import LOCAL_WORKER, DataDir, open_private
+from .settings import WorkerSettings
+from .store import DATABASE_ENV, JobRow, Store, new_id, now
 
 POLL_S = 0.5
+STALE_S = 60.0  # a job whose worker has not said it is on it for this long is taken over by another
 RESUMING = "Resuming fine-tuning job"
 PAUSED = "Paused: the server is stopping; the job resumes when it starts again"
 MAX_CRASHES = 3
@@ -95,6 +102,37 @@ def metrics_note(metrics: dict) -> str:
     return "".join(f", {label}={metrics[key]:.2f}" for key, label in NOTES.items() if key in metrics)
 
 
+class JobTakenOver(Exception):
+    """Another worker has the job now (this one was silent too long): stop without touching it."""
+
+
+class Heartbeat:
+    """While a job trains, a thread tells the store that this worker is still on it, six times within the
+    time after which others take the job over; `lost` is set when the store says it is another's now."""
+
+    def __init__(self, store: Store, job_id: str, worker: str, stale_after_s: float = STALE_S):
+        self.store, self.job_id, self.worker = store, job_id, worker
+        self.every_s = stale_after_s / 6
+        self.lost, self.done = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _beat(self) -> None:
+        while not self.done.wait(self.every_s):
+            try:
+                if not self.store.heartbeat(self.job_id, self.worker):
+                    self.lost.set()
+            except Exception:  # the store is unreachable for a moment: the next beat tries again
+                logging.getLogger("tunelab.worker").exception("heartbeat of %s failed", self.job_id)
+
+
 class JobCancelled(Exception):
     """Raised from a hook when the job was cancelled through the API; the run stops at once."""
 
@@ -102,8 +140,8 @@ class JobCancelled(Exception):
 class JobHooks(TrainHooks):
     """Turns the run's records into job events and published checkpoints; stops a cancelled job."""
 
-    def __init__(self, store: Store, data: DataDir, job: JobRow):
-        self.store, self.data, self.job = store, data, job
+    def __init__(self, store: Store, data: DataDir, job: JobRow, heartbeat: Heartbeat | None = None):
+        self.store, self.data, self.job, self.heartbeat = store, data, job, heartbeat
         self.name = model_name(job)
         # A resumed run repeats the steps and evals after its checkpoint: report each only once.
         reported = store.metrics(job.id)
@@ -115,6 +153,8 @@ class JobHooks(TrainHooks):
         self.status = "running"  # as of the last step
 
     def on_step(self, step: int) -> None:
+        if self.heartbeat is not None and self.heartbeat.lost.is_set():
+            raise JobTakenOver
         self.status = self.store.job_status(self.job.id)
         if self.status not in ("running", "paused"):  # cancelled (or deleted)
             raise JobCancelled
@@ -180,7 +220,9 @@ class JobHooks(TrainHooks):
         self.store.add_event(self.job.id, f"Checkpoint created at step {step}")
 
 
-def run_job(store: Store, data: DataDir, job: JobRow, python_graders: bool = False) -> None:
+def run_job(
+    store: Store, data: DataDir, job: JobRow, python_graders: bool = False, heartbeat: Heartbeat | None = None
+) -> None:
     """Train one job to the end and publish its model, or record why it failed."""
     job_id = job.id
     run_dir = data.run_dir(job_id)
@@ -213,10 +255,12 @@ def run_job(store: Store, data: DataDir, job: JobRow, python_graders: bool = Fal
             grader = job.options.get("grader")  # a reinforcement job's, as checked when it was created
             grader = grader and parse_grader(grader, "method.reinforcement.grader", context)
             objective = objective_with_grader(config, context, warn_on(store, job_id), grader)
-            Trainer(config, None, JobHooks(store, data, job), objective).fit()
+            Trainer(config, None, JobHooks(store, data, job, heartbeat), objective).fit()
         publish(store, data, job)
     except JobCancelled:
         store.add_event(job_id, "Fine-tuning job cancelled")
+    except JobTakenOver:
+        logging.getLogger("tunelab.worker").warning("%s was taken over by another worker", job_id)
     except RunPaused as paused:
         store.add_event(job_id, f"Fine-tuning job {paused}; resume continues from there")
     except TrainingDiverged as err:
@@ -315,13 +359,9 @@ def results_csv(run_dir) -> str:
     return buffer.getvalue()
 
 
-def next_job(store: Store) -> JobRow | None:
-    """An interrupted job first (there is at most one), then the oldest queued one."""
-    for status in ("running", "queued"):
-        jobs = store.jobs_with_status(status)
-        if jobs:
-            return jobs[0]
-    return None
+def worker_id(name: str) -> str:
+    """The worker's name in the store: its own name on this host."""
+    return f"{name}@{socket.gethostname()}"
 
 
 def serve_jobs(
@@ -330,46 +370,69 @@ def serve_jobs(
     once: bool = False,
     python_graders: bool = False,
     database: str | None = None,
+    name: str = LOCAL_WORKER,
+    stale_after_s: float = STALE_S,
 ) -> None:
-    """Train jobs as they come, forever (or until the queue is empty, with `once`), from the server's
+    """Train jobs as they come, forever (or until none is left to claim, with `once`), from the server's
     store: its `database` (a PostgreSQL URL) when it has one, else the data dir's SQLite file."""
     data = DataDir(data_dir).create()
-    store = Store(database or data.db)
-    lock = open_private(data.worker_lock)  # held for the life of the process
-    fcntl.flock(lock, fcntl.LOCK_EX)  # waits while a previous worker is still exiting
+    store, me = Store(database or data.db), worker_id(name)
+    lock = open_private(data.worker_lock(name))  # held for the life of the process
+    fcntl.flock(lock, fcntl.LOCK_EX)  # waits while a previous worker of this name is still exiting
     while True:
         if parent_pid is not None and os.getppid() != parent_pid:
             return
-        job = next_job(store)
+        job = store.claim_job(me, stale_before=int(now() - stale_after_s))
         if job is None:
             if once:
                 return
             time.sleep(POLL_S)
             continue
-        run_job(store, data, job, python_graders)
+        try:
+            with Heartbeat(store, job.id, me, stale_after_s) as heartbeat:
+                run_job(store, data, job, python_graders, heartbeat)
+        finally:
+            store.release(job.id, me)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The worker `tunelab serve` starts (see `app.WORKER_BOOTSTRAP`); its database comes in the
+    environment, not in argv, where `ps` would show a password."""
     parser = argparse.ArgumentParser(
         description="tunelab's fine-tuning job worker (started by `tunelab serve`)"
     )
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--parent-pid", type=int)
     parser.add_argument("--python-graders", action="store_true", help="run python graders (sandboxed)")
+    parser.add_argument("--name", default=LOCAL_WORKER, help="this worker's name on this host")
     args = parser.parse_args(argv)
+    settings = WorkerSettings(args.data_dir, os.environ.get(DATABASE_ENV), args.name, args.python_graders)
+    run_worker(settings, args.parent_pid)
+
+
+def run_worker(settings: WorkerSettings, parent_pid: int | None = None) -> None:
+    """Train jobs until killed (or until `parent_pid`, the server, is gone)."""
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")  # into worker.log
     os.umask(0o077)  # runs, checkpoints and models: the owner's only, whatever the server's umask
     os.nice(WORKER_NICENESS)  # training yields the CPU to requests: chat stays quick while a job runs
-    database = os.environ.get(DATABASE_ENV)  # the server's --database, kept out of argv
-    signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(Store(database or DataDir(args.data_dir).db)))
-    if args.python_graders:  # the operator reads in worker.log how locked in their code will be here
+    database = settings.database or os.environ.get(DATABASE_ENV)
+    store = Store(database or DataDir(settings.data_dir).create().db)  # said now if it cannot be reached
+    signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(store))
+    if settings.python_graders:  # the operator reads in worker.log how locked in their code will be here
         from ..graders.sandbox import sandbox_layers
 
         layers = ", ".join(f"{name}: {state}" for name, state in sandbox_layers().items())
         logging.getLogger("tunelab.worker").warning(
             "python graders run in a sandbox; its layers here: %s", layers
         )
-    serve_jobs(args.data_dir, args.parent_pid, python_graders=args.python_graders, database=database)
+    serve_jobs(
+        settings.data_dir,
+        parent_pid,
+        python_graders=settings.python_graders,
+        database=database,
+        name=settings.name,
+        stale_after_s=settings.stale_after_s,
+    )
 
 
 def pause_and_exit(store: Store) -> None:
