@@ -161,7 +161,10 @@ def test_job_page_shows_curves_checkpoints_events_and_error(client):
     )
     login(client, "k1")
 
+    assert "<dt>Worker</dt>" not in client.get(f"/jobs/{JOB}").text  # no worker has claimed it
+    assert store.claim_job("gpu0@host-b", stale_before=0).id == JOB
     page = client.get(f"/jobs/{JOB}").text
+    assert "<dt>Worker</dt>" in page and re.search(r"gpu0@host-b</span>, last heard \d+ s ago", page)
     assert page.count("<polyline") == 2  # train and valid
     assert "train loss" in page and "valid loss" in page and ">step<" in page and ">loss<" in page
     assert "ft:tiny:org:x:ckpt-step-5" in page

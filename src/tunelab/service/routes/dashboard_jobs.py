@@ -292,6 +292,7 @@ def job_context(service: Service, row: JobRow) -> dict:
         "can_cancel": row.status in usecases.UNFINISHED,
         "can_pause": row.status in usecases.PAUSABLE,
         "can_resume": row.status == "paused",
+        "worker": (row.worker, now() - (row.heartbeat_at or now())) if row.worker else None,
         "chart": chart(loss_series(service, row.id), 640, 260, margins),
         "accuracy": chart(loss_series(service, row.id, ACCURACY_SERIES), 640, 260, margins),
         "rewards": chart(loss_series(service, row.id, REWARD_SERIES), 640, 260, margins),
