@@ -34,7 +34,7 @@ def stackable(adapter_config: dict) -> bool:
     return plain_lora(adapter_config) and not any(adapter_config.get(key) for key in extras)
 
 
-class SlotChoice:
+class RowChoice:
     """Which adapter the rows of the running batch use, shared by every wrapped layer: None (no adapter),
     an int (every row: the adapter's index from 0), or a (B, 1, adapters x r) mask of each row's columns."""
 
@@ -45,7 +45,7 @@ class SlotChoice:
 class StackedLoRALinear(nn.Module):
     """A base layer plus the stacked adapters' low-rank update for the rows' adapters."""
 
-    def __init__(self, base_layer: nn.Module, choice: SlotChoice, rank: int):
+    def __init__(self, base_layer: nn.Module, choice: RowChoice, rank: int):
         super().__init__()
         self.base_layer, self.choice, self.rank = base_layer, choice, rank
         self.lora_A: torch.Tensor | None = None  # (in, adapters x rank)
@@ -72,7 +72,7 @@ class StackedLoRA:
     uses adapters[i] (None: the base)."""
 
     def __init__(self, base: nn.Module):
-        self.base, self.choice = base, SlotChoice()
+        self.base, self.choice = base, RowChoice()
         # adapter name -> {layer name: (A (r, in), B scaled (out, r))}, in load order = column order
         self.weights: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.wrapped: dict[str, StackedLoRALinear] = {}

@@ -60,12 +60,9 @@ CREATE TABLE IF NOT EXISTS sessions (
 
 FINISHED = ("succeeded", "failed", "cancelled")
 ADD_MODEL = "INSERT INTO models (id, owner, job_id, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
-ROWID_TABLES = ("files", "jobs", "models", "feedback")
+ROWID_TABLES = ("files", "jobs", "models", "feedback")  # listed in insertion order (SQLite's rowid)
 # Columns added to tables after their first release: a store made before gets them on opening.
-ADDED_COLUMNS = (
-    ("jobs", "worker", "TEXT"),
-    ("jobs", "heartbeat_at", "INTEGER"),
-)  # listed in insertion order (SQLite's rowid)
+ADDED_COLUMNS = (("jobs", "worker", "TEXT"), ("jobs", "heartbeat_at", "INTEGER"))
 DATABASE_ENV = "TUNELAB_DATABASE"  # the server hands its worker the database URL here, not in argv (`ps`)
 SCHEMA_LOCK = 7236502  # a PostgreSQL advisory lock: one process creates the tables at a time
 
