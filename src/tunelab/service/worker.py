@@ -417,7 +417,7 @@ def run_worker(settings: WorkerSettings, parent_pid: int | None = None) -> None:
     os.nice(WORKER_NICENESS)  # training yields the CPU to requests: chat stays quick while a job runs
     database = settings.database or os.environ.get(DATABASE_ENV)
     store = Store(database or DataDir(settings.data_dir).create().db)  # said now if it cannot be reached
-    signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(store))
+    signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(store, worker_id(settings.name)))
     if settings.python_graders:  # the operator reads in worker.log how locked in their code will be here
         from ..graders.sandbox import sandbox_layers
 
@@ -435,11 +435,13 @@ def run_worker(settings: WorkerSettings, parent_pid: int | None = None) -> None:
     )
 
 
-def pause_and_exit(store: Store) -> None:
-    """The server is stopping: note it on the running job (so the restart is not counted as a crash) and
-    exit at once; the job resumes from its last checkpoint, as after a kill."""
+def pause_and_exit(store: Store, worker: str) -> None:
+    """The worker is told to stop: note it on the running job (so the restart is not counted as a crash),
+    let the job go so that any worker (this one restarted, or another now) resumes it from its last
+    checkpoint, as after a kill, and exit at once."""
     if current_job is not None:
         store.add_event(current_job, PAUSED)
+        store.release(current_job, worker)
     os._exit(0)
 
 
