@@ -18,11 +18,12 @@ from tunelab.service.settings import ServiceSettings
 PROMPTS = ["say bob", "the quick brown fox jumps over the lazy dog and then", "tokyo", "name age city json"]
 
 
-def random_lora(model_dir, folder, seed, use_dora=False):
-    """A LoRA adapter with random (not zero) B, so it really changes the answers."""
+def random_lora(model_dir, folder, seed, **options):
+    """A LoRA adapter with random (not zero) B, so it really changes the answers; `options` are
+    LoraConfig's (rank 4 on every linear layer unless they say otherwise)."""
     torch.manual_seed(seed)
     model, _ = load_model(str(model_dir))
-    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, use_dora=use_dora)
+    config = LoraConfig(init_lora_weights=False, **{"r": 4, "target_modules": "all-linear", **options})
     get_peft_model(model, config).save_pretrained(folder)
     return folder
 

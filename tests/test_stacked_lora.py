@@ -4,8 +4,9 @@ stays with PEFT; bf16 serving answers as fp32 within a stated tolerance."""
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 
+from test_scheduler import random_lora
 from tunelab.errors import UserError
 from tunelab.inference import MultiAdapterModel
 from tunelab.inference.stacked_lora import StackedLoRALinear, stackable
@@ -14,22 +15,14 @@ from tunelab.models import load_model
 ROWS = ["a", None, "b", "b", None, "a"]
 
 
-def lora(model_dir, folder, seed, **options):
-    torch.manual_seed(seed)
-    model, _ = load_model(str(model_dir))
-    config = LoraConfig(init_lora_weights=False, **{"target_modules": "all-linear", **options})
-    get_peft_model(model, config).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def adapters(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("stacked")
     return {
-        "a": lora(tiny_llama_dir, root / "a", 1, r=4, lora_alpha=8),
+        "a": random_lora(tiny_llama_dir, root / "a", 1, r=4, lora_alpha=8),
         # another rank (padded in the stack), rsLoRA's scale, and only the attention's projections
-        "b": lora(tiny_llama_dir, root / "b", 2, r=8, lora_alpha=4, use_rslora=True),
-        "c": lora(tiny_llama_dir, root / "c", 3, r=2, target_modules=["q_proj", "v_proj"]),
+        "b": random_lora(tiny_llama_dir, root / "b", 2, r=8, lora_alpha=4, use_rslora=True),
+        "c": random_lora(tiny_llama_dir, root / "c", 3, r=2, target_modules=["q_proj", "v_proj"]),
     }
 
 
@@ -87,7 +80,7 @@ def test_only_plain_lora_on_linear_layers_is_stacked(config, stacks):
 
 
 def test_other_kinds_load_through_peft_and_never_beside_stacked_ones(tiny_llama_dir, adapters, tmp_path):
-    dora = lora(tiny_llama_dir, tmp_path / "dora", 4, r=4, use_dora=True)
+    dora = random_lora(tiny_llama_dir, tmp_path / "dora", 4, r=4, use_dora=True)
     multi = MultiAdapterModel(str(tiny_llama_dir))
     multi.load_adapter("a", adapters["a"])
     with pytest.raises(UserError, match="another kind"):
