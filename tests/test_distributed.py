@@ -1,4 +1,4 @@
-"""The same loop under torchrun (DDP over gloo on CPU).
+"""The same loop under torchrun, over gloo on CPU: DDP, and FSDP2 (`--fsdp`, the model sharded).
 
 Two ranks with one batch each must equal one process accumulating the same two batches.
 """
@@ -23,7 +23,8 @@ COMMON = ["--max-steps", "4", "--batch-size", "4", "--lr", "0.01", "--dropout", 
 @pytest.mark.skipif(
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
 )
-def test_two_ranks_match_one_process_with_grad_accum(tiny_llama_dir, tmp_path):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_two_ranks_match_one_process_with_grad_accum(tiny_llama_dir, tmp_path, sharding):
     data = write_jsonl(tmp_path / "copy.jsonl", copy_task_rows(48))
     single = tmp_path / "single"
     train(
@@ -55,6 +56,7 @@ def test_two_ranks_match_one_process_with_grad_accum(tiny_llama_dir, tmp_path):
         "--out",
         str(ddp),
         *COMMON,
+        *sharding,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -88,15 +90,17 @@ def step(*a, **k):
 loop.train_step = step
 train(TrainConfig(model=sys.argv[2], data=sys.argv[3], out=sys.argv[4], resume=sys.argv[5] == "resume",
                   max_steps=12, save_every=4, batch_size=4, lr=5e-3, options={"dropout": 0.1}, seed=3,
-                  precision="fp32"))
+                  precision="fp32", fsdp=sys.argv[6] == "fsdp"))
 """
 
 
 @pytest.mark.skipif(
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
 )
-def test_two_ranks_killed_and_resumed_end_as_if_never_stopped(tiny_llama_dir, tmp_path):
-    """Dropout draws differ per rank, so this holds only if every rank's RNG state is checkpointed."""
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_ranks_killed_and_resumed_end_as_if_never_stopped(tiny_llama_dir, tmp_path, sharding):
+    """Dropout draws differ per rank, so this holds only if every rank's RNG state is checkpointed; a
+    sharded run's checkpoint holds each rank's part of the weights and the optimizer state."""
     from tunelab.training import checkpoint as ckpt
 
     data = write_jsonl(tmp_path / "copy.jsonl", copy_task_rows(48))
@@ -107,7 +111,7 @@ def test_two_ranks_killed_and_resumed_end_as_if_never_stopped(tiny_llama_dir, tm
 
     def launch(kill_at, out, mode):
         cmd = [str(torchrun), "--nproc_per_node", "2", str(script), str(kill_at), str(tiny_llama_dir),
-               str(data), str(out), mode]  # fmt: skip
+               str(data), str(out), mode, sharding]  # fmt: skip
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
     straight = launch(0, tmp_path / "straight", "fresh")
@@ -115,6 +119,7 @@ def test_two_ranks_killed_and_resumed_end_as_if_never_stopped(tiny_llama_dir, tm
     killed = launch(7, tmp_path / "killed", "fresh")  # rank 1 dies in step 7; the step-4 checkpoint stays
     assert killed.returncode != 0
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "killed")] == ["step-0000004"]
+    assert (ckpt.list_checkpoints(tmp_path / "killed")[0] / ckpt.SHARDS).is_dir() == (sharding == "fsdp")
     resumed = launch(0, tmp_path / "killed", "resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
@@ -122,3 +127,12 @@ def test_two_ranks_killed_and_resumed_end_as_if_never_stopped(tiny_llama_dir, tm
     b = load_file(tmp_path / "killed" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_fsdp_in_one_process_is_refused_by_name(tiny_llama_dir, tmp_path):
+    from tunelab.training.config import ConfigError
+
+    data = write_jsonl(tmp_path / "copy.jsonl", copy_task_rows(12))
+    config = TrainConfig(model=str(tiny_llama_dir), data=str(data), out=str(tmp_path / "run"), fsdp=True)
+    with pytest.raises(ConfigError, match="fsdp: .*torchrun --nproc_per_node"):
+        train(config)

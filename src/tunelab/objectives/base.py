@@ -36,6 +36,7 @@ class Objective:
     options: tuple[str, ...] = ()  # the TrainConfig fields only some objectives read, that this one reads
     uses_reference = False  # scored against the model as training starts (`prepare_reference`)
     disables_dropout = False  # trained with the model's dropout off
+    samples = False  # generates from the model as it trains (each rank as many tokens as its answers take)
     data_kind = "supervised"  # what its files hold (data/formats.py `kind_of`): supervised, pairs, unpaired
 
     def check_model(self, model) -> None:

@@ -74,6 +74,7 @@ class AnswerRow(EncodedExample):
 class GroupRelativePolicyOptimization(Objective):
     name = "grpo"
     data_kind = "prompts"
+    samples = True
     disables_dropout = True  # the sampling policy and the trained one must be the same function
     options = ("beta", "epsilon", "generations", "sampling_temperature", "max_completion_tokens")
     default_beta = 0.0  # TRL's: no reference model unless asked for

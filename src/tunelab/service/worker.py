@@ -209,10 +209,10 @@ class JobHooks(TrainHooks):
     def checkpoint_every(self, steps_per_epoch: int) -> int:
         return steps_per_epoch  # a checkpoint per epoch, as OpenAI makes them
 
-    def on_checkpoint(self, trainer: Trainer, step: int) -> None:
+    def on_checkpoint(self, trainer: Trainer, model, step: int) -> None:
         folder = self.data.checkpoint_dir(self.job.id, step)
         with atomic_folder(folder) as tmp:
-            trainer.method.save(trainer.unwrapped, tmp)
+            trainer.method.save(model, tmp)
         metrics = {"step": step}
         if self.last_train.get("step") == step:
             metrics |= {"train_loss": self.last_train["loss"]} | objective_metrics(self.last_train)

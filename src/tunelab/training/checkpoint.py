@@ -16,9 +16,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..run_dir import RunDir, atomic_folder
+from .sharding import load_sharded
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS = "trainable.safetensors"
+SHARDS = "shards"  # a sharded (FSDP) run's trained weights and optimizer state, a file per rank
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -64,15 +66,21 @@ def save_checkpoint(
     trainer_state: dict,
     keep: int,
     rng_states: list[tuple[dict, dict]] | None = None,
+    shards: Path | None = None,
 ) -> Path:
-    """`rng_states`: every rank's `rng_state()`, in rank order (default: this process's alone)."""
+    """`rng_states`: every rank's `rng_state()`, in rank order (default: this process's alone). `shards`:
+    the folder where the ranks of a sharded run saved the weights and optimizer (`shards_folder`); it
+    moves into the checkpoint in their place."""
     final = RunDir(out).checkpoints / checkpoint_name(step)
     rng_states = rng_states or [rng_state()]
 
     with atomic_folder(final) as folder:
-        save_file(trainable_state(model), folder / WEIGHTS)
-        # Optimizer and scheduler states are our own tensors and numbers; loaded back with weights_only.
-        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+        if shards:
+            shards.rename(folder / SHARDS)
+        else:
+            save_file(trainable_state(model), folder / WEIGHTS)
+            # Optimizer and scheduler states are our own tensors and numbers; loaded back with weights_only.
+            torch.save(optimizer.state_dict(), folder / "optimizer.pt")
         torch.save(scheduler.state_dict(), folder / "scheduler.pt")
         torch.save([tensors for tensors, _ in rng_states], folder / "rng.pt")
         (folder / "rng.json").write_text(json.dumps([plain for _, plain in rng_states]))
@@ -80,6 +88,11 @@ def save_checkpoint(
     for old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def shards_folder(out: Path, step: int) -> Path:
+    """Where the ranks of a sharded run write their parts of step `step`'s checkpoint, before it is whole."""
+    return RunDir(out).checkpoints / f".{checkpoint_name(step)}.shards"
 
 
 def checkpoint_name(step: int) -> str:
@@ -94,9 +107,13 @@ def list_checkpoints(out: Path) -> list[Path]:
 
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
-    """Restore a checkpoint into this process; `rank` picks its own RNG state under DDP."""
-    load_trainable_state(model, load_file(folder / WEIGHTS))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    """Restore a checkpoint into this process; `rank` picks its own RNG state under DDP. A sharded
+    checkpoint is read by every rank of the sharded run together."""
+    if (folder / SHARDS).is_dir():
+        load_sharded(folder / SHARDS, model, optimizer)
+    else:
+        load_trainable_state(model, load_file(folder / WEIGHTS))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     tensors = torch.load(folder / "rng.pt", weights_only=True)
     plain = json.loads((folder / "rng.json").read_text())

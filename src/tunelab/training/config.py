@@ -182,6 +182,13 @@ class TrainConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "trade compute for activation memory"}
     )
+    fsdp: bool = field(
+        default=False,
+        metadata={
+            "help": "under torchrun: split the weights, gradients and optimizer state over the processes "
+            "(FSDP2), for a model that does not fit one device"
+        },
+    )
     memory_budget: str | None = field(
         default=None,
         metadata={

@@ -2,11 +2,14 @@
 
 It runs as a single process on a laptop and, unchanged, under `torchrun`/`accelerate launch` (DDP): the
 Accelerator places the model and wraps it for DDP; each rank takes its slice of batches and the token
-count that normalises the loss is summed over ranks and micro-batches (see steps.py).
+count that normalises the loss is summed over ranks and micro-batches (see steps.py). With `fsdp` the
+model is sharded over the ranks instead (sharding.py); the rest of the loop is the same. Hooks are asked
+on the main process alone, and what they decide every rank does.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import shutil
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from safetensors import safe_open
 
 from ..data.batching import epoch_batches, split_by_tokens
@@ -31,6 +34,7 @@ from ..ops import pick_precision
 from ..run_dir import RunDir, atomic_folder
 from . import auto
 from . import checkpoint as ckpt
+from . import sharding
 from .config import ConfigError, TrainConfig
 from .datasets import check_pairing, load_tasks, objective_for
 from .memory import MemoryModel, Prediction, batch_tokens_for, measure, parse_bytes, peak_bytes
@@ -86,8 +90,8 @@ class TrainHooks:
     def on_record(self, record: dict) -> None:
         """Every metrics record (kinds: run, train, eval, summary), as written to the metrics log."""
 
-    def on_checkpoint(self, trainer: Trainer, step: int) -> None:
-        """After a checkpoint of `step` is safely on disk."""
+    def on_checkpoint(self, trainer: Trainer, model, step: int) -> None:
+        """After a checkpoint of `step` is safely on disk; `model` is the model as trained, whole."""
 
     def pause_requested(self) -> bool:
         """Asked after each step: True pauses the run there (a checkpoint of it, then `RunPaused`)."""
@@ -206,10 +210,27 @@ class Trainer:
         self.plan = LRPlan(config.scheduler, config.warmup, total_steps, min_warmup=1 if self.budget else 0)
         self.trainable = sum(p.numel() for _, p in self.method.optimizer_params(model))
         self.total_params = sum(p.numel() for p in model.parameters())
+        self.whole_copy = None
+        if config.fsdp:
+            self._shard(model)
         optimizer, self.scheduler = self._optimizer(model)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if config.fsdp:  # sharded in place, not wrapped: the model is its own unwrapped self
+            self.model, self.optimizer = model, optimizer
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.state = TrainState()
+        self.pausing = False  # what the hooks said after the last step
+
+    def _shard(self, model) -> None:
+        if self.accelerator.num_processes < 2:
+            raise ConfigError("fsdp: shards over several processes; launch with torchrun --nproc_per_node N")
+        if self.objective.samples:  # each rank would generate its own number of tokens: the shards' gathers
+            raise ConfigError(f"fsdp: {self.objective.name} samples while it trains; train it without fsdp")
+        # What is saved whole comes from a plain copy on the main process (host memory, as FSDP's
+        # full state dict would be), not from the shards.
+        self.whole_copy = copy.deepcopy(model) if self.main else None
+        sharding.shard(model)  # which moves each unit's part to this rank's device
 
     def _references(self, model) -> None:
         """The start's log-probs of every train and val item, for the objectives scored against the start
@@ -334,7 +355,8 @@ class Trainer:
         try:
             self._announce()
             self._run()
-            return self._finish() if self.main else TrainResult(self.out, {})
+            whole = self._whole_model()
+            return self._finish(whole) if self.main else TrainResult(self.out, {})
         finally:
             if self.metrics:  # also when a hook stopped the run: no TensorBoard thread is left behind
                 self.metrics.close()
@@ -354,7 +376,7 @@ class Trainer:
                     self._step(groups[index], started)
                     state.group_in_epoch = index + 1
                     self._after_step()
-                    if self.hooks.pause_requested():
+                    if self.pausing:
                         self._pause()
                     if self.config.max_minutes and self._train_s() >= 60 * self.config.max_minutes:
                         state.stopped_early = True  # the time budget is spent
@@ -401,7 +423,7 @@ class Trainer:
                 "Lower --lr, check the data, or keep --max-grad-norm on."
             )
         state.step += 1
-        self.hooks.on_step(state.step)
+        self.pausing = self._ask_hooks()
         state.last_loss = loss
         state.tokens_seen += result.tokens
         state.elapsed_s = time.perf_counter() - started
@@ -418,6 +440,22 @@ class Trainer:
             record |= {"tokens_per_s": rate, "elapsed_s": state.elapsed_s} | result.measured
             self.metrics.log(record)
 
+    def _ask_hooks(self) -> bool:
+        """Whether to pause after this step. The main process's hooks decide (they stop the run by raising)
+        and every rank does the same, so no rank is left waiting for another in a collective."""
+        verdict: list = [None, False]
+        if self.main:
+            try:
+                self.hooks.on_step(self.state.step)
+                verdict = [None, self.hooks.pause_requested()]
+            except Exception as stop:
+                verdict = [stop, False]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(verdict)
+        if verdict[0] is not None:
+            raise verdict[0]
+        return verdict[1]
+
     def _after_step(self) -> None:
         config, state = self.config, self.state
         if self.val_sets and config.eval_every and state.step % config.eval_every == 0:
@@ -428,12 +466,20 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         # Every rank's RNG state (dropout differs per rank), so a resumed DDP run continues exactly.
         rng_states = gather_object([ckpt.rng_state()])
+        shards = None
+        if sharding.is_sharded(self.model):  # every rank writes its part; the main process the rest
+            shards = ckpt.shards_folder(self.out, self.state.step)
+            if self.main:
+                shutil.rmtree(shards, ignore_errors=True)  # a killed run's parts
+            self.accelerator.wait_for_everyone()
+            sharding.save_sharded(shards, self.model, self.optimizer)
+        whole = self._whole_model()
         if self.main:
             ckpt.save_checkpoint(
-                self.out, self.state.step, self.unwrapped, self.optimizer, self.scheduler, asdict(self.state),
-                self.config.keep_checkpoints, rng_states,
+                self.out, self.state.step, whole, self.optimizer, self.scheduler, asdict(self.state),
+                self.config.keep_checkpoints, rng_states, shards,
             )  # fmt: skip
-            self.hooks.on_checkpoint(self, self.state.step)
+            self.hooks.on_checkpoint(self, whole, self.state.step)
 
     def _pause(self) -> None:
         """A checkpoint of this step (unless one was just saved), then `RunPaused`."""
@@ -472,8 +518,9 @@ class Trainer:
         if improved:
             state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
             state.best_val_measured = measured
+            whole = self._whole_model()
             if self.main:
-                weights = ckpt.trainable_state(self.unwrapped)
+                weights = ckpt.trainable_state(whole)
                 with atomic_folder(RunDir(self.out).best) as folder:
                     ckpt.save_file(weights, folder / ckpt.WEIGHTS)
         else:
@@ -516,11 +563,21 @@ class Trainer:
                 f"{self.config.max_length} and were truncated"
             )
 
-    def _finish(self) -> TrainResult:
+    def _whole_model(self):
+        """Every rank together: the model as trained so far, whole, on the main process (a sharded run's
+        plain copy, its trained weights gathered into it now); None on the other ranks of a sharded run."""
+        if not sharding.is_sharded(self.model):
+            return self.unwrapped
+        names = [name for name, _ in self.method.optimizer_params(self.model)]
+        sharding.gather(self.model, names, self.whole_copy)
+        return self.whole_copy
+
+    def _finish(self, model) -> TrainResult:
+        """On the main process: the final model (`model`: whole) and the run's summary."""
         state = self.state
         if state.best_step is not None and state.best_step != state.step:
             self.log(f"Keeping the best weights: step {state.best_step} (val loss {state.best_val_loss:.4f})")
-            ckpt.load_trainable_state(self.unwrapped, ckpt.load_file(RunDir(self.out).best / ckpt.WEIGHTS))
+            ckpt.load_trainable_state(model, ckpt.load_file(RunDir(self.out).best / ckpt.WEIGHTS))
         summary = {
             "method": self.method.name,
             "steps": state.step,
@@ -544,7 +601,7 @@ class Trainer:
             "padding_pct": self.header["padding_pct"],
         }
         summary["artifact_mb"], summary["weights_mb"] = save_final(
-            self.out, self.unwrapped, self.tokenizer, self.method, self.config, summary
+            self.out, model, self.tokenizer, self.method, self.config, summary
         )
         self.metrics.log({"kind": "summary", "step": state.step, **summary}, prefix="summary")
         RunDir(self.out).write_summary(summary)  # last: marks the run finished
