@@ -232,6 +232,8 @@ def test_personal_data_in_the_training_file_is_a_warning_event(client):
         ({"tunelab": {"dropout": float("nan")}}, "tunelab.dropout"),
         ({"tunelab": {"target_modules": ["q_proj"] * 1000}}, "tunelab.target_modules"),
         ({"tunelab": {"out": "/etc"}}, "tunelab.out"),
+        ({"tunelab": {"devices": 0}}, "tunelab.devices"),
+        ({"tunelab": {"fsdp": True}}, "tunelab.fsdp"),  # on one device: nothing to shard over
         ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader"),
         ({"method": {"type": "ppo"}}, "method.type"),
     ],

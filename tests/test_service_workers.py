@@ -17,16 +17,16 @@ from conftest import copy_task_rows
 from test_service_api import K1, jsonl, settings_for, upload
 from tunelab.run_dir import RunDir
 from tunelab.service import create_app
-from tunelab.service.store import JobRow, Store, new_id, now
+from tunelab.service.store import JobRow, Store, WorkerRow, new_id, now
 from tunelab.service.worker import RESUMING
 
 
-def queued_job(store: Store) -> str:
+def queued_job(store: Store, devices: int = 1) -> str:
     job_id = new_id("ftjob-")
     store.add_job(
         JobRow(id=job_id, owner="org-a", model="tiny", model_root="tiny", training_file="file-x",
                validation_file=None, hyperparameters={}, options={}, base_spec="tiny", init_adapter=None,
-               suffix=None, seed=0, metadata=None, status="queued", created_at=now())
+               suffix=None, seed=0, metadata=None, status="queued", created_at=now(), devices=devices)
     )  # fmt: skip
     return job_id
 
@@ -58,7 +58,20 @@ def test_each_job_is_claimed_once_and_a_silent_workers_job_is_taken_over(tmp_pat
     taken = store.claim_job("b@host", stale_before=now() + 1)  # a has been silent too long
     assert taken.id == running and taken.status == "running" and taken.worker == "b@host"
     assert not store.heartbeat(running, "a@host"), "a learns that the job is no longer its"
-    assert store.workers() == [("b@host", running, taken.heartbeat_at)]
+    store.release(running, "b@host")
+
+    store.worker_seen("one@host", "cpu:1")
+    store.worker_seen("two@host", "0,1")
+    assert store.heartbeat(store.claim_job("two@host", now() - 60).id, "two@host")  # resumes `running`
+    two = queued_job(store, devices=2)
+    assert store.claim_job("one@host", now() - 60) is None, "a job on 2 devices waits for a worker with 2"
+    assert store.workers() == [
+        WorkerRow("one@host", "cpu:1", store.workers()[0].seen_at, None),
+        WorkerRow("two@host", "0,1", store.workers()[1].seen_at, running),
+    ]
+    store.set_status(running, "succeeded", only_from=("running",))
+    store.release(running, "two@host")
+    assert store.claim_job("two@host", now() - 60, devices=2).id == two
 
 
 def start_worker(data_dir, database: str, name: str) -> subprocess.Popen:

@@ -39,6 +39,8 @@ FIXED |= {"format", "objective", "labels", "mix"}  # chat SFT only
 FIXED |= {"dry_run"}  # a job trains
 FIXED |= {"beta"}  # a dpo job's beta is method.dpo.hyperparameters.beta
 FIXED |= {"grader", "generations"}  # a reinforcement job's grader and compute_multiplier
+MAX_DEVICES = 64  # a job's `devices`: the processes of its torchrun launch, a device each
+LAUNCH_OPTIONS = {"devices"}  # extension options of how a job runs, not of what it learns (TrainConfig's)
 MAX_TEXT = 1024  # characters in a text option (prompt_init, train_layers, a target module's name)
 MAX_ITEMS = 64  # entries in a list option (target_modules)
 
@@ -264,7 +266,9 @@ def check_options(extension: dict | None, max_minutes: float, objective: dict | 
         )
     try:
         extension_model(tuple(REGISTRY), max_minutes).model_validate(options)
-        TrainConfig.from_sources(**options, **objective)
+        run = {name: value for name, value in options.items() if name not in LAUNCH_OPTIONS}
+        config = TrainConfig.from_sources(**run, **objective)
+        check_launch(options.get("devices") or 1, config)
     except ValidationError as err:
         raise option_error(err, options) from None
     except ConfigError as err:
@@ -272,6 +276,14 @@ def check_options(extension: dict | None, max_minutes: float, objective: dict | 
         param = f"{where}.{err.key}" if err.key else where
         raise ApiError(400, str(err), param=param, code="invalid_value") from err
     return options | objective
+
+
+def check_launch(devices: int, config: TrainConfig) -> None:
+    """What `fsdp` needs of the job's processes (the loop says so too, but only once the job runs)."""
+    if config.fsdp and devices < 2:
+        raise ConfigError("fsdp shards over several processes: set devices to 2 or more", "fsdp")
+    if config.fsdp and get_objective(config.objective or get_method(config.method).default_objective).samples:
+        raise ConfigError("fsdp: a reinforcement job samples while it trains; train it without fsdp", "fsdp")
 
 
 def option_error(err: ValidationError, options: dict) -> ApiError:
@@ -294,6 +306,7 @@ def extension_model(method_names: tuple[str, ...], max_minutes: float) -> type[S
     for name in method_names:
         specs = option_specs(REGISTRY[name].options) | specs  # a shared name keeps its first spec
     specs["max_minutes"] = (Annotated[float, Field(ge=0, le=max_minutes)] | None, None)
+    specs["devices"] = (Annotated[int, Field(ge=1, le=MAX_DEVICES)] | None, None)  # how it runs, not what
     return create_model("TunelabOptions", __base__=StrictModel, **specs)
 
 
@@ -331,8 +344,9 @@ def train_options(job: JobRow) -> dict:
     hyper = job.hyperparameters
     method = get_method(job.options["method"])
     multiplier = hyper["learning_rate_multiplier"]
+    skipped = NOT_RUN_OPTIONS | LAUNCH_OPTIONS
     return {
-        **{name: value for name, value in job.options.items() if name not in NOT_RUN_OPTIONS},
+        **{name: value for name, value in job.options.items() if name not in skipped},
         "model": job.base_spec,
         "init_adapter": job.init_adapter,
         "epochs": hyper["n_epochs"],
@@ -382,6 +396,14 @@ def validate_job_files(store: Store, data: DataDir, job: JobRow) -> None:
         return
     validated = "Files validated; job queued"
     store.set_status(job.id, "queued", only_from=("validating_files",), event=validated)
+    largest = max((worker.capacity for worker in store.workers()), default=0)
+    if job.devices > max(largest, 1):
+        store.add_event(
+            job.id,
+            f"No worker has {job.devices} devices (the largest has {largest}): the job waits for one "
+            f"(`tunelab worker --devices`)",
+            level="warn",
+        )
 
 
 def pii_warning(store: Store, job_id: str, data: DataDir, file_id: str, kind: str) -> None:

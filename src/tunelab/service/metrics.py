@@ -70,14 +70,20 @@ class ServiceGauges:
         jobs = GaugeMetricFamily("tunelab_jobs", "fine-tuning jobs by status", labels=["status"])
         for status, count in self.service.store.job_counts().items():
             jobs.add_metric([status], count)
-        workers = GaugeMetricFamily(
+        silent = GaugeMetricFamily(
             "tunelab_worker_silent_seconds",
-            "for each worker on a job (any host): seconds since it last said it is on it",
+            "for each worker (any host): seconds since it last said it is alive; job: what it trains now",
             labels=["worker", "job"],
         )
-        for worker, job_id, heartbeat_at in self.service.store.workers():
-            workers.add_metric([worker, job_id], max(0, int(time.time()) - (heartbeat_at or 0)))
-        yield from (queued, running, jobs, workers)
+        devices = GaugeMetricFamily(
+            "tunelab_worker_devices",
+            "for each worker: how many devices its jobs may use; devices: which",
+            labels=["worker", "devices"],
+        )
+        for worker in self.service.store.workers():
+            silent.add_metric([worker.name, worker.job or ""], max(0, int(time.time()) - worker.seen_at))
+            devices.add_metric([worker.name, worker.devices], worker.capacity)
+        yield from (queued, running, jobs, silent, devices)
 
 
 class RequestMetrics:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass, field
@@ -188,8 +189,17 @@ class WorkerSettings:
         default=60.0,
         metadata={"help": "a job whose worker has been silent this long is taken over (resumed) by another"},
     )
+    devices: str | None = field(
+        default=None,
+        metadata={
+            "help": "the GPUs this worker trains on, e.g. 0,1 (its jobs see these alone); a job asking for "
+            "more is left to another worker; default: every GPU, else a process per CPU core"
+        },
+    )
 
     def __post_init__(self):
+        if self.devices is not None and not re.fullmatch(r"\d+(,\d+)*", self.devices):
+            raise UserError(f"devices: GPU numbers separated by commas, e.g. 0,1 (got '{self.devices}')")
         if not self.stale_after_s > 0:
             raise UserError(f"stale_after_s must be positive (got {self.stale_after_s})")
         if not self.name or "@" in self.name or "/" in self.name:

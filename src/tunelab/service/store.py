@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     hyperparameters TEXT NOT NULL, tunelab TEXT NOT NULL, suffix TEXT, seed INTEGER NOT NULL, metadata TEXT,
     status TEXT NOT NULL, created_at INTEGER NOT NULL, finished_at INTEGER, fine_tuned_model TEXT,
     trained_tokens INTEGER, error TEXT, result_files TEXT NOT NULL DEFAULT '[]', worker TEXT,
-    heartbeat_at INTEGER);
+    heartbeat_at INTEGER, devices INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, job_id TEXT NOT NULL,
     created_at INTEGER NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL,
@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS completions (
 CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, completion_id TEXT NOT NULL, rating INTEGER NOT NULL,
     correction TEXT, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY, devices TEXT NOT NULL, seen_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     token_hash TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL);
@@ -62,7 +64,11 @@ FINISHED = ("succeeded", "failed", "cancelled")
 ADD_MODEL = "INSERT INTO models (id, owner, job_id, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 ROWID_TABLES = ("files", "jobs", "models", "feedback")  # listed in insertion order (SQLite's rowid)
 # Columns added to tables after their first release: a store made before gets them on opening.
-ADDED_COLUMNS = (("jobs", "worker", "TEXT"), ("jobs", "heartbeat_at", "INTEGER"))
+ADDED_COLUMNS = (
+    ("jobs", "worker", "TEXT"),
+    ("jobs", "heartbeat_at", "INTEGER"),
+    ("jobs", "devices", "INTEGER NOT NULL DEFAULT 1"),
+)
 DATABASE_ENV = "TUNELAB_DATABASE"  # the server hands its worker the database URL here, not in argv (`ps`)
 SCHEMA_LOCK = 7236502  # a PostgreSQL advisory lock: one process creates the tables at a time
 
@@ -137,6 +143,25 @@ class JobRow:
     result_files: list[str] = field(default_factory=list)
     worker: str | None = None  # the worker that has claimed it (`Store.claim_job`), while it has
     heartbeat_at: int | None = None  # when that worker last said it is still on it
+    devices: int = 1  # it trains as this many processes, a device each (torchrun)
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """A worker process, on any host: its devices (as `--devices` gave them, or what it found) and the
+    job it is on, if any."""
+
+    name: str
+    devices: str
+    seen_at: int  # when it last said it is alive (idle, between polls; busy, with each heartbeat)
+    job: str | None = None
+
+    @property
+    def capacity(self) -> int:
+        """The devices a job of this worker may use: `0,1` (GPUs) -> 2; `cpu:8` (a process per core) -> 8."""
+        if self.devices.startswith("cpu:"):
+            return int(self.devices.removeprefix("cpu:"))
+        return len(self.devices.split(","))
 
 
 # A reinforcement job's grader and its judges' folders: kept in its options, but not training options (the
@@ -417,38 +442,56 @@ class Store:
                 _insert_event(db, job_id, event, level="error" if status == "failed" else "info")
         return moved
 
-    def claim_job(self, worker: str, stale_before: int) -> JobRow | None:
+    def claim_job(self, worker: str, stale_before: int, devices: int = 1) -> JobRow | None:
         """The next job for `worker` to train, now marked as its: one it was running when it stopped, then
-        one whose worker went silent (no heartbeat since `stale_before`), then the oldest queued one.
-        Its status is left as it was (queued, or running: to resume). Two workers never get the same job:
-        PostgreSQL locks the chosen row and skips rows others hold; SQLite takes one writer at a time."""
+        one whose worker went silent (no heartbeat since `stale_before`), then the oldest queued one; of
+        those that ask for at most `devices` devices (the worker's). Its status is left as it was (queued,
+        or running: to resume). Two workers never get the same job: PostgreSQL locks the chosen row and
+        skips rows others hold; SQLite takes one writer at a time."""
         free = "(worker IS NULL OR worker = ? OR heartbeat_at IS NULL OR heartbeat_at < ?)"
         skip_locked = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
         sql = (
             f"UPDATE jobs SET worker = ?, heartbeat_at = ? WHERE id = (SELECT id FROM jobs "
-            f"WHERE status IN ('running', 'queued') AND {free} "
+            f"WHERE status IN ('running', 'queued') AND devices <= ? AND {free} "
             f"ORDER BY CASE status WHEN 'running' THEN 0 ELSE 1 END, rowid LIMIT 1{skip_locked}) "
             f"AND {free} RETURNING *"
         )
+        args = (worker, now(), devices, worker, stale_before, worker, stale_before)
         with self.connect() as db:
-            row = db.execute(sql, (worker, now(), worker, stale_before, worker, stale_before)).fetchone()
+            row = db.execute(sql, args).fetchone()
         return job_row(row) if row else None
 
     def heartbeat(self, job_id: str, worker: str) -> bool:
-        """Note that `worker` is still on the job; False when the job is no longer its."""
-        return (
-            self.run("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND worker = ?", now(), job_id, worker)
-            > 0
-        )
+        """Note that `worker` is alive and still on the job; False when the job is no longer its."""
+        with self.connect() as db:
+            db.execute("UPDATE workers SET seen_at = ? WHERE name = ?", (now(), worker))
+            sql = "UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND worker = ?"
+            return db.execute(sql, (now(), job_id, worker)).rowcount > 0
 
     def release(self, job_id: str, worker: str) -> None:
         """`worker` is done with the job (finished, paused, failed): another may take it when it is queued."""
         self.run("UPDATE jobs SET worker = NULL WHERE id = ? AND worker = ?", job_id, worker)
 
-    def workers(self) -> list[tuple[str, str, int]]:
-        """(worker, job id, last heartbeat) of each job a worker is on now."""
-        rows = self.all("SELECT worker, id, heartbeat_at FROM jobs WHERE worker IS NOT NULL ORDER BY worker")
-        return [(row["worker"], row["id"], row["heartbeat_at"]) for row in rows]
+    def worker_seen(self, worker: str, devices: str) -> None:
+        """`worker` is alive, with these devices."""
+        self.run(
+            "INSERT INTO workers (name, devices, seen_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET devices = excluded.devices, seen_at = excluded.seen_at",
+            worker, devices, now(),
+        )  # fmt: skip
+
+    def forget_worker(self, worker: str) -> None:
+        """`worker` stopped for good (a killed one stays, silent, until it runs again)."""
+        self.run("DELETE FROM workers WHERE name = ?", worker)
+
+    def workers(self) -> list[WorkerRow]:
+        """Every worker that has run against this store and not stopped politely, with the job each is
+        on now."""
+        rows = self.all(
+            "SELECT workers.name, workers.devices, workers.seen_at, jobs.id AS job FROM workers "
+            "LEFT JOIN jobs ON jobs.worker = workers.name ORDER BY workers.name"
+        )
+        return [WorkerRow(row["name"], row["devices"], row["seen_at"], row["job"]) for row in rows]
 
     def set_hyperparameters(self, job_id: str, hyperparameters: dict) -> None:
         self.run("UPDATE jobs SET hyperparameters = ? WHERE id = ?", json.dumps(hyperparameters), job_id)

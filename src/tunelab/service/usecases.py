@@ -248,6 +248,7 @@ def plan_job(service: Service, owner: str, request: JobCreate) -> tuple[JobRow, 
         seed=request.seed if request.seed is not None else 42,
         metadata=request.metadata or None,
         status="validating_files",
+        devices=options.get("devices", 1),
         created_at=now(),
     )
     return job, method.ignored

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import fcntl
 import io
 import logging
@@ -20,6 +21,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -249,33 +252,112 @@ def run_job(
     global current_job
     current_job = job_id
     try:
-        if not RunDir(run_dir).is_finished():  # else: it finished just before a crash; publish only
+        if job.devices > 1:
+            launch_ranks(store, data, job, python_graders, heartbeat)
+        else:
+            train_and_publish(store, data, job, python_graders, heartbeat)
+    finally:
+        current_job = None
+
+
+def train_and_publish(
+    store: Store, data: DataDir, job: JobRow, python_graders: bool, heartbeat: Heartbeat | None = None,
+    main: bool = True,
+) -> None:  # fmt: skip
+    """Train the job, in this process or as one rank of its launch (`launch_ranks`), and publish its model,
+    or record why it stopped: records are the `main` process's to write; the others stop with it."""
+    try:
+        if not RunDir(data.run_dir(job.id)).is_finished():  # else: it finished just before a crash
             config = job_config(job, data)
             context = grading_context(job.options.get("judges", {}), python_graders, job.seed)
             grader = job.options.get("grader")  # a reinforcement job's, as checked when it was created
             grader = grader and parse_grader(grader, "method.reinforcement.grader", context)
-            objective = objective_with_grader(config, context, warn_on(store, job_id), grader)
+            objective = objective_with_grader(config, context, warn_on(store, job.id), grader)
             Trainer(config, None, JobHooks(store, data, job, heartbeat), objective).fit()
-        publish(store, data, job)
-    except JobCancelled:
+        if main:
+            publish(store, data, job)
+    except Exception as err:
+        if main:
+            record_stop(store, data, job.id, err)
+        elif not isinstance(err, EVERY_RANK_STOPS):
+            raise  # this rank alone failed: torchrun stops the others, and the job is resumed
+
+
+# Why a run stops on every rank at once: what the main process's hooks decided, and errors of the job
+# itself (its data, its options), which every rank meets alike.
+EVERY_RANK_STOPS = (JobCancelled, JobTakenOver, RunPaused, UserError)
+
+
+def record_stop(store: Store, data: DataDir, job_id: str, err: Exception) -> None:
+    """What ended the job's run before its model was published, on the job."""
+    if isinstance(err, JobCancelled):
         store.add_event(job_id, "Fine-tuning job cancelled")
-    except JobTakenOver:
+    elif isinstance(err, JobTakenOver):
         logging.getLogger("tunelab.worker").warning("%s was taken over by another worker", job_id)
-    except RunPaused as paused:
-        store.add_event(job_id, f"Fine-tuning job {paused}; resume continues from there")
-    except TrainingDiverged as err:
+    elif isinstance(err, RunPaused):
+        store.add_event(job_id, f"Fine-tuning job {err}; resume continues from there")
+    elif isinstance(err, TrainingDiverged):
         fail(store, data, job_id, "training_diverged", str(err))
-    except DataError as err:
+    elif isinstance(err, DataError):
         fail(store, data, job_id, "invalid_training_file", data_error_message(err), param="training_file")
-    except UserError as err:  # e.g. the base model cannot be loaded any more
+    elif isinstance(err, UserError):  # e.g. the base model cannot be loaded any more
         fail(store, data, job_id, "training_failed", str(err))
-    except MemoryError:
+    elif isinstance(err, MemoryError):
         fail(store, data, job_id, "server_error", f"training ran out of memory; {SMALLER}")
-    except Exception as err:  # a bug: say so on the job (its text only in the log), keep serving
+    else:  # a bug: say so on the job (its text only in the log), keep serving
         message = internal_error(err, f"training {job_id}")["error"]["message"]
         fail(store, data, job_id, "server_error", message)
-    finally:
-        current_job = None
+
+
+# `launch_ranks`' torchrun, which stops its ranks (SIGTERM) when the worker that started it dies.
+LAUNCHER = """
+import ctypes, os, signal, sys
+parent = int(sys.argv.pop(1))
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != parent:  # the worker died before prctl took effect
+    sys.exit(1)
+from torch.distributed.run import main
+main()
+"""
+
+
+def launch_ranks(
+    store: Store, data: DataDir, job: JobRow, python_graders: bool, heartbeat: Heartbeat | None
+) -> None:
+    """A job on `job.devices` devices: torchrun starts as many processes of this module (`run_rank`), one
+    per device (the first ones the worker has), each training its part: DDP, or FSDP2 with the job's
+    `fsdp`. Rank 0 records and publishes. This worker keeps heart-beating meanwhile, and stops them if
+    another worker took the job over. Ranks that die without a word leave the job running: it is
+    resumed, as after a worker's crash, and failed after MAX_CRASHES of them."""
+    command = [
+        sys.executable, "-c", LAUNCHER, str(os.getpid()), "--standalone", "--nproc_per_node",
+        str(job.devices), "-m", __name__, "--rank-of", job.id, "--data-dir", str(data.root),
+        *(["--python-graders"] if python_graders else []),
+    ]  # fmt: skip
+    env = {**os.environ, DATABASE_ENV: store.location} if store.postgres else None
+    ranks = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    while ranks.poll() is None:
+        if heartbeat is not None and heartbeat.lost.is_set():
+            ranks.terminate()  # torchrun stops its ranks
+            ranks.wait()
+            logging.getLogger("tunelab.worker").warning("%s was taken over by another worker", job.id)
+            return
+        time.sleep(POLL_S)
+    if ranks.returncode and store.job_status(job.id) == "running":
+        logging.getLogger("tunelab.worker").warning(
+            "the ranks of %s stopped with exit code %s; it will be resumed", job.id, ranks.returncode
+        )
+
+
+def run_rank(data_dir: str, job_id: str, python_graders: bool) -> None:
+    """One process of a job's torchrun launch (`launch_ranks`); it dies with torchrun."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no rank trains on alone
+    data = DataDir(data_dir)
+    store = Store(os.environ.get(DATABASE_ENV) or data.db)
+    main = os.environ.get("RANK", "0") == "0"
+    train_and_publish(store, data, store.get_job(job_id), python_graders, main=main)
 
 
 def warn_on(store: Store, job_id: str):
@@ -372,17 +454,24 @@ def serve_jobs(
     database: str | None = None,
     name: str = LOCAL_WORKER,
     stale_after_s: float = STALE_S,
+    devices: str | None = None,
 ) -> None:
     """Train jobs as they come, forever (or until none is left to claim, with `once`), from the server's
-    store: its `database` (a PostgreSQL URL) when it has one, else the data dir's SQLite file."""
+    store: its `database` (a PostgreSQL URL) when it has one, else the data dir's SQLite file. Jobs on more
+    devices than the worker has (`devices`, else what it finds: `worker_devices`) are left to others."""
     data = DataDir(data_dir).create()
     store, me = Store(database or data.db), worker_id(name)
     lock = open_private(data.worker_lock(name))  # held for the life of the process
     fcntl.flock(lock, fcntl.LOCK_EX)  # waits while a previous worker of this name is still exiting
+    label, count = worker_devices(devices)
+    said_alive = 0.0
     while True:
         if parent_pid is not None and os.getppid() != parent_pid:
             return
-        job = store.claim_job(me, stale_before=int(now() - stale_after_s))
+        if time.monotonic() - said_alive > stale_after_s / 6:
+            store.worker_seen(me, label)
+            said_alive = time.monotonic()
+        job = store.claim_job(me, stale_before=int(now() - stale_after_s), devices=count)
         if job is None:
             if once:
                 return
@@ -395,6 +484,20 @@ def serve_jobs(
             store.release(job.id, me)
 
 
+def worker_devices(devices: str | None) -> tuple[str, int]:
+    """(how the worker's devices are shown, how many a job of it may use): those given (`--devices 0,1`,
+    made the only GPUs its jobs see), else every GPU there is, else the CPU cores (`cpu:N`), a process
+    each."""
+    if devices:
+        return devices, len(devices.split(","))
+    import torch
+
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return ",".join(map(str, range(count))), count
+    return f"cpu:{os.cpu_count()}", os.cpu_count() or 1
+
+
 def main(argv: list[str] | None = None) -> None:
     """The worker `tunelab serve` starts (see `app.WORKER_BOOTSTRAP`); its database comes in the
     environment, not in argv, where `ps` would show a password."""
@@ -405,7 +508,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int)
     parser.add_argument("--python-graders", action="store_true", help="run python graders (sandboxed)")
     parser.add_argument("--name", default=LOCAL_WORKER, help="this worker's name on this host")
+    parser.add_argument("--rank-of", help="train this job as one rank of its torchrun launch")
     args = parser.parse_args(argv)
+    if args.rank_of:
+        return run_rank(args.data_dir, args.rank_of, args.python_graders)
     settings = WorkerSettings(args.data_dir, os.environ.get(DATABASE_ENV), args.name, args.python_graders)
     run_worker(settings, args.parent_pid)
 
@@ -416,6 +522,8 @@ def run_worker(settings: WorkerSettings, parent_pid: int | None = None) -> None:
     os.umask(0o077)  # runs, checkpoints and models: the owner's only, whatever the server's umask
     os.nice(WORKER_NICENESS)  # training yields the CPU to requests: chat stays quick while a job runs
     database = settings.database or os.environ.get(DATABASE_ENV)
+    if settings.devices:  # before anything starts CUDA: its jobs, and their ranks, see these GPUs alone
+        os.environ["CUDA_VISIBLE_DEVICES"] = settings.devices
     store = Store(database or DataDir(settings.data_dir).create().db)  # said now if it cannot be reached
     signal.signal(signal.SIGTERM, lambda *_: pause_and_exit(store, worker_id(settings.name)))
     if settings.python_graders:  # the operator reads in worker.log how locked in their code will be here
@@ -432,6 +540,7 @@ def run_worker(settings: WorkerSettings, parent_pid: int | None = None) -> None:
         database=database,
         name=settings.name,
         stale_after_s=settings.stale_after_s,
+        devices=settings.devices,
     )
 
 
@@ -442,7 +551,8 @@ def pause_and_exit(store: Store, worker: str) -> None:
     if current_job is not None:
         store.add_event(current_job, PAUSED)
         store.release(current_job, worker)
-    os._exit(0)
+    store.forget_worker(worker)
+    os._exit(0)  # a job's torchrun, if any, stops its ranks as it sees this process go
 
 
 if __name__ == "__main__":

@@ -32,9 +32,8 @@ from ..objectives import Objective
 from ..objectives.base import add_stats
 from ..ops import pick_precision
 from ..run_dir import RunDir, atomic_folder
-from . import auto
+from . import auto, sharding
 from . import checkpoint as ckpt
-from . import sharding
 from .config import ConfigError, TrainConfig
 from .datasets import check_pairing, load_tasks, objective_for
 from .memory import MemoryModel, Prediction, batch_tokens_for, measure, parse_bytes, peak_bytes

@@ -22,6 +22,7 @@ from ..deps import COOKIE, Service, ServiceDep, owner_for
 from ..pages import DashboardOwner, DashboardRoute, chart, loss_series, page
 from ..security import check_same_origin
 from ..shapes import job_object
+from ..store import now
 from ..usecases import visible_models
 
 LOGIN = "/login"  # the one route whose body a request without credentials may send
@@ -48,7 +49,19 @@ def overview(request: Request, owner: DashboardOwner, service: ServiceDep):
         jobs=jobs,
         files=service.store.list_files(owner),
         models=visible_models(service, owner),
+        workers=workers_shown(service, owner),
     )
+
+
+def workers_shown(service: Service, owner: str) -> list[dict]:
+    """Every worker, its devices and what it trains; another key's job is not named."""
+    shown = []
+    for worker in service.store.workers():
+        job = worker.job and service.store.get_job(worker.job, owner)
+        doing = ("job", job.id) if job else ("busy", None) if worker.job else ("idle", None)
+        silent = max(0, now() - worker.seen_at)
+        shown.append({"name": worker.name, "devices": worker.devices, "doing": doing, "silent_s": silent})
+    return shown
 
 
 STATIC = Path(__file__).parent.parent / "static"  # the pages' few scripts: the CSP allows only ours
