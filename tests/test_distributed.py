@@ -136,3 +136,22 @@ def test_fsdp_in_one_process_is_refused_by_name(tiny_llama_dir, tmp_path):
     config = TrainConfig(model=str(tiny_llama_dir), data=str(data), out=str(tmp_path / "run"), fsdp=True)
     with pytest.raises(ConfigError, match="fsdp: .*torchrun --nproc_per_node"):
         train(config)
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
+)
+def test_two_ranks_under_a_time_budget_stop_together(tiny_llama_dir, tmp_path):
+    """Each rank has its own clock: the budget's plan must come from one of them, or one rank stops while
+    the other waits for it in a collective (a service job always has a budget)."""
+    data = write_jsonl(tmp_path / "copy.jsonl", copy_task_rows(48))
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "tunelab", "train", "--model", str(tiny_llama_dir),
+           "--data", str(data), "--out", str(out), "--epochs", "1000", "--max-minutes", "0.08",
+           "--batch-size", "4", "--precision", "fp32"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] < 1000 * 6, "the budget ended it"

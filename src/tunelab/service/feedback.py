@@ -13,12 +13,13 @@ The latest feedback on a completion wins. What each answer teaches depends on th
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
 from .paths import DataDir
-from .store import FeedbackRow, Store
+from .store import DATABASE_ENV, FeedbackRow, Store
 
 KINDS = ("sft", "dpo", "kto")
 
@@ -30,7 +31,10 @@ class FeedbackConfig:
     data_dir: str = field(metadata={"help": "the data dir of `tunelab serve`"})
     out: str = field(metadata={"help": "JSONL to write, ready for the next job"})
     database: str | None = field(
-        default=None, metadata={"help": "the server's --database (PostgreSQL URL), when it was given one"}
+        default=None,
+        metadata={
+            "help": "the server's --database (PostgreSQL URL); default: $TUNELAB_DATABASE, else SQLite"
+        },
     )
     as_: str = field(
         default="sft",
@@ -63,6 +67,7 @@ def export_feedback(
     if as_ not in KINDS:
         raise UserError(f"--as {as_}: choose one of {', '.join(KINDS)}")
     data = DataDir(data_dir)
+    database = database or os.environ.get(DATABASE_ENV)
     if database is None and not data.db.is_file():
         raise UserError(f"{data.root} is not a tunelab serve data dir (no {data.db.name})")
     rows, skipped = training_rows(latest(Store(database or data.db).feedback_with_completions()), as_)

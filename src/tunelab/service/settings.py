@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from .store import DATABASE_ENV
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 DEFAULT_MODEL = "default"  # the embedded model's spec (models/loading.py); that module loads torch
@@ -41,7 +42,7 @@ class ServiceSettings:
         default=None,
         metadata={
             "help": "keep the service's state in PostgreSQL (postgresql://USER:PASSWORD@HOST/DB), which "
-            "a team's servers and workers share; default: SQLite in the data dir"
+            "a team's servers and workers share; default: $TUNELAB_DATABASE, else SQLite in the data dir"
         },
     )
     max_upload_mb: float = field(default=512.0, metadata={"help": "largest file an upload may be"})
@@ -139,6 +140,7 @@ class ServiceSettings:
         for name in ("max_upload_mb", "max_job_minutes", "session_hours"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} must be positive (got {getattr(self, name)})")
+        self.database = self.database or os.environ.get(DATABASE_ENV)  # as `tunelab worker` reads it
         if self.database is not None and not self.database.startswith(("postgresql://", "postgres://")):
             raise UserError(f"database must be a postgresql:// URL (got '{self.database.split('://')[0]}')")
         if self.precision not in PRECISIONS:

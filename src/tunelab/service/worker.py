@@ -335,7 +335,7 @@ def launch_ranks(
         str(job.devices), "-m", __name__, "--rank-of", job.id, "--data-dir", str(data.root),
         *(["--python-graders"] if python_graders else []),
     ]  # fmt: skip
-    env = {**os.environ, DATABASE_ENV: store.location} if store.postgres else None
+    env = {**os.environ, DATABASE_ENV: store.location}
     ranks = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
     while ranks.poll() is None:
         if heartbeat is not None and heartbeat.lost.is_set():
@@ -457,10 +457,11 @@ def serve_jobs(
     devices: str | None = None,
 ) -> None:
     """Train jobs as they come, forever (or until none is left to claim, with `once`), from the server's
-    store: its `database` (a PostgreSQL URL) when it has one, else the data dir's SQLite file. Jobs on more
-    devices than the worker has (`devices`, else what it finds: `worker_devices`) are left to others."""
+    store: its `database` (a PostgreSQL URL; default $TUNELAB_DATABASE), else the data dir's SQLite file.
+    Jobs on more devices than the worker has (`devices`, else what it finds: `worker_devices`) are left to
+    others."""
     data = DataDir(data_dir).create()
-    store, me = Store(database or data.db), worker_id(name)
+    store, me = Store(database or os.environ.get(DATABASE_ENV) or data.db), worker_id(name)
     lock = open_private(data.worker_lock(name))  # held for the life of the process
     fcntl.flock(lock, fcntl.LOCK_EX)  # waits while a previous worker of this name is still exiting
     label, count = worker_devices(devices)

@@ -367,7 +367,7 @@ class Trainer:
         with self.progress:
             if self.val_sets and state.step == 0:
                 self._evaluate(baseline=True)
-                state.baseline_s = time.perf_counter() - started
+                state.baseline_s = self._main_value(time.perf_counter() - started)
             self.model.train()
             while state.step < self.plan.total_steps and not state.stopped_early:
                 groups = self._epoch_groups(state.epoch)
@@ -425,7 +425,7 @@ class Trainer:
         self.pausing = self._ask_hooks()
         state.last_loss = loss
         state.tokens_seen += result.tokens
-        state.elapsed_s = time.perf_counter() - started
+        state.elapsed_s = self._main_value(time.perf_counter() - started)
         state.max_lr_factor = max(state.max_lr_factor, lr_factor)
         if self.budget:
             self.plan.total_steps = self.budget.plan(state.step, self._train_s())
@@ -449,11 +449,19 @@ class Trainer:
                 verdict = [None, self.hooks.pause_requested()]
             except Exception as stop:
                 verdict = [stop, False]
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(verdict)
-        if verdict[0] is not None:
-            raise verdict[0]
-        return verdict[1]
+        stop, pause = self._main_value(verdict)
+        if stop is not None:
+            raise stop
+        return pause
+
+    def _main_value(self, value):
+        """The main process's `value` on every rank: what a decision depends on (a hook's verdict, a clock
+        reading under a time budget) must be the same everywhere, or the ranks part ways."""
+        if self.accelerator.num_processes == 1:
+            return value
+        box = [value]
+        broadcast_object_list(box)
+        return box[0]
 
     def _after_step(self) -> None:
         config, state = self.config, self.state
