@@ -50,9 +50,10 @@ def gather(model, names: list[str], into) -> None:
 
 
 def _trained_state(model, optimizer) -> dict:
-    """This rank's part of what a checkpoint keeps: the trained parameters (the frozen ones come from the
-    base model again) and the optimizer's state."""
-    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    """This rank's part of what a checkpoint keeps: the optimizer's parameters (those that train now or
+    may later; the frozen ones come from the base model again) and the optimizer's state."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trained = {name for name, p in model.named_parameters() if id(p) in held}
     weights = {name: t for name, t in get_model_state_dict(model).items() if name in trained}
     return {"model": weights, "optimizer": get_optimizer_state_dict(model, optimizer)}
 
