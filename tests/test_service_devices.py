@@ -4,6 +4,7 @@ the job ends as any other, its model published; `/metrics` and the overview show
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,9 +77,17 @@ def processes_of(job_id: str) -> list[str]:
     return found
 
 
+def wait_for_checkpoint(store, job_id: str, after: int = 0) -> None:
+    deadline = time.monotonic() + 120
+    while not [c for c in store.list_checkpoints(job_id) if c.step > after]:
+        assert time.monotonic() < deadline, f"no checkpoint after step {after}"
+        time.sleep(0.2)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_killed_workers_ranks_stop_with_it(tmp_path, tiny_llama_dir):
-    """No rank trains on alone after its worker is gone: it would write into a run another resumes."""
+def test_a_killed_workers_ranks_stop_with_it_and_a_cancel_stops_every_rank(tmp_path, tiny_llama_dir):
+    """No rank trains on alone after its worker is gone (it would write into a run another resumes); and a
+    cancel, which rank 0's hooks alone see, stops every rank at that step, none left waiting."""
     with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir))) as client:
         service = client.app.state.service
         long = {"devices": 2, "max_steps": 1000, "save_every": 2, "max_length": 32}
@@ -86,10 +95,7 @@ def test_a_killed_workers_ranks_stop_with_it(tmp_path, tiny_llama_dir):
         command = [sys.executable, "-m", "tunelab", "worker", "--data-dir", str(service.data.root)]
         worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 120
-            while not service.store.list_checkpoints(job_id):
-                assert time.monotonic() < deadline and worker.poll() is None, "no checkpoint"
-                time.sleep(0.2)
+            wait_for_checkpoint(service.store, job_id)
             assert len(processes_of(job_id)) == 3  # torchrun and two ranks
         finally:
             worker.kill()
@@ -99,3 +105,16 @@ def test_a_killed_workers_ranks_stop_with_it(tmp_path, tiny_llama_dir):
             assert time.monotonic() < deadline, processes_of(job_id)
             time.sleep(0.2)
         assert service.store.job_status(job_id) == "running"  # for the next worker to resume
+
+        step = max(c.step for c in service.store.list_checkpoints(job_id))
+        resumer = threading.Thread(  # the same worker, restarted: it takes its own job back at once
+            target=serve_jobs, args=(service.data.root,), kwargs={"once": True, "name": "worker"}
+        )
+        resumer.start()
+        wait_for_checkpoint(service.store, job_id, after=step)
+        reply = client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=K1)
+        assert reply.status_code == 200, reply.text
+        resumer.join(timeout=60)
+        assert not resumer.is_alive(), "a rank is still waiting"
+        assert service.store.count_events(job_id, "Fine-tuning job cancelled") == 1
+        assert service.store.job_status(job_id) == "cancelled" and not processes_of(job_id)
