@@ -86,8 +86,9 @@ def wait_for_checkpoint(store, job_id: str, after: int = 0) -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_workers_ranks_stop_with_it_and_a_cancel_stops_every_rank(tmp_path, tiny_llama_dir):
-    """No rank trains on alone after its worker is gone (it would write into a run another resumes); and a
-    cancel, which rank 0's hooks alone see, stops every rank at that step, none left waiting."""
+    """No rank trains on alone after its worker is gone (it would write into a run another resumes); the
+    worker, restarted, resumes the job; and a cancel, which rank 0's hooks alone see, stops every rank at
+    that step, none left waiting."""
     with TestClient(create_app(settings_for(tmp_path, tiny_llama_dir))) as client:
         service = client.app.state.service
         long = {"devices": 2, "max_steps": 1000, "save_every": 2, "max_length": 32}
