@@ -87,7 +87,8 @@ class EstimateTasks:
         from the JSON it writes. Its folder is private and removed after, with the config naming paths."""
         with tempfile.TemporaryDirectory(prefix="tunelab-estimate-") as folder:
             folder = Path(folder)
-            values = run_values(job, data) | {"out": str(folder / "run")}
+            # One process's run, whole: a job on several devices (sharded or not) is estimated as on one.
+            values = run_values(job, data) | {"out": str(folder / "run"), "fsdp": False}
             if job.options.get("grader"):  # a reinforcement job's, checked when planned; the CLI reads a file
                 (folder / "grader.json").write_text(json.dumps(job.options["grader"]))
                 values["grader"] = str(folder / "grader.json")
