@@ -158,10 +158,15 @@ class WorkerRow:
 
     @property
     def capacity(self) -> int:
-        """The devices a job of this worker may use: `0,1` (GPUs) -> 2; `cpu:8` (a process per core) -> 8."""
-        if self.devices.startswith("cpu:"):
-            return int(self.devices.removeprefix("cpu:"))
-        return len(self.devices.split(","))
+        return device_count(self.devices)
+
+
+def device_count(devices: str) -> int:
+    """How many devices a job of a worker with these may use: `0,1` (GPUs) -> 2; `cpu:8` (a process per
+    core) -> 8."""
+    if devices.startswith("cpu:"):
+        return int(devices.removeprefix("cpu:"))
+    return len(devices.split(","))
 
 
 # A reinforcement job's grader and its judges' folders: kept in its options, but not training options (the

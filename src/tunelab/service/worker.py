@@ -45,7 +45,7 @@ from .jobs import (
 )
 from .paths import LOCAL_WORKER, DataDir, open_private
 from .settings import WorkerSettings
-from .store import DATABASE_ENV, JobRow, Store, new_id, now
+from .store import DATABASE_ENV, JobRow, Store, device_count, new_id, now
 
 POLL_S = 0.5
 STALE_S = 60.0  # a job whose worker has not said it is on it for this long is taken over by another
@@ -464,7 +464,8 @@ def serve_jobs(
     store, me = Store(database or os.environ.get(DATABASE_ENV) or data.db), worker_id(name)
     lock = open_private(data.worker_lock(name))  # held for the life of the process
     fcntl.flock(lock, fcntl.LOCK_EX)  # waits while a previous worker of this name is still exiting
-    label, count = worker_devices(devices)
+    label = worker_devices(devices)
+    count = device_count(label)
     said_alive = 0.0
     while True:
         if parent_pid is not None and os.getppid() != parent_pid:
@@ -485,18 +486,16 @@ def serve_jobs(
             store.release(job.id, me)
 
 
-def worker_devices(devices: str | None) -> tuple[str, int]:
-    """(how the worker's devices are shown, how many a job of it may use): those given (`--devices 0,1`,
-    made the only GPUs its jobs see), else every GPU there is, else the CPU cores (`cpu:N`), a process
-    each."""
+def worker_devices(devices: str | None) -> str:
+    """The worker's devices as the store shows them: those given (`--devices 0,1`, made the only GPUs its
+    jobs see), else every GPU there is, else the CPU cores (`cpu:N`), a process each."""
     if devices:
-        return devices, len(devices.split(","))
+        return devices
     import torch
 
     if torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        return ",".join(map(str, range(count))), count
-    return f"cpu:{os.cpu_count()}", os.cpu_count() or 1
+        return ",".join(map(str, range(torch.cuda.device_count())))
+    return f"cpu:{os.cpu_count() or 1}"
 
 
 def main(argv: list[str] | None = None) -> None:
