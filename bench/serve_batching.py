@@ -2,19 +2,22 @@
 
 Runs `tunelab serve` on the embedded model as its own process, with two LoRA adapters published as `ft:`
 models (random weights unless --adapter is given twice), and measures over HTTP:
-  1. N 32-token greedy chats at once (a third each on the base and the two adapters), then each alone,
-     one after another: the wall time against one alone, and whether every answer is identical to its
-     sequential one. The concurrent round goes first, so its prompts find in the prefix cache only what
-     the warm-up left (the chat template's default system prompt), as real traffic would; the sequential
-     round then finds its whole prompt, which makes "one alone" faster and the ratio harder to meet;
-  2. `GET /v1/models` latency while the N chats run, and the share of prompt tokens the cache held;
+  1. N 32-token greedy chats at once (a third each on the base and the two adapters), in --rounds rounds
+     of new prompts, then each chat alone, one after another: the median round's wall time against the
+     median chat alone, and whether every answer is identical to its sequential one. The concurrent
+     rounds go first, so their prompts find in the prefix cache only what the warm-up left (the chat
+     template's default system prompt), as real traffic would; the sequential chats then find their
+     whole prompt, which makes "one alone" faster and the ratio harder to meet. Medians, because one
+     round on a shared VM can meet a burst of another tenant's load;
+  2. `GET /v1/models` latency while the N chats run (polled twice a second, as a dashboard might), and the
+     share of prompt tokens the cache held;
   3. time to first token (p50 of 20) of a ~120-token prompt never seen (base, adapter, alternating two
      adapters), and of a short question after a ~100-token system prompt seen before;
   4. single-stream decode speed (tokens/s after the first token, 128 tokens);
   5. with llama-cpp-python installed (`make llama-cpp`), the same first-token and decode figures from
      llama.cpp on `tunelab export --format gguf` of the base at q8_0 and f16: what a CPU user would run.
 
-python bench/serve_batching.py [--n 16] [--max-batch 16] [--prefix-cache-mb 256]
+python bench/serve_batching.py [--n 16] [--rounds 3] [--max-batch 16] [--prefix-cache-mb 256]
 (--max-batch 1: one sequence at a time; --prefix-cache-mb 0: no prefix cache)
 """
 
@@ -149,6 +152,7 @@ def serve(data_dir: Path, max_batch: int, n: int, prefix_cache_mb: float) -> tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=16, help="concurrent chats")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of N concurrent chats")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--prefix-cache-mb", type=float, default=256)
@@ -177,47 +181,62 @@ def main() -> None:
 
 
 def batching(client: httpx.Client, url: str, models: list[str], args) -> None:
-    chats = [
-        (models[i % 3], f"Write a short note number {i} about {w}.")
-        for i, w in enumerate("abcdefghijklmnopqrstuvwxyz"[: args.n])
-    ]
     for model in models:
         chat(client, model, "warm up", 4)
-
-    models_s, stop = [], threading.Event()
-
-    def poll_models() -> None:
-        while not stop.is_set():
-            start = time.perf_counter()
-            client.get("/v1/models", headers=KEY).raise_for_status()
-            models_s.append(time.perf_counter() - start)
-            time.sleep(0.05)
-
-    poller = threading.Thread(target=poll_models)
-    start = time.perf_counter()
-    poller.start()
-    with ThreadPoolExecutor(args.n) as pool:
-        together = list(
-            pool.map(lambda c: chat(httpx.Client(base_url=url), c[0], c[1], args.max_tokens), chats)
-        )
-    wall = time.perf_counter() - start
-    stop.set()
-    poller.join()
+    rounds = [
+        [
+            (models[i % 3], f"Write a short note number {r * args.n + i} about {w}.")
+            for i, w in enumerate("abcdefghijklmnopqrstuvwxyz"[: args.n])
+        ]
+        for r in range(args.rounds)
+    ]
+    walls, together, models_s = [], [], []
+    for chats in rounds:
+        wall, replies = concurrently(url, chats, args.max_tokens, models_s)
+        walls.append(wall)
+        together += replies
     alone_s, sequential = [], []
-    for model, content in chats:
+    for model, content in (c for chats in rounds for c in chats):
         start = time.perf_counter()
         sequential.append(chat(client, model, content, args.max_tokens))
         alone_s.append(time.perf_counter() - start)
-    one = statistics.median(alone_s)
+    one, wall = statistics.median(alone_s), statistics.median(walls)
     same = sum(a[0] == b[0] for a, b in zip(sequential, together, strict=True))
-    print(f"one {args.max_tokens}-token chat alone: {one:.2f} s (median of {len(chats)})")
-    print(f"{args.n} at once (base + 2 adapters): {wall:.2f} s = {wall / one:.1f}x one alone")
-    print(f"answers identical to the sequential ones: {same}/{args.n}")
+    each = ", ".join(f"{w:.2f}" for w in walls)
+    print(f"one {args.max_tokens}-token chat alone: {one:.2f} s (median of {len(alone_s)})")
+    print(f"{args.n} at once (base + 2 adapters): {wall:.2f} s = {wall / one:.1f}x one alone (median)")
+    print(f"  rounds: {each} s")
+    print(f"answers identical to the sequential ones: {same}/{len(together)}")
     print(f"GET /v1/models under that load: p50 {p50_ms(models_s)} ({len(models_s)} calls)")
     for name, replies in (("at once", together), ("alone", sequential)):
         cached = sum(usage["prompt_tokens_details"]["cached_tokens"] for _, usage in replies)
         prompt = sum(usage["prompt_tokens"] for _, usage in replies)
         print(f"prefix cache, {name}: {cached} of {prompt} prompt tokens cached ({cached / prompt:.0%})")
+
+
+def concurrently(
+    url: str, chats: list[tuple[str, str]], max_tokens: int, models_s: list[float]
+) -> tuple[float, list[tuple[str, dict]]]:
+    """(wall seconds, replies) of `chats` sent all at once, while `GET /v1/models` is polled (its
+    latencies added to `models_s`)."""
+    stop = threading.Event()
+
+    def poll_models() -> None:
+        with httpx.Client(base_url=url) as client:
+            while not stop.wait(0.5):
+                start = time.perf_counter()
+                client.get("/v1/models", headers=KEY).raise_for_status()
+                models_s.append(time.perf_counter() - start)
+
+    poller = threading.Thread(target=poll_models)
+    start = time.perf_counter()
+    poller.start()
+    with ThreadPoolExecutor(len(chats)) as pool:
+        replies = list(pool.map(lambda c: chat(httpx.Client(base_url=url), c[0], c[1], max_tokens), chats))
+    wall = time.perf_counter() - start
+    stop.set()
+    poller.join()
+    return wall, replies
 
 
 def first_tokens(client: httpx.Client, models: list[str]) -> None:

@@ -12,13 +12,13 @@ On preference pairs the rows are prompting, SFT on the preferred answers and pre
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import multiprocessing
 import os
+import select
 import signal
-import sys
+import threading
 import time
 from dataclasses import asdict, replace
 from importlib.metadata import version
@@ -278,16 +278,51 @@ def loss_curve(run: RunDir) -> dict:
     }
 
 
-def _child(config_dict: dict, method: str, splits: dict, parent_pid: int) -> None:
+def method_processes() -> multiprocessing.context.BaseContext:
+    """Where each method's process comes from: forked from a server process that imported this module (so
+    torch, transformers and peft) once, where the platform has one; a spawned process spent ~5 s
+    importing them before its method began."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def _child(config_dict: dict, method: str, splits: dict, parent_pid: int, cwd: str, environ: dict) -> None:
     from ..quiet import quiet_libraries
 
-    # Die with compare however it ends (a SIGTERM or SIGKILL runs no `finally`): no orphan trains on.
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # compare died before prctl took effect
-        return
+    die_with(parent_pid)
+    # The fork server started with compare's first method: take this compare's folder and environment.
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
     quiet_libraries()
     run_method(CompareConfig(**config_dict), method, splits)
+
+
+def die_with(pid: int) -> None:
+    """End this process when process `pid` (compare) ends, however it ends (a SIGTERM or SIGKILL runs no
+    `finally`): no orphan trains on. A thread waits on the process (Linux's pidfd), else looks every
+    second. (PR_SET_PDEATHSIG would watch the fork server, which outlives compare while children run.)"""
+
+    def watch() -> None:
+        try:
+            select.select([os.pidfd_open(pid)], [], [])
+        except (AttributeError, OSError):  # no pidfd here, or `pid` already gone
+            while alive(pid):
+                time.sleep(1)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-compare", daemon=True).start()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def check_rows(config: CompareConfig) -> None:
@@ -336,10 +371,11 @@ def compare(config: CompareConfig, console=None) -> dict:
             eta = f", ETA ~{elapsed / fresh_done * remaining / 60:.0f} min" if fresh_done else ""
             log(f"[{i}/{len(config.methods)}] {method}: running{eta}")
             # A fresh process per method: its own peak memory, and a crash costs only this method.
-            process = multiprocessing.get_context("spawn").Process(
+            process = method_processes().Process(
                 target=_child,
-                args=(asdict(config), method, {k: str(v) for k, v in splits.items()}, os.getpid()),
-            )
+                args=(asdict(config), method, {k: str(v) for k, v in splits.items()}, os.getpid(),
+                      os.getcwd(), dict(os.environ)),
+            )  # fmt: skip
             process.start()
             try:
                 process.join()
