@@ -264,3 +264,49 @@ def test_the_choices_of_one_prompt_share_one_prefill(engine, adapters, monkeypat
     gate.set()
     assert len({g.run() for g in choices}) == 1 and seeded.run()
     assert prefilled == [1], "four rows on one prompt: one prompt prefilled"
+
+
+@pytest.mark.parametrize("cache", ["prefix cache", "no prefix cache"])
+def test_a_long_prompt_is_prefilled_a_chunk_between_decode_steps_and_gives_its_tokens(
+    engine, adapters, tiny_llama_dir, monkeypatch, cache
+):
+    from tunelab.inference import scheduler as batching
+
+    batch = engine.schedulers[0]
+    batch.prefill_chunk = 16
+    if cache == "no prefix cache":
+        batch.prefix_cache.max_bytes = 0
+    events = []  # ("prefill", tokens computed) and ("step", rows), in order
+    real_prefill = batching.prefill
+
+    def logged_prefill(model, prompts, hits, extra):
+        events.append(("prefill", len(prompts[0]) - (hits[0].tokens if hits[0] else 0)))
+        return real_prefill(model, prompts, hits, extra)
+
+    monkeypatch.setattr(batching, "prefill", logged_prefill)
+    batch.on_step = lambda rows: events.append(("step", rows))
+    tokenizer = engine.tokenizer("tiny")
+    no_end = {tokenizer.eos_token_id: -100.0}
+    running = Generation(
+        engine, target(None, adapters), tokenizer("tokyo")["input_ids"], greedy(300, logit_bias=no_end)
+    )
+    pieces = running.pieces()
+    next(pieces)  # it decodes while the long prompt comes
+    ids = tokenizer(" ".join([LONG] * 3))["input_ids"]
+    assert len(ids) > 3 * 16
+    events.clear()
+    long = Generation(engine, target("a", adapters), ids, greedy(6))
+    assert long.run() == alone(tiny_llama_dir, adapters["a"], ids, 6)
+    chunks = [tokens for kind, tokens in events if kind == "prefill"]
+    assert len(chunks) == -(-len(ids) // 16) and max(chunks) == 16 and sum(chunks) == len(ids)
+    at = [i for i, (kind, _) in enumerate(events) if kind == "prefill"]
+    between = [kind for kind, _ in events[at[0] : at[-1] + 1]]
+    assert between == ["prefill", "step"] * (len(chunks) - 1) + ["prefill"], "a decode step after each chunk"
+    if cache == "prefix cache":  # a longer prompt on it: chunks from where the stored KV ends
+        more = ids + tokenizer(" and more")["input_ids"]
+        again = Generation(engine, target("a", adapters), more, greedy(6))
+        assert again.run() == alone(tiny_llama_dir, adapters["a"], more, 6)
+        assert again.cached_tokens == len(ids)
+    running.cancel()
+    list(pieces)
+    assert running.completion_tokens < 300

@@ -7,7 +7,10 @@ cache, where per-row adapters (the S-LoRA/Punica idea: one batch, many LoRA adap
 sequences admitted together are prefilled in one forward pass, each distinct prompt once (the `n` choices
 of a request share it) and each from where the prefix cache's KV of an earlier prompt ends; their KV is
 then right-aligned into the running batch's left-padded cache, and every decode step runs the whole batch
-at once. Caches are plain (full-attention) layers: a sliding-window model attends to its whole context here.
+at once. A prompt longer than `prefill_chunk` that arrives while rows decode is prefilled a chunk between
+decode steps (vLLM's chunked prefill), so the running rows go on at a slower pace rather than wait for
+its whole prefill. Caches are plain (full-attention) layers: a sliding-window model attends to its whole
+context here.
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ class BatchScheduler:
     returns (model, context, kwargs): run the model inside `context` with `kwargs` added to its inputs
     (e.g. PEFT's `adapter_names`); or None when those adapters cannot share a batch. It is called from the
     scheduler's thread only, the one thread that touches the model. `prefix_cache_bytes` bounds the KV
-    kept of recent prompts (0: none kept)."""
+    kept of recent prompts (0: none kept); `prefill_chunk` is the most prompt tokens one forward pass
+    prefills while rows decode (0: whole prompts)."""
 
     def __init__(
         self,
@@ -92,14 +96,18 @@ class BatchScheduler:
         max_batch: int = 16,
         on_step: Callable[[int], None] | None = None,
         prefix_cache_bytes: int = 0,
+        prefill_chunk: int = 0,
     ):
-        self.model_for, self.max_batch = model_for, max_batch
+        self.model_for, self.max_batch, self.prefill_chunk = model_for, max_batch, prefill_chunk
         self.on_step = on_step  # told the number of rows of each decode step
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.pending: deque[SequenceRequest] = deque()
         self.calls: deque[Callable[[], None]] = deque()  # to run on this thread between steps
         self.rows: list[Row] = []
         self.cache: DynamicCache | None = None
+        # A long prompt being prefilled a chunk at a time, with the KV of its tokens done so far (None
+        # before its first chunk); the requests behind it wait, so none is passed over.
+        self.partial: tuple[SequenceRequest, PrefixHit | None] | None = None
         self.wake = threading.Condition()  # new work, or (notify_all) nothing left to do
         self.thread = threading.Thread(target=self._loop, name="batch-scheduler", daemon=True)
         self.thread.start()
@@ -118,9 +126,12 @@ class BatchScheduler:
     def end_adapter(self, adapter: str) -> None:
         """End the running sequences that use `adapter` and forget its prompts' KV (call it from the
         scheduler's thread, before the adapter is unloaded)."""
-        for row in self.rows:
-            if row.request.adapter == adapter:
-                row.request.cancelled.set()
+        requests = [row.request for row in self.rows]
+        if self.partial is not None:
+            requests.append(self.partial[0])
+        for request in requests:
+            if request.adapter == adapter:
+                request.cancelled.set()
         self._retire()
         self.prefix_cache.forget(adapter)
 
@@ -130,7 +141,7 @@ class BatchScheduler:
 
     @property
     def running(self) -> int:
-        return len(self.rows)
+        return len(self.rows) + (self.partial is not None)
 
     def wait_idle(self, timeout: float) -> bool:
         """Whether every sequence ended (and none waits) within `timeout` seconds."""
@@ -138,7 +149,7 @@ class BatchScheduler:
             return self.wake.wait_for(self._idle, timeout)
 
     def _idle(self) -> bool:
-        return not self.pending and not self.rows and not self.calls
+        return not self.pending and not self.rows and not self.calls and self.partial is None
 
     def _loop(self) -> None:
         while True:
@@ -166,7 +177,10 @@ class BatchScheduler:
     def _admit(self) -> None:
         """New sequences in arrival order, while the batch has room and they can share it (the first one
         that cannot waits for the batch to drain, and those behind it too, so none is passed over); those
-        admitted together are prefilled in one forward pass."""
+        admitted together are prefilled in one forward pass. A long prompt while rows decode is taken
+        alone, a chunk each time round."""
+        if self.partial is not None:
+            return self._prefill_chunk()
         admitted: list[SequenceRequest] = []
         while self.pending and len(self.rows) + len(admitted) < self.max_batch:
             request = self.pending[0]
@@ -177,11 +191,17 @@ class BatchScheduler:
                 self.pending.popleft()
                 request.on_end("stop", err)
                 continue
-            self.pending.popleft()
             if request.cancelled.is_set():
+                self.pending.popleft()
                 request.on_end("stop", None)
-            else:
-                admitted.append(request)
+                continue
+            if 0 < self.prefill_chunk < len(request.prompt_ids) and (self.rows or admitted):
+                if not admitted:  # else it starts once those admitted before it are prefilled
+                    self.pending.popleft()
+                    self.partial = (request, None)
+                break
+            self.pending.popleft()
+            admitted.append(request)
         if admitted:
             try:
                 self._prefill(admitted)
@@ -194,13 +214,45 @@ class BatchScheduler:
         return self.model_for(adapters) is not None
 
     @torch.no_grad()
-    def _prefill(self, requests: list[SequenceRequest]) -> None:
-        """Each distinct (adapter, prompt) once, from where its stored prefix ends; every request then gets
-        its own row (and random numbers) on its prompt's KV, and the prompts' KV is stored for later."""
+    def _prefill_chunk(self) -> None:
+        """The next chunk of the long prompt (its first from where the prefix cache's KV ends); after
+        its last, its row joins the batch. A failure or a cancel ends that request alone."""
+        request, done = self.partial
+        try:
+            if request.cancelled.is_set():
+                self.partial = None
+                return request.on_end("stop", None)
+            prompt = request.prompt_ids
+            if done is None:
+                done = self.prefix_cache.longest(request.adapter, prompt)
+                request.cached_tokens = done.tokens if done else 0
+            end = (done.tokens if done else 0) + self.prefill_chunk
+            if end >= len(prompt):
+                self.partial = None
+                return self._prefill([request], last_chunk=done)
+            model, context, extra = self.model_for([request.adapter])
+            with context:
+                _, layers = prefill(model, [prompt[:end]], [done], extra)
+            self.partial = (request, PrefixHit(end, layers))
+        except Exception as err:
+            self.partial = None
+            request.on_end("stop", err)
+
+    @torch.no_grad()
+    def _prefill(self, requests: list[SequenceRequest], last_chunk: PrefixHit | None = None) -> None:
+        """Each distinct (adapter, prompt) once, from where its stored prefix ends (or, for the last chunk
+        of one long prompt, from where its earlier chunks end); every request then gets its own row (and
+        random numbers) on its prompt's KV, and the prompts' KV is stored for later."""
         prompts: dict[tuple[str | None, tuple[int, ...]], int] = {}  # distinct prompt -> its index
         for request in requests:
             prompts.setdefault((request.adapter, tuple(request.prompt_ids)), len(prompts))
-        hits = [self.prefix_cache.longest(adapter, list(ids)) for adapter, ids in prompts]
+        if last_chunk is not None:
+            hits = [last_chunk]
+        else:
+            hits = [self.prefix_cache.longest(adapter, list(ids)) for adapter, ids in prompts]
+            for request in requests:
+                hit = hits[prompts[(request.adapter, tuple(request.prompt_ids))]]
+                request.cached_tokens = hit.tokens if hit else 0
         model, context, extra = self.model_for([adapter for adapter, _ in prompts])
         with context:
             logits, layers = prefill(model, [list(ids) for _, ids in prompts], hits, extra)
@@ -213,8 +265,6 @@ class BatchScheduler:
             layers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in layers]
         rows = []
         for r, request in enumerate(requests):
-            hit = hits[which[r]]
-            request.cached_tokens = hit.tokens if hit else 0
             row = Row(
                 request, length=len(request.prompt_ids), generator=generator_for(request, logits.device)
             )

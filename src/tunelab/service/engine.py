@@ -196,6 +196,7 @@ class Engine:
                     self.settings.max_batch,
                     on_step=self.metrics.batch_rows.observe,
                     prefix_cache_bytes=int(self.settings.prefix_cache_mb * 2**20),
+                    prefill_chunk=self.settings.prefill_chunk_tokens,
                 )
             return self._bases[name]
 

@@ -72,6 +72,13 @@ class ServiceSettings:
             "seen before (a system prompt, a chat's earlier turns) is computed from where it differs; 0: off"
         },
     )
+    prefill_chunk_tokens: int = field(
+        default=512,
+        metadata={
+            "help": "most prompt tokens prefilled between two decode steps while other answers generate, so "
+            "a long prompt slows them down rather than stopping them; 0: whole prompts at once"
+        },
+    )
     default_max_tokens: int = field(default=512, metadata={"help": "when a request gives no max_tokens"})
     max_generations_per_key: int = field(
         default=8,
@@ -135,8 +142,9 @@ class ServiceSettings:
         for name in counts:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.prefix_cache_mb < 0:
-            raise UserError(f"prefix_cache_mb must not be negative (got {self.prefix_cache_mb})")
+        for name in ("prefix_cache_mb", "prefill_chunk_tokens"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must not be negative (got {getattr(self, name)})")
         for name in ("max_upload_mb", "max_job_minutes", "session_hours"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} must be positive (got {getattr(self, name)})")

@@ -87,6 +87,7 @@ class VllmEngine(Engine):
                     max_num_seqs=self.settings.max_batch,
                     dtype=VLLM_DTYPES[self.settings.precision],
                     enable_prefix_caching=self.settings.prefix_cache_mb > 0,  # vLLM sizes its own cache
+                    enable_chunked_prefill=self.settings.prefill_chunk_tokens > 0,  # and its own chunks
                 )
                 self._engines[name] = self.AsyncLLMEngine.from_engine_args(args)
                 self._tokenizers[name] = load_tokenizer(path)
