@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
-import torch
-
-Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values, each (1, heads, tokens, head_dim)
+from .kv_cache import Layers
 
 
 class PrefixHit(NamedTuple):

@@ -11,9 +11,9 @@ drag the finished ones through every step. Hand-written because transformers' `g
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from .generation import MIN_TEMPERATURE, cache_argument
+from .kv_cache import growing_cache
 
 
 @torch.no_grad()
@@ -48,7 +48,7 @@ def _sample(model, prompts, n, max_new_tokens, temperature, stop_ids) -> list[li
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
         input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-        **{cache_argument(): DynamicCache()},
+        **{cache_argument(): growing_cache()},
     )  # fmt: skip
     cache = getattr(out, cache_argument())
     cache.batch_repeat_interleave(n)

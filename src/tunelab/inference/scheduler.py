@@ -26,7 +26,8 @@ import torch
 from transformers import DynamicCache
 
 from .generation import MIN_TEMPERATURE, cache_argument
-from .prefix_cache import Layers, PrefixCache, PrefixHit
+from .kv_cache import Layers, growing_cache
+from .prefix_cache import PrefixCache, PrefixHit
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ class BatchScheduler:
         """Rows and their KV (right-aligned) into the running batch (finished ones leave at the next
         `_retire`)."""
         if self.cache is None:
-            self.rows, self.cache = rows, DynamicCache(ddp_cache_data=layers)
+            self.rows, self.cache = rows, growing_cache(layers)
             return
         width = max(self.cache.get_seq_length(), layers[0][0].shape[2])
         merged = []
@@ -285,7 +286,7 @@ class BatchScheduler:
             keys = torch.cat([left_pad(ours.keys, width), left_pad(keys, width)])
             values = torch.cat([left_pad(ours.values, width), left_pad(values, width)])
             merged.append((keys, values))  # (B, heads, width, head_dim)
-        self.cache = DynamicCache(ddp_cache_data=merged)
+        self.cache = growing_cache(merged)
         self.rows += rows
 
     @torch.no_grad()
@@ -347,10 +348,8 @@ class BatchScheduler:
             return
         start = self.cache.get_seq_length() - max(row.length for row in self.rows)
         index = torch.tensor(keep, device=self.cache.layers[0].keys.device)
-        self.cache = DynamicCache(
-            ddp_cache_data=[
-                (layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self.cache.layers
-            ]
+        self.cache = growing_cache(
+            [(layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self.cache.layers]
         )
 
 
@@ -372,7 +371,7 @@ def prefill(
         mask[p, past - k : past + rest[p]] = 1
     positions = torch.tensor(known, device=device)[:, None] + torch.arange(new, device=device)
     last = torch.tensor(rest, device=device)[:, None] - 1  # (P, 1): each prompt's last position
-    cache = DynamicCache(ddp_cache_data=past_layers(hits, past)) if past else DynamicCache()
+    cache = growing_cache(past_layers(hits, past)) if past else growing_cache()
     out = model(
         input_ids=ids,
         attention_mask=mask,
