@@ -41,7 +41,7 @@ def stalls(chunk: int, streams: int, long_tokens: int) -> tuple[float, float, fl
         running.append(generation)
         threading.Thread(target=generation.run).start()
     time.sleep(3)  # the streams are decoding
-    long_ids = tokenizer(TEXT * (long_tokens // len(tokenizer(TEXT)["input_ids"]) + 1))["input_ids"][
+    long_ids = tokenizer(TEXT * (2 * long_tokens // len(tokenizer(TEXT)["input_ids"])))["input_ids"][
         :long_tokens
     ]
     start = time.perf_counter()
