@@ -1,17 +1,13 @@
 """`tunelab compare` on a tiny model: every figure for every method, reports written, reruns resume."""
 
 import json
-import multiprocessing
-import signal
-import subprocess
-import time
 from dataclasses import replace
 
 import pytest
 
 from conftest import copy_task_pairs, write_jsonl
 from tunelab.compare import CompareConfig, compare
-from tunelab.compare.run import die_with, prepare_splits, run_key, run_method, settle
+from tunelab.compare.run import prepare_splits, run_key, run_method, settle
 from tunelab.errors import UserError
 
 FIELDS = {"value", "ci95", "trainable_params", "train_time_s", "eval_time_s", "peak_memory_mb", "artifact_mb",
@@ -279,22 +275,3 @@ def test_a_grader_ranks_the_rows_by_its_mean_reward_on_the_test_answers(tiny_lla
     assert all("word" in json.loads(line) for line in test_rows)  # the grader's field kept
     with pytest.raises(UserError, match="few-shot cannot be graded"):
         compare(replace(config, methods=["zero-shot", "few-shot"]))
-
-
-def _train_on_after(parent_pid: int) -> None:
-    die_with(parent_pid)
-    time.sleep(60)
-
-
-def test_a_methods_process_ends_with_compare_even_killed(tmp_path):
-    """Each method's process watches compare itself (its own parent is the fork server, which outlives a
-    killed compare while any child runs): a SIGKILL of compare ends it at once."""
-    compare_process = subprocess.Popen(["sleep", "60"])
-    method_process = multiprocessing.get_context("fork").Process(
-        target=_train_on_after, args=(compare_process.pid,)
-    )
-    method_process.start()
-    compare_process.kill()
-    compare_process.wait()
-    method_process.join(timeout=30)
-    assert method_process.exitcode == -signal.SIGKILL

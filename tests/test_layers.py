@@ -11,7 +11,7 @@ import tunelab
 
 # Bottom to top; a unit (a top-level module or package of tunelab) may import its own layer and those below.
 LAYERS = [
-    {"errors", "quiet", "report_page", "options"},
+    {"errors", "quiet", "report_page", "options", "processes"},
     {"data", "models", "run_dir"},
     {"ops"},
     {"methods"},

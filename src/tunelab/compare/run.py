@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
-import select
-import signal
-import threading
 import time
 from dataclasses import asdict, replace
 from importlib.metadata import version
@@ -30,6 +26,7 @@ from ..evaluation import EvalConfig, evaluate, forgetting
 from ..evaluation.config import CALIBRATIONS
 from ..graders.evaluate import evaluate_with_grader
 from ..methods import REGISTRY, get_method
+from ..processes import as_caller, caller, die_with, fresh_processes
 from ..run_dir import RunDir, file_hash
 from ..training.memory import peak_bytes
 from . import preference
@@ -278,51 +275,12 @@ def loss_curve(run: RunDir) -> dict:
     }
 
 
-def method_processes() -> multiprocessing.context.BaseContext:
-    """Where each method's process comes from: forked from a server process that imported this module (so
-    torch, transformers and peft) once, where the platform has one; a spawned process spent ~5 s
-    importing them before its method began."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
-
-
-def _child(config_dict: dict, method: str, splits: dict, parent_pid: int, cwd: str, environ: dict) -> None:
+def _child(config_dict: dict, method: str, splits: dict, parent_pid: int) -> None:
     from ..quiet import quiet_libraries
 
     die_with(parent_pid)
-    # The fork server started with compare's first method: take this compare's folder and environment.
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(environ)
     quiet_libraries()
     run_method(CompareConfig(**config_dict), method, splits)
-
-
-def die_with(pid: int) -> None:
-    """End this process when process `pid` (compare) ends, however it ends (a SIGTERM or SIGKILL runs no
-    `finally`): no orphan trains on. A thread waits on the process (Linux's pidfd), else looks every
-    second. (PR_SET_PDEATHSIG would watch the fork server, which outlives compare while children run.)"""
-
-    def watch() -> None:
-        try:
-            select.select([os.pidfd_open(pid)], [], [])
-        except (AttributeError, OSError):  # no pidfd here, or `pid` already gone
-            while alive(pid):
-                time.sleep(1)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="die-with-compare", daemon=True).start()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def check_rows(config: CompareConfig) -> None:
@@ -371,10 +329,10 @@ def compare(config: CompareConfig, console=None) -> dict:
             eta = f", ETA ~{elapsed / fresh_done * remaining / 60:.0f} min" if fresh_done else ""
             log(f"[{i}/{len(config.methods)}] {method}: running{eta}")
             # A fresh process per method: its own peak memory, and a crash costs only this method.
-            process = method_processes().Process(
-                target=_child,
-                args=(asdict(config), method, {k: str(v) for k, v in splits.items()}, os.getpid(),
-                      os.getcwd(), dict(os.environ)),
+            process = fresh_processes(__name__).Process(
+                target=as_caller,
+                args=(caller(), _child, asdict(config), method, {k: str(v) for k, v in splits.items()},
+                      os.getpid()),
             )  # fmt: skip
             process.start()
             try:

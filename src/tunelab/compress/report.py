@@ -12,9 +12,9 @@ import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
-from multiprocessing import get_context
 from pathlib import Path
 
+from ..processes import as_caller, caller, fresh_processes
 from ..report_page import cell_text, figure_png, figures_html, html_page, html_table, markdown_table
 from ..run_dir import RunDir
 from .config import ReportConfig
@@ -121,8 +121,8 @@ def compress_report(config: ReportConfig, log=print) -> dict:
     rows = []
     for spec in config.models:
         log(f"measuring {spec}")
-        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            rows.append(pool.submit(measure, spec, config).result())
+        with ProcessPoolExecutor(1, mp_context=fresh_processes("tunelab.evaluation.api")) as pool:
+            rows.append(pool.submit(as_caller, caller(), measure, spec, config).result())
     first = rows[0]
     for row in rows:
         row["size_pct"] = 100 * row["weights_mb"] / first["weights_mb"]
