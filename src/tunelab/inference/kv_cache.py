@@ -33,7 +33,7 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         length, new = (self.keys.shape[-2] if self.keys.numel() else 0), key_states.shape[-2]
         if self.keys is not self.view or length + new > self.key_buffer.shape[-2]:
-            self._regrow(key_states, value_states, length + new)
+            self._regrow(key_states, value_states, length, length + new)
         self.key_buffer[:, :, length : length + new] = key_states
         self.value_buffer[:, :, length : length + new] = value_states
         self.keys = self.view = self.key_buffer[:, :, : length + new]
@@ -49,10 +49,9 @@ class GrowingLayer(DynamicLayer):
         self.keys = self.view = self.key_buffer[:, :, :length]
         self.values = self.value_buffer[:, :, :length]
 
-    def _regrow(self, key_states: torch.Tensor, value_states: torch.Tensor, needed: int) -> None:
-        """New buffers with room for half as many tokens again (64 at least), holding what is cached."""
+    def _regrow(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int, needed: int) -> None:
+        """New buffers with room for half as many tokens again (64 at least), holding the `length` cached."""
         capacity = needed + max(64, needed // 2)
-        length = self.keys.shape[-2] if self.keys.numel() else 0
         buffers = []
         for cached, states in ((self.keys, key_states), (self.values, value_states)):
             batch, heads, _, head_dim = states.shape
